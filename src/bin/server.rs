@@ -1,0 +1,278 @@
+//! `server [run|daemon|stop|status] [--config FILE]`
+//!
+//! - `run` (the default): foreground, logs to stderr.
+//! - `daemon`: detaches (fork + setsid), logs to `data_dir/server.log`, and returns once the
+//!   listener is up, saying where.
+//! - `stop`: SIGTERM to the running server, then waits for it to exit.
+//! - `status`: running or not, pid, address.
+
+use std::io::{Read, Write};
+use std::os::unix::io::FromRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use wxchat::config::{self, Config};
+use wxchat::pidfile::{self, Status};
+use wxchat::server::Server;
+
+const USAGE: &str = "\
+usage: server [run|daemon|stop|status] [--config FILE]
+
+  run      run in the foreground, logging to stderr (the default)
+  daemon   run in the background, logging to <data_dir>/server.log
+  stop     stop the running server gracefully and wait for it to exit
+  status   say whether a server runs on this data directory, its pid and address
+
+  --config FILE   read FILE (TOML; see server.toml). Without it, ./server.toml is read when
+                  present, else the defaults. WXCHAT_<SECTION>_<KEY> variables override both.
+";
+
+/// Exit status of `status` when no server runs (LSB convention).
+const EXIT_NOT_RUNNING: u8 = 3;
+
+struct Args {
+    command: String,
+    config: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut command = None;
+    let mut config = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" | "help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            "-V" | "--version" => {
+                println!("wxchat server {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            "-c" | "--config" => {
+                let path = args.next().ok_or("--config needs a file")?;
+                config = Some(PathBuf::from(path));
+            }
+            s if s.starts_with("--config=") => {
+                config = Some(PathBuf::from(&s["--config=".len()..]));
+            }
+            "run" | "daemon" | "stop" | "status" if command.is_none() => {
+                command = Some(arg);
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok(Args {
+        command: command.unwrap_or_else(|| "run".into()),
+        config,
+    })
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
+    let path = path.or_else(|| {
+        let default = PathBuf::from("server.toml");
+        default.exists().then_some(default)
+    });
+    let mut config = Config::load(path.as_deref()).map_err(|e| format!("bad config: {e}"))?;
+    // The daemon outlives the shell's cwd assumptions: make data_dir absolute up front.
+    if config.server.data_dir.is_relative() {
+        if let Ok(cwd) = std::env::current_dir() {
+            config.server.data_dir = cwd.join(&config.server.data_dir);
+        }
+    }
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("server: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match load_config(args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("server: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match args.command.as_str() {
+        "run" => run_foreground(config),
+        "daemon" => daemon(config),
+        "stop" => stop(&config),
+        "status" => return status(&config),
+        _ => Err("unknown command".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(config: &Config, file: Option<PathBuf>) -> Result<(), String> {
+    let level = config::log_level(&config.server.log_level).unwrap_or(log::LevelFilter::Info);
+    wxchat::logger::init(level, file).map_err(|e| format!("cannot open the log: {e}"))
+}
+
+fn start(config: &Config) -> Result<Server, String> {
+    let mut server = Server::bind(config.clone())?;
+    server.lock_pid_file(config)?;
+    server.handle_signals()?;
+    Ok(server)
+}
+
+fn run_foreground(config: Config) -> Result<(), String> {
+    init_logging(&config, None)?;
+    let server = start(&config)?;
+    server.run()
+}
+
+/// Forks; the parent waits on a pipe for the child to report "ok <addr>" or an error.
+fn daemon(config: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&config.server.data_dir)
+        .map_err(|e| format!("cannot create data_dir {}: {e}", config.server.data_dir.display()))?;
+    if let Ok(Status::Running { pid, addr }) = pidfile::probe(&config.pid_file()) {
+        return Err(format!(
+            "a server is already running on this data directory (pid {pid}, listening on {addr})"
+        ));
+    }
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe fills the two-element array we pass.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    let (read_fd, write_fd) = (fds[0], fds[1]);
+    // SAFETY: no threads exist yet (nothing has been started), so fork is safe.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        // Parent: wait for the child's verdict.
+        // SAFETY: we own both descriptors; each is closed or wrapped exactly once.
+        unsafe { libc::close(write_fd) };
+        let mut pipe = unsafe { std::fs::File::from_raw_fd(read_fd) };
+        let mut report = String::new();
+        let _ = pipe.read_to_string(&mut report);
+        return match report.strip_prefix("ok ") {
+            Some(addr) => {
+                println!(
+                    "wxchat server running in the background: pid {pid}, listening on {}, log {}",
+                    addr.trim(),
+                    config.log_file().display()
+                );
+                Ok(())
+            }
+            None if report.is_empty() => Err(format!(
+                "the server exited during start-up; see {}",
+                config.log_file().display()
+            )),
+            None => Err(report.trim().to_string()),
+        };
+    }
+    // Child.
+    // SAFETY: plain syscalls on descriptors we own; the pipe's read end is not ours.
+    unsafe {
+        libc::close(read_fd);
+        libc::setsid();
+    }
+    let mut report = unsafe { std::fs::File::from_raw_fd(write_fd) };
+    let outcome = daemon_child(&config, &mut report);
+    if let Err(e) = &outcome {
+        let _ = report.write_all(e.as_bytes());
+        log::error!("{e}");
+    }
+    outcome
+}
+
+fn daemon_child(config: &Config, report: &mut std::fs::File) -> Result<(), String> {
+    redirect_stdio()?;
+    init_logging(config, Some(config.log_file()))?;
+    let server = start(config)?;
+    let addr = server.local_addr();
+    report
+        .write_all(format!("ok {addr}").as_bytes())
+        .map_err(|e| format!("reporting to the parent failed: {e}"))?;
+    // Close our end so the parent's read returns.
+    // SAFETY: stdio now points at /dev/null; replacing `report` with a dup of it closes the pipe.
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
+    *report = devnull;
+    server.run()
+}
+
+fn redirect_stdio() -> Result<(), String> {
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    use std::os::unix::io::AsRawFd;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors.
+        if unsafe { libc::dup2(devnull.as_raw_fd(), fd) } < 0 {
+            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+fn stop(config: &Config) -> Result<(), String> {
+    let path = config.pid_file();
+    let pid = match pidfile::probe(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))? {
+        Status::Running { pid, .. } if pid > 0 => pid,
+        Status::Running { .. } => return Err("the server is still starting; try again".into()),
+        Status::NotRunning => return Err("no server is running on this data directory".into()),
+        Status::Stale { pid } => {
+            return Err(format!(
+                "no server is running (stale pid file {} from pid {})",
+                path.display(),
+                pid.map_or_else(|| "?".into(), |p| p.to_string())
+            ))
+        }
+    };
+    // SAFETY: sending SIGTERM to the pid recorded by a server that still holds the lock.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
+        return Err(format!("cannot signal pid {pid}: {}", std::io::Error::last_os_error()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let running = matches!(pidfile::probe(&path), Ok(Status::Running { .. }));
+        if !running && !pidfile::process_alive(pid) {
+            println!("wxchat server stopped (pid {pid})");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("pid {pid} did not exit within 30 s"))
+}
+
+fn status(config: &Config) -> ExitCode {
+    let path = config.pid_file();
+    match pidfile::probe(&path) {
+        Ok(Status::Running { pid, addr }) => {
+            println!("wxchat server is running: pid {pid}, listening on {addr}");
+            ExitCode::SUCCESS
+        }
+        Ok(Status::NotRunning) => {
+            println!("wxchat server is not running");
+            ExitCode::from(EXIT_NOT_RUNNING)
+        }
+        Ok(Status::Stale { pid }) => {
+            println!(
+                "wxchat server is not running (stale pid file {} from pid {})",
+                path.display(),
+                pid.map_or_else(|| "?".into(), |p| p.to_string())
+            );
+            ExitCode::from(EXIT_NOT_RUNNING)
+        }
+        Err(e) => {
+            eprintln!("server: cannot read {}: {e}", path.display());
+            ExitCode::from(1)
+        }
+    }
+}

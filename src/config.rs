@@ -1,0 +1,373 @@
+//! Configuration: `server.toml`, then `WXCHAT_<SECTION>_<KEY>` environment overrides, over defaults
+//! that need nothing installed.
+//!
+//! Unknown keys are errors that name the key: a typo in an operator's config must not silently fall
+//! back to a default. The key names are a contract (operators' configs and scripts depend on them).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub http: HttpConfig,
+    pub ws: WsConfig,
+}
+
+/// `[server]`: process-wide settings and per-connection output limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the client listener (HTTP + WebSocket). Port 0 picks a free port.
+    pub listen: String,
+    /// Directory for the embedded database, pid file, log file and generated keys.
+    pub data_dir: PathBuf,
+    /// Accepting pauses at this many open connections (accept gating) and resumes below it.
+    pub max_connections: usize,
+    /// Worker threads for blocking jobs (database, Redis, WeChat HTTPS).
+    pub workers: usize,
+    /// Hard cap on bytes queued for one connection; over it the connection is closed at once.
+    pub max_out_bytes: usize,
+    /// Soft cap: a connection whose queue stays above this for `soft_out_secs` is closed, and while
+    /// it is above it the server stops reading from that connection (backpressure).
+    pub soft_out_bytes: usize,
+    /// Seconds a connection may stay above `soft_out_bytes`.
+    pub soft_out_secs: u64,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub log_level: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:9501".into(),
+            data_dir: PathBuf::from("./data"),
+            max_connections: 100_000,
+            workers: 4,
+            max_out_bytes: 16 << 20,
+            soft_out_bytes: 1 << 20,
+            soft_out_secs: 10,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// `[http]`: limits of the HTTP layer.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Request line + headers; over it the answer is 431.
+    pub max_header_bytes: usize,
+    /// Most headers in one request; over it the answer is 431.
+    pub max_headers: usize,
+    /// Content-Length bodies over this are answered 413 before the body is read.
+    pub max_body_bytes: usize,
+    /// An idle keep-alive connection (or one that never finishes its request) is closed after this.
+    pub idle_timeout_s: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_header_bytes: 16 << 10,
+            max_headers: 64,
+            max_body_bytes: 1 << 20,
+            idle_timeout_s: 60,
+        }
+    }
+}
+
+/// `[ws]`: WebSocket endpoints and limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Path of the chat WebSocket endpoint.
+    pub path: String,
+    /// Path of the echo endpoint (conformance tests, benchmarks); empty = off.
+    pub echo_path: String,
+    /// Largest single frame accepted (1009 above).
+    pub max_frame_bytes: usize,
+    /// Largest reassembled message accepted (1009 above).
+    pub max_message_bytes: usize,
+    /// The server pings idle peers this often; a peer silent for two intervals is dropped. 0 = off.
+    pub ping_interval_s: u64,
+    /// A connection must complete its HTTP upgrade within this many seconds.
+    pub handshake_timeout_s: u64,
+    /// Accepted `Origin` values; empty = any origin.
+    pub allowed_origins: Vec<String>,
+    /// Subprotocols the server speaks, in preference order; empty = none.
+    pub subprotocols: Vec<String>,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            path: "/ws".into(),
+            echo_path: String::new(),
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
+            ping_interval_s: 30,
+            handshake_timeout_s: 10,
+            allowed_origins: Vec::new(),
+            subprotocols: Vec::new(),
+        }
+    }
+}
+
+/// A configuration error, with enough context for an operator to fix it.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const ENV_PREFIX: &str = "WXCHAT_";
+
+impl Config {
+    /// Loads `path` (or only defaults when `None`), applies the process environment, validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(format!("cannot read config {}: {e}", p.display())))?,
+            None => String::new(),
+        };
+        let origin = path.map_or_else(|| "defaults".to_string(), |p| p.display().to_string());
+        Config::from_parts(&text, &origin, std::env::vars())
+    }
+
+    /// Parses TOML `text`, applies `WXCHAT_*` overrides from `env`, validates.
+    pub fn from_parts(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        let defaults = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError(format!("internal: defaults do not serialise: {e}")))?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        overrides.sort();
+        for (name, value) in overrides {
+            apply_env(&mut table, &defaults, &name, &value)?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: &str| Err(ConfigError(m.to_string()));
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return err(&format!(
+                "[server] listen = {:?} is not an address like 127.0.0.1:9501",
+                self.server.listen
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return err("[server] max_connections must be at least 1");
+        }
+        if self.server.workers == 0 {
+            return err("[server] workers must be at least 1");
+        }
+        if self.server.soft_out_bytes > self.server.max_out_bytes {
+            return err("[server] soft_out_bytes must not exceed max_out_bytes");
+        }
+        if log_level(&self.server.log_level).is_none() {
+            return err("[server] log_level must be one of error, warn, info, debug, trace");
+        }
+        if !self.ws.path.starts_with('/') {
+            return err("[ws] path must start with '/'");
+        }
+        if !self.ws.echo_path.is_empty() && !self.ws.echo_path.starts_with('/') {
+            return err("[ws] echo_path must be empty or start with '/'");
+        }
+        if self.ws.echo_path == self.ws.path {
+            return err("[ws] echo_path must differ from [ws] path");
+        }
+        if self.ws.max_frame_bytes < 125 || self.ws.max_message_bytes < self.ws.max_frame_bytes {
+            return err("[ws] needs 125 <= max_frame_bytes <= max_message_bytes");
+        }
+        if self.http.max_header_bytes < 256 {
+            return err("[http] max_header_bytes must be at least 256");
+        }
+        Ok(())
+    }
+
+    /// `data_dir/server.pid`: pid and listen address of the running server.
+    pub fn pid_file(&self) -> PathBuf {
+        self.server.data_dir.join("server.pid")
+    }
+
+    /// `data_dir/server.log`: the daemon's log.
+    pub fn log_file(&self) -> PathBuf {
+        self.server.data_dir.join("server.log")
+    }
+}
+
+/// Maps a level name to a `log` filter.
+pub fn log_level(name: &str) -> Option<log::LevelFilter> {
+    match name.to_ascii_lowercase().as_str() {
+        "error" => Some(log::LevelFilter::Error),
+        "warn" => Some(log::LevelFilter::Warn),
+        "info" => Some(log::LevelFilter::Info),
+        "debug" => Some(log::LevelFilter::Debug),
+        "trace" => Some(log::LevelFilter::Trace),
+        "off" => Some(log::LevelFilter::Off),
+        _ => None,
+    }
+}
+
+/// Applies one `WXCHAT_<SECTION>_<KEY>=value` override. The value's type follows the default's
+/// type, so `WXCHAT_SERVER_LISTEN=127.0.0.1:1` stays a string and `..._MAX_CONNECTIONS=10` an
+/// integer; lists are comma separated.
+fn apply_env(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    name: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let rest = &name[ENV_PREFIX.len()..];
+    let unknown = || ConfigError(format!("unknown configuration variable {name}"));
+    let (section, key) = defaults
+        .iter()
+        .find_map(|(section, _)| {
+            let upper = section.to_ascii_uppercase();
+            rest.strip_prefix(&upper)
+                .and_then(|r| r.strip_prefix('_'))
+                .map(|k| (section.clone(), k.to_ascii_lowercase()))
+        })
+        .ok_or_else(unknown)?;
+    let default = defaults
+        .get(&section)
+        .and_then(|s| s.get(&key))
+        .ok_or_else(unknown)?;
+    let bad = |what: &str| ConfigError(format!("{name}={value:?}: expected {what}"));
+    let parsed = match default {
+        toml::Value::String(_) => toml::Value::String(value.to_string()),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(value.trim().parse().map_err(|_| bad("an integer"))?)
+        }
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(value.trim().parse().map_err(|_| bad("true or false"))?)
+        }
+        toml::Value::Float(_) => toml::Value::Float(value.trim().parse().map_err(|_| bad("a number"))?),
+        toml::Value::Array(_) => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => return Err(bad("a value this variable cannot take from the environment")),
+    };
+    let entry = table
+        .entry(section.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(t) => {
+            t.insert(key, parsed);
+            Ok(())
+        }
+        _ => Err(ConfigError(format!("[{section}] must be a table"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_parts(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_need_nothing_installed() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9501");
+        assert_eq!(c.server.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.ws.path, "/ws");
+        assert_eq!(c.ws.echo_path, "");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let c = parse(
+            "[server]\nlisten = \"0.0.0.0:1234\"\nmax_connections = 7\n[ws]\necho_path = \"/echo\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:1234");
+        assert_eq!(c.server.max_connections, 7);
+        assert_eq!(c.ws.echo_path, "/echo");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[server]\nlisen = \"x\"\n", &[]).unwrap_err();
+        assert!(e.0.contains("lisen"), "{e}");
+        let e = parse("[srever]\n", &[]).unwrap_err();
+        assert!(e.0.contains("srever"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_follow_default_types() {
+        let c = parse(
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("WXCHAT_SERVER_LISTEN", "127.0.0.1:2"),
+                ("WXCHAT_SERVER_MAX_CONNECTIONS", "10"),
+                ("WXCHAT_WS_ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+                ("WXCHAT_WS_ECHO_PATH", "/echo"),
+                ("PATH", "/usr/bin"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:2");
+        assert_eq!(c.server.max_connections, 10);
+        assert_eq!(c.ws.allowed_origins, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(c.ws.echo_path, "/echo");
+    }
+
+    #[test]
+    fn bad_env_is_named() {
+        let e = parse("", &[("WXCHAT_SERVER_MAX_CONNECTIONS", "lots")]).unwrap_err();
+        assert!(e.0.contains("WXCHAT_SERVER_MAX_CONNECTIONS"), "{e}");
+        let e = parse("", &[("WXCHAT_SERVER_NOPE", "1")]).unwrap_err();
+        assert!(e.0.contains("WXCHAT_SERVER_NOPE"), "{e}");
+    }
+
+    #[test]
+    fn nonsense_values_are_rejected() {
+        assert!(parse("[server]\nlisten = \"nowhere\"\n", &[]).is_err());
+        assert!(parse("[ws]\npath = \"ws\"\n", &[]).is_err());
+        assert!(parse("[ws]\nmax_frame_bytes = 10\n", &[]).is_err());
+        assert!(parse("[server]\nlog_level = \"loud\"\n", &[]).is_err());
+    }
+
+    #[test]
+    fn example_config_parses_to_defaults() {
+        let text = include_str!("../server.toml");
+        let c = parse(text, &[]).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}

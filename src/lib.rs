@@ -1,0 +1,16 @@
+//! wxchat: a single-binary chat server for WeChat mini-programs, official accounts and web/app
+//! clients.
+//!
+//! Layering (arrows are the only allowed dependencies):
+//! `ws`, `http` are pure codecs with no knowledge of chat; `net` is the backend seam and the mio
+//! reactor that speaks those codecs; `app` is the handler the reactor drives; `cli` wires it all.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod jobs;
+pub mod logger;
+pub mod net;
+pub mod pidfile;
+pub mod server;
+pub mod ws;

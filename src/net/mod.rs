@@ -1,0 +1,212 @@
+//! The backend seam between the network and the application.
+//!
+//! The application implements [`Handler`]: it is told about HTTP requests, WebSocket opens,
+//! messages and closes, job completions and timers. The backend implements [`Ctx`]: it sends
+//! bytes, closes connections, answers deferred HTTP requests and runs timers. The mio reactor
+//! ([`reactor`]) is the real backend; [`memory`] drives a handler deterministically in unit tests.
+//! Chat code depends only on this module's types, so another backend would not touch it.
+
+pub mod memory;
+pub mod outqueue;
+pub mod reactor;
+pub mod timer;
+
+use crate::http;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Identifies one connection for its whole life: the slab key plus a generation, so a job result
+/// or timer for a connection that closed (and whose slot was reused) is dropped, never delivered to
+/// the new occupant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub key: u32,
+    pub gen: u32,
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.key, self.gen)
+    }
+}
+
+/// A complete, encoded WebSocket frame, shared between recipients: a broadcast is serialised once
+/// and every recipient's queue holds the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Arc<[u8]>);
+
+impl Frame {
+    /// A text frame carrying `payload`.
+    pub fn text(payload: &[u8]) -> Frame {
+        Frame(crate::ws::frame(crate::ws::OpCode::Text, payload).into())
+    }
+
+    /// A binary frame carrying `payload`.
+    pub fn binary(payload: &[u8]) -> Frame {
+        Frame(crate::ws::frame(crate::ws::OpCode::Binary, payload).into())
+    }
+
+    /// The encoded frame bytes (header + payload).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A complete WebSocket data message as the handler sees it (text is valid UTF-8).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// Why a WebSocket connection ended, as reported to [`Handler::on_close`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// The close code sent or received; 1006 when the TCP connection dropped without a close frame.
+    pub code: u16,
+    /// Who started it and why, for logs.
+    pub reason: String,
+}
+
+/// The handler's answer to an HTTP request.
+pub enum Reply {
+    /// Send this response now.
+    Now(http::Response),
+    /// The handler will call [`Ctx::respond`] later (after a job). Requests pipelined behind this
+    /// one wait, so responses stay in order.
+    Later,
+}
+
+/// The handler's answer to a WebSocket upgrade request that passed the RFC 6455 checks.
+pub enum Upgrade {
+    /// Complete the handshake and open the WebSocket.
+    Accept,
+    /// Refuse with this HTTP response (the connection is then closed).
+    Reject(http::Response),
+}
+
+/// Identifies a timer set with [`Ctx::set_timer`], for cancelling it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TimerId {
+    pub slot: u32,
+    pub gen: u32,
+}
+
+/// What the application can ask of the backend while handling an event.
+pub trait Ctx<C> {
+    /// Queues a shared, pre-encoded frame. False when the connection is gone or closing.
+    fn send(&mut self, conn: ConnId, frame: &Frame) -> bool;
+    /// Encodes one text message straight into the connection's queue (no shared frame needed).
+    fn send_text(&mut self, conn: ConnId, text: &str) -> bool;
+    /// Encodes one binary message straight into the connection's queue.
+    fn send_binary(&mut self, conn: ConnId, data: &[u8]) -> bool;
+    /// Answers a request the handler deferred with [`Reply::Later`].
+    fn respond(&mut self, conn: ConnId, response: http::Response);
+    /// Starts the close handshake with `code` (WebSocket) or closes the HTTP connection.
+    fn close(&mut self, conn: ConnId, code: u16, reason: &str);
+    /// The peer's address, while the connection lives.
+    fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr>;
+    /// Calls [`Handler::on_timer`] with `token` after `after`.
+    fn set_timer(&mut self, after: Duration, token: u64) -> TimerId;
+    /// Cancels a timer; a no-op when it already fired.
+    fn cancel_timer(&mut self, id: TimerId);
+    /// A handle for worker threads to send completions back.
+    fn notifier(&self) -> Notifier<C>;
+    /// The time of the current event-loop iteration (cheap; no syscall).
+    fn now(&self) -> Instant;
+    /// Open connections (HTTP and WebSocket).
+    fn connection_count(&self) -> usize;
+}
+
+/// The application side of the seam. Every method runs on the reactor thread and must not block:
+/// blocking work is submitted to workers, whose completions arrive through `on_completion`.
+pub trait Handler {
+    /// What worker jobs send back.
+    type Completion: Send + 'static;
+
+    /// Is `path` a WebSocket endpoint? Requests to it go through the RFC 6455 handshake.
+    fn is_websocket_path(&self, path: &str) -> bool;
+    /// A plain HTTP request.
+    fn on_request(
+        &mut self,
+        ctx: &mut dyn Ctx<Self::Completion>,
+        conn: ConnId,
+        request: http::Request,
+    ) -> Reply;
+    /// A valid upgrade request for a WebSocket path; on `Accept`, `on_open` follows at once.
+    fn on_upgrade(
+        &mut self,
+        ctx: &mut dyn Ctx<Self::Completion>,
+        conn: ConnId,
+        request: &http::Request,
+    ) -> Upgrade;
+    /// The WebSocket is open (the 101 response is queued).
+    fn on_open(&mut self, ctx: &mut dyn Ctx<Self::Completion>, conn: ConnId, request: &http::Request);
+    /// A complete data message.
+    fn on_message(&mut self, ctx: &mut dyn Ctx<Self::Completion>, conn: ConnId, message: Message<'_>);
+    /// The WebSocket closed (called once per opened connection, whoever closed it).
+    fn on_close(&mut self, ctx: &mut dyn Ctx<Self::Completion>, conn: ConnId, info: CloseInfo);
+    /// A worker's completion.
+    fn on_completion(&mut self, ctx: &mut dyn Ctx<Self::Completion>, completion: Self::Completion);
+    /// A timer set with [`Ctx::set_timer`] fired.
+    fn on_timer(&mut self, ctx: &mut dyn Ctx<Self::Completion>, token: u64);
+    /// Graceful shutdown started: no new connections; finish in-flight work.
+    fn on_shutdown(&mut self, _ctx: &mut dyn Ctx<Self::Completion>) {}
+    /// True while work accepted before shutdown is still in flight (the reactor waits for it).
+    fn has_pending_work(&self) -> bool {
+        false
+    }
+}
+
+/// Sends completions from worker threads to the reactor and wakes it. Wake-ups coalesce; the
+/// reactor drains the channel until empty.
+pub struct Notifier<C> {
+    tx: std::sync::mpsc::Sender<C>,
+    /// None for the in-memory backend, which polls its channel itself.
+    waker: Option<Arc<mio::Waker>>,
+}
+
+impl<C> Clone for Notifier<C> {
+    fn clone(&self) -> Self {
+        Notifier {
+            tx: self.tx.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+}
+
+impl<C> Notifier<C> {
+    pub fn new(tx: std::sync::mpsc::Sender<C>, waker: Option<Arc<mio::Waker>>) -> Self {
+        Notifier { tx, waker }
+    }
+
+    /// Delivers `completion`; false when the reactor is gone (shutting down).
+    pub fn send(&self, completion: C) -> bool {
+        if self.tx.send(completion).is_err() {
+            return false;
+        }
+        if let Some(waker) = &self.waker {
+            if let Err(e) = waker.wake() {
+                log::error!("waking the reactor failed: {e}");
+            }
+        }
+        true
+    }
+}
+
+/// The log prefix every connection line shares.
+pub fn conn_prefix(conn: ConnId, uid: Option<u64>, peer: Option<SocketAddr>) -> String {
+    let uid = uid.map_or_else(|| "-".to_string(), |u| u.to_string());
+    let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+    format!("conn={conn} uid={uid} peer={peer}")
+}

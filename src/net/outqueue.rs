@@ -1,0 +1,243 @@
+//! A connection's output queue: small writes are coalesced into owned chunks (one `writev` entry
+//! for many frames), large shared frames are queued by reference (never copied per recipient).
+//! The queue owns no memory while empty, so idle connections cost nothing here.
+
+use super::Frame;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+/// Owned chunks grow up to this before a new one is started.
+const COALESCE_MAX: usize = 64 * 1024;
+/// Shared frames up to this size are copied into the owned tail: one memcpy is cheaper than an
+/// extra iovec and keeps the refcount traffic off the hot path.
+const COPY_SHARED_MAX: usize = 512;
+/// iovecs per `writev` call.
+const MAX_IOVECS: usize = 64;
+
+enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Frame),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(f) => f.bytes(),
+        }
+    }
+}
+
+/// Result of a flush attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued was written.
+    Done,
+    /// The socket would block; the rest waits for WRITABLE.
+    Blocked,
+}
+
+#[derive(Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the head chunk already written.
+    head_off: usize,
+    /// Bytes queued and not yet written.
+    bytes: usize,
+}
+
+impl OutQueue {
+    /// Bytes waiting to be written.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Appends bytes, coalescing them into the owned tail chunk.
+    pub fn push_bytes(&mut self, data: &[u8]) {
+        self.append_owned(data.len(), |v| v.extend_from_slice(data));
+    }
+
+    /// Appends a shared frame: copied when small, referenced when large.
+    pub fn push_frame(&mut self, frame: &Frame) {
+        if frame.len() <= COPY_SHARED_MAX {
+            self.push_bytes(frame.bytes());
+        } else {
+            self.bytes += frame.len();
+            self.chunks.push_back(Chunk::Shared(frame.clone()));
+        }
+    }
+
+    /// Appends a WebSocket frame encoded in place (header then payload): no intermediate buffer.
+    pub fn push_ws(&mut self, opcode: crate::ws::OpCode, payload: &[u8]) {
+        let mut header = [0u8; 10];
+        let n = crate::ws::encode_header(opcode, payload.len(), &mut header);
+        self.append_owned(n + payload.len(), |v| {
+            v.extend_from_slice(&header[..n]);
+            v.extend_from_slice(payload);
+        });
+    }
+
+    /// Runs `fill` (which appends exactly `extra` bytes) on the owned tail chunk, starting a new
+    /// chunk when the tail is shared or full.
+    fn append_owned(&mut self, extra: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes += extra;
+        if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+            if v.len() + extra <= COALESCE_MAX {
+                fill(v);
+                return;
+            }
+        }
+        let mut v = Vec::with_capacity(extra.max(256));
+        fill(&mut v);
+        self.chunks.push_back(Chunk::Owned(v));
+    }
+
+    /// Drops everything not yet started, keeping a partially written head chunk so the byte
+    /// stream stays well-formed (used before a forced close frame).
+    pub fn truncate_unstarted(&mut self) {
+        let keep = if self.head_off > 0 { 1 } else { 0 };
+        self.chunks.truncate(keep);
+        self.bytes = self
+            .chunks
+            .front()
+            .map_or(0, |c| c.bytes().len() - self.head_off);
+        if self.chunks.is_empty() {
+            self.release();
+        }
+    }
+
+    /// Writes as much as the socket takes, in `writev` batches.
+    pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<Flush> {
+        while self.bytes > 0 {
+            let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (i, chunk) in self.chunks.iter().enumerate().take(MAX_IOVECS) {
+                let b = chunk.bytes();
+                slices[i] = IoSlice::new(if i == 0 { &b[self.head_off..] } else { b });
+                count += 1;
+            }
+            match w.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.release();
+        Ok(Flush::Done)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.bytes -= n.min(self.bytes);
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.bytes().len() - self.head_off;
+            if n >= left {
+                n -= left;
+                self.head_off = 0;
+                self.chunks.pop_front();
+            } else {
+                self.head_off += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// Frees the queue's memory once it is empty.
+    fn release(&mut self) {
+        if self.bytes == 0 {
+            self.chunks = VecDeque::new();
+            self.head_off = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call, then blocks after `budget` bytes.
+    struct Trickle {
+        out: Vec<u8>,
+        cap: usize,
+        budget: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.cap).min(self.budget);
+            self.out.extend_from_slice(&buf[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn preserves_order_across_partial_writes() {
+        let mut q = OutQueue::default();
+        let big = Frame::binary(&[7u8; 2000]);
+        q.push_bytes(b"abc");
+        q.push_frame(&big);
+        q.push_ws(crate::ws::OpCode::Text, b"hi");
+        let total = 3 + big.len() + 4;
+        assert_eq!(q.len(), total);
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 7,
+            budget: 100,
+        };
+        assert_eq!(q.write_to(&mut w).unwrap(), Flush::Blocked);
+        assert_eq!(q.len(), total - 100);
+        w.budget = usize::MAX;
+        assert_eq!(q.write_to(&mut w).unwrap(), Flush::Done);
+        let mut expect = b"abc".to_vec();
+        expect.extend_from_slice(big.bytes());
+        expect.extend_from_slice(&[0x81, 2, b'h', b'i']);
+        assert_eq!(w.out, expect);
+        assert!(q.is_empty());
+        assert_eq!(q.chunks.capacity(), 0, "memory released when drained");
+    }
+
+    #[test]
+    fn small_frames_coalesce_into_one_chunk() {
+        let mut q = OutQueue::default();
+        let f = Frame::text(b"hello");
+        for _ in 0..100 {
+            q.push_frame(&f);
+        }
+        assert_eq!(q.chunks.len(), 1);
+        assert_eq!(q.len(), 100 * f.len());
+    }
+
+    #[test]
+    fn truncate_keeps_partially_written_head() {
+        let mut q = OutQueue::default();
+        q.push_frame(&Frame::binary(&[1u8; 1000]));
+        q.push_frame(&Frame::binary(&[2u8; 1000]));
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 10,
+            budget: 10,
+        };
+        assert_eq!(q.write_to(&mut w).unwrap(), Flush::Blocked);
+        q.truncate_unstarted();
+        assert_eq!(q.len(), 1004 - 10);
+        let mut q2 = OutQueue::default();
+        q2.push_bytes(b"x");
+        q2.truncate_unstarted();
+        assert!(q2.is_empty());
+    }
+}

@@ -1,0 +1,1264 @@
+//! The mio backend: one thread, one `Poll`, every connection in a `Slab`.
+//!
+//! Discipline (see LIFECYCLE.md beside this file):
+//! - Sockets are registered once for READABLE | WRITABLE (edge-triggered) and never re-registered.
+//! - Reads go into one reactor-wide scratch buffer; a connection keeps only the few bytes of an
+//!   incomplete frame header (WebSocket) or an incomplete request (HTTP), so idle connections own
+//!   no buffers. Each connection reads at most `READ_BUDGET` bytes per wake-up; the rest waits on
+//!   the ready list so one busy peer cannot starve the others.
+//! - Output is queued during the iteration and written once per connection before sleeping
+//!   (one `writev` for everything one read produced). A full socket leaves the rest queued until
+//!   the next WRITABLE edge.
+//! - Output above `soft_out_bytes` stops reading from that connection (backpressure); staying
+//!   there for `soft_out_secs`, or passing `max_out_bytes`, closes it with 1008.
+//! - Closing is deferred: connections are marked, and slots are freed at the end of the iteration.
+
+use super::outqueue::{Flush, OutQueue};
+use super::timer::Wheel;
+use super::{CloseInfo, ConnId, Ctx, Frame, Handler, Message, Notifier, Reply, TimerId, Upgrade};
+use crate::config::Config;
+use crate::http;
+use crate::ws::{self, close_code, OpCode};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes one connection may read per wake-up before others get their turn.
+const READ_BUDGET: usize = 256 * 1024;
+/// How long a closing connection waits for the peer's close frame or FIN.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long graceful shutdown waits for peers and in-flight work.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before retrying `accept` after a resource error (EMFILE and friends).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// The reactor's limits, taken from [`Config`].
+#[derive(Clone, Debug)]
+pub struct ReactorConfig {
+    pub max_connections: usize,
+    pub max_out_bytes: usize,
+    pub soft_out_bytes: usize,
+    pub soft_out_time: Duration,
+    pub http_limits: http::Limits,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub ws_limits: ws::Limits,
+    pub ping_interval: Option<Duration>,
+    pub allowed_origins: Vec<String>,
+    pub subprotocols: Vec<String>,
+}
+
+impl ReactorConfig {
+    pub fn from_config(c: &Config) -> ReactorConfig {
+        ReactorConfig {
+            max_connections: c.server.max_connections,
+            max_out_bytes: c.server.max_out_bytes,
+            soft_out_bytes: c.server.soft_out_bytes,
+            soft_out_time: Duration::from_secs(c.server.soft_out_secs),
+            http_limits: http::Limits {
+                max_header_bytes: c.http.max_header_bytes,
+                max_headers: c.http.max_headers,
+                max_body_bytes: c.http.max_body_bytes,
+            },
+            idle_timeout: Duration::from_secs(c.http.idle_timeout_s),
+            handshake_timeout: Duration::from_secs(c.ws.handshake_timeout_s),
+            ws_limits: ws::Limits {
+                max_frame_bytes: c.ws.max_frame_bytes,
+                max_message_bytes: c.ws.max_message_bytes,
+            },
+            ping_interval: (c.ws.ping_interval_s > 0)
+                .then(|| Duration::from_secs(c.ws.ping_interval_s)),
+            allowed_origins: c.ws.allowed_origins.clone(),
+            subprotocols: c.ws.subprotocols.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// HTTP/1.1 requests (keep-alive, pipelining) until an upgrade.
+    Http,
+    /// An open WebSocket.
+    Ws,
+    /// Our close frame is queued or sent; waiting for the peer's close or FIN.
+    Closing,
+}
+
+struct Conn {
+    gen: u32,
+    stream: TcpStream,
+    peer: SocketAddr,
+    phase: Phase,
+    /// Unparsed input: an incomplete request (HTTP) or frame header (WebSocket).
+    inbuf: Vec<u8>,
+    out: OutQueue,
+    decoder: ws::Decoder,
+    /// The socket may have more to read (edge-triggered readiness memo).
+    readable: bool,
+    /// The last write hit WouldBlock; wait for the WRITABLE edge.
+    write_blocked: bool,
+    in_dirty: bool,
+    in_ready: bool,
+    dropping: bool,
+    /// The handler saw `on_open`, so it must see `on_close` exactly once.
+    opened: bool,
+    close_notified: bool,
+    close_sent: bool,
+    close_received: bool,
+    fin_sent: bool,
+    /// After a protocol error the decoder is poisoned: further input is discarded.
+    discard_input: bool,
+    /// Bytes left in `inbuf` right after the upgrade must be decoded even without a new read.
+    pending_input: bool,
+    /// HTTP: close once the output is written (no keep-alive, or an error reply).
+    close_after_flush: bool,
+    /// HTTP: a deferred reply is awaited: (keep_alive, head_only) of that request.
+    awaiting_reply: Option<(bool, bool)>,
+    /// HTTP: the request must be complete by then; WebSocket closing: the peer must be done by then.
+    io_deadline: Instant,
+    last_read: Instant,
+    ping_sent: Option<Instant>,
+    soft_since: Option<Instant>,
+    /// The wheel entry currently in force for this connection.
+    armed: Option<Instant>,
+}
+
+enum TimerEntry {
+    Conn(ConnId, Instant),
+    App(TimerId),
+}
+
+/// Stops a running reactor from another thread (graceful shutdown).
+#[derive(Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            log::error!("waking the reactor to stop failed: {e}");
+        }
+    }
+}
+
+/// Everything the handler may touch through [`Ctx`], split from the handler and the scratch
+/// buffer so the three can be borrowed independently.
+struct Core<C> {
+    cfg: ReactorConfig,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    wheel: Wheel<TimerEntry>,
+    app_timers: Slab<(u32, u64)>,
+    timer_gen: u32,
+    dirty: Vec<usize>,
+    ready: Vec<usize>,
+    dropping: Vec<usize>,
+    close_notices: Vec<(ConnId, CloseInfo)>,
+    now: Instant,
+    notifier: Notifier<C>,
+    shutting_down: bool,
+}
+
+pub struct Reactor<C> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    core: Core<C>,
+    completions: Receiver<C>,
+    scratch: Vec<u8>,
+    stop: StopHandle,
+    accept_paused: bool,
+    accept_retry_at: Option<Instant>,
+}
+
+impl<C: Send + 'static> Reactor<C> {
+    /// Binds the listener. A busy port or a bad address is reported here, before anything runs.
+    pub fn bind(cfg: ReactorConfig, addr: SocketAddr) -> io::Result<Reactor<C>> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(addr)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = channel();
+        let now = Instant::now();
+        Ok(Reactor {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals: None,
+            core: Core {
+                cfg,
+                conns: Slab::new(),
+                next_gen: 0,
+                wheel: Wheel::new(now),
+                app_timers: Slab::new(),
+                timer_gen: 0,
+                dirty: Vec::new(),
+                ready: Vec::new(),
+                dropping: Vec::new(),
+                close_notices: Vec::new(),
+                now,
+                notifier: Notifier::new(tx, Some(waker.clone())),
+                shutting_down: false,
+            },
+            completions: rx,
+            scratch: vec![0; READ_CHUNK + 64],
+            stop: StopHandle {
+                flag: Arc::new(AtomicBool::new(false)),
+                waker,
+            },
+            accept_paused: false,
+            accept_retry_at: None,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for worker threads; the same one `Ctx::notifier` gives.
+    pub fn notifier(&self) -> Notifier<C> {
+        self.core.notifier.clone()
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Handles SIGTERM/SIGINT (graceful shutdown) and SIGHUP (reopen the log file). Only the
+    /// server binary does this; in-process tests stop through [`StopHandle`].
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// Runs until stopped (signal or [`StopHandle`]) and the graceful shutdown has finished.
+    pub fn run<H: Handler<Completion = C>>(mut self, handler: &mut H) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut expired = Vec::new();
+        let mut shutdown_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let mut timeout = if self.core.ready.is_empty() {
+                self.core.wheel.next_timeout(now)
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Some(at) = self.accept_retry_at {
+                let d = at.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            if shutdown_deadline.is_some() {
+                timeout = Some(timeout.map_or(Duration::from_millis(100), |t| {
+                    t.min(Duration::from_millis(100))
+                }));
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.core.now = Instant::now();
+
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => self.drain_completions(handler),
+                    SIGNALS => self.handle_signal_event(),
+                    Token(key) => {
+                        let Some(conn) = self.core.conns.get_mut(key) else {
+                            continue;
+                        };
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            conn.readable = true;
+                        }
+                        if event.is_writable() || event.is_write_closed() {
+                            conn.write_blocked = false;
+                            if !conn.out.is_empty() {
+                                self.core.mark_dirty(key);
+                            }
+                        }
+                        if conn.readable {
+                            self.process_input(handler, key);
+                        }
+                    }
+                }
+            }
+
+            // Connections that used up their read budget, or whose pipelined input resumes.
+            let ready = std::mem::take(&mut self.core.ready);
+            for key in ready {
+                if let Some(c) = self.core.conns.get_mut(key) {
+                    c.in_ready = false;
+                }
+                self.process_input(handler, key);
+            }
+
+            self.core.wheel.expire(self.core.now, &mut expired);
+            for entry in expired.drain(..) {
+                match entry {
+                    TimerEntry::Conn(id, at) => self.conn_timer(id, at),
+                    TimerEntry::App(tid) => {
+                        let token = match self.core.app_timers.get(tid.slot as usize) {
+                            Some(&(gen, token)) if gen == tid.gen => token,
+                            _ => continue,
+                        };
+                        self.core.app_timers.remove(tid.slot as usize);
+                        handler.on_timer(&mut self.core, token);
+                    }
+                }
+            }
+
+            if self.stop.flag.swap(false, Ordering::SeqCst) && shutdown_deadline.is_none() {
+                shutdown_deadline = Some(self.begin_shutdown(handler));
+            }
+
+            self.deliver_close_notices(handler);
+            self.flush_dirty();
+            self.drop_closed();
+
+            if self.accept_paused
+                && self.accept_retry_at.is_none_or(|at| self.core.now >= at)
+                && self.core.conns.len() < self.core.cfg.max_connections
+            {
+                self.accept_retry_at = None;
+                self.accept_all();
+            }
+
+            if let Some(deadline) = shutdown_deadline {
+                let idle = self.core.conns.is_empty() && !handler.has_pending_work();
+                if idle {
+                    log::info!("shutdown complete");
+                    return Ok(());
+                }
+                if self.core.now >= deadline {
+                    log::warn!(
+                        "shutdown timed out with {} connections open and work pending: {}",
+                        self.core.conns.len(),
+                        handler.has_pending_work()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn handle_signal_event(&mut self) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        for sig in signals.pending() {
+            match sig {
+                signal_hook::consts::SIGHUP => {
+                    if let Err(e) = crate::logger::reopen() {
+                        log::error!("reopening the log file failed: {e}");
+                    } else {
+                        log::info!("log file reopened (SIGHUP)");
+                    }
+                }
+                _ => {
+                    log::info!("signal {sig}: shutting down");
+                    self.stop.flag.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown<H: Handler<Completion = C>>(&mut self, handler: &mut H) -> Instant {
+        log::info!(
+            "graceful shutdown: {} connections open",
+            self.core.conns.len()
+        );
+        self.core.shutting_down = true;
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.accept_paused = false;
+        handler.on_shutdown(&mut self.core);
+        let ids: Vec<ConnId> = self
+            .core
+            .conns
+            .iter()
+            .map(|(k, c)| ConnId {
+                key: k as u32,
+                gen: c.gen,
+            })
+            .collect();
+        for id in ids {
+            let Some(c) = self.core.conn(id) else {
+                continue;
+            };
+            match c.phase {
+                Phase::Ws => self.core.close(id, close_code::GOING_AWAY, "server shutting down"),
+                Phase::Closing => {}
+                Phase::Http => {
+                    // Requests being answered finish first; idle keep-alive connections go now.
+                    if c.awaiting_reply.is_none() && c.out.is_empty() {
+                        self.core.drop_conn(id.key as usize);
+                    } else {
+                        c.close_after_flush = true;
+                    }
+                }
+            }
+        }
+        self.core.now + SHUTDOWN_TIMEOUT
+    }
+
+    fn accept_all(&mut self) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        loop {
+            if self.core.conns.len() >= self.core.cfg.max_connections {
+                if !self.accept_paused {
+                    log::warn!(
+                        "connection limit {} reached: accepting paused",
+                        self.core.cfg.max_connections
+                    );
+                }
+                self.accept_paused = true;
+                return;
+            }
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let entry = self.core.conns.vacant_entry();
+                    let key = entry.key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::error!("registering a connection failed: {e}");
+                        continue;
+                    }
+                    // Chat frames are small and latency matters more than packet count; writes
+                    // are already batched per loop iteration.
+                    let _ = stream.set_nodelay(true);
+                    self.core.next_gen = self.core.next_gen.wrapping_add(1);
+                    let now = self.core.now;
+                    entry.insert(Conn {
+                        gen: self.core.next_gen,
+                        stream,
+                        peer,
+                        phase: Phase::Http,
+                        inbuf: Vec::new(),
+                        out: OutQueue::default(),
+                        decoder: ws::Decoder::default(),
+                        readable: true,
+                        write_blocked: false,
+                        in_dirty: false,
+                        in_ready: false,
+                        dropping: false,
+                        opened: false,
+                        close_notified: false,
+                        close_sent: false,
+                        close_received: false,
+                        fin_sent: false,
+                        discard_input: false,
+                        pending_input: false,
+                        close_after_flush: false,
+                        awaiting_reply: None,
+                        io_deadline: now + self.core.cfg.handshake_timeout,
+                        last_read: now,
+                        ping_sent: None,
+                        soft_since: None,
+                        armed: None,
+                    });
+                    self.core.arm(key, now + self.core.cfg.handshake_timeout);
+                    // Edge-triggered: the request may already be waiting; read it next pass.
+                    self.core.mark_ready(key);
+                    if self.accept_paused {
+                        log::info!("accepting resumed");
+                        self.accept_paused = false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_paused = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: retry shortly rather than spin.
+                    log::warn!("accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
+                    self.accept_paused = true;
+                    self.accept_retry_at = Some(self.core.now + ACCEPT_RETRY);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drain_completions<H: Handler<Completion = C>>(&mut self, handler: &mut H) {
+        loop {
+            match self.completions.try_recv() {
+                Ok(c) => handler.on_completion(&mut self.core, c),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn deliver_close_notices<H: Handler<Completion = C>>(&mut self, handler: &mut H) {
+        // A handler's on_close may close further connections: loop until quiet.
+        while !self.core.close_notices.is_empty() {
+            let notices = std::mem::take(&mut self.core.close_notices);
+            for (id, info) in notices {
+                handler.on_close(&mut self.core, id, info);
+            }
+        }
+    }
+
+    fn process_input<H: Handler<Completion = C>>(&mut self, handler: &mut H, key: usize) {
+        let Some(conn) = self.core.conns.get(key) else {
+            return;
+        };
+        if conn.dropping {
+            return;
+        }
+        match conn.phase {
+            Phase::Http => self.process_http(handler, key),
+            Phase::Ws | Phase::Closing => self.process_ws(handler, key),
+        }
+        self.deliver_close_notices(handler);
+    }
+
+    /// Reads into the scratch buffer after `prefix` bytes. Ok(None) = nothing more now.
+    fn read_some(&mut self, key: usize, prefix: usize) -> Result<Option<usize>, String> {
+        let need = prefix + READ_CHUNK;
+        if self.scratch.len() < need {
+            self.scratch.resize(need, 0);
+        }
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return Ok(None);
+        };
+        loop {
+            match conn.stream.read(&mut self.scratch[prefix..prefix + READ_CHUNK]) {
+                Ok(0) => return Err("peer closed the connection".into()),
+                Ok(n) => {
+                    conn.last_read = self.core.now;
+                    conn.ping_sent = None;
+                    return Ok(Some(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.readable = false;
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read error: {e}")),
+            }
+        }
+    }
+
+    fn process_ws<H: Handler<Completion = C>>(&mut self, handler: &mut H, key: usize) {
+        let mut budget = READ_BUDGET;
+        if let Some(conn) = self.core.conns.get_mut(key) {
+            if conn.pending_input {
+                conn.pending_input = false;
+                let prefix = std::mem::take(&mut conn.inbuf);
+                self.scratch[..prefix.len()].copy_from_slice(&prefix);
+                self.decode_ws(handler, key, prefix.len());
+            }
+        }
+        loop {
+            let Some(conn) = self.core.conns.get_mut(key) else {
+                return;
+            };
+            if conn.dropping || !conn.readable {
+                return;
+            }
+            // Backpressure: a peer that does not read its output gets no more input processed.
+            if conn.out.len() > self.core.cfg.soft_out_bytes {
+                return;
+            }
+            if budget == 0 {
+                self.core.mark_ready(key);
+                return;
+            }
+            let prefix = std::mem::take(&mut conn.inbuf);
+            let need = prefix.len() + READ_CHUNK;
+            if self.scratch.len() < need {
+                self.scratch.resize(need, 0);
+            }
+            self.scratch[..prefix.len()].copy_from_slice(&prefix);
+            match self.read_some(key, prefix.len()) {
+                Ok(Some(n)) => {
+                    budget = budget.saturating_sub(n);
+                    self.decode_ws(handler, key, prefix.len() + n);
+                }
+                Ok(None) => {
+                    if let Some(conn) = self.core.conns.get_mut(key) {
+                        conn.inbuf = prefix;
+                    }
+                    return;
+                }
+                Err(why) => {
+                    self.core.peer_gone(key, &why);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decodes `scratch[..len]` for a WebSocket connection and dispatches what it yields.
+    fn decode_ws<H: Handler<Completion = C>>(&mut self, handler: &mut H, key: usize, len: usize) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if conn.discard_input || conn.close_received {
+            return;
+        }
+        let id = ConnId {
+            key: key as u32,
+            gen: conn.gen,
+        };
+        let mut decoder = std::mem::take(&mut conn.decoder);
+        let mut pos = 0;
+        let mut failure: Option<ws::Error> = None;
+        while pos < len {
+            match decoder.decode(&mut self.scratch[pos..len]) {
+                Ok((n, None)) => {
+                    pos += n;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                Ok((n, Some(event))) => {
+                    pos += n;
+                    let Some(conn) = self.core.conns.get_mut(key) else {
+                        return;
+                    };
+                    let open = conn.phase == Phase::Ws;
+                    match event {
+                        ws::Event::Text(text) if open => {
+                            handler.on_message(&mut self.core, id, Message::Text(text));
+                        }
+                        ws::Event::Binary(data) if open => {
+                            handler.on_message(&mut self.core, id, Message::Binary(data));
+                        }
+                        ws::Event::Text(_) | ws::Event::Binary(_) => {}
+                        ws::Event::Ping(payload) => {
+                            if !conn.close_sent {
+                                conn.out.push_ws(OpCode::Pong, payload);
+                                self.core.mark_dirty(key);
+                            }
+                        }
+                        ws::Event::Pong(_) => {}
+                        ws::Event::Close { code, reason } => {
+                            log::debug!(
+                                "conn={id} peer={} close received code={code:?} reason_len={}",
+                                conn.peer,
+                                reason.len()
+                            );
+                            conn.close_received = true;
+                            if !conn.close_sent {
+                                // Echo the peer's code (RFC 6455 5.5.1); an empty close gets an
+                                // empty close.
+                                let frame = match code {
+                                    Some(c) => ws::close_frame(c, ""),
+                                    None => ws::frame(OpCode::Close, &[]),
+                                };
+                                conn.out.push_bytes(&frame);
+                                conn.close_sent = true;
+                            }
+                            conn.phase = Phase::Closing;
+                            let info = CloseInfo {
+                                code: code.unwrap_or(1005),
+                                reason: "closed by peer".into(),
+                            };
+                            self.core.notify_close(key, info);
+                            self.core.mark_dirty(key);
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            // The handler may have closed this connection while handling a message.
+            match self.core.conns.get(key) {
+                Some(c) if c.gen == id.gen && !c.dropping && !c.close_received => {}
+                _ => break,
+            }
+        }
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if conn.gen != id.gen {
+            return;
+        }
+        conn.decoder = decoder;
+        if let Some(e) = failure {
+            log::debug!("conn={id} peer={} protocol error: {e}", conn.peer);
+            conn.discard_input = true;
+            self.core.close_ws(key, e.close_code(), &e.to_string());
+            return;
+        }
+        if pos < len && !conn.close_received {
+            conn.inbuf.extend_from_slice(&self.scratch[pos..len]);
+        }
+    }
+
+    fn process_http<H: Handler<Completion = C>>(&mut self, handler: &mut H, key: usize) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(conn) = self.core.conns.get_mut(key) else {
+                return;
+            };
+            if conn.dropping || conn.phase != Phase::Http || conn.close_after_flush {
+                break;
+            }
+            if conn.awaiting_reply.is_some() || conn.out.len() > self.core.cfg.soft_out_bytes {
+                // Pipelined requests wait for the deferred reply (responses stay in order).
+                break;
+            }
+            match http::parse_request(&conn.inbuf, &self.core.cfg.http_limits) {
+                Ok(Some((request, used))) => {
+                    conn.inbuf.drain(..used);
+                    if conn.inbuf.is_empty() {
+                        conn.inbuf = Vec::new();
+                    }
+                    self.handle_request(handler, key, request);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::debug!("conn={key} peer={} bad request: {e}", conn.peer);
+                    let resp = http::Response::error(e.status(), &e.to_string());
+                    conn.out.push_bytes(&resp.to_bytes(false, false));
+                    conn.close_after_flush = true;
+                    conn.inbuf = Vec::new();
+                    self.core.mark_dirty(key);
+                    break;
+                }
+            }
+            if !conn.readable {
+                break;
+            }
+            if budget == 0 {
+                self.core.mark_ready(key);
+                break;
+            }
+            match self.read_some(key, 0) {
+                Ok(Some(n)) => {
+                    budget = budget.saturating_sub(n);
+                    if let Some(conn) = self.core.conns.get_mut(key) {
+                        conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                    }
+                }
+                Ok(None) => break,
+                Err(why) => {
+                    // A peer that half-closes after its request still gets the reply.
+                    let Some(conn) = self.core.conns.get_mut(key) else {
+                        return;
+                    };
+                    conn.readable = false;
+                    if conn.awaiting_reply.is_some() || !conn.out.is_empty() {
+                        conn.close_after_flush = true;
+                    } else {
+                        log::trace!("conn={key} peer={}: {why}", conn.peer);
+                        self.core.drop_conn(key);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_request<H: Handler<Completion = C>>(
+        &mut self,
+        handler: &mut H,
+        key: usize,
+        request: http::Request,
+    ) {
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        let id = ConnId {
+            key: key as u32,
+            gen: conn.gen,
+        };
+        conn.io_deadline = self.core.now + self.core.cfg.idle_timeout;
+        if handler.is_websocket_path(&request.path) {
+            let hs = ws::handshake::HandshakeConfig {
+                allowed_origins: &self.core.cfg.allowed_origins,
+                subprotocols: &self.core.cfg.subprotocols,
+            };
+            let accepted = match ws::handshake::negotiate(
+                &request.method,
+                request.http_minor,
+                &request.headers,
+                &hs,
+            ) {
+                Ok(a) => a,
+                Err(rejection) => {
+                    let mut resp = http::Response::error(rejection.status, rejection.reason);
+                    for (name, value) in &rejection.headers {
+                        resp = resp.with_header(name, value);
+                    }
+                    self.core.queue_http(key, &resp, false, false);
+                    return;
+                }
+            };
+            match handler.on_upgrade(&mut self.core, id, &request) {
+                Upgrade::Reject(resp) => {
+                    self.core.queue_http(key, &resp, false, false);
+                }
+                Upgrade::Accept => {
+                    let Some(conn) = self.core.conns.get_mut(key) else {
+                        return;
+                    };
+                    conn.out.push_bytes(&ws::handshake::response(&accepted));
+                    conn.phase = Phase::Ws;
+                    conn.opened = true;
+                    conn.decoder = ws::Decoder::new(self.core.cfg.ws_limits);
+                    conn.pending_input = !conn.inbuf.is_empty();
+                    conn.last_read = self.core.now;
+                    self.core.mark_dirty(key);
+                    if let Some(interval) = self.core.cfg.ping_interval {
+                        self.core.arm(key, self.core.now + interval);
+                    }
+                    log::debug!("conn={id} peer={} websocket open {}", conn.peer, request.path);
+                    handler.on_open(&mut self.core, id, &request);
+                    self.core.mark_ready(key);
+                }
+            }
+            return;
+        }
+        let keep_alive = request.keep_alive() && !self.core.shutting_down;
+        let head_only = request.method == "HEAD";
+        match handler.on_request(&mut self.core, id, request) {
+            Reply::Now(resp) => self.core.queue_http(key, &resp, keep_alive, head_only),
+            Reply::Later => {
+                if let Some(conn) = self.core.conns.get_mut(key) {
+                    if conn.gen == id.gen {
+                        conn.awaiting_reply = Some((keep_alive, head_only));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection's wheel entry fired: time out, ping, or enforce the soft output limit.
+    fn conn_timer(&mut self, id: ConnId, at: Instant) {
+        let now = self.core.now;
+        let cfg_ping = self.core.cfg.ping_interval;
+        let soft_time = self.core.cfg.soft_out_time;
+        let key = id.key as usize;
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if conn.gen != id.gen || conn.armed != Some(at) || conn.dropping {
+            return;
+        }
+        conn.armed = None;
+        if let Some(since) = conn.soft_since {
+            if now >= since + soft_time && conn.out.len() > self.core.cfg.soft_out_bytes {
+                log::warn!(
+                    "conn={id} peer={} closed: {} bytes queued for over {}s (soft limit {})",
+                    conn.peer,
+                    conn.out.len(),
+                    soft_time.as_secs(),
+                    self.core.cfg.soft_out_bytes
+                );
+                self.core.overflow(key, "slow consumer");
+                return;
+            }
+        }
+        let mut next: Option<Instant> = conn.soft_since.map(|s| s + soft_time);
+        match conn.phase {
+            Phase::Http => {
+                if conn.awaiting_reply.is_none() && now >= conn.io_deadline {
+                    log::debug!("conn={id} peer={} http timeout", conn.peer);
+                    self.core.drop_conn(key);
+                    return;
+                }
+                let at = if conn.awaiting_reply.is_some() {
+                    now + self.core.cfg.idle_timeout
+                } else {
+                    conn.io_deadline
+                };
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            Phase::Closing => {
+                if now >= conn.io_deadline {
+                    self.core.drop_conn(key);
+                    return;
+                }
+                next = Some(next.map_or(conn.io_deadline, |n| n.min(conn.io_deadline)));
+            }
+            Phase::Ws => {
+                if let Some(interval) = cfg_ping {
+                    let at = match conn.ping_sent {
+                        Some(sent) if now >= sent + interval => {
+                            log::debug!("conn={id} peer={} ping timeout", conn.peer);
+                            self.core.close_ws(key, close_code::GOING_AWAY, "ping timeout");
+                            return;
+                        }
+                        Some(sent) => sent + interval,
+                        None if now >= conn.last_read + interval => {
+                            conn.out.push_ws(OpCode::Ping, b"");
+                            conn.ping_sent = Some(now);
+                            self.core.mark_dirty(key);
+                            now + interval
+                        }
+                        None => conn.last_read + interval,
+                    };
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        if let Some(at) = next {
+            self.core.arm(key, at);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.core.dirty);
+        for key in dirty {
+            let soft = self.core.cfg.soft_out_bytes;
+            let soft_time = self.core.cfg.soft_out_time;
+            let now = self.core.now;
+            let Some(conn) = self.core.conns.get_mut(key) else {
+                continue;
+            };
+            conn.in_dirty = false;
+            if conn.dropping || conn.write_blocked {
+                continue;
+            }
+            match conn.out.write_to(&mut conn.stream) {
+                Ok(Flush::Done) => {
+                    conn.soft_since = None;
+                    if conn.readable && !conn.close_received {
+                        // Reading may have been paused by backpressure.
+                        self.core.mark_ready(key);
+                    }
+                    self.core.after_drain(key);
+                }
+                Ok(Flush::Blocked) => {
+                    conn.write_blocked = true;
+                    if conn.out.len() > soft && conn.soft_since.is_none() {
+                        conn.soft_since = Some(now);
+                        self.core.arm(key, now + soft_time);
+                    } else if conn.out.len() <= soft {
+                        conn.soft_since = None;
+                    }
+                }
+                Err(e) => {
+                    let why = format!("write error: {e}");
+                    self.core.peer_gone(key, &why);
+                }
+            }
+        }
+    }
+
+    fn drop_closed(&mut self) {
+        for key in std::mem::take(&mut self.core.dropping) {
+            if let Some(conn) = self.core.conns.try_remove(key) {
+                // Dropping the stream closes the socket, which also removes it from epoll.
+                log::trace!("conn={}.{} peer={} freed", key, conn.gen, conn.peer);
+            }
+        }
+    }
+}
+
+impl<C> Core<C> {
+    fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id.key as usize)
+            .filter(|c| c.gen == id.gen && !c.dropping)
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if !c.in_dirty {
+                c.in_dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if !c.in_ready {
+                c.in_ready = true;
+                self.ready.push(key);
+            }
+        }
+    }
+
+    /// Makes sure the connection's timer fires no later than `at`.
+    fn arm(&mut self, key: usize, at: Instant) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.armed.is_none_or(|a| at < a) {
+            c.armed = Some(at);
+            let id = ConnId {
+                key: key as u32,
+                gen: c.gen,
+            };
+            self.wheel.insert(at, TimerEntry::Conn(id, at));
+        }
+    }
+
+    fn notify_close(&mut self, key: usize, info: CloseInfo) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.opened && !c.close_notified {
+            c.close_notified = true;
+            let id = ConnId {
+                key: key as u32,
+                gen: c.gen,
+            };
+            self.close_notices.push((id, info));
+        }
+    }
+
+    /// Marks the connection for freeing at the end of the iteration.
+    fn drop_conn(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !c.dropping {
+            c.dropping = true;
+            self.dropping.push(key);
+        }
+    }
+
+    /// The TCP connection is gone (EOF, reset, write error).
+    fn peer_gone(&mut self, key: usize, why: &str) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let code = if c.close_received || c.close_sent { 1000 } else { 1006 };
+        log::debug!("conn={key}.{} peer={} gone: {why}", c.gen, c.peer);
+        self.notify_close(
+            key,
+            CloseInfo {
+                code,
+                reason: why.to_string(),
+            },
+        );
+        self.drop_conn(key);
+    }
+
+    /// Starts the WebSocket close handshake from our side.
+    fn close_ws(&mut self, key: usize, code: u16, reason: &str) {
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.close_sent {
+            return;
+        }
+        c.out.push_bytes(&ws::close_frame(code, reason));
+        c.close_sent = true;
+        c.phase = Phase::Closing;
+        c.io_deadline = now + CLOSE_TIMEOUT;
+        self.notify_close(
+            key,
+            CloseInfo {
+                code,
+                reason: reason.to_string(),
+            },
+        );
+        self.mark_dirty(key);
+        self.arm(key, now + CLOSE_TIMEOUT);
+    }
+
+    /// Output limit exceeded: drop what the peer has not started receiving, tell it why, close.
+    fn overflow(&mut self, key: usize, why: &str) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        c.out.truncate_unstarted();
+        c.discard_input = true;
+        match c.phase {
+            Phase::Http => self.drop_conn(key),
+            Phase::Ws | Phase::Closing => {
+                // The close frame may never be read by a peer that stopped reading; the close
+                // deadline then frees the slot anyway.
+                c.close_sent = false;
+                c.phase = Phase::Ws;
+                self.close_ws(key, close_code::POLICY, why);
+            }
+        }
+    }
+
+    /// Called after a connection's output drained completely.
+    fn after_drain(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        match c.phase {
+            Phase::Http if c.close_after_flush && c.awaiting_reply.is_none() => self.drop_conn(key),
+            Phase::Closing if c.close_sent => {
+                if c.close_received {
+                    // Handshake complete: the server closes the TCP connection first (RFC 6455 7.1.1).
+                    self.drop_conn(key);
+                } else if !c.fin_sent {
+                    c.fin_sent = true;
+                    let _ = c.stream.shutdown(Shutdown::Write);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues an HTTP response for the connection's current request.
+    fn queue_http(&mut self, key: usize, resp: &http::Response, keep_alive: bool, head_only: bool) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        c.out.push_bytes(&resp.to_bytes(keep_alive, head_only));
+        if !keep_alive {
+            c.close_after_flush = true;
+        }
+        self.mark_dirty(key);
+    }
+
+    /// After queuing to a WebSocket: enforce the hard output cap.
+    fn after_queue(&mut self, key: usize) {
+        let Some(c) = self.conns.get(key) else {
+            return;
+        };
+        if c.out.len() > self.cfg.max_out_bytes {
+            log::warn!(
+                "conn={key}.{} peer={} closed: {} bytes queued over the hard limit {}",
+                c.gen,
+                c.peer,
+                c.out.len(),
+                self.cfg.max_out_bytes
+            );
+            self.overflow(key, "output buffer limit");
+        } else {
+            self.mark_dirty(key);
+        }
+    }
+
+    fn ws_target(&mut self, id: ConnId) -> Option<usize> {
+        let c = self.conn(id)?;
+        (c.phase == Phase::Ws && !c.close_sent).then_some(id.key as usize)
+    }
+}
+
+impl<C> Ctx<C> for Core<C> {
+    fn send(&mut self, conn: ConnId, frame: &Frame) -> bool {
+        let Some(key) = self.ws_target(conn) else {
+            return false;
+        };
+        self.conns[key].out.push_frame(frame);
+        self.after_queue(key);
+        true
+    }
+
+    fn send_text(&mut self, conn: ConnId, text: &str) -> bool {
+        let Some(key) = self.ws_target(conn) else {
+            return false;
+        };
+        self.conns[key].out.push_ws(OpCode::Text, text.as_bytes());
+        self.after_queue(key);
+        true
+    }
+
+    fn send_binary(&mut self, conn: ConnId, data: &[u8]) -> bool {
+        let Some(key) = self.ws_target(conn) else {
+            return false;
+        };
+        self.conns[key].out.push_ws(OpCode::Binary, data);
+        self.after_queue(key);
+        true
+    }
+
+    fn respond(&mut self, conn: ConnId, response: http::Response) {
+        let Some(c) = self.conn(conn) else {
+            return;
+        };
+        let Some((keep_alive, head_only)) = c.awaiting_reply.take() else {
+            log::error!("conn={conn}: respond() without a deferred request");
+            return;
+        };
+        let keep_alive = keep_alive && !self.shutting_down;
+        let key = conn.key as usize;
+        self.queue_http(key, &response, keep_alive, head_only);
+        // Pipelined requests behind this one can go on now.
+        self.mark_ready(key);
+    }
+
+    fn close(&mut self, conn: ConnId, code: u16, reason: &str) {
+        let Some(c) = self.conn(conn) else {
+            return;
+        };
+        let key = conn.key as usize;
+        match c.phase {
+            Phase::Http => {
+                c.close_after_flush = true;
+                if c.out.is_empty() {
+                    self.drop_conn(key);
+                }
+            }
+            Phase::Ws | Phase::Closing => self.close_ws(key, code, reason),
+        }
+    }
+
+    fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.conns
+            .get(conn.key as usize)
+            .filter(|c| c.gen == conn.gen)
+            .map(|c| c.peer)
+    }
+
+    fn set_timer(&mut self, after: Duration, token: u64) -> TimerId {
+        self.timer_gen = self.timer_gen.wrapping_add(1);
+        let slot = self.app_timers.insert((self.timer_gen, token)) as u32;
+        let id = TimerId {
+            slot,
+            gen: self.timer_gen,
+        };
+        self.wheel.insert(self.now + after, TimerEntry::App(id));
+        id
+    }
+
+    fn cancel_timer(&mut self, id: TimerId) {
+        if matches!(self.app_timers.get(id.slot as usize), Some(&(gen, _)) if gen == id.gen) {
+            self.app_timers.remove(id.slot as usize);
+        }
+    }
+
+    fn notifier(&self) -> Notifier<C> {
+        self.notifier.clone()
+    }
+
+    fn now(&self) -> Instant {
+        self.now
+    }
+
+    fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+}

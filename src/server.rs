@@ -1,0 +1,139 @@
+//! Wires configuration, application and reactor into a server, for the CLI and for in-process
+//! integration tests.
+
+use crate::app::{App, Completion};
+use crate::config::Config;
+use crate::net::reactor::{Reactor, ReactorConfig, StopHandle};
+use crate::pidfile::{self, PidLock};
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+/// A server whose listener is bound but whose loop is not running yet.
+pub struct Server {
+    reactor: Reactor<Completion>,
+    app: App,
+    pid_lock: Option<PidLock>,
+}
+
+impl Server {
+    /// Creates the data directory, binds the listener and builds the application. Every start-up
+    /// failure is returned as a message for the operator.
+    pub fn bind(config: Config) -> Result<Server, String> {
+        std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
+            format!(
+                "cannot create data_dir {}: {e}",
+                config.server.data_dir.display()
+            )
+        })?;
+        let addr: SocketAddr = config
+            .server
+            .listen
+            .parse()
+            .map_err(|_| format!("[server] listen {:?} is not an address", config.server.listen))?;
+        let reactor = Reactor::bind(ReactorConfig::from_config(&config), addr).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!("cannot listen on {addr}: the port is already in use")
+            } else {
+                format!("cannot listen on {addr}: {e}")
+            }
+        })?;
+        let app = App::new(config);
+        Ok(Server {
+            reactor,
+            app,
+            pid_lock: None,
+        })
+    }
+
+    /// Takes the data directory's pid lock and records pid and address in it.
+    pub fn lock_pid_file(&mut self, config: &Config) -> Result<(), String> {
+        let path = config.pid_file();
+        if let Ok(pidfile::Status::Stale { pid }) = pidfile::probe(&path) {
+            log::warn!(
+                "removing stale pid file {} (pid {} is gone)",
+                path.display(),
+                pid.map_or_else(|| "?".into(), |p| p.to_string())
+            );
+        }
+        let mut lock = pidfile::acquire(&path)?;
+        lock.write(std::process::id(), &self.local_addr().to_string())
+            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
+        self.pid_lock = Some(lock);
+        Ok(())
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reactor.local_addr()
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        self.reactor.stop_handle()
+    }
+
+    /// Installs SIGTERM/SIGINT/SIGHUP handling (the binary only).
+    pub fn handle_signals(&mut self) -> Result<(), String> {
+        self.reactor
+            .handle_signals()
+            .map_err(|e| format!("cannot install signal handlers: {e}"))
+    }
+
+    /// Runs the event loop on this thread until a graceful shutdown completes.
+    pub fn run(self) -> Result<(), String> {
+        let Server {
+            reactor,
+            mut app,
+            pid_lock,
+        } = self;
+        log::info!("wxchat {} listening on {}", env!("CARGO_PKG_VERSION"), reactor.local_addr());
+        let result = reactor
+            .run(&mut app)
+            .map_err(|e| format!("event loop failed: {e}"));
+        if let Some(lock) = pid_lock {
+            lock.remove();
+        }
+        result
+    }
+
+    /// Runs the server on a background thread (integration tests, embedding).
+    pub fn spawn(self) -> Result<Running, String> {
+        let addr = self.local_addr();
+        let stop = self.stop_handle();
+        let thread = std::thread::Builder::new()
+            .name("reactor".into())
+            .spawn(move || self.run())
+            .map_err(|e| format!("cannot start the reactor thread: {e}"))?;
+        Ok(Running {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// A server running on its own thread; dropping it stops it gracefully.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: StopHandle,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Running {
+    /// Stops gracefully and waits for the loop to finish.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), String> {
+        self.stop.stop();
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| "reactor thread panicked".to_string())?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}

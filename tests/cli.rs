@@ -1,0 +1,147 @@
+//! The `server` binary as operators use it: daemon, status, stop, graceful shutdown, SIGHUP, and
+//! the start-up errors (busy port, bad config, second daemon, stale pid file).
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: sending a signal to a child process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+}
+
+#[test]
+fn daemon_status_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let data = dir.path().join("data");
+
+    let (code, out, err) = run_cli(&config, &["status"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("not running"), "{out}");
+
+    let (code, out, err) = run_cli(&config, &["daemon"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (pid, addr) = read_pid_file(&data.join("server.pid")).expect("pid file");
+    assert!(out.contains(&addr.to_string()), "daemon says where it listens: {out}");
+    assert!(out.contains("server.log"), "{out}");
+    // It answers at once: the daemon returned only after the listener was up.
+    assert_eq!(http_get(addr, "/healthz").status, 200);
+
+    let (code, out, _) = run_cli(&config, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("running") && out.contains(&pid.to_string()) && out.contains(&addr.to_string()), "{out}");
+
+    // A second daemon on the same data directory is refused.
+    let (code, _, err) = run_cli(&config, &["daemon"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already running") && err.contains(&pid.to_string()), "{err}");
+
+    // SIGHUP reopens the log: move it away and a new one appears.
+    let log = data.join("server.log");
+    let moved = data.join("server.log.1");
+    std::fs::rename(&log, &moved).unwrap();
+    signal(pid, libc::SIGHUP);
+    wait_for("a reopened log file", || log.exists());
+
+    let (code, out, err) = run_cli(&config, &["stop"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("stopped"), "{out}");
+    assert!(!data.join("server.pid").exists(), "clean exit removes the pid file");
+    let (code, _, _) = run_cli(&config, &["status"]);
+    assert_eq!(code, 3);
+    let (code, _, err) = run_cli(&config, &["stop"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no server is running"), "{err}");
+}
+
+#[test]
+fn graceful_shutdown_closes_websockets_with_1001() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[ws]\necho_path = \"/echo\"\n");
+    let (mut child, addr) = spawn_foreground(&config, &dir.path().join("data"));
+    let mut c = WsClient::connect(addr, "/echo");
+    c.send_text("before");
+    assert_eq!(c.recv_text(), "before");
+    signal(child.id(), libc::SIGTERM);
+    assert_eq!(c.expect_close(), Some(1001));
+    c.send_close(1001, "");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn sigint_stops_the_foreground_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (mut child, _addr) = spawn_foreground(&config, &dir.path().join("data"));
+    signal(child.id(), libc::SIGINT);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn busy_port_is_a_clear_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let (code, _, err) = run_cli(&config, &["run"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already in use"), "{err}");
+    let (code, _, err) = run_cli(&config, &["daemon"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already in use"), "{err}");
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:0\"\nmax_conections = 5\n").unwrap();
+    let (code, _, err) = run_cli(&path, &["run"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("max_conections"), "{err}");
+    let (code, _, err) = run_cli(&dir.path().join("missing.toml"), &["status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let out = Command::new(server_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("WXCHAT_SERVER_MAX_CONNECTIONS", "many")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WXCHAT_SERVER_MAX_CONNECTIONS"));
+}
+
+#[test]
+fn stale_pid_file_is_reported_and_does_not_block_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("server.pid"), "999999\n127.0.0.1:1\n").unwrap();
+    let (code, out, _) = run_cli(&config, &["status"]);
+    assert_eq!(code, 3);
+    assert!(out.contains("stale pid file"), "{out}");
+    let (code, _, err) = run_cli(&config, &["stop"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("stale"), "{err}");
+    let (mut child, addr) = spawn_foreground(&config, &data);
+    assert_eq!(http_get(addr, "/healthz").status, 200);
+    signal(child.id(), libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = Command::new(server_bin()).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
+}

@@ -1,0 +1,96 @@
+//! Bounded memory, measured on the server binary in its own process: resident memory per idle
+//! WebSocket connection (10,000 of them), and memory staying flat while peers stop reading.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn open_ws(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 512];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut tmp).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&tmp[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    s
+}
+
+#[test]
+fn ten_thousand_idle_connections() {
+    const N: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[server]\nlog_level = \"warn\"\n[ws]\necho_path = \"/echo\"\nping_interval_s = 0\n",
+    );
+    let (mut child, addr) = spawn_foreground(&config, &dir.path().join("data"));
+    // Warm up allocator arenas and the first buffers so the figure is per connection.
+    let warm: Vec<TcpStream> = (0..100).map(|_| open_ws(addr)).collect();
+    let before = rss_kib(child.id());
+    let conns: Vec<TcpStream> = (0..N).map(|_| open_ws(addr)).collect();
+    let health = http_get(addr, "/healthz").json();
+    assert!(health["connections"].as_u64().unwrap() >= (N + 100) as u64);
+    let after = rss_kib(child.id());
+    let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / N as f64;
+    println!(
+        "idle websocket connections: {N}; server RSS {before} KiB -> {after} KiB; {per_conn:.0} bytes per connection (kernel socket memory not included)"
+    );
+    // A generous bound: the point is that idle connections own no buffers.
+    assert!(per_conn < 4096.0, "{per_conn} bytes per idle connection");
+    drop(conns);
+    drop(warm);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn memory_stays_flat_while_peers_stop_reading() {
+    const PEERS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[server]\nlog_level = \"warn\"\nmax_out_bytes = 1048576\nsoft_out_bytes = 262144\nsoft_out_secs = 1\n[ws]\necho_path = \"/echo\"\n",
+    );
+    let (mut child, addr) = spawn_foreground(&config, &dir.path().join("data"));
+    let before = rss_kib(child.id());
+    let frame = encode_client_frame(true, 0, OP_BINARY, &[1u8; 65_000], true);
+    let mut peers: Vec<TcpStream> = (0..PEERS).map(|_| open_ws(addr)).collect();
+    // Each peer floods for a while without ever reading.
+    let mut peak = before;
+    for round in 0..40 {
+        for p in peers.iter_mut() {
+            p.set_write_timeout(Some(Duration::from_millis(20))).unwrap();
+            let _ = p.write_all(&frame);
+        }
+        if round % 5 == 0 {
+            peak = peak.max(rss_kib(child.id()));
+        }
+    }
+    // Every flooding peer is eventually closed by the server.
+    for p in peers.iter_mut() {
+        assert!(closed_by_peer(p), "a non-reading peer was never closed");
+    }
+    peak = peak.max(rss_kib(child.id()));
+    let growth = peak.saturating_sub(before);
+    println!("{PEERS} non-reading peers flooding: server RSS {before} KiB, peak {peak} KiB (+{growth} KiB)");
+    // Per peer at most the hard output cap plus one read budget and a reassembly buffer.
+    assert!(growth < (PEERS as u64) * 3 * 1024 + 16 * 1024, "memory grew by {growth} KiB");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
