@@ -85,7 +85,12 @@ impl Handler for App {
         }
     }
 
-    fn on_upgrade(&mut self, _ctx: &mut dyn Ctx<Completion>, _conn: ConnId, req: &Request) -> Upgrade {
+    fn on_upgrade(
+        &mut self,
+        _ctx: &mut dyn Ctx<Completion>,
+        _conn: ConnId,
+        req: &Request,
+    ) -> Upgrade {
         match self.endpoint_of(&req.path) {
             Some(_) => Upgrade::Accept,
             None => Upgrade::Reject(http::Response::error(404, "no such endpoint")),

@@ -264,7 +264,9 @@ fn apply_env(
         toml::Value::Boolean(_) => {
             toml::Value::Boolean(value.trim().parse().map_err(|_| bad("true or false"))?)
         }
-        toml::Value::Float(_) => toml::Value::Float(value.trim().parse().map_err(|_| bad("a number"))?),
+        toml::Value::Float(_) => {
+            toml::Value::Float(value.trim().parse().map_err(|_| bad("a number"))?)
+        }
         toml::Value::Array(_) => toml::Value::Array(
             value
                 .split(',')
@@ -273,7 +275,11 @@ fn apply_env(
                 .map(|s| toml::Value::String(s.to_string()))
                 .collect(),
         ),
-        _ => return Err(bad("a value this variable cannot take from the environment")),
+        _ => {
+            return Err(bad(
+                "a value this variable cannot take from the environment",
+            ))
+        }
     };
     let entry = table
         .entry(section.clone())
@@ -336,7 +342,10 @@ mod tests {
             &[
                 ("WXCHAT_SERVER_LISTEN", "127.0.0.1:2"),
                 ("WXCHAT_SERVER_MAX_CONNECTIONS", "10"),
-                ("WXCHAT_WS_ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+                (
+                    "WXCHAT_WS_ALLOWED_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
                 ("WXCHAT_WS_ECHO_PATH", "/echo"),
                 ("PATH", "/usr/bin"),
             ],
@@ -344,7 +353,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:2");
         assert_eq!(c.server.max_connections, 10);
-        assert_eq!(c.ws.allowed_origins, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(
+            c.ws.allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
         assert_eq!(c.ws.echo_path, "/echo");
     }
 

@@ -122,7 +122,11 @@ pub fn process_alive(pid: u32) -> bool {
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name.
-        Ok(stat) => !matches!(stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()), Some(Some('Z' | 'X'))),
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next()),
+            Some(Some('Z' | 'X'))
+        ),
         Err(_) => false,
     }
 }
@@ -146,7 +150,10 @@ mod tests {
             }
         );
         let second = acquire(&path).err().unwrap();
-        assert!(second.contains("4242") && second.contains("127.0.0.1:9"), "{second}");
+        assert!(
+            second.contains("4242") && second.contains("127.0.0.1:9"),
+            "{second}"
+        );
         drop(lock);
         assert_eq!(probe(&path).unwrap(), Status::Stale { pid: Some(4242) });
         let lock = acquire(&path).unwrap();

@@ -25,11 +25,12 @@ impl Server {
                 config.server.data_dir.display()
             )
         })?;
-        let addr: SocketAddr = config
-            .server
-            .listen
-            .parse()
-            .map_err(|_| format!("[server] listen {:?} is not an address", config.server.listen))?;
+        let addr: SocketAddr = config.server.listen.parse().map_err(|_| {
+            format!(
+                "[server] listen {:?} is not an address",
+                config.server.listen
+            )
+        })?;
         let reactor = Reactor::bind(ReactorConfig::from_config(&config), addr).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 format!("cannot listen on {addr}: the port is already in use")
@@ -84,7 +85,11 @@ impl Server {
             mut app,
             pid_lock,
         } = self;
-        log::info!("wxchat {} listening on {}", env!("CARGO_PKG_VERSION"), reactor.local_addr());
+        log::info!(
+            "wxchat {} listening on {}",
+            env!("CARGO_PKG_VERSION"),
+            reactor.local_addr()
+        );
         let result = reactor
             .run(&mut app)
             .map_err(|e| format!("event loop failed: {e}"));
@@ -126,7 +131,9 @@ impl Running {
     fn stop_inner(&mut self) -> Result<(), String> {
         self.stop.stop();
         match self.thread.take() {
-            Some(t) => t.join().map_err(|_| "reactor thread panicked".to_string())?,
+            Some(t) => t
+                .join()
+                .map_err(|_| "reactor thread panicked".to_string())?,
             None => Ok(()),
         }
     }

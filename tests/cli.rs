@@ -23,19 +23,30 @@ fn daemon_status_stop() {
     let (code, out, err) = run_cli(&config, &["daemon"]);
     assert_eq!(code, 0, "{out}{err}");
     let (pid, addr) = read_pid_file(&data.join("server.pid")).expect("pid file");
-    assert!(out.contains(&addr.to_string()), "daemon says where it listens: {out}");
+    assert!(
+        out.contains(&addr.to_string()),
+        "daemon says where it listens: {out}"
+    );
     assert!(out.contains("server.log"), "{out}");
     // It answers at once: the daemon returned only after the listener was up.
     assert_eq!(http_get(addr, "/healthz").status, 200);
 
     let (code, out, _) = run_cli(&config, &["status"]);
     assert_eq!(code, 0);
-    assert!(out.contains("running") && out.contains(&pid.to_string()) && out.contains(&addr.to_string()), "{out}");
+    assert!(
+        out.contains("running")
+            && out.contains(&pid.to_string())
+            && out.contains(&addr.to_string()),
+        "{out}"
+    );
 
     // A second daemon on the same data directory is refused.
     let (code, _, err) = run_cli(&config, &["daemon"]);
     assert_ne!(code, 0);
-    assert!(err.contains("already running") && err.contains(&pid.to_string()), "{err}");
+    assert!(
+        err.contains("already running") && err.contains(&pid.to_string()),
+        "{err}"
+    );
 
     // SIGHUP reopens the log: move it away and a new one appears.
     let log = data.join("server.log");
@@ -47,7 +58,10 @@ fn daemon_status_stop() {
     let (code, out, err) = run_cli(&config, &["stop"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("stopped"), "{out}");
-    assert!(!data.join("server.pid").exists(), "clean exit removes the pid file");
+    assert!(
+        !data.join("server.pid").exists(),
+        "clean exit removes the pid file"
+    );
     let (code, _, _) = run_cli(&config, &["status"]);
     assert_eq!(code, 3);
     let (code, _, err) = run_cli(&config, &["stop"]);
@@ -84,7 +98,10 @@ fn busy_port_is_a_clear_error() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let config = write_config(
+        dir.path(),
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     let (code, _, err) = run_cli(&config, &["run"]);
     assert_eq!(code, 1);
     assert!(err.contains("already in use"), "{err}");
@@ -97,7 +114,11 @@ fn busy_port_is_a_clear_error() {
 fn bad_config_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:0\"\nmax_conections = 5\n").unwrap();
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_conections = 5\n",
+    )
+    .unwrap();
     let (code, _, err) = run_cli(&path, &["run"]);
     assert_eq!(code, 1);
     assert!(err.contains("max_conections"), "{err}");
@@ -141,7 +162,10 @@ fn stale_pid_file_is_reported_and_does_not_block_a_start() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = Command::new(server_bin()).arg("frobnicate").output().unwrap();
+    let out = Command::new(server_bin())
+        .arg("frobnicate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
 }

@@ -9,7 +9,10 @@ fn healthz_reports_status_version_uptime_connections() {
     let s = TestServer::start("");
     let r = http_get(s.addr, "/healthz");
     assert_eq!(r.status, 200);
-    assert!(r.header("Content-Type").unwrap().starts_with("application/json"));
+    assert!(r
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("application/json"));
     let j = r.json();
     assert_eq!(j["status"], "ok");
     assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
@@ -96,7 +99,10 @@ fn body_over_limit_is_413_before_it_is_sent() {
 #[test]
 fn headers_over_limit_are_431() {
     let s = TestServer::start("[http]\nmax_header_bytes = 1024\n");
-    let big = format!("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(2000));
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
     assert_eq!(http_raw(s.addr, big.as_bytes()).status, 431);
     // Too many headers.
     let mut many = String::from("GET /healthz HTTP/1.1\r\n");

@@ -73,10 +73,21 @@ fn memory_stays_flat_while_peers_stop_reading() {
     let mut peers: Vec<TcpStream> = (0..PEERS).map(|_| open_ws(addr)).collect();
     // Each peer floods for a while without ever reading.
     let mut peak = before;
+    // Where each peer is within the frame it is writing: a write that times out halfway must be
+    // resumed, not restarted, or the byte stream would stop being WebSocket frames.
+    let mut offsets = [0usize; PEERS];
+    for p in peers.iter_mut() {
+        p.set_write_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+    }
     for round in 0..40 {
-        for p in peers.iter_mut() {
-            p.set_write_timeout(Some(Duration::from_millis(20))).unwrap();
-            let _ = p.write_all(&frame);
+        for (p, off) in peers.iter_mut().zip(offsets.iter_mut()) {
+            for _ in 0..8 {
+                match p.write(&frame[*off..]) {
+                    Ok(n) => *off = (*off + n) % frame.len(),
+                    Err(_) => break,
+                }
+            }
         }
         if round % 5 == 0 {
             peak = peak.max(rss_kib(child.id()));
@@ -90,7 +101,10 @@ fn memory_stays_flat_while_peers_stop_reading() {
     let growth = peak.saturating_sub(before);
     println!("{PEERS} non-reading peers flooding: server RSS {before} KiB, peak {peak} KiB (+{growth} KiB)");
     // Per peer at most the hard output cap plus one read budget and a reassembly buffer.
-    assert!(growth < (PEERS as u64) * 3 * 1024 + 16 * 1024, "memory grew by {growth} KiB");
+    assert!(
+        growth < (PEERS as u64) * 3 * 1024 + 16 * 1024,
+        "memory grew by {growth} KiB"
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }

@@ -134,8 +134,12 @@ fn run_foreground(config: Config) -> Result<(), String> {
 
 /// Forks; the parent waits on a pipe for the child to report "ok <addr>" or an error.
 fn daemon(config: Config) -> Result<(), String> {
-    std::fs::create_dir_all(&config.server.data_dir)
-        .map_err(|e| format!("cannot create data_dir {}: {e}", config.server.data_dir.display()))?;
+    std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
+        format!(
+            "cannot create data_dir {}: {e}",
+            config.server.data_dir.display()
+        )
+    })?;
     if let Ok(Status::Running { pid, addr }) = pidfile::probe(&config.pid_file()) {
         return Err(format!(
             "a server is already running on this data directory (pid {pid}, listening on {addr})"
@@ -223,21 +227,25 @@ fn redirect_stdio() -> Result<(), String> {
 
 fn stop(config: &Config) -> Result<(), String> {
     let path = config.pid_file();
-    let pid = match pidfile::probe(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))? {
-        Status::Running { pid, .. } if pid > 0 => pid,
-        Status::Running { .. } => return Err("the server is still starting; try again".into()),
-        Status::NotRunning => return Err("no server is running on this data directory".into()),
-        Status::Stale { pid } => {
-            return Err(format!(
-                "no server is running (stale pid file {} from pid {})",
-                path.display(),
-                pid.map_or_else(|| "?".into(), |p| p.to_string())
-            ))
-        }
-    };
+    let pid =
+        match pidfile::probe(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))? {
+            Status::Running { pid, .. } if pid > 0 => pid,
+            Status::Running { .. } => return Err("the server is still starting; try again".into()),
+            Status::NotRunning => return Err("no server is running on this data directory".into()),
+            Status::Stale { pid } => {
+                return Err(format!(
+                    "no server is running (stale pid file {} from pid {})",
+                    path.display(),
+                    pid.map_or_else(|| "?".into(), |p| p.to_string())
+                ))
+            }
+        };
     // SAFETY: sending SIGTERM to the pid recorded by a server that still holds the lock.
     if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
-        return Err(format!("cannot signal pid {pid}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

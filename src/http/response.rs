@@ -29,7 +29,10 @@ impl Response {
     }
 
     pub fn json(status: u16, value: &serde_json::Value) -> Response {
-        Response::new(status).with_body("application/json; charset=utf-8", value.to_string().into_bytes())
+        Response::new(status).with_body(
+            "application/json; charset=utf-8",
+            value.to_string().into_bytes(),
+        )
     }
 
     pub fn text(status: u16, body: &str) -> Response {
@@ -46,7 +49,12 @@ impl Response {
     pub fn to_bytes(&self, keep_alive: bool, head_only: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(128 + self.body.len());
         out.extend_from_slice(
-            format!("HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status)).as_bytes(),
+            format!(
+                "HTTP/1.1 {} {}\r\n",
+                self.status,
+                reason_phrase(self.status)
+            )
+            .as_bytes(),
         );
         for (k, v) in &self.headers {
             // Header injection guard: values never carry line breaks.

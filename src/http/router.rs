@@ -19,7 +19,9 @@ pub enum RouteMatch<'r, H> {
     },
     NotFound,
     /// The path exists for other methods, listed for the `Allow` header.
-    MethodNotAllowed { allow: Vec<String> },
+    MethodNotAllowed {
+        allow: Vec<String>,
+    },
 }
 
 pub struct Router<H> {
@@ -44,10 +46,12 @@ impl<H> Router<H> {
     /// Adds a route. `method` "*" matches any method; GET routes also answer HEAD.
     pub fn add(&mut self, method: &str, pattern: &str, handler: H) {
         let segments = split(pattern)
-            .map(|s| match s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
-                Some(name) => Segment::Param(name.to_string()),
-                None => Segment::Exact(s.to_string()),
-            })
+            .map(
+                |s| match s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                    Some(name) => Segment::Param(name.to_string()),
+                    None => Segment::Exact(s.to_string()),
+                },
+            )
             .collect();
         self.routes.push(Route {
             method: method.to_ascii_uppercase(),
@@ -126,7 +130,10 @@ mod tests {
             Some((3, vec![("app".into(), "mini a".into())]))
         );
         assert!(matches!(r.find("GET", "/nope"), RouteMatch::NotFound));
-        assert!(matches!(r.find("GET", "/wechat/a/b/callback"), RouteMatch::NotFound));
+        assert!(matches!(
+            r.find("GET", "/wechat/a/b/callback"),
+            RouteMatch::NotFound
+        ));
         match r.find("GET", "/api/doLogin") {
             RouteMatch::MethodNotAllowed { allow } => assert_eq!(allow, vec!["POST"]),
             _ => panic!("expected 405"),

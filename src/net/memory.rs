@@ -256,10 +256,7 @@ impl<H: Handler> Driver<H> {
     /// Moves the clock forward, firing due timers in order.
     pub fn advance(&mut self, by: Duration) {
         let until = self.ctx.now + by;
-        loop {
-            let Some((&(at, seq), _)) = self.ctx.timers.iter().next() else {
-                break;
-            };
+        while let Some((&(at, seq), _)) = self.ctx.timers.iter().next() {
             if at > until {
                 break;
             }

@@ -151,9 +151,19 @@ pub trait Handler {
         request: &http::Request,
     ) -> Upgrade;
     /// The WebSocket is open (the 101 response is queued).
-    fn on_open(&mut self, ctx: &mut dyn Ctx<Self::Completion>, conn: ConnId, request: &http::Request);
+    fn on_open(
+        &mut self,
+        ctx: &mut dyn Ctx<Self::Completion>,
+        conn: ConnId,
+        request: &http::Request,
+    );
     /// A complete data message.
-    fn on_message(&mut self, ctx: &mut dyn Ctx<Self::Completion>, conn: ConnId, message: Message<'_>);
+    fn on_message(
+        &mut self,
+        ctx: &mut dyn Ctx<Self::Completion>,
+        conn: ConnId,
+        message: Message<'_>,
+    );
     /// The WebSocket closed (called once per opened connection, whoever closed it).
     fn on_close(&mut self, ctx: &mut dyn Ctx<Self::Completion>, conn: ConnId, info: CloseInfo);
     /// A worker's completion.

@@ -295,13 +295,16 @@ impl<C: Send + 'static> Reactor<C> {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             conn.readable = true;
                         }
+                        let mut flush = false;
                         if event.is_writable() || event.is_write_closed() {
                             conn.write_blocked = false;
-                            if !conn.out.is_empty() {
-                                self.core.mark_dirty(key);
-                            }
+                            flush = !conn.out.is_empty();
                         }
-                        if conn.readable {
+                        let read = conn.readable;
+                        if flush {
+                            self.core.mark_dirty(key);
+                        }
+                        if read {
                             self.process_input(handler, key);
                         }
                     }
@@ -412,7 +415,9 @@ impl<C: Send + 'static> Reactor<C> {
                 continue;
             };
             match c.phase {
-                Phase::Ws => self.core.close(id, close_code::GOING_AWAY, "server shutting down"),
+                Phase::Ws => self
+                    .core
+                    .close(id, close_code::GOING_AWAY, "server shutting down"),
                 Phase::Closing => {}
                 Phase::Http => {
                     // Requests being answered finish first; idle keep-alive connections go now.
@@ -554,7 +559,10 @@ impl<C: Send + 'static> Reactor<C> {
             return Ok(None);
         };
         loop {
-            match conn.stream.read(&mut self.scratch[prefix..prefix + READ_CHUNK]) {
+            match conn
+                .stream
+                .read(&mut self.scratch[prefix..prefix + READ_CHUNK])
+            {
                 Ok(0) => return Err("peer closed the connection".into()),
                 Ok(n) => {
                     conn.last_read = self.core.now;
@@ -837,11 +845,16 @@ impl<C: Send + 'static> Reactor<C> {
                     conn.decoder = ws::Decoder::new(self.core.cfg.ws_limits);
                     conn.pending_input = !conn.inbuf.is_empty();
                     conn.last_read = self.core.now;
+                    log::debug!(
+                        "conn={id} peer={} websocket open {}",
+                        conn.peer,
+                        request.path
+                    );
                     self.core.mark_dirty(key);
                     if let Some(interval) = self.core.cfg.ping_interval {
-                        self.core.arm(key, self.core.now + interval);
+                        let at = self.core.now + interval;
+                        self.core.arm(key, at);
                     }
-                    log::debug!("conn={id} peer={} websocket open {}", conn.peer, request.path);
                     handler.on_open(&mut self.core, id, &request);
                     self.core.mark_ready(key);
                 }
@@ -915,7 +928,8 @@ impl<C: Send + 'static> Reactor<C> {
                     let at = match conn.ping_sent {
                         Some(sent) if now >= sent + interval => {
                             log::debug!("conn={id} peer={} ping timeout", conn.peer);
-                            self.core.close_ws(key, close_code::GOING_AWAY, "ping timeout");
+                            self.core
+                                .close_ws(key, close_code::GOING_AWAY, "ping timeout");
                             return;
                         }
                         Some(sent) => sent + interval,
@@ -946,31 +960,34 @@ impl<C: Send + 'static> Reactor<C> {
                 continue;
             };
             conn.in_dirty = false;
-            if conn.dropping || conn.write_blocked {
+            if conn.dropping {
                 continue;
             }
-            match conn.out.write_to(&mut conn.stream) {
-                Ok(Flush::Done) => {
-                    conn.soft_since = None;
-                    if conn.readable && !conn.close_received {
-                        // Reading may have been paused by backpressure.
-                        self.core.mark_ready(key);
-                    }
-                    self.core.after_drain(key);
-                }
-                Ok(Flush::Blocked) => {
-                    conn.write_blocked = true;
-                    if conn.out.len() > soft && conn.soft_since.is_none() {
-                        conn.soft_since = Some(now);
-                        self.core.arm(key, now + soft_time);
-                    } else if conn.out.len() <= soft {
+            if !conn.write_blocked {
+                match conn.out.write_to(&mut conn.stream) {
+                    Ok(Flush::Done) => {
                         conn.soft_since = None;
+                        if conn.readable && !conn.close_received {
+                            // Reading may have been paused by backpressure.
+                            self.core.mark_ready(key);
+                        }
+                        self.core.after_drain(key);
+                        continue;
+                    }
+                    Ok(Flush::Blocked) => conn.write_blocked = true,
+                    Err(e) => {
+                        let why = format!("write error: {e}");
+                        self.core.peer_gone(key, &why);
+                        continue;
                     }
                 }
-                Err(e) => {
-                    let why = format!("write error: {e}");
-                    self.core.peer_gone(key, &why);
-                }
+            }
+            // Still queued (this write or an earlier one blocked): run the soft-limit clock.
+            if conn.out.len() <= soft {
+                conn.soft_since = None;
+            } else if conn.soft_since.is_none() {
+                conn.soft_since = Some(now);
+                self.core.arm(key, now + soft_time);
             }
         }
     }
@@ -1055,7 +1072,11 @@ impl<C> Core<C> {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        let code = if c.close_received || c.close_sent { 1000 } else { 1006 };
+        let code = if c.close_received || c.close_sent {
+            1000
+        } else {
+            1006
+        };
         log::debug!("conn={key}.{} peer={} gone: {why}", c.gen, c.peer);
         self.notify_close(
             key,

@@ -126,7 +126,10 @@ pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<HttpRes
         let mut tmp = [0u8; 4096];
         let n = s.read(&mut tmp)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof before headers"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "eof before headers",
+            ));
         }
         buf.extend_from_slice(&tmp[..n]);
     };
@@ -187,7 +190,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     )
 }
 
-pub fn http_post_json(addr: SocketAddr, path: &str, body: &serde_json::Value, extra_headers: &str) -> HttpResponse {
+pub fn http_post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+    extra_headers: &str,
+) -> HttpResponse {
     let body = body.to_string();
     http_raw(
         addr,
@@ -206,7 +214,9 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
         match s.read(&mut tmp) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
                 return false
             }
             Err(_) => return true,
@@ -263,7 +273,11 @@ impl WsClient {
     }
 
     /// Sends an upgrade request with `extra` headers; returns the client when 101.
-    pub fn try_connect(addr: SocketAddr, path: &str, extra: &str) -> (Option<WsClient>, HttpResponse) {
+    pub fn try_connect(
+        addr: SocketAddr,
+        path: &str,
+        extra: &str,
+    ) -> (Option<WsClient>, HttpResponse) {
         let mut s = connect(addr);
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
@@ -332,7 +346,10 @@ impl WsClient {
             let mut tmp = [0u8; 65536];
             let n = self.stream.read(&mut tmp)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
             }
             self.buf.extend_from_slice(&tmp[..n]);
         }
@@ -404,7 +421,10 @@ pub fn decode_server_frame(buf: &[u8]) -> io::Result<Option<(WsFrame, usize)>> {
     let fin = buf[0] & 0x80 != 0;
     let opcode = buf[0] & 0x0f;
     if buf[1] & 0x80 != 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "server frame masked"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "server frame masked",
+        ));
     }
     let (len, start) = match buf[1] & 0x7f {
         126 => {

@@ -1,0 +1,674 @@
+//! Frame decoding (client -> server, masked) and encoding (server -> client, unmasked).
+
+use super::{Error, Event, Limits, OpCode};
+
+/// The frame being received when its payload spans several reads.
+#[derive(Clone, Copy, Debug)]
+struct Partial {
+    opcode: OpCode,
+    fin: bool,
+    mask: [u8; 4],
+    /// Payload bytes still to come.
+    remaining: u64,
+    /// Payload bytes already received (the mask offset).
+    received: u64,
+}
+
+/// Incremental server-side decoder. Complete single-frame messages are returned straight from the
+/// caller's buffer (unmasked in place); fragmented or streamed messages are reassembled here.
+/// Idle, it owns no heap memory.
+#[derive(Debug)]
+pub struct Decoder {
+    limits: Limits,
+    poisoned: Option<Error>,
+    partial: Option<Partial>,
+    /// Opcode of the open fragmented message (Text or Binary).
+    message: Option<OpCode>,
+    /// Reassembled data message.
+    data: Vec<u8>,
+    /// Bytes of `data` known to be valid UTF-8 (text messages; always at a char boundary).
+    validated: usize,
+    /// `data` holds a message already handed out; cleared on the next call.
+    data_done: bool,
+    /// A control frame's payload when it spans reads (<= 125 bytes).
+    control: Vec<u8>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(Limits::default())
+    }
+}
+
+/// Reassembly buffers larger than this are freed after their message instead of kept.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+impl Decoder {
+    pub fn new(limits: Limits) -> Decoder {
+        Decoder {
+            limits,
+            poisoned: None,
+            partial: None,
+            message: None,
+            data: Vec::new(),
+            validated: 0,
+            data_done: false,
+            control: Vec::new(),
+        }
+    }
+
+    /// True while a fragmented message or a partial frame is held.
+    pub fn is_mid_message(&self) -> bool {
+        self.partial.is_some() || self.message.is_some()
+    }
+
+    /// Bytes held in the reassembly buffers.
+    pub fn buffered_bytes(&self) -> usize {
+        self.data.len() + self.control.len()
+    }
+
+    /// Releases buffer capacity when nothing is held.
+    pub fn shrink(&mut self) {
+        if !self.is_mid_message() {
+            self.data = Vec::new();
+            self.control = Vec::new();
+            self.validated = 0;
+            self.data_done = false;
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        self.poisoned = Some(e.clone());
+        e
+    }
+
+    /// Decodes from `input`, unmasking in place: returns the bytes consumed and at most one event.
+    ///
+    /// - An incomplete frame header consumes nothing: call again with more bytes appended.
+    /// - A payload that is not all there yet is consumed into the decoder (the caller never holds
+    ///   a large frame), and `(n, None)` is returned.
+    /// - Call again on the rest of the input until it returns `(0, None)` or the input is used up.
+    ///
+    /// After an error the decoder is poisoned and keeps returning it.
+    pub fn decode<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+    ) -> Result<(usize, Option<Event<'a>>), Error> {
+        if let Some(e) = &self.poisoned {
+            return Err(e.clone());
+        }
+        if self.data_done {
+            self.data_done = false;
+            self.data.clear();
+            self.validated = 0;
+            if self.data.capacity() > KEEP_CAPACITY {
+                self.data = Vec::new();
+            }
+        }
+        let mut pos = 0;
+        if self.partial.is_none() {
+            let Some((header_len, partial)) = self.parse_header(input)? else {
+                return Ok((0, None));
+            };
+            pos = header_len;
+            let len = partial.remaining as usize;
+            let complete = input.len() - header_len >= len;
+            if complete && partial.opcode.is_control() {
+                let payload = &mut input[header_len..header_len + len];
+                apply_mask(payload, partial.mask, 0);
+                let event = control_event(partial.opcode, payload)
+                    .inspect_err(|e| self.poisoned = Some(e.clone()))?;
+                return Ok((header_len + len, Some(event)));
+            }
+            if complete && partial.fin && partial.opcode != OpCode::Continuation {
+                // Fast path: a whole unfragmented message in the caller's buffer, zero copy.
+                let payload = &mut input[header_len..header_len + len];
+                apply_mask(payload, partial.mask, 0);
+                let event = if partial.opcode == OpCode::Text {
+                    match std::str::from_utf8(payload) {
+                        Ok(s) => Event::Text(s),
+                        Err(_) => return Err(self.fail(Error::InvalidUtf8)),
+                    }
+                } else {
+                    Event::Binary(payload)
+                };
+                return Ok((header_len + len, Some(event)));
+            }
+            if partial.opcode.is_control() {
+                self.control.clear();
+            } else if partial.opcode != OpCode::Continuation {
+                self.message = Some(partial.opcode);
+            }
+            self.partial = Some(partial);
+        }
+        // Streaming: take what payload is there.
+        let Some(mut partial) = self.partial else {
+            return Ok((pos, None));
+        };
+        let avail = ((input.len() - pos) as u64).min(partial.remaining) as usize;
+        let chunk = &mut input[pos..pos + avail];
+        apply_mask(chunk, partial.mask, partial.received as usize);
+        pos += avail;
+        partial.remaining -= avail as u64;
+        partial.received += avail as u64;
+        if partial.opcode.is_control() {
+            self.control.extend_from_slice(chunk);
+        } else {
+            self.data.extend_from_slice(chunk);
+            if self.message == Some(OpCode::Text) {
+                self.check_utf8(false)?;
+            }
+        }
+        if partial.remaining > 0 {
+            self.partial = Some(partial);
+            return Ok((pos, None));
+        }
+        self.partial = None;
+        if partial.opcode.is_control() {
+            // Validate first without holding the borrow the returned event needs.
+            if let Some(e) = control_event(partial.opcode, &self.control).err() {
+                return Err(self.fail(e));
+            }
+            return Ok((pos, Some(control_event(partial.opcode, &self.control)?)));
+        }
+        if !partial.fin {
+            return Ok((pos, None));
+        }
+        // The last fragment: hand out the whole message.
+        let kind = self.message.take().unwrap_or(OpCode::Binary);
+        self.data_done = true;
+        if kind == OpCode::Text {
+            self.check_utf8(true)?;
+            // Cannot fail after the check above; it only produces the &str.
+            let text = std::str::from_utf8(&self.data).map_err(|_| Error::InvalidUtf8)?;
+            Ok((pos, Some(Event::Text(text))))
+        } else {
+            Ok((pos, Some(Event::Binary(&self.data))))
+        }
+    }
+
+    /// Validates the unvalidated part of a text message, failing as soon as the bytes so far
+    /// cannot begin valid UTF-8. `end`: the message is complete, so an unfinished sequence fails.
+    fn check_utf8(&mut self, end: bool) -> Result<(), Error> {
+        let rest = &self.data[self.validated..];
+        match std::str::from_utf8(rest) {
+            Ok(_) => {
+                self.validated = self.data.len();
+                Ok(())
+            }
+            Err(e) if e.error_len().is_none() && !end => {
+                self.validated += e.valid_up_to();
+                Ok(())
+            }
+            Err(_) => Err(self.fail(Error::InvalidUtf8)),
+        }
+    }
+
+    /// Parses and validates a frame header. Ok(None) when incomplete. Checks that need only the
+    /// first two bytes run before the rest of the header arrives (fail fast).
+    fn parse_header(&mut self, input: &[u8]) -> Result<Option<(usize, Partial)>, Error> {
+        let (Some(&b0), Some(&b1)) = (input.first(), input.get(1)) else {
+            return Ok(None);
+        };
+        let fin = b0 & 0x80 != 0;
+        if b0 & 0x70 != 0 {
+            return Err(self.fail(Error::Protocol("reserved bits set without an extension")));
+        }
+        let Some(opcode) = OpCode::from_u8(b0 & 0x0f) else {
+            return Err(self.fail(Error::Protocol("unknown opcode")));
+        };
+        if b1 & 0x80 == 0 {
+            return Err(self.fail(Error::Protocol("client frames must be masked")));
+        }
+        let len7 = b1 & 0x7f;
+        if opcode.is_control() {
+            if !fin {
+                return Err(self.fail(Error::Protocol("fragmented control frame")));
+            }
+            if len7 > 125 {
+                return Err(self.fail(Error::Protocol("control frame over 125 bytes")));
+            }
+        } else if opcode == OpCode::Continuation {
+            if self.message.is_none() {
+                return Err(self.fail(Error::Protocol("continuation frame without a message")));
+            }
+        } else if self.message.is_some() {
+            return Err(self.fail(Error::Protocol("new message inside a fragmented message")));
+        }
+        let (ext, len) = match len7 {
+            126 => {
+                let Some(b) = input.get(2..4) else {
+                    return Ok(None);
+                };
+                (2, u64::from(u16::from_be_bytes([b[0], b[1]])))
+            }
+            127 => {
+                let Some(b) = input.get(2..10) else {
+                    return Ok(None);
+                };
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                let len = u64::from_be_bytes(a);
+                if len >> 63 != 0 {
+                    return Err(self.fail(Error::Protocol("64-bit length with the top bit set")));
+                }
+                (8, len)
+            }
+            n => (0, u64::from(n)),
+        };
+        // Limits are checked on the declared length, before anything is buffered.
+        if len > self.limits.max_frame_bytes as u64 {
+            return Err(self.fail(Error::TooBig {
+                limit: self.limits.max_frame_bytes,
+            }));
+        }
+        if !opcode.is_control()
+            && self.data.len() as u64 + len > self.limits.max_message_bytes as u64
+        {
+            return Err(self.fail(Error::TooBig {
+                limit: self.limits.max_message_bytes,
+            }));
+        }
+        let header_len = 2 + ext + 4;
+        let Some(m) = input.get(2 + ext..header_len) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            header_len,
+            Partial {
+                opcode,
+                fin,
+                mask: [m[0], m[1], m[2], m[3]],
+                remaining: len,
+                received: 0,
+            },
+        )))
+    }
+}
+
+/// Builds the event for a complete control frame.
+fn control_event(opcode: OpCode, payload: &[u8]) -> Result<Event<'_>, Error> {
+    match opcode {
+        OpCode::Ping => Ok(Event::Ping(payload)),
+        OpCode::Pong => Ok(Event::Pong(payload)),
+        _ => parse_close(payload),
+    }
+}
+
+fn parse_close(payload: &[u8]) -> Result<Event<'_>, Error> {
+    match payload {
+        [] => Ok(Event::Close {
+            code: None,
+            reason: "",
+        }),
+        [_] => Err(Error::Protocol("close payload of one byte")),
+        [a, b, rest @ ..] => {
+            let code = u16::from_be_bytes([*a, *b]);
+            if !super::close_code::is_valid_received(code) {
+                return Err(Error::Protocol("invalid close code"));
+            }
+            let reason = std::str::from_utf8(rest).map_err(|_| Error::InvalidUtf8)?;
+            Ok(Event::Close {
+                code: Some(code),
+                reason,
+            })
+        }
+    }
+}
+
+/// XORs `buf` with the mask, `offset` being the position of `buf[0]` within the payload. Works a
+/// word at a time: this runs over every byte a client sends.
+pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    let r = offset % 4;
+    let rotated = [
+        mask[r],
+        mask[(r + 1) % 4],
+        mask[(r + 2) % 4],
+        mask[(r + 3) % 4],
+    ];
+    let word = u64::from_ne_bytes([
+        rotated[0], rotated[1], rotated[2], rotated[3], rotated[0], rotated[1], rotated[2],
+        rotated[3],
+    ]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(b) ^ word).to_ne_bytes());
+    }
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= rotated[i % 4];
+    }
+}
+
+/// Writes the header of a FIN frame into `out`; returns its length (2, 4 or 10).
+pub fn encode_header(opcode: OpCode, len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x80 | opcode.to_u8();
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if len <= 0xffff {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// Appends a complete FIN frame.
+pub fn write_frame(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
+    let mut h = [0u8; 10];
+    let n = encode_header(opcode, payload.len(), &mut h);
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&h[..n]);
+    out.extend_from_slice(payload);
+}
+
+/// A complete FIN frame.
+pub fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(payload.len() + 10);
+    write_frame(opcode, payload, &mut v);
+    v
+}
+
+/// A close frame; the reason is cut at a character boundary to keep the payload within 125 bytes.
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    frame(OpCode::Close, &payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_frame_bytes: 1 << 20,
+        max_message_bytes: 1 << 20,
+    };
+
+    /// An owned copy of an event, for comparing runs.
+    #[derive(Debug, PartialEq, Eq, Clone)]
+    enum Ev {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<u16>, String),
+    }
+
+    fn own(e: Event<'_>) -> Ev {
+        match e {
+            Event::Text(s) => Ev::Text(s.to_string()),
+            Event::Binary(b) => Ev::Binary(b.to_vec()),
+            Event::Ping(b) => Ev::Ping(b.to_vec()),
+            Event::Pong(b) => Ev::Pong(b.to_vec()),
+            Event::Close { code, reason } => Ev::Close(code, reason.to_string()),
+        }
+    }
+
+    /// Feeds `bytes` in pieces of `step`, buffering leftovers as the server does.
+    fn run(bytes: &[u8], step: usize, limits: Limits) -> Result<Vec<Ev>, Error> {
+        let mut d = Decoder::new(limits);
+        let mut out = Vec::new();
+        let mut held: Vec<u8> = Vec::new();
+        for piece in bytes.chunks(step.max(1)) {
+            held.extend_from_slice(piece);
+            let mut pos = 0;
+            let len = held.len();
+            loop {
+                let (n, ev) = d.decode(&mut held[pos..])?;
+                pos += n;
+                match ev {
+                    Some(e) => out.push(own(e)),
+                    None if n == 0 || pos == len => break,
+                    None => {}
+                }
+            }
+            held.drain(..pos);
+        }
+        Ok(out)
+    }
+
+    fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let key = [0x37u8, 0xfa, 0x21, 0x3d];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    fn all_steps(bytes: &[u8]) -> Vec<Ev> {
+        let whole = run(bytes, bytes.len(), LIMITS).unwrap();
+        for step in [1, 2, 3, 5, 7, 13] {
+            assert_eq!(run(bytes, step, LIMITS).unwrap(), whole, "step {step}");
+        }
+        whole
+    }
+
+    #[test]
+    fn rfc6455_5_7_masked_hello() {
+        let bytes = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        assert_eq!(all_steps(&bytes), vec![Ev::Text("Hello".into())]);
+    }
+
+    #[test]
+    fn rfc6455_5_7_unmasked_hello_is_rejected() {
+        let mut bytes = [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
+        let mut d = Decoder::new(LIMITS);
+        assert!(matches!(d.decode(&mut bytes), Err(Error::Protocol(_))));
+        // Poisoned afterwards.
+        assert!(d.decode(&mut [0x81, 0x80, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn rfc6455_5_7_fragments_and_ping() {
+        let mut bytes = masked(false, 1, b"Hel");
+        bytes.extend(masked(true, 9, b"Hello"));
+        bytes.extend(masked(true, 0, b"lo"));
+        assert_eq!(
+            all_steps(&bytes),
+            vec![Ev::Ping(b"Hello".to_vec()), Ev::Text("Hello".into())]
+        );
+    }
+
+    #[test]
+    fn rfc6455_5_7_ping_bytes() {
+        // The masked ping of section 5.7: 0x89 0x85 + mask + "Hello" masked.
+        let bytes = masked(true, 9, b"Hello");
+        assert_eq!(&bytes[..2], &[0x89, 0x85]);
+        assert_eq!(all_steps(&bytes), vec![Ev::Ping(b"Hello".to_vec())]);
+    }
+
+    #[test]
+    fn large_lengths_stream() {
+        let p256 = vec![7u8; 256];
+        let p64k = vec![9u8; 65536];
+        let mut bytes = masked(true, 2, &p256);
+        bytes.extend(masked(true, 2, &p64k));
+        assert_eq!(all_steps(&bytes), vec![Ev::Binary(p256), Ev::Binary(p64k)]);
+    }
+
+    #[test]
+    fn encoder_length_forms() {
+        let mut h = [0u8; 10];
+        assert_eq!(encode_header(OpCode::Binary, 256, &mut h), 4);
+        assert_eq!(&h[..4], &[0x82, 0x7e, 0x01, 0x00]);
+        assert_eq!(encode_header(OpCode::Binary, 65536, &mut h), 10);
+        assert_eq!(&h[..10], &[0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(
+            frame(OpCode::Text, b"Hello"),
+            vec![0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]
+        );
+        let c = close_frame(1000, &"é".repeat(100));
+        assert!(c.len() - 2 <= 125);
+        assert!(std::str::from_utf8(&c[4..]).is_ok());
+    }
+
+    #[test]
+    fn protocol_errors() {
+        let cases: Vec<Vec<u8>> = vec![
+            vec![0xc1, 0x80, 0, 0, 0, 0],                // RSV1
+            vec![0x83, 0x80, 0, 0, 0, 0],                // opcode 3
+            vec![0x8b, 0x80, 0, 0, 0, 0],                // opcode 11
+            vec![0x09, 0x80, 0, 0, 0, 0],                // fragmented ping
+            vec![0x89, 0xfe, 0, 126, 0, 0, 0, 0],        // 126-byte ping
+            vec![0x80, 0x80, 0, 0, 0, 0],                // continuation without start
+            vec![0x88, 0x81, 0, 0, 0, 0, 3],             // one-byte close
+            vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0], // top bit of 64-bit length
+        ];
+        for c in cases {
+            assert!(
+                matches!(run(&c, c.len(), LIMITS), Err(Error::Protocol(_))),
+                "{c:02x?}"
+            );
+        }
+        let mut two_starts = masked(false, 1, b"a");
+        two_starts.extend(masked(true, 1, b"b"));
+        assert!(matches!(
+            run(&two_starts, 100, LIMITS),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn close_codes() {
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
+        ] {
+            let f = masked(true, 8, &code.to_be_bytes());
+            assert_eq!(
+                run(&f, 100, LIMITS).unwrap(),
+                vec![Ev::Close(Some(code), String::new())],
+                "{code}"
+            );
+        }
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            let f = masked(true, 8, &code.to_be_bytes());
+            assert!(
+                matches!(run(&f, 100, LIMITS), Err(Error::Protocol(_))),
+                "{code}"
+            );
+        }
+        let mut p = 1000u16.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(
+            run(&masked(true, 8, &p), 100, LIMITS),
+            Err(Error::InvalidUtf8)
+        );
+        assert_eq!(
+            run(&masked(true, 8, b""), 100, LIMITS).unwrap(),
+            vec![Ev::Close(None, String::new())]
+        );
+    }
+
+    #[test]
+    fn utf8_fails_fast_across_fragments() {
+        // Invalid in the first fragment: error before the rest arrives.
+        let bytes = masked(false, 1, &[b'a', 0xc0, 0x80]);
+        assert_eq!(run(&bytes, 100, LIMITS), Err(Error::InvalidUtf8));
+        // A sequence split across fragments is fine.
+        let mut ok = masked(false, 1, &[0xe4, 0xbd]);
+        ok.extend(masked(true, 0, &[0xa0]));
+        assert_eq!(all_steps(&ok), vec![Ev::Text("你".into())]);
+        // A truncated sequence at the end fails.
+        let mut bad = masked(false, 1, &[0xe4, 0xbd]);
+        bad.extend(masked(true, 0, b""));
+        assert_eq!(run(&bad, 100, LIMITS), Err(Error::InvalidUtf8));
+        // Invalid inside a single frame that arrives byte by byte fails before its end.
+        let f = masked(true, 1, &[b'x', 0xff, b'y', b'z', b'z', b'z']);
+        let mut d = Decoder::new(LIMITS);
+        let mut held = f[..8].to_vec(); // header (6) + 2 payload bytes
+        let r = d.decode(&mut held);
+        assert_eq!(r.map(|(n, e)| (n, e.map(own))), Err(Error::InvalidUtf8));
+        // Invalid single complete frame.
+        assert_eq!(
+            run(&masked(true, 1, &[0xce, 0xba, 0xff]), 100, LIMITS),
+            Err(Error::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn limits_are_checked_on_declared_length() {
+        let small = Limits {
+            max_frame_bytes: 1000,
+            max_message_bytes: 2500,
+        };
+        // Only the header of a too-big frame: rejected without its payload.
+        let f = masked(true, 2, &[0u8; 1001]);
+        let mut d = Decoder::new(small);
+        let mut head = f[..8].to_vec();
+        assert_eq!(
+            d.decode(&mut head).map(|(n, _)| n),
+            Err(Error::TooBig { limit: 1000 })
+        );
+        let mut frag = masked(false, 2, &[0u8; 1000]);
+        for _ in 0..2 {
+            frag.extend(masked(false, 0, &[0u8; 1000]));
+        }
+        assert_eq!(
+            run(&frag, 10_000, small),
+            Err(Error::TooBig { limit: 2500 })
+        );
+    }
+
+    #[test]
+    fn mask_offsets() {
+        let key = [1u8, 2, 3, 4];
+        let data: Vec<u8> = (0..37).collect();
+        let mut whole = data.clone();
+        apply_mask(&mut whole, key, 0);
+        for split in 0..data.len() {
+            let mut parts = data.clone();
+            let (a, b) = parts.split_at_mut(split);
+            apply_mask(a, key, 0);
+            apply_mask(b, key, split);
+            assert_eq!(parts, whole, "split {split}");
+        }
+        let expect: Vec<u8> = data
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        assert_eq!(whole, expect);
+    }
+
+    #[test]
+    fn idle_decoder_owns_no_memory() {
+        let mut bytes = masked(false, 1, b"ab");
+        bytes.extend(masked(true, 0, b"cd"));
+        let mut d = Decoder::new(LIMITS);
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let (n, _) = d.decode(&mut bytes[pos..]).unwrap();
+            pos += n;
+        }
+        assert!(!d.is_mid_message());
+        d.shrink();
+        assert_eq!(d.data.capacity() + d.control.capacity(), 0);
+    }
+}
