@@ -447,3 +447,46 @@ mod tests {
         assert!(!has_token(b"keep-alive", "upgrade"));
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    /// Random and mutated requests: the parser may refuse them but must never panic, and a
+    /// success never claims more bytes than it was given.
+    #[test]
+    fn hostile_input_never_panics() {
+        let limits = Limits {
+            max_header_bytes: 512,
+            max_headers: 8,
+            max_body_bytes: 64,
+        };
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        };
+        let valid = b"POST /a/b?x=%41&y=+ HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody".to_vec();
+        for round in 0..20_000 {
+            let input: Vec<u8> = if round % 2 == 0 {
+                let len = (next() % 200) as usize;
+                (0..len).map(|_| next() as u8).collect()
+            } else {
+                let mut v = valid.clone();
+                for _ in 0..(1 + next() % 4) {
+                    let i = (next() as usize) % v.len();
+                    v[i] = next() as u8;
+                }
+                v
+            };
+            for cut in [input.len(), input.len() / 2] {
+                if let Ok(Some((req, used))) = parse_request(&input[..cut], &limits) {
+                    assert!(used <= cut);
+                    let _ = (req.keep_alive(), req.query_params(), req.body_params());
+                }
+            }
+        }
+    }
+}
