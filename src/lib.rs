@@ -13,4 +13,5 @@ pub mod logger;
 pub mod net;
 pub mod pidfile;
 pub mod server;
+pub mod store;
 pub mod ws;

@@ -77,7 +77,8 @@ fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
     // The daemon outlives the shell's cwd assumptions: make data_dir absolute up front.
     if config.server.data_dir.is_relative() {
         if let Ok(cwd) = std::env::current_dir() {
-            config.server.data_dir = cwd.join(&config.server.data_dir);
+            let rel = config.server.data_dir.clone();
+            config.server.data_dir = cwd.join(rel.strip_prefix(".").unwrap_or(&rel));
         }
     }
     Ok(config)

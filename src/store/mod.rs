@@ -1,0 +1,173 @@
+//! Durable data: the [`Store`] trait and its backends. Every method blocks, so only worker
+//! threads and the persister call them; the reactor never does.
+
+pub mod sqlite;
+
+use serde::Serialize;
+use std::fmt;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Store failures, mapped outward by `proto::code_for`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The database cannot be reached or failed: the request may be retried (503).
+    Unavailable(String),
+    /// A referenced row does not exist (404).
+    NotFound(&'static str),
+    /// The request contradicts stored state (409).
+    Conflict(&'static str),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(e) => write!(f, "storage unavailable: {e}"),
+            StoreError::NotFound(what) => write!(f, "{what} not found"),
+            StoreError::Conflict(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A user as clients see it (no secrets: tokens and WeChat session keys live elsewhere).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub uid: u64,
+    pub app_uid: Option<String>,
+    pub name: String,
+    pub head_img: String,
+    pub user_type: i64,
+    pub created_at: i64,
+    pub last_login_at: i64,
+    pub login_count: i64,
+}
+
+/// Profile fields for creating or updating a user (None = keep / default).
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    pub name: Option<String>,
+    pub head_img: Option<String>,
+    pub user_type: Option<i64>,
+}
+
+/// A message accepted by the hub, before it has a seq.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    pub conv_id: String,
+    pub chat_type: u8,
+    pub from_id: u64,
+    pub to_id: u64,
+    pub msg_type: u8,
+    /// The `msg` field, as JSON text.
+    pub body: String,
+    pub client_msg_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub msg_id: u64,
+    pub conv_id: String,
+    pub seq: u64,
+    pub chat_type: u8,
+    pub from_id: u64,
+    pub to_id: u64,
+    pub msg_type: u8,
+    pub body: String,
+    pub created_at: i64,
+}
+
+/// The outcome of appending one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub message: StoredMessage,
+    /// The sender's `client_msg_id` was already stored: this is the first message, unchanged.
+    pub duplicate: bool,
+}
+
+/// A group as listed to its members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Group {
+    pub group_id: u64,
+    pub name: String,
+    pub owner_id: u64,
+    pub created_at: i64,
+}
+
+/// One line of a user's conversation list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationSummary {
+    pub conv_id: String,
+    pub chat_type: u8,
+    pub last_seq: u64,
+    pub read_seq: u64,
+    pub last: Option<StoredMessage>,
+}
+
+/// The operations wxchat needs from its database. Implementations are shared between worker
+/// threads; `append_batch` is called by the persister alone (the single writer of messages).
+pub trait Store: Send + Sync + 'static {
+    /// Creates or updates the user with this business id; counts a login when `login`.
+    fn upsert_app_user(
+        &self,
+        app_uid: &str,
+        profile: &Profile,
+        login: bool,
+    ) -> StoreResult<(User, bool)>;
+    fn user(&self, uid: u64) -> StoreResult<Option<User>>;
+    /// The subset of `uids` that exist.
+    fn existing_users(&self, uids: &[u64]) -> StoreResult<Vec<u64>>;
+
+    fn put_token(&self, token_hash: &[u8], uid: u64, expires_at: i64) -> StoreResult<()>;
+    /// The user a live token belongs to.
+    fn token_user(&self, token_hash: &[u8], now: i64) -> StoreResult<Option<u64>>;
+    fn delete_token(&self, token_hash: &[u8]) -> StoreResult<()>;
+
+    fn friends(&self, uid: u64) -> StoreResult<Vec<u64>>;
+    fn add_friendship(&self, a: u64, b: u64) -> StoreResult<()>;
+    fn remove_friendship(&self, a: u64, b: u64) -> StoreResult<()>;
+    fn add_friend_request(&self, from: u64, to: u64, note: &str) -> StoreResult<()>;
+    /// Removes a pending request; false when there was none.
+    fn take_friend_request(&self, from: u64, to: u64) -> StoreResult<bool>;
+    /// Pending requests to `uid`: (from, note, created_at).
+    fn friend_requests(&self, uid: u64) -> StoreResult<Vec<(u64, String, i64)>>;
+
+    fn create_group(&self, owner: u64, name: &str, members: &[u64]) -> StoreResult<Group>;
+    fn group(&self, gid: u64) -> StoreResult<Option<Group>>;
+    /// Member ids, or None when the group does not exist.
+    fn group_members(&self, gid: u64) -> StoreResult<Option<Vec<u64>>>;
+    fn add_group_members(&self, gid: u64, uids: &[u64]) -> StoreResult<()>;
+    fn remove_group_member(&self, gid: u64, uid: u64) -> StoreResult<()>;
+    fn groups_of(&self, uid: u64) -> StoreResult<Vec<Group>>;
+
+    /// Appends messages in one transaction: assigns each conversation's next seqs and message
+    /// ids, returns the stored original for a repeated (from_id, client_msg_id). All or nothing.
+    fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>>;
+    /// Messages with seq > after_seq, oldest first.
+    fn sync(&self, conv_id: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<StoredMessage>>;
+    /// Messages with seq < before_seq (0 = from the newest), newest first.
+    fn history(
+        &self,
+        conv_id: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>>;
+    fn message(&self, msg_id: u64) -> StoreResult<Option<StoredMessage>>;
+    /// The user's conversations, most recently active first.
+    fn conversations(&self, uid: u64, limit: u32) -> StoreResult<Vec<ConversationSummary>>;
+    /// Moves the read cursor forward (never back); returns the cursor after the call.
+    fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<u64>;
+    /// Members of `conv_id` whose read cursor is at least `seq`.
+    fn read_count(&self, conv_id: &str, seq: u64) -> StoreResult<u64>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,937 @@
+//! The embedded store: one SQLite file in WAL mode. Readers take connections from a small pool;
+//! the persister has its own writer connection. `synchronous = NORMAL` makes each commit durable
+//! against a process crash (`kill -9`): the WAL is written before the commit returns; only a power
+//! loss can take the last commits, and `[store] sqlite_synchronous = "full"` closes that too.
+
+use super::*;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Migrations in order; PRAGMA user_version records how many are applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../sql/sqlite/001_init.sql")];
+
+pub struct SqliteStore {
+    path: PathBuf,
+    synchronous_full: bool,
+    readers: Mutex<Vec<Connection>>,
+    writer: Mutex<Writer>,
+}
+
+/// The persister's connection and what it remembers between batches.
+struct Writer {
+    conn: Connection,
+    /// Last seq per conversation (authoritative while the process lives: one writer).
+    last_seq: HashMap<String, u64>,
+    next_msg_id: Option<u64>,
+    /// (user, conversation) pairs known to have a read cursor row.
+    cursors: HashSet<(u64, String)>,
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating when needed) and migrates the database file.
+    pub fn open(path: &Path, synchronous_full: bool) -> StoreResult<SqliteStore> {
+        let store = SqliteStore {
+            path: path.to_path_buf(),
+            synchronous_full,
+            readers: Mutex::new(Vec::new()),
+            writer: Mutex::new(Writer {
+                conn: Self::connect(path, synchronous_full)?,
+                last_seq: HashMap::new(),
+                next_msg_id: None,
+                cursors: HashSet::new(),
+            }),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn connect(path: &Path, synchronous_full: bool) -> StoreResult<Connection> {
+        let conn = Connection::open(path).map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if synchronous_full { "FULL" } else { "NORMAL" },
+        )
+        .map_err(unavailable)?;
+        Ok(conn)
+    }
+
+    fn migrate(&self) -> StoreResult<()> {
+        let mut w = self.lock_writer();
+        let version: i64 = w
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(unavailable)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            let tx = w.conn.transaction().map_err(unavailable)?;
+            tx.execute_batch(sql).map_err(unavailable)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            log::info!("store: applied sqlite migration {}", i + 1);
+        }
+        Ok(())
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        match self.writer.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Runs `f` on a pooled reader connection.
+    fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let pooled = match self.readers.lock() {
+            Ok(mut pool) => pool.pop(),
+            Err(p) => p.into_inner().pop(),
+        };
+        let conn = match pooled {
+            Some(c) => c,
+            None => Self::connect(&self.path, self.synchronous_full)?,
+        };
+        let result = f(&conn).map_err(unavailable);
+        if let Ok(mut pool) = self.readers.lock() {
+            if pool.len() < 16 {
+                pool.push(conn);
+            }
+        }
+        result
+    }
+
+    /// Runs `f` in a write transaction on a pooled connection (SQLite serialises writers).
+    fn with_tx<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
+        let pooled = match self.readers.lock() {
+            Ok(mut pool) => pool.pop(),
+            Err(p) => p.into_inner().pop(),
+        };
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => Self::connect(&self.path, self.synchronous_full)?,
+        };
+        let result = (|| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let value = f(&tx)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(value)
+        })();
+        if let Ok(mut pool) = self.readers.lock() {
+            if pool.len() < 16 {
+                pool.push(conn);
+            }
+        }
+        result
+    }
+}
+
+const USER_COLS: &str =
+    "id, app_uid, name, head_img, user_type, created_at, last_login_at, login_count";
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        uid: r.get::<_, i64>(0)? as u64,
+        app_uid: r.get(1)?,
+        name: r.get(2)?,
+        head_img: r.get(3)?,
+        user_type: r.get(4)?,
+        created_at: r.get(5)?,
+        last_login_at: r.get(6)?,
+        login_count: r.get(7)?,
+    })
+}
+
+const MSG_COLS: &str =
+    "msg_id, conv_id, seq, chat_type, from_id, to_id, msg_type, body, created_at";
+
+fn msg_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        msg_id: r.get::<_, i64>(0)? as u64,
+        conv_id: r.get(1)?,
+        seq: r.get::<_, i64>(2)? as u64,
+        chat_type: r.get::<_, i64>(3)? as u8,
+        from_id: r.get::<_, i64>(4)? as u64,
+        to_id: r.get::<_, i64>(5)? as u64,
+        msg_type: r.get::<_, i64>(6)? as u8,
+        body: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Group> {
+    Ok(Group {
+        group_id: r.get::<_, i64>(0)? as u64,
+        name: r.get(1)?,
+        owner_id: r.get::<_, i64>(2)? as u64,
+        created_at: r.get(3)?,
+    })
+}
+
+/// Creates read-cursor rows so a group conversation shows in its members' lists.
+fn join_group_conversation(tx: &Transaction, gid: u64, uids: &[u64]) -> rusqlite::Result<()> {
+    let conv = format!("g_{gid}");
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO read_cursors (user_id, conv_id, read_seq)
+         VALUES (?1, ?2, COALESCE((SELECT last_seq FROM conversations WHERE conv_id = ?2), 0))",
+    )?;
+    for uid in uids {
+        stmt.execute(params![*uid as i64, conv])?;
+    }
+    Ok(())
+}
+
+impl Writer {
+    fn append(&mut self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
+        let Writer {
+            conn,
+            last_seq,
+            next_msg_id,
+            cursors,
+        } = self;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(batch.len());
+        // Seqs and ids handed out in this batch; kept only if the commit succeeds.
+        let mut seqs: HashMap<String, u64> = HashMap::new();
+        let mut msg_id = match *next_msg_id {
+            Some(id) => id,
+            None => {
+                let max: Option<i64> = tx
+                    .query_row("SELECT MAX(msg_id) FROM messages", [], |r| r.get(0))
+                    .map_err(unavailable)?;
+                max.unwrap_or(0) as u64 + 1
+            }
+        };
+        let mut batch_dupes: HashMap<(u64, &str), usize> = HashMap::new();
+        let mut new_cursors: Vec<(u64, String)> = Vec::new();
+        let mut sender_reads: HashMap<(u64, String), u64> = HashMap::new();
+        {
+            let mut find_dup = tx
+                .prepare_cached(&format!(
+                    "SELECT {MSG_COLS} FROM messages WHERE from_id = ?1 AND client_msg_id = ?2"
+                ))
+                .map_err(unavailable)?;
+            let mut get_seq = tx
+                .prepare_cached("SELECT last_seq FROM conversations WHERE conv_id = ?1")
+                .map_err(unavailable)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO messages (conv_id, seq, msg_id, client_msg_id, from_id, to_id,
+                     chat_type, msg_type, body, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(unavailable)?;
+            let mut add_cursor = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO read_cursors (user_id, conv_id, read_seq) VALUES (?1, ?2, 0)",
+                )
+                .map_err(unavailable)?;
+            for m in batch {
+                if let Some(cmid) = m.client_msg_id.as_deref() {
+                    if let Some(&i) = batch_dupes.get(&(m.from_id, cmid)) {
+                        let first: &Appended = &out[i];
+                        let message = first.message.clone();
+                        out.push(Appended {
+                            message,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                    let existing = find_dup
+                        .query_row(params![m.from_id as i64, cmid], msg_row)
+                        .optional()
+                        .map_err(unavailable)?;
+                    if let Some(message) = existing {
+                        out.push(Appended {
+                            message,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                    batch_dupes.insert((m.from_id, cmid), out.len());
+                }
+                let prev = match seqs.get(&m.conv_id).or_else(|| last_seq.get(&m.conv_id)) {
+                    Some(s) => *s,
+                    None => get_seq
+                        .query_row(params![m.conv_id], |r| r.get::<_, i64>(0))
+                        .optional()
+                        .map_err(unavailable)?
+                        .unwrap_or(0) as u64,
+                };
+                let seq = prev + 1;
+                seqs.insert(m.conv_id.clone(), seq);
+                let id = msg_id;
+                msg_id += 1;
+                insert
+                    .execute(params![
+                        m.conv_id,
+                        seq as i64,
+                        id as i64,
+                        m.client_msg_id,
+                        m.from_id as i64,
+                        m.to_id as i64,
+                        m.chat_type as i64,
+                        m.msg_type as i64,
+                        m.body,
+                        m.created_at
+                    ])
+                    .map_err(unavailable)?;
+                // Both sides of a one-to-one conversation list it from its first message on.
+                let members: &[u64] = if m.chat_type == 1 {
+                    &[]
+                } else {
+                    &[m.from_id, m.to_id]
+                };
+                for &uid in members {
+                    let key = (uid, m.conv_id.clone());
+                    if uid != 0 && !cursors.contains(&key) {
+                        add_cursor
+                            .execute(params![uid as i64, m.conv_id])
+                            .map_err(unavailable)?;
+                        new_cursors.push(key);
+                    }
+                }
+                sender_reads.insert((m.from_id, m.conv_id.clone()), seq);
+                out.push(Appended {
+                    message: StoredMessage {
+                        msg_id: id,
+                        conv_id: m.conv_id.clone(),
+                        seq,
+                        chat_type: m.chat_type,
+                        from_id: m.from_id,
+                        to_id: m.to_id,
+                        msg_type: m.msg_type,
+                        body: m.body.clone(),
+                        created_at: m.created_at,
+                    },
+                    duplicate: false,
+                });
+            }
+            let mut upsert_conv = tx
+                .prepare_cached(
+                    "INSERT INTO conversations (conv_id, chat_type, last_seq, last_msg_id, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(conv_id) DO UPDATE SET last_seq = excluded.last_seq,
+                       last_msg_id = excluded.last_msg_id, updated_at = excluded.updated_at",
+                )
+                .map_err(unavailable)?;
+            let mut last_of: HashMap<&str, &Appended> = HashMap::new();
+            for a in out.iter().filter(|a| !a.duplicate) {
+                last_of.insert(&a.message.conv_id, a);
+            }
+            for a in last_of.values() {
+                let m = &a.message;
+                upsert_conv
+                    .execute(params![
+                        m.conv_id,
+                        m.chat_type as i64,
+                        m.seq as i64,
+                        m.msg_id as i64,
+                        m.created_at
+                    ])
+                    .map_err(unavailable)?;
+            }
+            // A sender has read their own conversation up to what they sent.
+            let mut read = tx
+                .prepare_cached(
+                    "UPDATE read_cursors SET read_seq = MAX(read_seq, ?3) WHERE user_id = ?1 AND conv_id = ?2",
+                )
+                .map_err(unavailable)?;
+            for ((uid, conv), seq) in &sender_reads {
+                read.execute(params![*uid as i64, conv, *seq as i64])
+                    .map_err(unavailable)?;
+            }
+        }
+        tx.commit().map_err(unavailable)?;
+        last_seq.extend(seqs);
+        *next_msg_id = Some(msg_id);
+        cursors.extend(new_cursors);
+        Ok(out)
+    }
+}
+
+impl Store for SqliteStore {
+    fn upsert_app_user(
+        &self,
+        app_uid: &str,
+        profile: &Profile,
+        login: bool,
+    ) -> StoreResult<(User, bool)> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let existing: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM users WHERE app_uid = ?1",
+                    params![app_uid],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let created = existing.is_none();
+            let id = match existing {
+                Some(id) => {
+                    tx.execute(
+                        "UPDATE users SET name = COALESCE(?2, name), head_img = COALESCE(?3, head_img),
+                         user_type = COALESCE(?4, user_type) WHERE id = ?1",
+                        params![id, profile.name, profile.head_img, profile.user_type],
+                    )
+                    .map_err(unavailable)?;
+                    id
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO users (app_uid, name, head_img, user_type, created_at)
+                         VALUES (?1, COALESCE(?2, ''), COALESCE(?3, ''), COALESCE(?4, 0), ?5)",
+                        params![app_uid, profile.name, profile.head_img, profile.user_type, now],
+                    )
+                    .map_err(unavailable)?;
+                    tx.last_insert_rowid()
+                }
+            };
+            if login {
+                tx.execute(
+                    "UPDATE users SET last_login_at = ?2, login_count = login_count + 1 WHERE id = ?1",
+                    params![id, now],
+                )
+                .map_err(unavailable)?;
+            }
+            let user = tx
+                .query_row(
+                    &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
+                    params![id],
+                    user_row,
+                )
+                .map_err(unavailable)?;
+            Ok((user, created))
+        })
+    }
+
+    fn user(&self, uid: u64) -> StoreResult<Option<User>> {
+        self.with_conn(|c| {
+            c.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
+                params![uid as i64],
+                user_row,
+            )
+            .optional()
+        })
+    }
+
+    fn existing_users(&self, uids: &[u64]) -> StoreResult<Vec<u64>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?;
+            let mut found = Vec::new();
+            for &uid in uids {
+                if stmt.exists(params![uid as i64])? {
+                    found.push(uid);
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn put_token(&self, token_hash: &[u8], uid: u64, expires_at: i64) -> StoreResult<()> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            // Expired tokens of this user go at the same time: the table does not grow forever.
+            tx.execute(
+                "DELETE FROM tokens WHERE user_id = ?1 AND expires_at <= ?2",
+                params![uid as i64, now],
+            )
+            .map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO tokens (token_hash, user_id, expires_at, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![token_hash, uid as i64, expires_at, now],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn token_user(&self, token_hash: &[u8], now: i64) -> StoreResult<Option<u64>> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT user_id FROM tokens WHERE token_hash = ?1 AND expires_at > ?2",
+                params![token_hash, now],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.map(|u| u as u64))
+        })
+    }
+
+    fn delete_token(&self, token_hash: &[u8]) -> StoreResult<()> {
+        self.with_tx(|tx| {
+            tx.execute(
+                "DELETE FROM tokens WHERE token_hash = ?1",
+                params![token_hash],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn friends(&self, uid: u64) -> StoreResult<Vec<u64>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT friend_id FROM friends WHERE user_id = ?1 ORDER BY friend_id",
+            )?;
+            let rows = stmt.query_map(params![uid as i64], |r| r.get::<_, i64>(0))?;
+            rows.map(|r| r.map(|v| v as u64)).collect()
+        })
+    }
+
+    fn add_friendship(&self, a: u64, b: u64) -> StoreResult<()> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            for (x, y) in [(a, b), (b, a)] {
+                tx.execute(
+                    "INSERT OR IGNORE INTO friends (user_id, friend_id, created_at) VALUES (?1, ?2, ?3)",
+                    params![x as i64, y as i64, now],
+                )
+                .map_err(unavailable)?;
+                tx.execute(
+                    "DELETE FROM friend_requests WHERE from_id = ?1 AND to_id = ?2",
+                    params![x as i64, y as i64],
+                )
+                .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_friendship(&self, a: u64, b: u64) -> StoreResult<()> {
+        self.with_tx(|tx| {
+            tx.execute(
+                "DELETE FROM friends WHERE (user_id = ?1 AND friend_id = ?2) OR (user_id = ?2 AND friend_id = ?1)",
+                params![a as i64, b as i64],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn add_friend_request(&self, from: u64, to: u64, note: &str) -> StoreResult<()> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT INTO friend_requests (from_id, to_id, note, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(from_id, to_id) DO UPDATE SET note = excluded.note, created_at = excluded.created_at",
+                params![from as i64, to as i64, note, now],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn take_friend_request(&self, from: u64, to: u64) -> StoreResult<bool> {
+        self.with_tx(|tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM friend_requests WHERE from_id = ?1 AND to_id = ?2",
+                    params![from as i64, to as i64],
+                )
+                .map_err(unavailable)?;
+            Ok(n > 0)
+        })
+    }
+
+    fn friend_requests(&self, uid: u64) -> StoreResult<Vec<(u64, String, i64)>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT from_id, note, created_at FROM friend_requests WHERE to_id = ?1 ORDER BY created_at",
+            )?;
+            let rows = stmt.query_map(params![uid as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn create_group(&self, owner: u64, name: &str, members: &[u64]) -> StoreResult<Group> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT INTO groups (name, owner_id, created_at) VALUES (?1, ?2, ?3)",
+                params![name, owner as i64, now],
+            )
+            .map_err(unavailable)?;
+            let gid = tx.last_insert_rowid() as u64;
+            let mut all: Vec<u64> = vec![owner];
+            all.extend(members.iter().copied().filter(|m| *m != owner));
+            all.sort_unstable();
+            all.dedup();
+            {
+                let mut add = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO group_members (group_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .map_err(unavailable)?;
+                for uid in &all {
+                    add.execute(params![
+                        gid as i64,
+                        *uid as i64,
+                        i64::from(*uid == owner),
+                        now
+                    ])
+                    .map_err(unavailable)?;
+                }
+            }
+            join_group_conversation(tx, gid, &all).map_err(unavailable)?;
+            Ok(Group {
+                group_id: gid,
+                name: name.to_string(),
+                owner_id: owner,
+                created_at: now,
+            })
+        })
+    }
+
+    fn group(&self, gid: u64) -> StoreResult<Option<Group>> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT id, name, owner_id, created_at FROM groups WHERE id = ?1",
+                params![gid as i64],
+                group_row,
+            )
+            .optional()
+        })
+    }
+
+    fn group_members(&self, gid: u64) -> StoreResult<Option<Vec<u64>>> {
+        self.with_conn(|c| {
+            if !c
+                .prepare_cached("SELECT 1 FROM groups WHERE id = ?1")?
+                .exists(params![gid as i64])?
+            {
+                return Ok(None);
+            }
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id FROM group_members WHERE group_id = ?1 ORDER BY user_id",
+            )?;
+            let rows = stmt.query_map(params![gid as i64], |r| r.get::<_, i64>(0))?;
+            rows.map(|r| r.map(|v| v as u64))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
+        })
+    }
+
+    fn add_group_members(&self, gid: u64, uids: &[u64]) -> StoreResult<()> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let exists: bool = tx
+                .prepare_cached("SELECT 1 FROM groups WHERE id = ?1")
+                .and_then(|mut s| s.exists(params![gid as i64]))
+                .map_err(unavailable)?;
+            if !exists {
+                return Err(StoreError::NotFound("group"));
+            }
+            {
+                let mut add = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO group_members (group_id, user_id, role, joined_at) VALUES (?1, ?2, 0, ?3)",
+                    )
+                    .map_err(unavailable)?;
+                for uid in uids {
+                    add.execute(params![gid as i64, *uid as i64, now])
+                        .map_err(unavailable)?;
+                }
+            }
+            join_group_conversation(tx, gid, uids).map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn remove_group_member(&self, gid: u64, uid: u64) -> StoreResult<()> {
+        self.with_tx(|tx| {
+            tx.execute(
+                "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2",
+                params![gid as i64, uid as i64],
+            )
+            .map_err(unavailable)?;
+            tx.execute(
+                "DELETE FROM read_cursors WHERE user_id = ?1 AND conv_id = ?2",
+                params![uid as i64, format!("g_{gid}")],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn groups_of(&self, uid: u64) -> StoreResult<Vec<Group>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT g.id, g.name, g.owner_id, g.created_at FROM group_members m
+                 JOIN groups g ON g.id = m.group_id WHERE m.user_id = ?1 ORDER BY g.id",
+            )?;
+            let rows = stmt.query_map(params![uid as i64], group_row)?;
+            rows.collect()
+        })
+    }
+
+    fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
+        let mut w = self.lock_writer();
+        let result = w.append(batch);
+        if result.is_err() {
+            // What was handed out in the failed transaction is void: reload from disk next time.
+            w.last_seq.clear();
+            w.next_msg_id = None;
+            w.cursors.clear();
+        }
+        result
+    }
+
+    fn sync(&self, conv_id: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<StoredMessage>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {MSG_COLS} FROM messages WHERE conv_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![conv_id, after_seq as i64, limit], msg_row)?;
+            rows.collect()
+        })
+    }
+
+    fn history(
+        &self,
+        conv_id: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let before = if before_seq == 0 {
+            i64::MAX
+        } else {
+            before_seq as i64
+        };
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {MSG_COLS} FROM messages WHERE conv_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![conv_id, before, limit], msg_row)?;
+            rows.collect()
+        })
+    }
+
+    fn message(&self, msg_id: u64) -> StoreResult<Option<StoredMessage>> {
+        self.with_conn(|c| {
+            c.query_row(
+                &format!("SELECT {MSG_COLS} FROM messages WHERE msg_id = ?1"),
+                params![msg_id as i64],
+                msg_row,
+            )
+            .optional()
+        })
+    }
+
+    fn conversations(&self, uid: u64, limit: u32) -> StoreResult<Vec<ConversationSummary>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT rc.conv_id, COALESCE(cv.chat_type, 1), COALESCE(cv.last_seq, 0), rc.read_seq
+                 FROM read_cursors rc LEFT JOIN conversations cv ON cv.conv_id = rc.conv_id
+                 WHERE rc.user_id = ?1
+                 ORDER BY COALESCE(cv.updated_at, 0) DESC, rc.conv_id LIMIT ?2",
+            )?;
+            let rows: Vec<(String, i64, i64, i64)> = stmt
+                .query_map(params![uid as i64, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut last = c.prepare_cached(&format!(
+                "SELECT {MSG_COLS} FROM messages WHERE conv_id = ?1 AND seq = ?2"
+            ))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (conv_id, chat_type, last_seq, read_seq) in rows {
+                let last_msg = if last_seq > 0 {
+                    last.query_row(params![conv_id, last_seq], msg_row)
+                        .optional()?
+                } else {
+                    None
+                };
+                out.push(ConversationSummary {
+                    conv_id,
+                    chat_type: chat_type as u8,
+                    last_seq: last_seq as u64,
+                    read_seq: (read_seq as u64).min(last_seq as u64),
+                    last: last_msg,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<u64> {
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT INTO read_cursors (user_id, conv_id, read_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(user_id, conv_id) DO UPDATE SET read_seq = MAX(read_seq, excluded.read_seq)",
+                params![uid as i64, conv_id, seq as i64],
+            )
+            .map_err(unavailable)?;
+            tx.query_row(
+                "SELECT read_seq FROM read_cursors WHERE user_id = ?1 AND conv_id = ?2",
+                params![uid as i64, conv_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v as u64)
+            .map_err(unavailable)
+        })
+    }
+
+    fn read_count(&self, conv_id: &str, seq: u64) -> StoreResult<u64> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM read_cursors WHERE conv_id = ?1 AND read_seq >= ?2",
+                params![conv_id, seq as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v as u64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
+        (dir, s)
+    }
+
+    fn msg(conv: &str, from: u64, to: u64, cmid: Option<&str>) -> NewMessage {
+        NewMessage {
+            conv_id: conv.into(),
+            chat_type: 0,
+            from_id: from,
+            to_id: to,
+            msg_type: 0,
+            body: "\"hi\"".into(),
+            client_msg_id: cmid.map(String::from),
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn seqs_start_at_one_and_have_no_gaps_across_batches_and_reopen() {
+        let (dir, s) = store();
+        let a = s
+            .append_batch(&[
+                msg("p_1_2", 1, 2, None),
+                msg("p_1_3", 1, 3, None),
+                msg("p_1_2", 2, 1, None),
+            ])
+            .unwrap();
+        assert_eq!(
+            a.iter().map(|x| x.message.seq).collect::<Vec<_>>(),
+            vec![1, 1, 2]
+        );
+        drop(s);
+        let s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
+        let b = s.append_batch(&[msg("p_1_2", 1, 2, None)]).unwrap();
+        assert_eq!(b[0].message.seq, 3);
+        assert!(b[0].message.msg_id > a[2].message.msg_id);
+        let got = s.sync("p_1_2", 0, 10).unwrap();
+        assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let hist = s.history("p_1_2", 3, 10).unwrap();
+        assert_eq!(hist.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn client_msg_id_dedupes_within_and_across_batches() {
+        let (_d, s) = store();
+        let a = s
+            .append_batch(&[msg("p_1_2", 1, 2, Some("x")), msg("p_1_2", 1, 2, Some("x"))])
+            .unwrap();
+        assert!(!a[0].duplicate && a[1].duplicate);
+        assert_eq!(a[0].message, a[1].message);
+        let b = s
+            .append_batch(&[msg("p_1_2", 1, 2, Some("x")), msg("p_1_2", 2, 1, Some("x"))])
+            .unwrap();
+        assert!(b[0].duplicate);
+        assert_eq!(b[0].message.msg_id, a[0].message.msg_id);
+        assert!(!b[1].duplicate, "another sender may use the same client id");
+        assert_eq!(b[1].message.seq, 2);
+    }
+
+    #[test]
+    fn conversations_and_read_cursors() {
+        let (_d, s) = store();
+        let (u1, _) = s.upsert_app_user("a", &Profile::default(), true).unwrap();
+        let (u2, _) = s.upsert_app_user("b", &Profile::default(), true).unwrap();
+        let conv = format!("p_{}_{}", u1.uid, u2.uid);
+        s.append_batch(&[
+            msg(&conv, u1.uid, u2.uid, None),
+            msg(&conv, u1.uid, u2.uid, None),
+        ])
+        .unwrap();
+        let c2 = s.conversations(u2.uid, 10).unwrap();
+        assert_eq!(c2.len(), 1);
+        assert_eq!((c2[0].last_seq, c2[0].read_seq), (2, 0));
+        let c1 = s.conversations(u1.uid, 10).unwrap();
+        assert_eq!(c1[0].read_seq, 2, "the sender has read what they sent");
+        assert_eq!(s.mark_read(u2.uid, &conv, 1).unwrap(), 1);
+        assert_eq!(
+            s.mark_read(u2.uid, &conv, 0).unwrap(),
+            1,
+            "never moves back"
+        );
+        assert_eq!(s.read_count(&conv, 1).unwrap(), 2);
+    }
+
+    #[test]
+    fn users_friends_groups() {
+        let (_d, s) = store();
+        let p = Profile {
+            name: Some("张三 😀".into()),
+            ..Profile::default()
+        };
+        let (u, created) = s.upsert_app_user("app-1", &p, true).unwrap();
+        assert!(created);
+        assert_eq!(u.name, "张三 😀");
+        let (u_again, created) = s
+            .upsert_app_user("app-1", &Profile::default(), true)
+            .unwrap();
+        assert!(!created);
+        assert_eq!(
+            (u_again.uid, u_again.login_count, u_again.name.as_str()),
+            (u.uid, 2, "张三 😀")
+        );
+        s.add_friendship(1, 2).unwrap();
+        assert_eq!(s.friends(2).unwrap(), vec![1]);
+        s.remove_friendship(2, 1).unwrap();
+        assert!(s.friends(1).unwrap().is_empty());
+        let g = s.create_group(1, "g", &[2, 3, 1]).unwrap();
+        assert_eq!(s.group_members(g.group_id).unwrap(), Some(vec![1, 2, 3]));
+        s.remove_group_member(g.group_id, 2).unwrap();
+        s.add_group_members(g.group_id, &[4]).unwrap();
+        assert_eq!(s.group_members(g.group_id).unwrap(), Some(vec![1, 3, 4]));
+        assert_eq!(s.group_members(999).unwrap(), None);
+        assert_eq!(s.groups_of(4).unwrap().len(), 1);
+        assert_eq!(
+            s.add_group_members(999, &[1]),
+            Err(StoreError::NotFound("group"))
+        );
+    }
+
+    #[test]
+    fn tokens_expire() {
+        let (_d, s) = store();
+        s.put_token(b"h1", 7, 1000).unwrap();
+        assert_eq!(s.token_user(b"h1", 999).unwrap(), Some(7));
+        assert_eq!(s.token_user(b"h1", 1000).unwrap(), None);
+        s.delete_token(b"h1").unwrap();
+        assert_eq!(s.token_user(b"h1", 0).unwrap(), None);
+    }
+}
