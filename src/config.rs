@@ -15,6 +15,101 @@ pub struct Config {
     pub server: ServerConfig,
     pub http: HttpConfig,
     pub ws: WsConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub chat: ChatConfig,
+}
+
+/// `[store]`: where durable data lives.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` (embedded, the default).
+    pub backend: String,
+    /// SQLite file; relative paths are under `[server] data_dir`.
+    pub sqlite_path: String,
+    /// `normal`: commits survive a process crash (kill -9); `full`: also a power loss.
+    pub sqlite_synchronous: String,
+    /// Most messages written in one transaction by the persister.
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: "sqlite".into(),
+            sqlite_path: "wxchat.db".into(),
+            sqlite_synchronous: "normal".into(),
+            max_batch: 1000,
+        }
+    }
+}
+
+/// `[auth]`: logins and tokens.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Key of the online_chat-compatible doLogin signature. Empty: generated on first start and
+    /// kept in `data_dir/secrets.toml`.
+    pub sign_key: String,
+    /// Lifetime of issued tokens.
+    pub token_ttl_s: u64,
+    /// doLogin `time` must be within this many seconds of the server clock.
+    pub time_window_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            sign_key: String::new(),
+            token_ttl_s: 7 * 24 * 3600,
+            time_window_s: 30,
+        }
+    }
+}
+
+/// `[api]`: the server API for the integrating business backend.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer key of the server API. Empty: generated on first start and kept in
+    /// `data_dir/secrets.toml`.
+    pub key: String,
+}
+
+/// `[chat]`: chat rules and limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Allow one-to-one messages between users who are not friends.
+    pub allow_strangers: bool,
+    /// Messages per second one connection may send (429 above); 0 = unlimited.
+    pub max_msgs_per_sec: u32,
+    /// An unauthenticated WebSocket is closed (4001) after this many seconds.
+    pub auth_timeout_s: u64,
+    /// A sender may recall a message this long after sending it.
+    pub recall_window_s: u64,
+    /// Largest text or rich-text message body, in bytes (413 above).
+    pub max_text_bytes: usize,
+    /// Requests one connection may have waiting on the store before it is refused (503).
+    pub max_pending_per_conn: usize,
+    /// Most members in one group.
+    pub max_group_members: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            allow_strangers: false,
+            max_msgs_per_sec: 20,
+            auth_timeout_s: 10,
+            recall_window_s: 120,
+            max_text_bytes: 16 * 1024,
+            max_pending_per_conn: 64,
+            max_group_members: 10_000,
+        }
+    }
 }
 
 /// `[server]`: process-wide settings and per-connection output limits.
@@ -201,6 +296,21 @@ impl Config {
         if self.ws.max_frame_bytes < 125 || self.ws.max_message_bytes < self.ws.max_frame_bytes {
             return err("[ws] needs 125 <= max_frame_bytes <= max_message_bytes");
         }
+        if self.store.backend != "sqlite" {
+            return err(&format!(
+                "[store] backend = {:?} is not supported by this build (use \"sqlite\")",
+                self.store.backend
+            ));
+        }
+        if !matches!(self.store.sqlite_synchronous.as_str(), "normal" | "full") {
+            return err("[store] sqlite_synchronous must be \"normal\" or \"full\"");
+        }
+        if self.store.max_batch == 0 {
+            return err("[store] max_batch must be at least 1");
+        }
+        if self.auth.token_ttl_s == 0 {
+            return err("[auth] token_ttl_s must be at least 1");
+        }
         if self.http.max_header_bytes < 256 {
             return err("[http] max_header_bytes must be at least 256");
         }
@@ -210,6 +320,11 @@ impl Config {
     /// `data_dir/server.pid`: pid and listen address of the running server.
     pub fn pid_file(&self) -> PathBuf {
         self.server.data_dir.join("server.pid")
+    }
+
+    /// The SQLite file.
+    pub fn sqlite_file(&self) -> PathBuf {
+        self.server.data_dir.join(&self.store.sqlite_path)
     }
 
     /// `data_dir/server.log`: the daemon's log.

@@ -6,6 +6,7 @@
 //! reactor that speaks those codecs; `app` is the handler the reactor drives; `cli` wires it all.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod jobs;
