@@ -1,12 +1,34 @@
-//! The application handler: the routing table of the client listener and the WebSocket
-//! endpoints. Chat lives behind `[ws] path`; `[ws] echo_path` echoes every message.
+//! The application handler: the routing table of the client listener, the WebSocket endpoints,
+//! and the plumbing that runs blocking work on workers and continues on the reactor.
+//!
+//! A job is a pair: `work` runs on a worker thread with the store; `then` runs afterwards on the
+//! reactor with its result. The pair travels back as a [`Completion`].
 
+use crate::auth::{self, Secrets};
+use crate::chat::persister::{Busy, Persister};
+use crate::chat::ChatState;
 use crate::config::Config;
-use crate::http::{self, Request, Response, RouteMatch, Router};
-use crate::net::{CloseInfo, ConnId, Ctx, Handler, Message, Reply, Upgrade};
-use serde_json::json;
+use crate::http::{Request, Response, RouteMatch, Router};
+use crate::jobs::WorkerPool;
+use crate::net::{CloseInfo, ConnId, Ctx, Handler, Message, Notifier, Reply, Upgrade};
+use crate::proto::code;
+use crate::store::{self, sqlite::SqliteStore, Appended, NewMessage, Profile, Store, StoreResult};
+use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// The reactor side of a job: runs with the application and the backend.
+type Continuation = Box<dyn FnOnce(&mut App, &mut dyn Ctx<Completion>) + Send>;
+
+/// Work finished elsewhere, continued on the reactor.
+pub struct Completion(Continuation);
+
+impl Completion {
+    pub fn new(f: impl FnOnce(&mut App, &mut dyn Ctx<Completion>) + Send + 'static) -> Completion {
+        Completion(Box::new(f))
+    }
+}
 
 /// What a WebSocket connection is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,28 +41,115 @@ enum Endpoint {
 #[derive(Clone, Copy, Debug)]
 enum Route {
     Health,
+    DoLogin,
+    ServerApi,
 }
 
-/// Completions the application's worker jobs send back.
-pub enum Completion {}
-
 pub struct App {
-    config: Config,
+    pub config: Arc<Config>,
+    pub secrets: Secrets,
+    pub store: Arc<dyn Store>,
     started: Instant,
     routes: Router<Route>,
     endpoints: HashMap<ConnId, Endpoint>,
+    workers: WorkerPool,
+    persister: Persister<Completion>,
+    /// Jobs submitted and not yet continued (graceful shutdown waits for them).
+    pub in_flight: usize,
+    pub chat: ChatState,
 }
 
 impl App {
-    pub fn new(config: Config) -> App {
+    /// Opens the store, loads or generates the secrets, starts the workers and the persister.
+    pub fn new(config: Config, notifier: Notifier<Completion>) -> Result<App, String> {
+        let secrets = Secrets::load_or_create(&config)?;
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(
+                &config.sqlite_file(),
+                config.store.sqlite_synchronous == "full",
+            )
+            .map_err(|e| format!("cannot open {}: {e}", config.sqlite_file().display()))?,
+        );
+        let workers = WorkerPool::new("worker", config.server.workers, 16 * 1024)
+            .map_err(|e| format!("cannot start workers: {e}"))?;
+        let deliver = notifier.clone();
+        let persister = Persister::start(
+            store.clone(),
+            config.store.max_batch,
+            64 * 1024,
+            move |batch: Vec<Completion>| {
+                deliver.send(Completion::new(move |app, ctx| {
+                    for c in batch {
+                        (c.0)(app, ctx);
+                    }
+                }));
+            },
+        )
+        .map_err(|e| format!("cannot start the persister: {e}"))?;
         let mut routes = Router::new();
         routes.add("GET", "/healthz", Route::Health);
-        App {
-            config,
+        routes.add("POST", "/api/doLogin", Route::DoLogin);
+        routes.add(
+            "POST",
+            "/index.php/online_chat/chat/doLogin",
+            Route::DoLogin,
+        );
+        routes.add("POST", "/api/server/{action}", Route::ServerApi);
+        Ok(App {
+            chat: ChatState::new(&config),
+            config: Arc::new(config),
+            secrets,
+            store,
             started: Instant::now(),
             routes,
             endpoints: HashMap::new(),
+            workers,
+            persister,
+            in_flight: 0,
+        })
+    }
+
+    /// Runs `work` on a worker, then `then` on the reactor. False when the queue is full.
+    pub fn job<R: Send + 'static>(
+        &mut self,
+        ctx: &dyn Ctx<Completion>,
+        work: impl FnOnce(&dyn Store) -> R + Send + 'static,
+        then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, R) + Send + 'static,
+    ) -> bool {
+        let store = self.store.clone();
+        let notifier = ctx.notifier();
+        let submitted = self.workers.submit(move || {
+            let result = work(&*store);
+            notifier.send(Completion::new(move |app, ctx| {
+                app.in_flight -= 1;
+                then(app, ctx, result)
+            }));
+        });
+        if submitted.is_ok() {
+            self.in_flight += 1;
         }
+        submitted.is_ok()
+    }
+
+    /// Queues a message for the persister; `then` runs on the reactor after the commit.
+    pub fn persist(
+        &mut self,
+        message: NewMessage,
+        then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, StoreResult<Appended>) + Send + 'static,
+    ) -> Result<(), Busy> {
+        let r = self.persister.submit(
+            message,
+            Box::new(move |result| {
+                Completion::new(move |app, ctx| {
+                    app.in_flight -= 1;
+                    then(app, ctx, result)
+                })
+            }),
+        );
+        if r.is_ok() {
+            self.in_flight += 1;
+        }
+        r
     }
 
     fn endpoint_of(&self, path: &str) -> Option<Endpoint> {
@@ -64,6 +173,139 @@ impl App {
             }),
         )
     }
+
+    /// The online_chat-compatible signed login.
+    fn do_login(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) -> Reply {
+        let params = match req.body_params() {
+            Ok(p) => p,
+            Err(why) => return Reply::Now(api_error(code::BAD_REQUEST, why)),
+        };
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let Some(sign) = get("sign") else {
+            return Reply::Now(api_error(code::BAD_REQUEST, "missing field: sign"));
+        };
+        for field in ["app_uid", "time"] {
+            if get(field).is_none_or(str::is_empty) {
+                return Reply::Now(api_error(
+                    code::BAD_REQUEST,
+                    &format!("missing field: {field}"),
+                ));
+            }
+        }
+        let unsigned: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| k != "sign")
+            .cloned()
+            .collect();
+        let expected = auth::dologin_sign(&unsigned, &self.secrets.sign_key);
+        if !auth::constant_time_eq(expected.as_bytes(), sign.to_ascii_lowercase().as_bytes()) {
+            return Reply::Now(api_error(code::UNAUTHORIZED, "bad sign"));
+        }
+        let now_s = store::now_ms() / 1000;
+        match get("time").and_then(|t| t.parse::<i64>().ok()) {
+            Some(t) if (now_s - t).unsigned_abs() <= self.config.auth.time_window_s => {}
+            Some(_) => {
+                return Reply::Now(api_error(code::UNAUTHORIZED, "stale time: check the clock"))
+            }
+            None => return Reply::Now(api_error(code::BAD_REQUEST, "time must be Unix seconds")),
+        }
+        let user_type = match get("user_type").filter(|s| !s.is_empty()) {
+            Some(t) => match t.parse::<i64>() {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    return Reply::Now(api_error(code::BAD_REQUEST, "user_type must be an integer"))
+                }
+            },
+            None => None,
+        };
+        let app_uid = get("app_uid").unwrap_or_default().to_string();
+        if app_uid.len() > 64 {
+            return Reply::Now(api_error(code::BAD_REQUEST, "app_uid over 64 bytes"));
+        }
+        let profile = Profile {
+            name: get("name").map(String::from),
+            head_img: get("head_img").map(String::from),
+            user_type,
+        };
+        self.issue_token_for(ctx, conn, app_uid, profile, "login ok");
+        Reply::Later
+    }
+
+    /// Creates or updates the user and answers with a new token (doLogin and the server API).
+    fn issue_token_for(
+        &mut self,
+        ctx: &mut dyn Ctx<Completion>,
+        conn: ConnId,
+        app_uid: String,
+        profile: Profile,
+        msg: &'static str,
+    ) {
+        let ttl = self.config.auth.token_ttl_s;
+        let work = move |store: &dyn Store| -> Result<Value, (u16, String)> {
+            let token = auth::new_token().map_err(|e| (code::INTERNAL, e))?;
+            let (user, created) = store
+                .upsert_app_user(&app_uid, &profile, true)
+                .map_err(|e| (crate::proto::store_code(&e), e.to_string()))?;
+            let expires = store::now_ms() + (ttl as i64) * 1000;
+            store
+                .put_token(&auth::token_hash(&token), user.uid, expires)
+                .map_err(|e| (crate::proto::store_code(&e), e.to_string()))?;
+            Ok(json!({ "uid": user.uid, "token": token, "expires_in": ttl, "is_new": created }))
+        };
+        let then = move |_app: &mut App,
+                         ctx: &mut dyn Ctx<Completion>,
+                         r: Result<Value, (u16, String)>| {
+            ctx.respond(
+                conn,
+                match r {
+                    Ok(data) => {
+                        Response::json(200, &json!({ "code": 200, "msg": msg, "data": data }))
+                    }
+                    Err((c, m)) => api_error(c, &m),
+                },
+            );
+        };
+        if !self.job(ctx, work, then) {
+            ctx.respond(conn, api_error(code::UNAVAILABLE, "server busy, retry"));
+        }
+    }
+
+    fn server_api(
+        &mut self,
+        ctx: &mut dyn Ctx<Completion>,
+        conn: ConnId,
+        req: &Request,
+        action: &str,
+    ) -> Reply {
+        let presented = req
+            .header_str("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .or_else(|| req.header_str("x-api-key"))
+            .unwrap_or("");
+        if !auth::constant_time_eq(presented.trim().as_bytes(), self.secrets.api_key.as_bytes()) {
+            return Reply::Now(api_error(code::UNAUTHORIZED, "bad or missing API key"));
+        }
+        let body: Value = match req.json() {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                return Reply::Now(api_error(
+                    code::BAD_REQUEST,
+                    "the body must be a JSON object",
+                ))
+            }
+        };
+        crate::chat::server_api(self, ctx, conn, action, body)
+    }
+}
+
+/// `{"code":c,"msg":m}` with HTTP status c.
+pub fn api_error(c: u16, msg: &str) -> Response {
+    Response::json(c, &json!({ "code": c, "msg": msg }))
+}
+
+/// `{"code":200,"msg":"ok","data":data}`.
+pub fn api_ok(data: Value) -> Response {
+    Response::json(200, &json!({ "code": 200, "msg": "ok", "data": data }))
 }
 
 impl Handler for App {
@@ -73,10 +315,19 @@ impl Handler for App {
         self.endpoint_of(path).is_some()
     }
 
-    fn on_request(&mut self, ctx: &mut dyn Ctx<Completion>, _conn: ConnId, req: Request) -> Reply {
+    fn on_request(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: Request) -> Reply {
         match self.routes.find(&req.method, &req.path) {
-            RouteMatch::Found { handler, .. } => match handler {
+            RouteMatch::Found { handler, params } => match *handler {
                 Route::Health => Reply::Now(self.health(ctx)),
+                Route::DoLogin => self.do_login(ctx, conn, &req),
+                Route::ServerApi => {
+                    let action = params
+                        .iter()
+                        .find(|(k, _)| k == "action")
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    self.server_api(ctx, conn, &req, &action)
+                }
             },
             RouteMatch::NotFound => Reply::Now(Response::error(404, "no such endpoint")),
             RouteMatch::MethodNotAllowed { allow } => Reply::Now(
@@ -93,13 +344,17 @@ impl Handler for App {
     ) -> Upgrade {
         match self.endpoint_of(&req.path) {
             Some(_) => Upgrade::Accept,
-            None => Upgrade::Reject(http::Response::error(404, "no such endpoint")),
+            None => Upgrade::Reject(Response::error(404, "no such endpoint")),
         }
     }
 
-    fn on_open(&mut self, _ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) {
-        if let Some(endpoint) = self.endpoint_of(&req.path) {
-            self.endpoints.insert(conn, endpoint);
+    fn on_open(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) {
+        let Some(endpoint) = self.endpoint_of(&req.path) else {
+            return;
+        };
+        self.endpoints.insert(conn, endpoint);
+        if endpoint == Endpoint::Chat {
+            crate::chat::on_open(self, ctx, conn, req);
         }
     }
 
@@ -111,23 +366,26 @@ impl Handler for App {
                     Message::Binary(b) => ctx.send_binary(conn, b),
                 };
             }
-            Some(Endpoint::Chat) => {
-                ctx.send_text(
-                    conn,
-                    r#"{"cmd":"error","code":501,"msg":"chat commands are not enabled in this build"}"#,
-                );
-            }
+            Some(Endpoint::Chat) => crate::chat::on_message(self, ctx, conn, message),
             None => {}
         }
     }
 
-    fn on_close(&mut self, _ctx: &mut dyn Ctx<Completion>, conn: ConnId, _info: CloseInfo) {
-        self.endpoints.remove(&conn);
+    fn on_close(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, _info: CloseInfo) {
+        if self.endpoints.remove(&conn) == Some(Endpoint::Chat) {
+            crate::chat::on_close(self, ctx, conn);
+        }
     }
 
-    fn on_completion(&mut self, _ctx: &mut dyn Ctx<Completion>, completion: Completion) {
-        match completion {}
+    fn on_completion(&mut self, ctx: &mut dyn Ctx<Completion>, completion: Completion) {
+        (completion.0)(self, ctx);
     }
 
-    fn on_timer(&mut self, _ctx: &mut dyn Ctx<Completion>, _token: u64) {}
+    fn on_timer(&mut self, ctx: &mut dyn Ctx<Completion>, token: u64) {
+        crate::chat::on_timer(self, ctx, token);
+    }
+
+    fn has_pending_work(&self) -> bool {
+        self.in_flight > 0
+    }
 }

@@ -7,12 +7,14 @@
 
 pub mod app;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod logger;
 pub mod net;
 pub mod pidfile;
+pub mod proto;
 pub mod server;
 pub mod store;
 pub mod ws;

@@ -38,7 +38,7 @@ impl Server {
                 format!("cannot listen on {addr}: {e}")
             }
         })?;
-        let app = App::new(config);
+        let app = App::new(config, reactor.notifier())?;
         Ok(Server {
             reactor,
             app,

@@ -1,0 +1,1433 @@
+//! The chat hub: sessions, authentication, authorisation, sending with durable ordered delivery,
+//! catch-up, friends, groups and presence. Runs on the reactor; everything that touches the store
+//! goes through `App::job` (workers) or `App::persist` (the persister).
+
+pub mod persister;
+
+use crate::app::{api_error, api_ok, App, Completion};
+use crate::auth;
+use crate::config::Config;
+use crate::http::Request;
+use crate::net::{ConnId, Ctx, Frame, Message, TimerId};
+use crate::proto::{self, chat_type, close, code, Command, ConvRef};
+use crate::store::{self, Appended, NewMessage, Profile, Store, StoreError, StoreResult};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most messages one `sync` / `history` returns.
+const MAX_PAGE: u64 = 200;
+
+/// One chat connection.
+struct Session {
+    uid: Option<u64>,
+    authenticating: bool,
+    auth_timer: Option<TimerId>,
+    /// Store requests in flight for this connection.
+    pending: usize,
+    rate_window: Instant,
+    rate_count: u32,
+}
+
+/// The hub's in-memory state (reactor-owned).
+pub struct ChatState {
+    sessions: HashMap<ConnId, Session>,
+    /// uid -> its open, authenticated connections.
+    online: HashMap<u64, Vec<ConnId>>,
+    /// Friends of online users (authorisation and presence without a store round trip).
+    friends: HashMap<u64, HashSet<u64>>,
+    /// Group members, loaded on demand, updated by membership changes made through this server.
+    groups: HashMap<u64, Arc<Vec<u64>>>,
+    /// Timer token -> the connection whose authentication deadline it is.
+    auth_timers: HashMap<u64, ConnId>,
+    next_timer: u64,
+    body_limits: proto::BodyLimits,
+}
+
+impl ChatState {
+    pub fn new(config: &Config) -> ChatState {
+        ChatState {
+            sessions: HashMap::new(),
+            online: HashMap::new(),
+            friends: HashMap::new(),
+            groups: HashMap::new(),
+            auth_timers: HashMap::new(),
+            next_timer: 1,
+            body_limits: proto::BodyLimits {
+                max_text_bytes: config.chat.max_text_bytes,
+            },
+        }
+    }
+
+    pub fn is_online(&self, uid: u64) -> bool {
+        self.online.get(&uid).is_some_and(|c| !c.is_empty())
+    }
+
+    fn conns_of(&self, uid: u64) -> &[ConnId] {
+        self.online.get(&uid).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// A request waiting for a reply: the connection and the command's name and id.
+#[derive(Clone)]
+struct Pending {
+    conn: ConnId,
+    cmd: String,
+    req_id: Option<Value>,
+}
+
+impl Pending {
+    fn reply_ok(&self, ctx: &mut dyn Ctx<Completion>, data: &Value) {
+        ctx.send_text(self.conn, &proto::ok(&self.cmd, &self.req_id, data));
+    }
+    fn reply_raw(&self, ctx: &mut dyn Ctx<Completion>, data: &str) {
+        ctx.send_text(self.conn, &proto::ok_raw(&self.cmd, &self.req_id, data));
+    }
+    fn reply_err(&self, ctx: &mut dyn Ctx<Completion>, c: u16, msg: &str) {
+        ctx.send_text(self.conn, &proto::fail(&self.cmd, &self.req_id, c, msg));
+    }
+}
+
+pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) {
+    let token = app.chat.next_timer;
+    app.chat.next_timer += 1;
+    let timer = ctx.set_timer(Duration::from_secs(app.config.chat.auth_timeout_s), token);
+    app.chat.auth_timers.insert(token, conn);
+    app.chat.sessions.insert(
+        conn,
+        Session {
+            uid: None,
+            authenticating: false,
+            auth_timer: Some(timer),
+            pending: 0,
+            rate_window: ctx.now(),
+            rate_count: 0,
+        },
+    );
+    if let Some(token) = req.query_param("token") {
+        let p = Pending {
+            conn,
+            cmd: "auth".into(),
+            req_id: None,
+        };
+        authenticate(app, ctx, p, token);
+    }
+}
+
+pub fn on_timer(app: &mut App, ctx: &mut dyn Ctx<Completion>, token: u64) {
+    let Some(conn) = app.chat.auth_timers.remove(&token) else {
+        return;
+    };
+    if app
+        .chat
+        .sessions
+        .get(&conn)
+        .is_some_and(|s| s.uid.is_none())
+    {
+        ctx.send_text(
+            conn,
+            &proto::fail(
+                "auth",
+                &None,
+                code::UNAUTHORIZED,
+                "not authenticated in time",
+            ),
+        );
+        ctx.close(conn, close::AUTH_TIMEOUT, "authentication timeout");
+    }
+}
+
+pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
+    let Some(session) = app.chat.sessions.remove(&conn) else {
+        return;
+    };
+    if let Some(t) = session.auth_timer {
+        ctx.cancel_timer(t);
+    }
+    let Some(uid) = session.uid else {
+        return;
+    };
+    let now_offline = match app.chat.online.get_mut(&uid) {
+        Some(conns) => {
+            conns.retain(|c| *c != conn);
+            conns.is_empty()
+        }
+        None => false,
+    };
+    if now_offline {
+        app.chat.online.remove(&uid);
+        push_presence(app, ctx, uid, false);
+        app.chat.friends.remove(&uid);
+    }
+}
+
+/// Tells a user's online friends that they came online or went offline.
+fn push_presence(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64, online: bool) {
+    let Some(friends) = app.chat.friends.get(&uid) else {
+        return;
+    };
+    let frame =
+        Frame::text(proto::push("presence", &json!({ "uid": uid, "online": online })).as_bytes());
+    for f in friends {
+        for c in app.chat.conns_of(*f) {
+            ctx.send(*c, &frame);
+        }
+    }
+}
+
+fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token: String) {
+    let Some(session) = app.chat.sessions.get_mut(&p.conn) else {
+        return;
+    };
+    if session.uid.is_some() || session.authenticating {
+        p.reply_err(ctx, code::BAD_REQUEST, "already authenticated");
+        return;
+    }
+    if !auth::token_well_formed(&token) {
+        p.reply_err(ctx, code::UNAUTHORIZED, "bad or expired token");
+        ctx.close(p.conn, close::AUTH_FAILED, "authentication failed");
+        return;
+    }
+    session.authenticating = true;
+    let conn = p.conn;
+    let busy = p.clone();
+    let hash = auth::token_hash(&token);
+    let work = move |s: &dyn Store| -> StoreResult<Option<(u64, Vec<u64>)>> {
+        match s.token_user(&hash, store::now_ms())? {
+            Some(uid) => Ok(Some((uid, s.friends(uid)?))),
+            None => Ok(None),
+        }
+    };
+    let then = move |app: &mut App,
+                     ctx: &mut dyn Ctx<Completion>,
+                     r: StoreResult<Option<(u64, Vec<u64>)>>| {
+        let Some(session) = app.chat.sessions.get_mut(&p.conn) else {
+            return;
+        };
+        session.authenticating = false;
+        match r {
+            Ok(Some((uid, friends))) => {
+                session.uid = Some(uid);
+                if let Some(t) = session.auth_timer.take() {
+                    ctx.cancel_timer(t);
+                }
+                let first = !app.chat.is_online(uid);
+                app.chat.online.entry(uid).or_default().push(p.conn);
+                app.chat.friends.insert(uid, friends.into_iter().collect());
+                p.reply_ok(ctx, &json!({ "uid": uid }));
+                if first {
+                    push_presence(app, ctx, uid, true);
+                }
+            }
+            Ok(None) => {
+                p.reply_err(ctx, code::UNAUTHORIZED, "bad or expired token");
+                ctx.close(p.conn, close::AUTH_FAILED, "authentication failed");
+            }
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        }
+    };
+    if !app.job(ctx, work, then) {
+        if let Some(s) = app.chat.sessions.get_mut(&conn) {
+            s.authenticating = false;
+        }
+        busy.reply_err(ctx, code::UNAVAILABLE, "server busy, retry");
+    }
+}
+
+pub fn on_message(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    message: Message<'_>,
+) {
+    let Message::Text(text) = message else {
+        ctx.send_text(
+            conn,
+            &proto::fail(
+                "error",
+                &None,
+                code::BAD_REQUEST,
+                "commands are JSON text frames",
+            ),
+        );
+        return;
+    };
+    let cmd = match proto::parse_command(text) {
+        Ok(c) => c,
+        Err(why) => {
+            ctx.send_text(conn, &proto::fail("error", &None, code::BAD_REQUEST, why));
+            return;
+        }
+    };
+    let p = Pending {
+        conn,
+        cmd: cmd.cmd.clone(),
+        req_id: cmd.req_id.clone(),
+    };
+    if cmd.cmd == "ping" {
+        p.reply_ok(ctx, &json!({ "time": store::now_ms() }));
+        return;
+    }
+    if cmd.cmd == "auth" {
+        match cmd.str("token") {
+            Ok(t) => authenticate(app, ctx, p, t.to_string()),
+            Err(e) => p.reply_err(ctx, code::BAD_REQUEST, &e),
+        }
+        return;
+    }
+    let Some(session) = app.chat.sessions.get_mut(&conn) else {
+        return;
+    };
+    let Some(uid) = session.uid else {
+        p.reply_err(ctx, code::UNAUTHORIZED, "authenticate first");
+        return;
+    };
+    if session.pending >= app.config.chat.max_pending_per_conn {
+        p.reply_err(ctx, code::UNAVAILABLE, "too many requests in flight, retry");
+        return;
+    }
+    let result = match cmd.cmd.as_str() {
+        "send" => cmd_send(app, ctx, &p, uid, &cmd),
+        "sync" => cmd_page(app, ctx, &p, uid, &cmd, true),
+        "history" => cmd_page(app, ctx, &p, uid, &cmd, false),
+        "conversations" => cmd_conversations(app, ctx, &p, uid),
+        "read" => cmd_read(app, ctx, &p, uid, &cmd),
+        "typing" => cmd_typing(app, ctx, &p, uid, &cmd),
+        "presence" => cmd_presence(app, ctx, &p, uid, &cmd),
+        "friends" => cmd_friends(app, ctx, &p, uid),
+        "friend_request" => cmd_friend_request(app, ctx, &p, uid, &cmd),
+        "friend_accept" => cmd_friend_accept(app, ctx, &p, uid, &cmd),
+        "friend_requests" => cmd_friend_requests(app, ctx, &p, uid),
+        "friend_remove" => cmd_friend_remove(app, ctx, &p, uid, &cmd),
+        "groups" => cmd_groups(app, ctx, &p, uid),
+        "group_create" => cmd_group_create(app, ctx, &p, uid, &cmd),
+        "group_members" => cmd_group_members(app, ctx, &p, uid, &cmd),
+        "group_invite" => cmd_group_invite(app, ctx, &p, uid, &cmd),
+        "group_leave" => cmd_group_leave(app, ctx, &p, uid, &cmd),
+        _ => Err((code::BAD_REQUEST, format!("unknown cmd {:?}", cmd.cmd))),
+    };
+    if let Err((c, m)) = result {
+        p.reply_err(ctx, c, &m);
+    }
+}
+
+type CmdResult = Result<(), (u16, String)>;
+
+fn bad(m: impl Into<String>) -> (u16, String) {
+    (code::BAD_REQUEST, m.into())
+}
+
+/// Runs a store job for a connection's request, counting it against the connection's limit.
+fn conn_job<R: Send + 'static>(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    work: impl FnOnce(&dyn Store) -> R + Send + 'static,
+    then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, &Pending, R) + Send + 'static,
+) -> CmdResult {
+    let conn = p.conn;
+    let p2 = p.clone();
+    let ok = app.job(ctx, work, move |app, ctx, r| {
+        if let Some(s) = app.chat.sessions.get_mut(&conn) {
+            s.pending = s.pending.saturating_sub(1);
+            then(app, ctx, &p2, r);
+        }
+    });
+    if !ok {
+        return Err((code::UNAVAILABLE, "server busy, retry".into()));
+    }
+    if let Some(s) = app.chat.sessions.get_mut(&conn) {
+        s.pending += 1;
+    }
+    Ok(())
+}
+
+/// Calls `then` with the group's members: from the cache, or after loading them.
+fn with_members(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    gid: u64,
+    then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, &Pending, Arc<Vec<u64>>) + Send + 'static,
+) -> CmdResult {
+    if let Some(m) = app.chat.groups.get(&gid).cloned() {
+        then(app, ctx, p, m);
+        return Ok(());
+    }
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| s.group_members(gid),
+        move |app, ctx, p, r| match r {
+            Ok(Some(members)) => {
+                let members = Arc::new(members);
+                app.chat.groups.insert(gid, members.clone());
+                then(app, ctx, p, members);
+            }
+            Ok(None) => p.reply_err(ctx, code::NOT_FOUND, "no such group"),
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        },
+    )
+}
+
+/// Checks that `uid` may read `conv_id`, then calls `then`.
+fn with_conv_access(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    conv_id: &str,
+    then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, &Pending, Vec<u64>) + Send + 'static,
+) -> CmdResult {
+    match proto::parse_conv(conv_id) {
+        Some(ConvRef::Friend(a, b)) if a == uid || b == uid => {
+            then(app, ctx, p, vec![a, b]);
+            Ok(())
+        }
+        Some(ConvRef::Group(g)) => with_members(app, ctx, p, g, move |app, ctx, p, members| {
+            if members.binary_search(&uid).is_ok() {
+                then(app, ctx, p, members.to_vec());
+            } else {
+                p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
+            }
+        }),
+        Some(_) => Err((code::FORBIDDEN, "not your conversation".into())),
+        None => Err(bad("bad conv_id")),
+    }
+}
+
+fn cmd_send(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    // Rate limit per connection, one-second windows.
+    let limit = app.config.chat.max_msgs_per_sec;
+    if let Some(s) = app.chat.sessions.get_mut(&p.conn) {
+        let now = ctx.now();
+        if now.duration_since(s.rate_window) >= Duration::from_secs(1) {
+            s.rate_window = now;
+            s.rate_count = 0;
+        }
+        s.rate_count += 1;
+        if limit > 0 && s.rate_count > limit {
+            return Err((
+                code::RATE_LIMITED,
+                format!("over {limit} messages per second"),
+            ));
+        }
+    }
+    let ct = cmd.u64("chat_type").map_err(bad)?;
+    let to_id = cmd.u64("to_id").map_err(bad)?;
+    let mt = cmd.u64("msg_type").map_err(bad)?;
+    let client_msg_id = match cmd.fields.get("client_msg_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => return Err(bad("client_msg_id must be a string of 1-64 bytes")),
+    };
+    let mt = u8::try_from(mt).map_err(|_| bad("unknown msg_type"))?;
+    let msg = cmd.fields.get("msg").cloned().unwrap_or(Value::Null);
+    let body = proto::validate_body(mt, &msg, &app.chat.body_limits)?;
+    let base = NewMessage {
+        conv_id: String::new(),
+        chat_type: 0,
+        from_id: uid,
+        to_id,
+        msg_type: mt,
+        body,
+        client_msg_id,
+        created_at: store::now_ms(),
+    };
+    match u8::try_from(ct).unwrap_or(u8::MAX) {
+        chat_type::FRIEND => {
+            if to_id == uid {
+                return Err(bad("cannot send to yourself"));
+            }
+            let friends = app
+                .chat
+                .friends
+                .get(&uid)
+                .is_some_and(|f| f.contains(&to_id));
+            if friends {
+                submit(
+                    app,
+                    ctx,
+                    p,
+                    NewMessage {
+                        conv_id: proto::friend_conv(uid, to_id),
+                        ..base
+                    },
+                );
+                return Ok(());
+            }
+            if !app.config.chat.allow_strangers {
+                return Err((code::FORBIDDEN, "not friends".into()));
+            }
+            conn_job(
+                app,
+                ctx,
+                p,
+                move |s| s.existing_users(&[to_id]),
+                move |app, ctx, p, r| match r {
+                    Ok(found) if !found.is_empty() => submit(
+                        app,
+                        ctx,
+                        p,
+                        NewMessage {
+                            conv_id: proto::friend_conv(uid, to_id),
+                            ..base
+                        },
+                    ),
+                    Ok(_) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
+                    Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+                },
+            )
+        }
+        chat_type::GROUP => with_members(app, ctx, p, to_id, move |app, ctx, p, members| {
+            if members.binary_search(&uid).is_ok() {
+                let m = NewMessage {
+                    conv_id: proto::group_conv(to_id),
+                    chat_type: chat_type::GROUP,
+                    ..base
+                };
+                submit(app, ctx, p, m);
+            } else {
+                p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
+            }
+        }),
+        chat_type::SERVICE | chat_type::CONSULT => {
+            Err(bad("chat_type 2 and 3 are not enabled in this build"))
+        }
+        _ => Err(bad("unknown chat_type")),
+    }
+}
+
+/// Hands a validated, authorised message to the persister; the ack and the deliveries follow
+/// the commit.
+fn submit(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, message: NewMessage) {
+    let p2 = p.clone();
+    let r = app.persist(message, move |app, ctx, r| {
+        if let Some(s) = app.chat.sessions.get_mut(&p2.conn) {
+            s.pending = s.pending.saturating_sub(1);
+        }
+        acked(app, ctx, Some(&p2), r);
+    });
+    match r {
+        Ok(()) => {
+            if let Some(s) = app.chat.sessions.get_mut(&p.conn) {
+                s.pending += 1;
+            }
+        }
+        Err(_) => p.reply_err(
+            ctx,
+            code::UNAVAILABLE,
+            "server busy, retry with the same client_msg_id",
+        ),
+    }
+}
+
+fn ack_data(m: &store::StoredMessage, duplicate: bool) -> Value {
+    json!({ "msg_id": m.msg_id, "conv_id": m.conv_id, "seq": m.seq, "time": m.created_at, "duplicate": duplicate })
+}
+
+/// After the commit: ack the sender, deliver to everyone online (serialised once).
+fn acked(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: Option<&Pending>,
+    r: StoreResult<Appended>,
+) {
+    let a = match r {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(p) = p {
+                p.reply_err(
+                    ctx,
+                    proto::store_code(&e),
+                    &format!("{e}; retry with the same client_msg_id"),
+                );
+            }
+            return;
+        }
+    };
+    if let Some(p) = p {
+        p.reply_ok(ctx, &ack_data(&a.message, a.duplicate));
+    }
+    if !a.duplicate {
+        fan_out(app, ctx, &a.message, p.map(|p| p.conn));
+    }
+}
+
+fn fan_out(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    m: &store::StoredMessage,
+    except: Option<ConnId>,
+) {
+    let frame = Frame::text(proto::message_push(m).as_bytes());
+    let recipients: Vec<u64> = match proto::parse_conv(&m.conv_id) {
+        Some(ConvRef::Friend(a, b)) => vec![a, b],
+        Some(ConvRef::Group(g)) => match app.chat.groups.get(&g) {
+            Some(members) => members.to_vec(),
+            None => {
+                // Not cached (evicted or never loaded here): load, then deliver.
+                let m = m.clone();
+                app.job(
+                    ctx,
+                    move |s| s.group_members(g),
+                    move |app, ctx, r| {
+                        if let Ok(Some(members)) = r {
+                            app.chat.groups.insert(g, Arc::new(members));
+                            fan_out(app, ctx, &m, except);
+                        }
+                    },
+                );
+                return;
+            }
+        },
+        None => return,
+    };
+    for uid in recipients {
+        for c in app.chat.conns_of(uid) {
+            if Some(*c) != except {
+                ctx.send(*c, &frame);
+            }
+        }
+    }
+}
+
+fn cmd_page(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+    forward: bool,
+) -> CmdResult {
+    let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
+    let limit = cmd.u64_or("limit", 50).map_err(bad)?.clamp(1, MAX_PAGE) as u32;
+    let cursor = if forward {
+        cmd.u64_or("after_seq", 0).map_err(bad)?
+    } else {
+        cmd.u64_or("before_seq", 0).map_err(bad)?
+    };
+    let conv = conv_id.clone();
+    with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, _| {
+        let conv = conv_id.clone();
+        let r = conn_job(
+            app,
+            ctx,
+            p,
+            move |s| {
+                if forward {
+                    s.sync(&conv, cursor, limit + 1)
+                } else {
+                    s.history(&conv, cursor, limit + 1)
+                }
+            },
+            move |_app, ctx, p, r| match r {
+                Ok(mut ms) => {
+                    let has_more = ms.len() > limit as usize;
+                    ms.truncate(limit as usize);
+                    let data = format!(
+                        "{{\"conv_id\":{},\"messages\":{},\"has_more\":{has_more}}}",
+                        Value::from(conv_id.as_str()),
+                        proto::messages_json(&ms)
+                    );
+                    p.reply_raw(ctx, &data);
+                }
+                Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            },
+        );
+        if let Err((c, m)) = r {
+            p.reply_err(ctx, c, &m);
+        }
+    })
+}
+
+fn cmd_conversations(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+) -> CmdResult {
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| s.conversations(uid, 500),
+        |_app, ctx, p, r| match r {
+            Ok(list) => {
+                let items: Vec<String> = list
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{{\"conv_id\":{},\"chat_type\":{},\"last_seq\":{},\"read_seq\":{},\"unread\":{},\"last\":{}}}",
+                        Value::from(c.conv_id.as_str()),
+                        c.chat_type,
+                        c.last_seq,
+                        c.read_seq,
+                        c.last_seq - c.read_seq,
+                        c.last.as_ref().map_or_else(|| "null".to_string(), proto::message_json)
+                    )
+                })
+                .collect();
+                p.reply_raw(ctx, &format!("{{\"conversations\":[{}]}}", items.join(",")));
+            }
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        },
+    )
+}
+
+fn cmd_read(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
+    let seq = cmd.u64("seq").map_err(bad)?;
+    let conv = conv_id.clone();
+    with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, members| {
+        let conv = conv_id.clone();
+        let r = conn_job(
+            app,
+            ctx,
+            p,
+            move |s| s.mark_read(uid, &conv, seq),
+            move |app, ctx, p, r| match r {
+                Ok(read_seq) => {
+                    p.reply_ok(ctx, &json!({ "conv_id": conv_id, "read_seq": read_seq }));
+                    // One-to-one: the peer sees the receipt. Groups: counted (read_count).
+                    if members.len() == 2 && conv_id.starts_with("p_") {
+                        let frame = Frame::text(
+                            proto::push(
+                                "read",
+                                &json!({ "conv_id": conv_id, "uid": uid, "seq": read_seq }),
+                            )
+                            .as_bytes(),
+                        );
+                        for m in members.iter().filter(|m| **m != uid) {
+                            for c in app.chat.conns_of(*m) {
+                                ctx.send(*c, &frame);
+                            }
+                        }
+                    }
+                }
+                Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            },
+        );
+        if let Err((c, m)) = r {
+            p.reply_err(ctx, c, &m);
+        }
+    })
+}
+
+fn cmd_typing(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
+    let conv = conv_id.clone();
+    with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, members| {
+        let frame = Frame::text(
+            proto::push("typing", &json!({ "conv_id": conv_id, "uid": uid })).as_bytes(),
+        );
+        for m in members.iter().filter(|m| **m != uid) {
+            for c in app.chat.conns_of(*m) {
+                ctx.send(*c, &frame);
+            }
+        }
+        p.reply_ok(ctx, &json!({}));
+    })
+}
+
+fn cmd_presence(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let uids = cmd.u64_list("uids").map_err(bad)?;
+    let friends = app.chat.friends.get(&uid).cloned().unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for u in uids.into_iter().filter(|u| friends.contains(u)) {
+        out.insert(u.to_string(), Value::from(app.chat.is_online(u)));
+    }
+    p.reply_ok(ctx, &json!({ "online": out }));
+    Ok(())
+}
+
+fn cmd_friends(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u64) -> CmdResult {
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| s.friends(uid),
+        |app, ctx, p, r| match r {
+            Ok(list) => {
+                let items: Vec<Value> = list
+                    .iter()
+                    .map(|f| json!({ "uid": f, "online": app.chat.is_online(*f) }))
+                    .collect();
+                p.reply_ok(ctx, &json!({ "friends": items }));
+            }
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        },
+    )
+}
+
+fn push_to_user(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64, text: &str) {
+    let frame = Frame::text(text.as_bytes());
+    for c in app.chat.conns_of(uid) {
+        ctx.send(*c, &frame);
+    }
+}
+
+fn cmd_friend_request(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let to = cmd.u64("to_id").map_err(bad)?;
+    if to == uid {
+        return Err(bad("cannot befriend yourself"));
+    }
+    if app.chat.friends.get(&uid).is_some_and(|f| f.contains(&to)) {
+        return Err((code::CONFLICT, "already friends".into()));
+    }
+    let note: String = cmd
+        .opt_str("note")
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    let note2 = note.clone();
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| -> StoreResult<bool> {
+            if s.existing_users(&[to])?.is_empty() {
+                return Ok(false);
+            }
+            s.add_friend_request(uid, to, &note2)?;
+            Ok(true)
+        },
+        move |app, ctx, p, r| match r {
+            Ok(true) => {
+                p.reply_ok(ctx, &json!({}));
+                let push = proto::push(
+                    "friend_request",
+                    &json!({ "from_id": uid, "note": note, "time": store::now_ms() }),
+                );
+                push_to_user(app, ctx, to, &push);
+            }
+            Ok(false) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        },
+    )
+}
+
+/// Records a friendship in the caches and tells both sides.
+fn friendship_made(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: u64, b: u64) {
+    for (x, y) in [(a, b), (b, a)] {
+        if let Some(f) = app.chat.friends.get_mut(&x) {
+            f.insert(y);
+        }
+        let push = proto::push(
+            "friend_added",
+            &json!({ "uid": y, "online": app.chat.is_online(y) }),
+        );
+        push_to_user(app, ctx, x, &push);
+    }
+}
+
+fn friendship_ended(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: u64, b: u64) {
+    for (x, y) in [(a, b), (b, a)] {
+        if let Some(f) = app.chat.friends.get_mut(&x) {
+            f.remove(&y);
+        }
+        push_to_user(
+            app,
+            ctx,
+            x,
+            &proto::push("friend_removed", &json!({ "uid": y })),
+        );
+    }
+}
+
+fn cmd_friend_accept(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let from = cmd.u64("from_id").map_err(bad)?;
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| -> StoreResult<bool> {
+            if !s.take_friend_request(from, uid)? {
+                return Ok(false);
+            }
+            s.add_friendship(from, uid)?;
+            Ok(true)
+        },
+        move |app, ctx, p, r| match r {
+            Ok(true) => {
+                p.reply_ok(ctx, &json!({ "uid": from }));
+                friendship_made(app, ctx, from, uid);
+            }
+            Ok(false) => p.reply_err(ctx, code::NOT_FOUND, "no pending request from that user"),
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        },
+    )
+}
+
+fn cmd_friend_requests(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+) -> CmdResult {
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| s.friend_requests(uid),
+        |_app, ctx, p, r| match r {
+            Ok(list) => {
+                let items: Vec<Value> = list
+                    .into_iter()
+                    .map(
+                        |(from, note, time)| json!({ "from_id": from, "note": note, "time": time }),
+                    )
+                    .collect();
+                p.reply_ok(ctx, &json!({ "requests": items }));
+            }
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        },
+    )
+}
+
+fn cmd_friend_remove(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let other = cmd.u64("uid").map_err(bad)?;
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| s.remove_friendship(uid, other),
+        move |app, ctx, p, r| match r {
+            Ok(()) => {
+                p.reply_ok(ctx, &json!({}));
+                friendship_ended(app, ctx, uid, other);
+            }
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        },
+    )
+}
+
+fn cmd_groups(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u64) -> CmdResult {
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| s.groups_of(uid),
+        |_app, ctx, p, r| match r {
+            Ok(list) => p.reply_ok(ctx, &json!({ "groups": list })),
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        },
+    )
+}
+
+/// Tells every online member about a membership change.
+fn push_group_event(
+    app: &App,
+    ctx: &mut dyn Ctx<Completion>,
+    gid: u64,
+    event: &str,
+    uids: &[u64],
+    notify: &[u64],
+) {
+    let frame = Frame::text(
+        proto::push(
+            "group_event",
+            &json!({ "group_id": gid, "event": event, "uids": uids }),
+        )
+        .as_bytes(),
+    );
+    for m in notify {
+        for c in app.chat.conns_of(*m) {
+            ctx.send(*c, &frame);
+        }
+    }
+}
+
+fn create_group(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    owner: u64,
+    name: String,
+    members: Vec<u64>,
+    done: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, Result<Value, (u16, String)>) + Send + 'static,
+) -> bool {
+    let max = app.config.chat.max_group_members;
+    app.job(
+        ctx,
+        move |s| -> Result<(store::Group, Vec<u64>), (u16, String)> {
+            let mut wanted: Vec<u64> = members.clone();
+            wanted.push(owner);
+            wanted.sort_unstable();
+            wanted.dedup();
+            if wanted.len() > max {
+                return Err((
+                    code::BAD_REQUEST,
+                    format!("a group has at most {max} members"),
+                ));
+            }
+            let existing = s
+                .existing_users(&wanted)
+                .map_err(|e| (proto::store_code(&e), e.to_string()))?;
+            if existing.len() != wanted.len() {
+                return Err((code::NOT_FOUND, "some of those users do not exist".into()));
+            }
+            let g = s
+                .create_group(owner, &name, &wanted)
+                .map_err(|e| (proto::store_code(&e), e.to_string()))?;
+            Ok((g, wanted))
+        },
+        move |app, ctx, r| match r {
+            Ok((g, members)) => {
+                app.chat
+                    .groups
+                    .insert(g.group_id, Arc::new(members.clone()));
+                push_group_event(app, ctx, g.group_id, "created", &members, &members);
+                done(app, ctx, Ok(json!({ "group": g, "members": members })));
+            }
+            Err(e) => done(app, ctx, Err(e)),
+        },
+    )
+}
+
+fn cmd_group_create(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let name = cmd.str("name").map_err(bad)?.trim().to_string();
+    if name.is_empty() || name.len() > 128 {
+        return Err(bad("name must be 1-128 bytes"));
+    }
+    let members = cmd.u64_list("members").map_err(bad)?;
+    let p2 = p.clone();
+    if create_group(app, ctx, uid, name, members, move |_app, ctx, r| match r {
+        Ok(v) => p2.reply_ok(ctx, &v),
+        Err((c, m)) => p2.reply_err(ctx, c, &m),
+    }) {
+        Ok(())
+    } else {
+        Err((code::UNAVAILABLE, "server busy, retry".into()))
+    }
+}
+
+fn cmd_group_members(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let gid = cmd.u64("group_id").map_err(bad)?;
+    with_members(app, ctx, p, gid, move |app, ctx, p, members| {
+        if members.binary_search(&uid).is_ok() {
+            let list: Vec<Value> = members
+                .iter()
+                .map(|m| json!({ "uid": m, "online": app.chat.is_online(*m) }))
+                .collect();
+            p.reply_ok(ctx, &json!({ "group_id": gid, "members": list }));
+        } else {
+            p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
+        }
+    })
+}
+
+fn cmd_group_invite(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let gid = cmd.u64("group_id").map_err(bad)?;
+    let uids = cmd.u64_list("uids").map_err(bad)?;
+    if uids.is_empty() {
+        return Err(bad("uids is empty"));
+    }
+    with_members(app, ctx, p, gid, move |app, ctx, p, members| {
+        if members.binary_search(&uid).is_err() {
+            p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
+            return;
+        }
+        if members.len() + uids.len() > app.config.chat.max_group_members {
+            p.reply_err(
+                ctx,
+                code::BAD_REQUEST,
+                "the group would be over its member limit",
+            );
+            return;
+        }
+        add_members(app, ctx, gid, uids, p.clone());
+    })
+}
+
+fn add_members(app: &mut App, ctx: &mut dyn Ctx<Completion>, gid: u64, uids: Vec<u64>, p: Pending) {
+    let uids2 = uids.clone();
+    let r = conn_job(
+        app,
+        ctx,
+        &p,
+        move |s| -> StoreResult<Vec<u64>> {
+            let existing = s.existing_users(&uids2)?;
+            s.add_group_members(gid, &existing)?;
+            Ok(existing)
+        },
+        move |app, ctx, p, r| match r {
+            Ok(added) => {
+                app.chat.groups.remove(&gid);
+                p.reply_ok(ctx, &json!({ "group_id": gid, "added": added }));
+                notify_membership(app, ctx, gid, "joined", added);
+            }
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        },
+    );
+    if let Err((c, m)) = r {
+        p.reply_err(ctx, c, &m);
+    }
+}
+
+/// Reloads the member list, then tells every member (including those who just left) what changed.
+fn notify_membership(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    gid: u64,
+    event: &'static str,
+    uids: Vec<u64>,
+) {
+    app.chat.groups.remove(&gid);
+    app.job(
+        ctx,
+        move |s| s.group_members(gid),
+        move |app, ctx, r| {
+            if let Ok(Some(members)) = r {
+                let mut notify = members.clone();
+                notify.extend(uids.iter().copied());
+                app.chat.groups.insert(gid, Arc::new(members));
+                push_group_event(app, ctx, gid, event, &uids, &notify);
+            }
+        },
+    );
+}
+
+fn cmd_group_leave(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let gid = cmd.u64("group_id").map_err(bad)?;
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| s.remove_group_member(gid, uid),
+        move |app, ctx, p, r| match r {
+            Ok(()) => {
+                p.reply_ok(ctx, &json!({ "group_id": gid }));
+                notify_membership(app, ctx, gid, "left", vec![uid]);
+            }
+            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server API (business backend, authenticated by the API key): POST /api/server/{action}
+
+fn field_u64(body: &Value, name: &str) -> Result<u64, (u16, String)> {
+    body.get(name)
+        .and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .ok_or_else(|| bad(format!("missing or bad \"{name}\"")))
+}
+
+fn field_list(body: &Value, name: &str) -> Result<Vec<u64>, (u16, String)> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| bad(format!("\"{name}\" must list user ids")))
+            })
+            .collect(),
+        _ => Err(bad(format!("\"{name}\" must be an array"))),
+    }
+}
+
+/// Answers a deferred server-API request from a store job's result.
+fn respond_job<R: Send + 'static>(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    work: impl FnOnce(&dyn Store) -> Result<R, StoreError> + Send + 'static,
+    then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, R) -> Value + Send + 'static,
+) -> crate::net::Reply {
+    let ok = app.job(ctx, work, move |app, ctx, r| {
+        let resp = match r {
+            Ok(v) => api_ok(then(app, ctx, v)),
+            Err(e) => api_error(proto::store_code(&e), &e.to_string()),
+        };
+        ctx.respond(conn, resp);
+    });
+    if ok {
+        crate::net::Reply::Later
+    } else {
+        crate::net::Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
+    }
+}
+
+pub fn server_api(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    action: &str,
+    body: Value,
+) -> crate::net::Reply {
+    use crate::net::Reply;
+    let result: Result<Reply, (u16, String)> = (|| match action {
+        "user" => {
+            let app_uid = body.get("app_uid").and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+            let app_uid = app_uid
+                .filter(|s| !s.is_empty() && s.len() <= 64)
+                .ok_or_else(|| bad("missing app_uid"))?;
+            let profile = Profile {
+                name: body.get("name").and_then(Value::as_str).map(String::from),
+                head_img: body
+                    .get("head_img")
+                    .and_then(Value::as_str)
+                    .map(String::from),
+                user_type: body.get("user_type").and_then(Value::as_i64),
+            };
+            let ttl = app.config.auth.token_ttl_s;
+            Ok(respond_job(
+                app,
+                ctx,
+                conn,
+                move |s| {
+                    let (user, created) = s.upsert_app_user(&app_uid, &profile, false)?;
+                    let token = auth::new_token().map_err(StoreError::Unavailable)?;
+                    s.put_token(
+                        &auth::token_hash(&token),
+                        user.uid,
+                        store::now_ms() + ttl as i64 * 1000,
+                    )?;
+                    Ok(
+                        json!({ "uid": user.uid, "token": token, "expires_in": ttl, "is_new": created }),
+                    )
+                },
+                |_, _, v| v,
+            ))
+        }
+        "send" => {
+            let from = field_u64(&body, "from_id")?;
+            let ct = field_u64(&body, "chat_type")?;
+            let to = field_u64(&body, "to_id")?;
+            let mt =
+                u8::try_from(field_u64(&body, "msg_type")?).map_err(|_| bad("unknown msg_type"))?;
+            let msg = body.get("msg").cloned().unwrap_or(Value::Null);
+            let text = proto::validate_body(mt, &msg, &app.chat.body_limits)?;
+            let conv_id = match u8::try_from(ct).unwrap_or(u8::MAX) {
+                chat_type::FRIEND if from != to => proto::friend_conv(from, to),
+                chat_type::GROUP => proto::group_conv(to),
+                _ => {
+                    return Err(bad(
+                        "chat_type must be 0 (friend, to another user) or 1 (group)",
+                    ))
+                }
+            };
+            let m = NewMessage {
+                conv_id,
+                chat_type: ct as u8,
+                from_id: from,
+                to_id: to,
+                msg_type: mt,
+                body: text,
+                client_msg_id: body
+                    .get("client_msg_id")
+                    .and_then(Value::as_str)
+                    .filter(|s| s.len() <= 64)
+                    .map(String::from),
+                created_at: store::now_ms(),
+            };
+            let r = app.persist(m, move |app, ctx, r| {
+                let resp = match &r {
+                    Ok(a) => api_ok(ack_data(&a.message, a.duplicate)),
+                    Err(e) => api_error(proto::store_code(e), &e.to_string()),
+                };
+                ctx.respond(conn, resp);
+                acked(app, ctx, None, r);
+            });
+            match r {
+                Ok(()) => Ok(Reply::Later),
+                Err(_) => Err((code::UNAVAILABLE, "server busy, retry".into())),
+            }
+        }
+        "group_create" => {
+            let owner = field_u64(&body, "owner_id")?;
+            let name = body
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            if name.is_empty() || name.len() > 128 {
+                return Err(bad("name must be 1-128 bytes"));
+            }
+            let members = field_list(&body, "members")?;
+            if create_group(app, ctx, owner, name, members, move |_app, ctx, r| {
+                ctx.respond(
+                    conn,
+                    match r {
+                        Ok(v) => api_ok(v),
+                        Err((c, m)) => api_error(c, &m),
+                    },
+                )
+            }) {
+                Ok(Reply::Later)
+            } else {
+                Err((code::UNAVAILABLE, "server busy, retry".into()))
+            }
+        }
+        "group_add" => {
+            let gid = field_u64(&body, "group_id")?;
+            let uids = field_list(&body, "uids")?;
+            Ok(respond_job(
+                app,
+                ctx,
+                conn,
+                move |s| {
+                    let existing = s.existing_users(&uids)?;
+                    s.add_group_members(gid, &existing)?;
+                    Ok(existing)
+                },
+                move |app, ctx, added| {
+                    notify_membership(app, ctx, gid, "joined", added.clone());
+                    json!({ "group_id": gid, "added": added })
+                },
+            ))
+        }
+        "group_remove" => {
+            let gid = field_u64(&body, "group_id")?;
+            let uid = field_u64(&body, "uid")?;
+            Ok(respond_job(
+                app,
+                ctx,
+                conn,
+                move |s| s.remove_group_member(gid, uid),
+                move |app, ctx, ()| {
+                    notify_membership(app, ctx, gid, "left", vec![uid]);
+                    json!({ "group_id": gid })
+                },
+            ))
+        }
+        "friend_add" | "friend_remove" => {
+            let a = field_u64(&body, "uid")?;
+            let b = field_u64(&body, "friend_id")?;
+            if a == b {
+                return Err(bad("uid and friend_id must differ"));
+            }
+            let add = action == "friend_add";
+            Ok(respond_job(
+                app,
+                ctx,
+                conn,
+                move |s| {
+                    if add {
+                        if s.existing_users(&[a, b])?.len() != 2 {
+                            return Err(StoreError::NotFound("user"));
+                        }
+                        s.add_friendship(a, b)
+                    } else {
+                        s.remove_friendship(a, b)
+                    }
+                },
+                move |app, ctx, ()| {
+                    if add {
+                        friendship_made(app, ctx, a, b);
+                    } else {
+                        friendship_ended(app, ctx, a, b);
+                    }
+                    json!({})
+                },
+            ))
+        }
+        "kick" => {
+            let uid = field_u64(&body, "uid")?;
+            let conns: Vec<ConnId> = app.chat.conns_of(uid).to_vec();
+            for c in &conns {
+                ctx.close(*c, close::KICKED, "kicked");
+            }
+            Ok(Reply::Now(api_ok(
+                json!({ "uid": uid, "closed": conns.len() }),
+            )))
+        }
+        "online" => {
+            let uids = field_list(&body, "uids")?;
+            let mut out = serde_json::Map::new();
+            for u in uids {
+                out.insert(u.to_string(), Value::from(app.chat.is_online(u)));
+            }
+            Ok(Reply::Now(api_ok(
+                json!({ "online": out, "total_online": app.chat.online.len() }),
+            )))
+        }
+        _ => Err((
+            code::NOT_FOUND,
+            format!("unknown server API action {action:?}"),
+        )),
+    })();
+    match result {
+        Ok(r) => r,
+        Err((c, m)) => Reply::Now(api_error(c, &m)),
+    }
+}

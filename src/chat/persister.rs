@@ -1,0 +1,105 @@
+//! The persister: the one thread that writes messages. It drains its queue into batches, writes
+//! each batch in one transaction (group commit), and only then hands the results back to the
+//! reactor, so an acknowledged message is always on disk. Seqs are assigned inside that
+//! transaction, by the only writer, which is what keeps them gap-free: a failed batch hands out
+//! nothing.
+
+use crate::store::{Appended, NewMessage, Store, StoreResult};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// What to do with one message's outcome, on the reactor.
+pub type Then<C> = Box<dyn FnOnce(StoreResult<Appended>) -> C + Send>;
+
+struct Item<C> {
+    message: NewMessage,
+    then: Then<C>,
+}
+
+pub struct Persister<C> {
+    tx: Option<SyncSender<Item<C>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The queue is full (the store is slower than the traffic): refuse with 503.
+#[derive(Debug)]
+pub struct Busy;
+
+impl<C: Send + 'static> Persister<C> {
+    /// Starts the thread. `deliver` sends a batch's continuations to the reactor in one wake-up.
+    pub fn start(
+        store: Arc<dyn Store>,
+        max_batch: usize,
+        queue: usize,
+        deliver: impl Fn(Vec<C>) + Send + 'static,
+    ) -> std::io::Result<Persister<C>> {
+        let (tx, rx) = sync_channel::<Item<C>>(queue);
+        let thread = std::thread::Builder::new()
+            .name("persister".into())
+            .spawn(move || run(&*store, &rx, max_batch.max(1), &deliver))?;
+        Ok(Persister {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn submit(&self, message: NewMessage, then: Then<C>) -> Result<(), Busy> {
+        let Some(tx) = &self.tx else {
+            return Err(Busy);
+        };
+        match tx.try_send(Item { message, then }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Busy),
+        }
+    }
+}
+
+impl<C> Drop for Persister<C> {
+    /// Writes everything queued, then stops.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run<C>(store: &dyn Store, rx: &Receiver<Item<C>>, max_batch: usize, deliver: &dyn Fn(Vec<C>)) {
+    let mut items: Vec<Item<C>> = Vec::with_capacity(max_batch);
+    loop {
+        match rx.recv() {
+            Ok(first) => items.push(first),
+            Err(_) => return,
+        }
+        while items.len() < max_batch {
+            match rx.try_recv() {
+                Ok(item) => items.push(item),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        let messages: Vec<NewMessage> = items.iter().map(|i| i.message.clone()).collect();
+        let started = std::time::Instant::now();
+        let result = store.append_batch(&messages);
+        log::trace!(
+            "persisted a batch of {} in {:?}",
+            messages.len(),
+            started.elapsed()
+        );
+        let outcomes: Vec<C> = match result {
+            Ok(appended) => items
+                .drain(..)
+                .zip(appended)
+                .map(|(item, a)| (item.then)(Ok(a)))
+                .collect(),
+            Err(e) => {
+                log::error!("persisting {} messages failed: {e}", messages.len());
+                items
+                    .drain(..)
+                    .map(|item| (item.then)(Err(e.clone())))
+                    .collect()
+            }
+        };
+        deliver(outcomes);
+    }
+}

@@ -1,0 +1,424 @@
+//! The client protocol on the wire: status codes, close codes, request parsing, reply and push
+//! encoding, and the validation of message bodies per type. See protocol-spec.md section 2.
+
+use crate::store::{StoreError, StoredMessage};
+use serde_json::{json, Map, Value};
+
+/// Reply codes (the `code` field). 200 is success; the others mirror HTTP's meanings.
+pub mod code {
+    pub const OK: u16 = 200;
+    /// Malformed command, missing or invalid field.
+    pub const BAD_REQUEST: u16 = 400;
+    /// Not authenticated, or a bad / expired token.
+    pub const UNAUTHORIZED: u16 = 401;
+    /// Authenticated but not allowed: not a friend, not a member, not the owner.
+    pub const FORBIDDEN: u16 = 403;
+    /// No such user, group, conversation or message.
+    pub const NOT_FOUND: u16 = 404;
+    /// The request contradicts the current state (already friends, recall window passed...).
+    pub const CONFLICT: u16 = 409;
+    /// A body over its size limit.
+    pub const TOO_LARGE: u16 = 413;
+    /// Over `[chat] max_msgs_per_sec`.
+    pub const RATE_LIMITED: u16 = 429;
+    /// A bug on our side.
+    pub const INTERNAL: u16 = 500;
+    /// Storage down or the server too busy: retry later (with the same client_msg_id).
+    pub const UNAVAILABLE: u16 = 503;
+}
+
+/// Close codes of the chat endpoint (RFC 6455 private range).
+pub mod close {
+    /// Authentication failed: bad or expired token.
+    pub const AUTH_FAILED: u16 = 4001;
+    /// Not authenticated within `[chat] auth_timeout_s`.
+    pub const AUTH_TIMEOUT: u16 = 4002;
+    /// Kicked through the server API.
+    pub const KICKED: u16 = 4003;
+}
+
+/// The code a store failure is reported with.
+pub fn store_code(e: &StoreError) -> u16 {
+    match e {
+        StoreError::Unavailable(_) => code::UNAVAILABLE,
+        StoreError::NotFound(_) => code::NOT_FOUND,
+        StoreError::Conflict(_) => code::CONFLICT,
+    }
+}
+
+/// A parsed command: its name, request id (echoed verbatim) and fields.
+#[derive(Debug)]
+pub struct Command {
+    pub cmd: String,
+    pub req_id: Option<Value>,
+    pub fields: Map<String, Value>,
+}
+
+/// Parses one text frame. Err: not a command at all (answered with `cmd: "error"`).
+pub fn parse_command(text: &str) -> Result<Command, &'static str> {
+    let value: Value = serde_json::from_str(text).map_err(|_| "not valid JSON")?;
+    let Value::Object(mut fields) = value else {
+        return Err("a command must be a JSON object");
+    };
+    let cmd = match fields.remove("cmd") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => s,
+        _ => return Err("missing \"cmd\""),
+    };
+    let req_id = match fields.remove("req_id") {
+        None | Some(Value::Null) => None,
+        Some(v @ (Value::String(_) | Value::Number(_))) => Some(v),
+        Some(_) => return Err("\"req_id\" must be a string or a number"),
+    };
+    Ok(Command {
+        cmd,
+        req_id,
+        fields,
+    })
+}
+
+impl Command {
+    pub fn u64(&self, name: &str) -> Result<u64, String> {
+        match self.fields.get(name) {
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .ok_or_else(|| format!("\"{name}\" must be a non-negative integer")),
+            Some(Value::String(s)) => s
+                .parse()
+                .map_err(|_| format!("\"{name}\" must be a non-negative integer")),
+            _ => Err(format!("missing \"{name}\"")),
+        }
+    }
+
+    pub fn u64_or(&self, name: &str, default: u64) -> Result<u64, String> {
+        if self.fields.get(name).is_none_or(Value::is_null) {
+            Ok(default)
+        } else {
+            self.u64(name)
+        }
+    }
+
+    pub fn str(&self, name: &str) -> Result<&str, String> {
+        match self.fields.get(name) {
+            Some(Value::String(s)) => Ok(s),
+            _ => Err(format!("missing \"{name}\"")),
+        }
+    }
+
+    pub fn opt_str(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).and_then(Value::as_str)
+    }
+
+    pub fn u64_list(&self, name: &str) -> Result<Vec<u64>, String> {
+        match self.fields.get(name) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .ok_or_else(|| format!("\"{name}\" must list user ids"))
+                })
+                .collect(),
+            None | Some(Value::Null) => Ok(Vec::new()),
+            _ => Err(format!("\"{name}\" must be an array")),
+        }
+    }
+}
+
+/// `{"cmd":..,"req_id":..,"code":200,"data":<data>}` with `data` already JSON.
+pub fn ok_raw(cmd: &str, req_id: &Option<Value>, data: &str) -> String {
+    let mut s = String::with_capacity(data.len() + 64);
+    s.push_str("{\"cmd\":");
+    s.push_str(&Value::from(cmd).to_string());
+    if let Some(id) = req_id {
+        s.push_str(",\"req_id\":");
+        s.push_str(&id.to_string());
+    }
+    s.push_str(",\"code\":200,\"data\":");
+    s.push_str(data);
+    s.push('}');
+    s
+}
+
+pub fn ok(cmd: &str, req_id: &Option<Value>, data: &Value) -> String {
+    ok_raw(cmd, req_id, &data.to_string())
+}
+
+/// `{"cmd":..,"req_id":..,"code":<code>,"msg":<msg>}`.
+pub fn fail(cmd: &str, req_id: &Option<Value>, code: u16, msg: &str) -> String {
+    let mut v = json!({ "cmd": cmd, "code": code, "msg": msg });
+    if let Some(id) = req_id {
+        v["req_id"] = id.clone();
+    }
+    v.to_string()
+}
+
+/// A server push: `{"cmd":<cmd>,"data":<data>}`.
+pub fn push(cmd: &str, data: &Value) -> String {
+    json!({ "cmd": cmd, "data": data }).to_string()
+}
+
+/// A stored message as JSON (its body embedded as stored, not re-encoded).
+pub fn message_json(m: &StoredMessage) -> String {
+    let mut s = String::with_capacity(m.body.len() + 160);
+    s.push_str("{\"msg_id\":");
+    s.push_str(&m.msg_id.to_string());
+    s.push_str(",\"conv_id\":");
+    s.push_str(&Value::from(m.conv_id.as_str()).to_string());
+    s.push_str(&format!(
+        ",\"seq\":{},\"chat_type\":{},\"from_id\":{},\"to_id\":{},\"msg_type\":{},\"msg\":",
+        m.seq, m.chat_type, m.from_id, m.to_id, m.msg_type
+    ));
+    s.push_str(&m.body);
+    s.push_str(",\"time\":");
+    s.push_str(&m.created_at.to_string());
+    s.push('}');
+    s
+}
+
+/// A JSON array of messages.
+pub fn messages_json(ms: &[StoredMessage]) -> String {
+    let mut s = String::from("[");
+    for (i, m) in ms.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&message_json(m));
+    }
+    s.push(']');
+    s
+}
+
+/// The push every recipient of a new message gets, serialised once per message.
+pub fn message_push(m: &StoredMessage) -> String {
+    let body = message_json(m);
+    let mut s = String::with_capacity(body.len() + 24);
+    s.push_str("{\"cmd\":\"message\",\"data\":");
+    s.push_str(&body);
+    s.push('}');
+    s
+}
+
+/// Chat types (online_chat's numbering).
+pub mod chat_type {
+    pub const FRIEND: u8 = 0;
+    pub const GROUP: u8 = 1;
+    pub const SERVICE: u8 = 2;
+    pub const CONSULT: u8 = 3;
+}
+
+/// Message types.
+pub mod msg_type {
+    pub const TEXT: u8 = 0;
+    pub const IMAGE: u8 = 1;
+    pub const VOICE: u8 = 2;
+    pub const VIDEO: u8 = 3;
+    pub const RICH_TEXT: u8 = 4;
+    pub const FILE: u8 = 5;
+    /// A recall event (server-generated): `msg` = {"msg_id", "seq"} of the recalled message.
+    pub const RECALL: u8 = 100;
+}
+
+/// The conversation between two users, whoever writes first.
+pub fn friend_conv(a: u64, b: u64) -> String {
+    format!("p_{}_{}", a.min(b), a.max(b))
+}
+
+pub fn group_conv(gid: u64) -> String {
+    format!("g_{gid}")
+}
+
+/// What a conversation id refers to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConvRef {
+    Friend(u64, u64),
+    Group(u64),
+}
+
+pub fn parse_conv(conv_id: &str) -> Option<ConvRef> {
+    if let Some(rest) = conv_id.strip_prefix("p_") {
+        let (a, b) = rest.split_once('_')?;
+        let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+        (a <= b && friend_conv(a, b) == conv_id).then_some(ConvRef::Friend(a, b))
+    } else if let Some(rest) = conv_id.strip_prefix("g_") {
+        let g: u64 = rest.parse().ok()?;
+        (group_conv(g) == conv_id).then_some(ConvRef::Group(g))
+    } else {
+        None
+    }
+}
+
+/// Limits applied to message bodies.
+pub struct BodyLimits {
+    pub max_text_bytes: usize,
+}
+
+/// Validates `msg` for `msg_type` and returns the normalised body as JSON text (only known
+/// fields survive; rich text is sanitised). Err: (code, reason).
+pub fn validate_body(
+    msg_type: u8,
+    msg: &Value,
+    limits: &BodyLimits,
+) -> Result<String, (u16, String)> {
+    let bad = |m: &str| Err((code::BAD_REQUEST, m.to_string()));
+    match msg_type {
+        msg_type::TEXT => {
+            let Some(t) = msg.as_str() else {
+                return bad("a text message's \"msg\" is a string");
+            };
+            if t.trim().is_empty() {
+                return bad("empty text");
+            }
+            if t.len() > limits.max_text_bytes {
+                return Err((
+                    code::TOO_LARGE,
+                    format!("text over {} bytes", limits.max_text_bytes),
+                ));
+            }
+            Ok(Value::from(t).to_string())
+        }
+        msg_type::RICH_TEXT => {
+            let Some(t) = msg.as_str() else {
+                return bad("a rich-text message's \"msg\" is an HTML string");
+            };
+            if t.len() > limits.max_text_bytes {
+                return Err((
+                    code::TOO_LARGE,
+                    format!("rich text over {} bytes", limits.max_text_bytes),
+                ));
+            }
+            let clean = ammonia::clean(t);
+            if clean.trim().is_empty() {
+                return bad("empty rich text");
+            }
+            Ok(Value::from(clean).to_string())
+        }
+        msg_type::IMAGE | msg_type::VOICE | msg_type::VIDEO | msg_type::FILE => {
+            let Some(obj) = msg.as_object() else {
+                return bad("a media message's \"msg\" is an object with a \"url\"");
+            };
+            let url = match obj.get("url").and_then(Value::as_str) {
+                Some(u) if valid_url(u) => u,
+                _ => return bad("\"url\" must be an http(s) URL or a /files/ path"),
+            };
+            let mut out = Map::new();
+            out.insert("url".into(), Value::from(url));
+            let (required, optional): (&[&str], &[&str]) = match msg_type {
+                msg_type::IMAGE => (&[], &["size", "width", "height"]),
+                msg_type::VOICE => (&["duration"], &["size"]),
+                msg_type::VIDEO => (&[], &["size", "duration", "width", "height"]),
+                _ => (&["size"], &[]),
+            };
+            for name in required.iter().chain(optional) {
+                match obj.get(*name) {
+                    Some(v) if v.as_u64().is_some() => {
+                        out.insert((*name).into(), v.clone());
+                    }
+                    Some(Value::Null) | None if !required.contains(name) => {}
+                    _ => return bad(&format!("\"{name}\" must be a non-negative integer")),
+                }
+            }
+            for name in ["mime", "name", "thumb_url"] {
+                match obj.get(name) {
+                    Some(Value::String(s)) if s.len() <= 512 => {
+                        out.insert(name.into(), Value::from(s.as_str()));
+                    }
+                    Some(Value::Null) | None => {}
+                    _ => return bad(&format!("\"{name}\" must be a string of at most 512 bytes")),
+                }
+            }
+            if msg_type == msg_type::FILE && !out.contains_key("name") {
+                return bad("a file message needs \"name\"");
+            }
+            Ok(Value::Object(out).to_string())
+        }
+        _ => bad("unknown msg_type"),
+    }
+}
+
+fn valid_url(u: &str) -> bool {
+    u.len() <= 2048
+        && (u.starts_with("https://") || u.starts_with("http://") || u.starts_with("/files/"))
+        && !u.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: BodyLimits = BodyLimits { max_text_bytes: 10 };
+
+    #[test]
+    fn commands_parse_and_replies_echo_req_id() {
+        let c = parse_command(r#"{"cmd":"send","req_id":7,"to_id":"12"}"#).unwrap();
+        assert_eq!(c.cmd, "send");
+        assert_eq!(c.u64("to_id").unwrap(), 12);
+        assert_eq!(
+            ok("send", &c.req_id, &json!({"a":1})),
+            r#"{"cmd":"send","req_id":7,"code":200,"data":{"a":1}}"#
+        );
+        let f: Value = serde_json::from_str(&fail("send", &c.req_id, 403, "no")).unwrap();
+        assert_eq!(f, json!({"cmd":"send","req_id":7,"code":403,"msg":"no"}));
+        assert!(parse_command("nope").is_err());
+        assert!(parse_command("[1]").is_err());
+        assert!(parse_command(r#"{"x":1}"#).is_err());
+        assert!(parse_command(r#"{"cmd":"a","req_id":{}}"#).is_err());
+    }
+
+    #[test]
+    fn conversation_ids() {
+        assert_eq!(friend_conv(9, 7), "p_7_9");
+        assert_eq!(parse_conv("p_7_9"), Some(ConvRef::Friend(7, 9)));
+        assert_eq!(parse_conv("p_9_7"), None);
+        assert_eq!(parse_conv("p_07_9"), None);
+        assert_eq!(parse_conv("g_3"), Some(ConvRef::Group(3)));
+        assert_eq!(parse_conv("x"), None);
+    }
+
+    #[test]
+    fn bodies_are_validated_per_type() {
+        assert_eq!(validate_body(0, &json!("hi"), &L).unwrap(), "\"hi\"");
+        assert_eq!(
+            validate_body(0, &json!("01234567890"), &L).unwrap_err().0,
+            413
+        );
+        assert_eq!(validate_body(0, &json!(" "), &L).unwrap_err().0, 400);
+        assert_eq!(validate_body(0, &json!(5), &L).unwrap_err().0, 400);
+        let rich = BodyLimits {
+            max_text_bytes: 1000,
+        };
+        let clean = validate_body(4, &json!("<b>x</b><script>alert(1)</script>"), &rich).unwrap();
+        assert!(
+            clean.contains("<b>x</b>") && !clean.contains("script"),
+            "{clean}"
+        );
+        let img =
+            validate_body(1, &json!({"url":"https://a/b.png","width":3,"evil":1}), &L).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&img).unwrap(),
+            json!({"url":"https://a/b.png","width":3})
+        );
+        assert_eq!(
+            validate_body(1, &json!({"url":"javascript:x"}), &L)
+                .unwrap_err()
+                .0,
+            400
+        );
+        assert_eq!(
+            validate_body(2, &json!({"url":"/files/x"}), &L)
+                .unwrap_err()
+                .0,
+            400,
+            "voice needs duration"
+        );
+        assert!(validate_body(2, &json!({"url":"/files/x","duration":3}), &L).is_ok());
+        assert_eq!(
+            validate_body(5, &json!({"url":"/files/x","size":3}), &L)
+                .unwrap_err()
+                .0,
+            400,
+            "file needs name"
+        );
+        assert!(validate_body(5, &json!({"url":"/files/x","size":3,"name":"a.pdf"}), &L).is_ok());
+        assert!(validate_body(3, &json!({"url":"http://v/x.mp4"}), &L).is_ok());
+        assert_eq!(validate_body(9, &json!("x"), &L).unwrap_err().0, 400);
+    }
+}

@@ -1,0 +1,544 @@
+//! The chat protocol over real sockets on the embedded store: logins, the server API, sending
+//! with acks and deliveries, offline sync, history, conversations, read receipts, friends, groups
+//! and the error codes.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+const API_KEY: &str = "test-api-key";
+const SIGN_KEY: &str = "k3y!@#";
+
+fn start(extra: &str) -> TestServer {
+    TestServer::start(&merge_toml(
+        &format!("[api]\nkey = \"{API_KEY}\"\n[auth]\nsign_key = \"{SIGN_KEY}\"\n[chat]\nmax_msgs_per_sec = 0\n"),
+        extra,
+    ))
+}
+
+fn api(s: &TestServer, action: &str, body: Value) -> HttpResponse {
+    http_post_json(
+        s.addr,
+        &format!("/api/server/{action}"),
+        &body,
+        &format!("Authorization: Bearer {API_KEY}\r\n"),
+    )
+}
+
+/// Creates a user through the server API; returns (uid, token).
+fn user(s: &TestServer, app_uid: &str) -> (u64, String) {
+    let r = api(s, "user", json!({ "app_uid": app_uid, "name": app_uid }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d = &r.json()["data"];
+    (
+        d["uid"].as_u64().unwrap(),
+        d["token"].as_str().unwrap().to_string(),
+    )
+}
+
+fn befriend(s: &TestServer, a: u64, b: u64) {
+    let r = api(s, "friend_add", json!({ "uid": a, "friend_id": b }));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// An authenticated chat client.
+fn login(s: &TestServer, token: &str) -> WsClient {
+    let mut c = WsClient::connect(s.addr, &format!("/ws?token={token}"));
+    let auth = c.recv_json();
+    assert_eq!(auth["cmd"], "auth");
+    assert_eq!(auth["code"], 200, "{auth}");
+    c
+}
+
+fn request(c: &mut WsClient, cmd: Value) -> Value {
+    c.send_text(&cmd.to_string());
+    loop {
+        let v = c.recv_json();
+        if v["cmd"] == cmd["cmd"] && v["req_id"] == cmd["req_id"] {
+            return v;
+        }
+    }
+}
+
+/// Receives pushes until one with `cmd` arrives.
+fn next_push(c: &mut WsClient, cmd: &str) -> Value {
+    loop {
+        let v = c.recv_json();
+        if v["cmd"] == cmd && v.get("req_id").is_none() {
+            return v;
+        }
+    }
+}
+
+fn send_text(c: &mut WsClient, req_id: u64, to: u64, text: &str, cmid: &str) -> Value {
+    request(
+        c,
+        json!({"cmd":"send","req_id":req_id,"chat_type":0,"to_id":to,"msg_type":0,"msg":text,"client_msg_id":cmid}),
+    )
+}
+
+#[test]
+fn signed_dologin_creates_then_finds_the_user() {
+    let s = start("");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let params: Vec<(String, String)> = vec![
+        ("app_uid".into(), "10086".into()),
+        ("name".into(), "张三 & O'Brien+/=?~".into()),
+        (
+            "head_img".into(),
+            "https://img.example.com/a b.png?x=1&y=中".into(),
+        ),
+        ("user_type".into(), "1".into()),
+        ("time".into(), now.clone()),
+    ];
+    let sign = wxchat::auth::dologin_sign(&params, SIGN_KEY);
+    let mut form: Vec<String> = params
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                wxchat::http::url_encode(k),
+                wxchat::http::url_encode(v)
+            )
+        })
+        .collect();
+    form.push(format!("sign={sign}"));
+    let body = form.join("&");
+    let post = |path: &str, body: &str| {
+        http_raw(
+            s.addr,
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let r = post("/api/doLogin", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["code"], 200);
+    assert_eq!(j["data"]["is_new"], true);
+    assert_eq!(j["data"]["expires_in"], 604800);
+    let uid = j["data"]["uid"].as_u64().unwrap();
+    // The online_chat path works too, and finds the same user.
+    let r = post("/index.php/online_chat/chat/doLogin", &body);
+    let j = r.json();
+    assert_eq!(
+        (j["data"]["uid"].as_u64(), j["data"]["is_new"].as_bool()),
+        (Some(uid), Some(false))
+    );
+    // The token opens the chat.
+    let c = login(&s, j["data"]["token"].as_str().unwrap());
+    drop(c);
+    // Bad sign, stale time, missing field.
+    let r = post("/api/doLogin", &body.replace(&sign, &"0".repeat(32)));
+    assert_eq!(
+        (r.status, r.json()["msg"].as_str()),
+        (401, Some("bad sign"))
+    );
+    let mut stale = params.clone();
+    stale[4].1 = "1000000000".into();
+    let stale_sign = wxchat::auth::dologin_sign(&stale, SIGN_KEY);
+    let stale_body = format!("app_uid=10086&time=1000000000&name=x&sign={stale_sign}");
+    let r = post("/api/doLogin", &stale_body);
+    assert_eq!(r.status, 401);
+    let r = post("/api/doLogin", &format!("app_uid=1&time={now}"));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["msg"].as_str().unwrap().contains("sign"));
+}
+
+#[test]
+fn server_api_requires_the_key() {
+    let s = start("");
+    let r = http_post_json(s.addr, "/api/server/user", &json!({"app_uid":"a"}), "");
+    assert_eq!(r.status, 401);
+    let r = http_post_json(
+        s.addr,
+        "/api/server/user",
+        &json!({"app_uid":"a"}),
+        "Authorization: Bearer nope\r\n",
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(api(&s, "frobnicate", json!({})).status, 404);
+    assert_eq!(api(&s, "user", json!({})).status, 400);
+}
+
+#[test]
+fn auth_errors_and_timeout() {
+    let s = start("[chat]\nauth_timeout_s = 1\n");
+    // Bad token on the URL: non-200 auth reply, then a 4001 close.
+    let mut c = WsClient::connect(s.addr, &format!("/ws?token={}", "a".repeat(64)));
+    let r = c.recv_json();
+    assert_eq!(
+        (r["cmd"].as_str(), r["code"].as_u64()),
+        (Some("auth"), Some(401))
+    );
+    assert_eq!(c.expect_close(), Some(4001));
+    // Commands before auth: 401, connection lives; garbage: cmd error 400.
+    let mut c = WsClient::connect(s.addr, "/ws");
+    let r = request(&mut c, json!({"cmd":"conversations","req_id":"x"}));
+    assert_eq!(r["code"], 401);
+    c.send_text("this is not json");
+    let e = c.recv_json();
+    assert_eq!(
+        (e["cmd"].as_str(), e["code"].as_u64()),
+        (Some("error"), Some(400))
+    );
+    // Never authenticating: closed with 4002 after the timeout.
+    assert_eq!(c.expect_close(), Some(4002));
+    // Auth by frame works.
+    let (uid, token) = user(&s, "u1");
+    let mut c = WsClient::connect(s.addr, "/ws");
+    let r = request(&mut c, json!({"cmd":"auth","req_id":1,"token":token}));
+    assert_eq!(r["code"], 200);
+    assert_eq!(r["data"]["uid"], uid);
+    let r = request(&mut c, json!({"cmd":"ping","req_id":2}));
+    assert_eq!(r["code"], 200);
+}
+
+#[test]
+fn two_users_chat_and_recover_exactly_what_they_missed() {
+    let s = start("");
+    let (a, ta) = user(&s, "alice");
+    let (b, tb) = user(&s, "bob");
+    befriend(&s, a, b);
+    let mut alice = login(&s, &ta);
+    let mut alice2 = login(&s, &ta); // a second device
+    let mut bob = login(&s, &tb);
+    let ack = send_text(&mut alice, 1, b, "hello bob", "m1");
+    assert_eq!(ack["code"], 200, "{ack}");
+    let conv = ack["data"]["conv_id"].as_str().unwrap().to_string();
+    assert_eq!(conv, format!("p_{}_{}", a.min(b), a.max(b)));
+    assert_eq!(ack["data"]["seq"], 1);
+    for c in [&mut bob, &mut alice2] {
+        let m = next_push(c, "message");
+        assert_eq!(m["data"]["msg"], "hello bob");
+        assert_eq!(m["data"]["from_id"], a);
+        assert_eq!(m["data"]["seq"], 1);
+        assert_eq!(m["data"]["msg_id"], ack["data"]["msg_id"]);
+    }
+    // The same client_msg_id again: the first message's ack, nothing new.
+    let again = send_text(&mut alice, 2, b, "hello bob", "m1");
+    assert_eq!(again["data"]["msg_id"], ack["data"]["msg_id"]);
+    assert_eq!(again["data"]["duplicate"], true);
+    // Bob goes away; Alice sends three more; Bob comes back and syncs from his last seq.
+    drop(bob);
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let r = send_text(
+            &mut alice,
+            10 + i,
+            b,
+            &format!("missed {i}"),
+            &format!("x{i}"),
+        );
+        seqs.push(r["data"]["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, vec![2, 3, 4]);
+    let mut bob = login(&s, &tb);
+    let list = request(&mut bob, json!({"cmd":"conversations","req_id":1}));
+    let convs = list["data"]["conversations"].as_array().unwrap();
+    assert_eq!(convs.len(), 1);
+    assert_eq!(convs[0]["last_seq"], 4);
+    assert_eq!(convs[0]["unread"], 4);
+    assert_eq!(convs[0]["last"]["msg"], "missed 2");
+    let sync = request(
+        &mut bob,
+        json!({"cmd":"sync","req_id":2,"conv_id":conv,"after_seq":1,"limit":10}),
+    );
+    let got: Vec<&str> = sync["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["msg"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec!["missed 0", "missed 1", "missed 2"]);
+    assert_eq!(sync["data"]["has_more"], false);
+    let page = request(
+        &mut bob,
+        json!({"cmd":"sync","req_id":3,"conv_id":conv,"after_seq":0,"limit":2}),
+    );
+    assert_eq!(page["data"]["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(page["data"]["has_more"], true);
+    let hist = request(
+        &mut bob,
+        json!({"cmd":"history","req_id":4,"conv_id":conv,"before_seq":4,"limit":2}),
+    );
+    let seqs: Vec<u64> = hist["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![3, 2]);
+    // Read receipt: Bob reads up to 4, Alice is told.
+    let r = request(
+        &mut bob,
+        json!({"cmd":"read","req_id":5,"conv_id":conv,"seq":4}),
+    );
+    assert_eq!(r["data"]["read_seq"], 4);
+    let receipt = next_push(&mut alice, "read");
+    assert_eq!(
+        (
+            receipt["data"]["uid"].as_u64(),
+            receipt["data"]["seq"].as_u64()
+        ),
+        (Some(b), Some(4))
+    );
+    // Typing is relayed, not stored.
+    request(&mut bob, json!({"cmd":"typing","req_id":6,"conv_id":conv}));
+    let t = next_push(&mut alice, "typing");
+    assert_eq!(t["data"]["uid"], b);
+    // Presence: Alice asks about Bob.
+    let p = request(&mut alice, json!({"cmd":"presence","req_id":7,"uids":[b]}));
+    assert_eq!(p["data"]["online"][b.to_string()], true);
+}
+
+#[test]
+fn authorisation_and_validation_errors() {
+    let s = start("");
+    let (a, ta) = user(&s, "a");
+    let (b, _) = user(&s, "b");
+    let (c_uid, tc) = user(&s, "c");
+    befriend(&s, a, b);
+    let mut alice = login(&s, &ta);
+    let mut carol = login(&s, &tc);
+    // Not friends: 403.
+    assert_eq!(send_text(&mut carol, 1, a, "hi", "c1")["code"], 403);
+    // Someone else's conversation: 403.
+    let conv = format!("p_{}_{}", a.min(b), a.max(b));
+    let r = request(
+        &mut carol,
+        json!({"cmd":"sync","req_id":2,"conv_id":conv,"after_seq":0}),
+    );
+    assert_eq!(r["code"], 403);
+    // Bad fields: 400; too long: 413; unknown command: 400.
+    let r = request(
+        &mut alice,
+        json!({"cmd":"send","req_id":3,"chat_type":0,"to_id":b,"msg_type":0,"msg":5}),
+    );
+    assert_eq!(r["code"], 400);
+    let r = request(
+        &mut alice,
+        json!({"cmd":"send","req_id":4,"chat_type":0,"to_id":b,"msg_type":0,"msg":"x".repeat(20000)}),
+    );
+    assert_eq!(r["code"], 413);
+    let r = request(
+        &mut alice,
+        json!({"cmd":"send","req_id":5,"chat_type":7,"to_id":b,"msg_type":0,"msg":"x"}),
+    );
+    assert_eq!(r["code"], 400);
+    assert_eq!(
+        request(&mut alice, json!({"cmd":"nope","req_id":6}))["code"],
+        400
+    );
+    // Groups: not a member, no such group.
+    let g = api(
+        &s,
+        "group_create",
+        json!({"owner_id": a, "name": "ab", "members": [b]}),
+    );
+    let gid = g.json()["data"]["group"]["group_id"].as_u64().unwrap();
+    let r = request(
+        &mut carol,
+        json!({"cmd":"send","req_id":7,"chat_type":1,"to_id":gid,"msg_type":0,"msg":"x"}),
+    );
+    assert_eq!(r["code"], 403);
+    let r = request(
+        &mut carol,
+        json!({"cmd":"group_members","req_id":8,"group_id":999}),
+    );
+    assert_eq!(r["code"], 404);
+    // Media validated per type; rich text sanitised.
+    let r = request(
+        &mut alice,
+        json!({"cmd":"send","req_id":9,"chat_type":0,"to_id":b,"msg_type":1,"msg":{"url":"ftp://x"}}),
+    );
+    assert_eq!(r["code"], 400);
+    let r = request(
+        &mut alice,
+        json!({"cmd":"send","req_id":10,"chat_type":0,"to_id":b,"msg_type":4,"msg":"<i>x</i><script>y</script>"}),
+    );
+    assert_eq!(r["code"], 200);
+    let h = request(
+        &mut alice,
+        json!({"cmd":"history","req_id":11,"conv_id":conv}),
+    );
+    let body = h["data"]["messages"][0]["msg"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        body.contains("<i>x</i>") && !body.contains("script"),
+        "{body}"
+    );
+    let _ = c_uid;
+}
+
+#[test]
+fn rate_limit_is_429() {
+    let s = start("[chat]\nmax_msgs_per_sec = 3\n");
+    let (a, ta) = user(&s, "a");
+    let (b, _) = user(&s, "b");
+    befriend(&s, a, b);
+    let mut alice = login(&s, &ta);
+    let codes: Vec<u64> = (0..6)
+        .map(|i| {
+            send_text(&mut alice, i, b, "x", &format!("r{i}"))["code"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(codes.contains(&429), "{codes:?}");
+    assert_eq!(&codes[..3], &[200, 200, 200]);
+}
+
+#[test]
+fn friends_and_groups_from_the_client() {
+    let s = start("");
+    let (a, ta) = user(&s, "a");
+    let (b, tb) = user(&s, "b");
+    let (c, tc) = user(&s, "c");
+    let mut alice = login(&s, &ta);
+    let mut bob = login(&s, &tb);
+    let mut carol = login(&s, &tc);
+    let r = request(
+        &mut alice,
+        json!({"cmd":"friend_request","req_id":1,"to_id":b,"note":"hi"}),
+    );
+    assert_eq!(r["code"], 200);
+    let fr = next_push(&mut bob, "friend_request");
+    assert_eq!(fr["data"]["from_id"], a);
+    let list = request(&mut bob, json!({"cmd":"friend_requests","req_id":2}));
+    assert_eq!(list["data"]["requests"][0]["note"], "hi");
+    let r = request(
+        &mut bob,
+        json!({"cmd":"friend_accept","req_id":3,"from_id":a}),
+    );
+    assert_eq!(r["code"], 200);
+    assert_eq!(next_push(&mut alice, "friend_added")["data"]["uid"], b);
+    assert_eq!(
+        send_text(&mut alice, 4, b, "now friends", "f1")["code"],
+        200
+    );
+    let f = request(&mut alice, json!({"cmd":"friends","req_id":5}));
+    assert_eq!(f["data"]["friends"][0]["uid"], b);
+    assert_eq!(f["data"]["friends"][0]["online"], true);
+    // Bob's presence goes offline for Alice when he leaves.
+    drop(bob);
+    let p = next_push(&mut alice, "presence");
+    assert_eq!(
+        (p["data"]["uid"].as_u64(), p["data"]["online"].as_bool()),
+        (Some(b), Some(false))
+    );
+    // A group: create, message, invite, leave.
+    let g = request(
+        &mut alice,
+        json!({"cmd":"group_create","req_id":6,"name":"team","members":[b]}),
+    );
+    assert_eq!(g["code"], 200, "{g}");
+    let gid = g["data"]["group"]["group_id"].as_u64().unwrap();
+    let r = request(
+        &mut alice,
+        json!({"cmd":"group_invite","req_id":7,"group_id":gid,"uids":[c]}),
+    );
+    assert_eq!(r["data"]["added"], json!([c]));
+    let ev = next_push(&mut carol, "group_event");
+    assert_eq!(ev["data"]["event"], "joined");
+    let r = request(
+        &mut carol,
+        json!({"cmd":"send","req_id":8,"chat_type":1,"to_id":gid,"msg_type":0,"msg":"hi all","client_msg_id":"g1"}),
+    );
+    assert_eq!(r["code"], 200);
+    assert_eq!(r["data"]["conv_id"], format!("g_{gid}"));
+    let m = next_push(&mut alice, "message");
+    assert_eq!(m["data"]["msg"], "hi all");
+    let gs = request(&mut carol, json!({"cmd":"groups","req_id":9}));
+    assert_eq!(gs["data"]["groups"][0]["name"], "team");
+    let r = request(
+        &mut carol,
+        json!({"cmd":"group_leave","req_id":10,"group_id":gid}),
+    );
+    assert_eq!(r["code"], 200);
+    let r = request(
+        &mut carol,
+        json!({"cmd":"send","req_id":11,"chat_type":1,"to_id":gid,"msg_type":0,"msg":"x"}),
+    );
+    assert_eq!(r["code"], 403);
+    let mem = request(
+        &mut alice,
+        json!({"cmd":"group_members","req_id":12,"group_id":gid}),
+    );
+    assert_eq!(mem["data"]["members"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn server_api_send_kick_online() {
+    let s = start("");
+    let (a, ta) = user(&s, "a");
+    let (b, tb) = user(&s, "b");
+    let mut bob = login(&s, &tb);
+    let r = api(
+        &s,
+        "send",
+        json!({"from_id": a, "chat_type": 0, "to_id": b, "msg_type": 0, "msg": "from the backend"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        next_push(&mut bob, "message")["data"]["msg"],
+        "from the backend"
+    );
+    let r = api(&s, "online", json!({"uids": [a, b]}));
+    assert_eq!(
+        r.json()["data"]["online"],
+        json!({ a.to_string(): false, b.to_string(): true })
+    );
+    let _alice = login(&s, &ta);
+    let r = api(&s, "kick", json!({"uid": b}));
+    assert_eq!(r.json()["data"]["closed"], 1);
+    assert_eq!(bob.expect_close(), Some(4003));
+}
+
+#[test]
+fn a_group_message_reaches_each_of_1000_online_members_once() {
+    const N: usize = 1000;
+    let s = start("");
+    let mut uids = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..N {
+        let (uid, token) = user(&s, &format!("m{i}"));
+        uids.push(uid);
+        clients.push(login(&s, &token));
+    }
+    let g = api(
+        &s,
+        "group_create",
+        json!({"owner_id": uids[0], "name": "big", "members": &uids[1..]}),
+    );
+    assert_eq!(g.status, 200, "{}", g.text());
+    let gid = g.json()["data"]["group"]["group_id"].as_u64().unwrap();
+    let r = request(
+        &mut clients[0],
+        json!({"cmd":"send","req_id":1,"chat_type":1,"to_id":gid,"msg_type":0,"msg":"to everyone","client_msg_id":"b1"}),
+    );
+    assert_eq!(r["code"], 200);
+    let msg_id = r["data"]["msg_id"].clone();
+    for c in clients.iter_mut().skip(1) {
+        let m = next_push(c, "message");
+        assert_eq!(m["data"]["msg_id"], msg_id);
+    }
+    // Exactly once: after a marker message, the next message each member sees is the marker.
+    let r = request(
+        &mut clients[0],
+        json!({"cmd":"send","req_id":2,"chat_type":1,"to_id":gid,"msg_type":0,"msg":"marker","client_msg_id":"b2"}),
+    );
+    assert_eq!(r["code"], 200);
+    for c in clients.iter_mut().skip(1) {
+        assert_eq!(next_push(c, "message")["data"]["msg"], "marker");
+    }
+}
