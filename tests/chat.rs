@@ -542,3 +542,59 @@ fn a_group_message_reaches_each_of_1000_online_members_once() {
         assert_eq!(next_push(c, "message")["data"]["msg"], "marker");
     }
 }
+
+#[test]
+fn recall_within_the_window() {
+    let s = start("");
+    let (a, ta) = user(&s, "a");
+    let (b, tb) = user(&s, "b");
+    befriend(&s, a, b);
+    let mut alice = login(&s, &ta);
+    let mut bob = login(&s, &tb);
+    let ack = send_text(&mut alice, 1, b, "oops", "o1");
+    let conv = ack["data"]["conv_id"].as_str().unwrap().to_string();
+    let msg_id = ack["data"]["msg_id"].as_u64().unwrap();
+    next_push(&mut bob, "message");
+    // Only the sender may recall.
+    let r = request(
+        &mut bob,
+        json!({"cmd":"recall","req_id":2,"conv_id":conv,"msg_id":msg_id}),
+    );
+    assert_eq!(r["code"], 403);
+    let r = request(
+        &mut alice,
+        json!({"cmd":"recall","req_id":3,"conv_id":conv,"msg_id":msg_id}),
+    );
+    assert_eq!(r["code"], 200, "{r}");
+    assert_eq!(r["data"]["seq"], 2, "the recall event takes the next seq");
+    let ev = next_push(&mut bob, "message");
+    assert_eq!(ev["data"]["msg_type"], 100);
+    assert_eq!(ev["data"]["msg"]["msg_id"], msg_id);
+    let h = request(
+        &mut bob,
+        json!({"cmd":"sync","req_id":4,"conv_id":conv,"after_seq":0}),
+    );
+    assert_eq!(
+        h["data"]["messages"][0]["msg"],
+        Value::Null,
+        "the recalled body is gone"
+    );
+    let r = request(
+        &mut alice,
+        json!({"cmd":"recall","req_id":5,"conv_id":conv,"msg_id":msg_id}),
+    );
+    assert_eq!(r["code"], 409);
+    // Outside the window: refused.
+    let s2 = start("[chat]\nrecall_window_s = 0\n");
+    let (a, ta) = user(&s2, "a");
+    let (b, _) = user(&s2, "b");
+    befriend(&s2, a, b);
+    let mut alice = login(&s2, &ta);
+    let ack = send_text(&mut alice, 1, b, "late", "l1");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let r = request(
+        &mut alice,
+        json!({"cmd":"recall","req_id":2,"conv_id":ack["data"]["conv_id"],"msg_id":ack["data"]["msg_id"]}),
+    );
+    assert_eq!(r["code"], 409);
+}

@@ -294,6 +294,7 @@ pub fn on_message(
         "conversations" => cmd_conversations(app, ctx, &p, uid),
         "read" => cmd_read(app, ctx, &p, uid, &cmd),
         "typing" => cmd_typing(app, ctx, &p, uid, &cmd),
+        "recall" => cmd_recall(app, ctx, &p, uid, &cmd),
         "presence" => cmd_presence(app, ctx, &p, uid, &cmd),
         "friends" => cmd_friends(app, ctx, &p, uid),
         "friend_request" => cmd_friend_request(app, ctx, &p, uid, &cmd),
@@ -721,6 +722,74 @@ fn cmd_read(
                     }
                 }
                 Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            },
+        );
+        if let Err((c, m)) = r {
+            p.reply_err(ctx, c, &m);
+        }
+    })
+}
+
+/// Recalls one's own message within `[chat] recall_window_s`: the original's body is blanked and
+/// a recall event (msg_type 100) takes the next seq, so every member learns of it through the
+/// usual delivery or `sync`.
+fn cmd_recall(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
+    let msg_id = cmd.u64("msg_id").map_err(bad)?;
+    let window_ms = app.config.chat.recall_window_s as i64 * 1000;
+    let conv = conv_id.clone();
+    with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, _| {
+        let conv = conv_id.clone();
+        let r = conn_job(
+            app,
+            ctx,
+            p,
+            move |s| -> Result<store::StoredMessage, (u16, String)> {
+                let m = s
+                    .message(msg_id)
+                    .map_err(|e| (proto::store_code(&e), e.to_string()))?
+                    .filter(|m| m.conv_id == conv)
+                    .ok_or((
+                        code::NOT_FOUND,
+                        "no such message in this conversation".to_string(),
+                    ))?;
+                if m.from_id != uid {
+                    return Err((
+                        code::FORBIDDEN,
+                        "only the sender may recall a message".into(),
+                    ));
+                }
+                if m.body == "null" || m.msg_type == proto::msg_type::RECALL {
+                    return Err((code::CONFLICT, "already recalled".into()));
+                }
+                if store::now_ms() - m.created_at > window_ms {
+                    return Err((code::CONFLICT, "the recall window has passed".into()));
+                }
+                s.blank_message(msg_id)
+                    .map_err(|e| (proto::store_code(&e), e.to_string()))?;
+                Ok(m)
+            },
+            move |app, ctx, p, r| match r {
+                Ok(m) => {
+                    let event = NewMessage {
+                        conv_id: m.conv_id.clone(),
+                        chat_type: m.chat_type,
+                        from_id: uid,
+                        to_id: m.to_id,
+                        msg_type: proto::msg_type::RECALL,
+                        body: json!({ "msg_id": m.msg_id, "seq": m.seq }).to_string(),
+                        client_msg_id: None,
+                        created_at: store::now_ms(),
+                    };
+                    submit(app, ctx, p, event);
+                }
+                Err((c, msg)) => p.reply_err(ctx, c, &msg),
             },
         );
         if let Err((c, m)) = r {

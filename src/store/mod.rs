@@ -156,6 +156,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<StoredMessage>>;
     fn message(&self, msg_id: u64) -> StoreResult<Option<StoredMessage>>;
+    /// Replaces a recalled message's body with JSON `null` (its seq and metadata stay).
+    fn blank_message(&self, msg_id: u64) -> StoreResult<()>;
     /// The user's conversations, most recently active first.
     fn conversations(&self, uid: u64, limit: u32) -> StoreResult<Vec<ConversationSummary>>;
     /// Moves the read cursor forward (never back); returns the cursor after the call.

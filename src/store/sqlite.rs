@@ -734,6 +734,17 @@ impl Store for SqliteStore {
         })
     }
 
+    fn blank_message(&self, msg_id: u64) -> StoreResult<()> {
+        self.with_tx(|tx| {
+            tx.execute(
+                "UPDATE messages SET body = 'null' WHERE msg_id = ?1",
+                params![msg_id as i64],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
     fn conversations(&self, uid: u64, limit: u32) -> StoreResult<Vec<ConversationSummary>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
