@@ -43,6 +43,8 @@ enum Route {
     Health,
     DoLogin,
     ServerApi,
+    Upload,
+    File,
 }
 
 pub struct App {
@@ -95,6 +97,8 @@ impl App {
             Route::DoLogin,
         );
         routes.add("POST", "/api/server/{action}", Route::ServerApi);
+        routes.add("POST", "/api/upload", Route::Upload);
+        routes.add("GET", "/files/{name}", Route::File);
         Ok(App {
             chat: ChatState::new(&config),
             config: Arc::new(config),
@@ -298,6 +302,139 @@ impl App {
     }
 }
 
+impl App {
+    /// `POST /api/upload`: token from `Authorization: Bearer`, `?token=` or a `token` form field;
+    /// the file is a multipart part (the first with a file name, or the field `file`) or the raw
+    /// body. Stored by content hash on a worker.
+    fn upload(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: Request) -> Reply {
+        if req.body.len() > self.config.upload.max_bytes {
+            return Reply::Now(api_error(
+                413,
+                &format!("upload over {} bytes", self.config.upload.max_bytes),
+            ));
+        }
+        let mut token = req
+            .header_str("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string())
+            .or_else(|| req.query_param("token"));
+        let content_type = req.header_str("content-type").unwrap_or("").to_string();
+        let (data, ext, mime): (Vec<u8>, &'static str, String) =
+            match crate::upload::boundary(&content_type) {
+                Some(b) => {
+                    let parts = match crate::upload::parse_multipart(&req.body, &b) {
+                        Ok(p) => p,
+                        Err(why) => return Reply::Now(api_error(code::BAD_REQUEST, why)),
+                    };
+                    if token.is_none() {
+                        token = parts
+                            .iter()
+                            .find(|p| p.field == "token" && p.filename.is_none())
+                            .and_then(|p| std::str::from_utf8(p.data).ok())
+                            .map(|t| t.trim().to_string());
+                    }
+                    let Some(file) = parts
+                        .iter()
+                        .find(|p| p.filename.is_some())
+                        .or_else(|| parts.iter().find(|p| p.field == "file"))
+                    else {
+                        return Reply::Now(api_error(
+                            code::BAD_REQUEST,
+                            "no file part in the upload",
+                        ));
+                    };
+                    let ext = crate::upload::extension_for(
+                        file.content_type.as_deref(),
+                        file.filename.as_deref(),
+                    );
+                    (
+                        file.data.to_vec(),
+                        ext,
+                        file.content_type.clone().unwrap_or_default(),
+                    )
+                }
+                None => {
+                    let ext = crate::upload::extension_for(
+                        Some(&content_type),
+                        req.query_param("name").as_deref(),
+                    );
+                    (req.body, ext, content_type.clone())
+                }
+            };
+        if data.is_empty() {
+            return Reply::Now(api_error(code::BAD_REQUEST, "the file is empty"));
+        }
+        let Some(token) = token.filter(|t| auth::token_well_formed(t)) else {
+            return Reply::Now(api_error(code::UNAUTHORIZED, "a valid token is required"));
+        };
+        let data_dir = self.config.server.data_dir.clone();
+        let work = move |s: &dyn Store| -> Result<Value, (u16, String)> {
+            match s.token_user(&auth::token_hash(&token), store::now_ms()) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err((code::UNAUTHORIZED, "bad or expired token".into())),
+                Err(e) => return Err((crate::proto::store_code(&e), e.to_string())),
+            }
+            let size = data.len();
+            let name = crate::upload::store_file(&data_dir, &data, ext)
+                .map_err(|e| (code::INTERNAL, format!("cannot store the file: {e}")))?;
+            Ok(json!({ "url": format!("/files/{name}"), "size": size, "mime": mime }))
+        };
+        let then = move |_app: &mut App,
+                         ctx: &mut dyn Ctx<Completion>,
+                         r: Result<Value, (u16, String)>| {
+            ctx.respond(
+                conn,
+                match r {
+                    Ok(v) => api_ok(v),
+                    Err((c, m)) => api_error(c, &m),
+                },
+            );
+        };
+        if self.job(ctx, work, then) {
+            Reply::Later
+        } else {
+            Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
+        }
+    }
+
+    /// `GET /files/<sha256>.<ext>`: read on a worker, served with the type of its extension.
+    fn serve_file(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, name: &str) -> Reply {
+        let Some((hash, ext)) = crate::upload::parse_file_name(name) else {
+            return Reply::Now(Response::error(404, "no such file"));
+        };
+        let hash = hash.to_string();
+        let data_dir = self.config.server.data_dir.clone();
+        let ok = self.job(
+            ctx,
+            move |_s| crate::upload::read_file(&data_dir, &hash, ext),
+            move |_app, ctx, r| {
+                let resp = match r {
+                    Ok(Some(data)) => {
+                        let ct = crate::upload::content_type_of(ext)
+                            .unwrap_or("application/octet-stream");
+                        let mut resp = Response::new(200)
+                            .with_body(ct, data)
+                            .with_header("X-Content-Type-Options", "nosniff")
+                            .with_header("Cache-Control", "public, max-age=31536000, immutable");
+                        if ext == "bin" {
+                            resp = resp.with_header("Content-Disposition", "attachment");
+                        }
+                        resp
+                    }
+                    Ok(None) => Response::error(404, "no such file"),
+                    Err(e) => Response::error(500, &format!("cannot read the file: {e}")),
+                };
+                ctx.respond(conn, resp);
+            },
+        );
+        if ok {
+            Reply::Later
+        } else {
+            Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
+        }
+    }
+}
+
 /// `{"code":c,"msg":m}` with HTTP status c.
 pub fn api_error(c: u16, msg: &str) -> Response {
     Response::json(c, &json!({ "code": c, "msg": msg }))
@@ -318,6 +455,15 @@ impl Handler for App {
     fn on_request(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: Request) -> Reply {
         match self.routes.find(&req.method, &req.path) {
             RouteMatch::Found { handler, params } => match *handler {
+                Route::Upload => self.upload(ctx, conn, req),
+                Route::File => {
+                    let name = params
+                        .iter()
+                        .find(|(k, _)| k == "name")
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    self.serve_file(ctx, conn, &name)
+                }
                 Route::Health => Reply::Now(self.health(ctx)),
                 Route::DoLogin => self.do_login(ctx, conn, &req),
                 Route::ServerApi => {

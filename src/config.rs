@@ -19,6 +19,23 @@ pub struct Config {
     pub auth: AuthConfig,
     pub api: ApiConfig,
     pub chat: ChatConfig,
+    pub upload: UploadConfig,
+}
+
+/// `[upload]`: files clients upload for media messages.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Largest upload (413 above). Other routes keep `[http] max_body_bytes`.
+    pub max_bytes: usize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            max_bytes: 10 << 20,
+        }
+    }
 }
 
 /// `[store]`: where durable data lives.

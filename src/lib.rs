@@ -17,4 +17,5 @@ pub mod pidfile;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod upload;
 pub mod ws;

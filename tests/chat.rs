@@ -598,3 +598,73 @@ fn recall_within_the_window() {
     );
     assert_eq!(r["code"], 409);
 }
+
+#[test]
+fn upload_multipart_and_raw_then_serve_back() {
+    let s = start("[upload]\nmax_bytes = 2000\n");
+    let (a, ta) = user(&s, "a");
+    let (b, _) = user(&s, "b");
+    befriend(&s, a, b);
+    // As wx.uploadFile sends it: the file plus formData fields (here the token).
+    let boundary = "----wxchatTestBoundary";
+    let png: &[u8] = b"\x89PNG\r\n\x1a\nfake image bytes";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"token\"\r\n\r\n{ta}\r\n")
+            .as_bytes(),
+    );
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
+    body.extend_from_slice(png);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut raw = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let r = http_raw(s.addr, &raw);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = r.json()["data"]["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("/files/") && url.ends_with(".png"), "{url}");
+    let got = http_get(s.addr, &url);
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("Content-Type"), Some("image/png"));
+    assert_eq!(got.header("X-Content-Type-Options"), Some("nosniff"));
+    assert_eq!(got.body, png);
+    // The same bytes again: the same URL (content addressed).
+    assert_eq!(http_raw(s.addr, &raw).json()["data"]["url"], url);
+    // A raw body with a bearer token; HTML is never served as HTML.
+    let html = b"<script>alert(1)</script>";
+    let mut raw2 = format!(
+        "POST /api/upload?name=x.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {ta}\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n",
+        html.len()
+    )
+    .into_bytes();
+    raw2.extend_from_slice(html);
+    let r = http_raw(s.addr, &raw2);
+    let url2 = r.json()["data"]["url"].as_str().unwrap().to_string();
+    assert!(url2.ends_with(".bin"), "{url2}");
+    let got = http_get(s.addr, &url2);
+    assert_eq!(got.header("Content-Type"), Some("application/octet-stream"));
+    assert_eq!(got.header("Content-Disposition"), Some("attachment"));
+    // No token: 401. Too large: 413 (before the body is read). Unknown file: 404.
+    let mut raw3 = b"POST /api/upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc".to_vec();
+    assert_eq!(http_raw(s.addr, &raw3).status, 401);
+    raw3 = b"POST /api/upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 5000\r\n\r\n".to_vec();
+    assert_eq!(http_raw(s.addr, &raw3).status, 413);
+    assert_eq!(
+        http_get(s.addr, &format!("/files/{}.png", "0".repeat(64))).status,
+        404
+    );
+    assert_eq!(
+        http_get(s.addr, "/files/..%2F..%2Fsecrets.toml").status,
+        404
+    );
+    // The URL goes into an image message.
+    let mut alice = login(&s, &ta);
+    let r = request(
+        &mut alice,
+        json!({"cmd":"send","req_id":1,"chat_type":0,"to_id":b,"msg_type":1,"msg":{"url":url,"width":1,"height":1,"size":png.len()}}),
+    );
+    assert_eq!(r["code"], 200, "{r}");
+}

@@ -3,11 +3,14 @@
 use super::Error;
 
 /// Limits applied while parsing.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: usize,
+    /// One path (uploads) may carry bodies up to `large_body_bytes`; empty = none.
+    pub large_body_path: String,
+    pub large_body_bytes: usize,
 }
 
 /// Headers parsed on the stack per request; `max_headers` above this is clamped to it.
@@ -88,10 +91,13 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
         headers.push((h.name.to_string(), h.value.to_vec()));
     }
     let body_len = content_length.unwrap_or(0);
-    if body_len > limits.max_body_bytes {
-        return Err(Error::BodyTooLarge {
-            limit: limits.max_body_bytes,
-        });
+    let limit = if !limits.large_body_path.is_empty() && path == limits.large_body_path {
+        limits.large_body_bytes
+    } else {
+        limits.max_body_bytes
+    };
+    if body_len > limit {
+        return Err(Error::BodyTooLarge { limit });
     }
     let total = head_len + body_len;
     let Some(body) = buf.get(head_len..total) else {
@@ -295,14 +301,34 @@ pub fn url_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        max_header_bytes: 1024,
-        max_headers: 16,
-        max_body_bytes: 100,
-    };
+    fn limits() -> Limits {
+        Limits {
+            max_header_bytes: 1024,
+            max_headers: 16,
+            max_body_bytes: 100,
+            large_body_path: "/up".into(),
+            large_body_bytes: 1000,
+        }
+    }
 
     fn parse(b: &[u8]) -> Result<Option<(Request, usize)>, Error> {
-        parse_request(b, &LIMITS)
+        parse_request(b, &limits())
+    }
+
+    #[test]
+    fn the_large_body_path_has_its_own_limit() {
+        assert_eq!(
+            parse(b"POST /up HTTP/1.1\r\nContent-Length: 500\r\n\r\n").unwrap(),
+            None
+        );
+        assert_eq!(
+            parse(b"POST /up HTTP/1.1\r\nContent-Length: 1001\r\n\r\n"),
+            Err(Error::BodyTooLarge { limit: 1000 })
+        );
+        assert_eq!(
+            parse(b"POST /other HTTP/1.1\r\nContent-Length: 500\r\n\r\n"),
+            Err(Error::BodyTooLarge { limit: 100 })
+        );
     }
 
     #[test]
@@ -460,6 +486,8 @@ mod robustness {
             max_header_bytes: 512,
             max_headers: 8,
             max_body_bytes: 64,
+            large_body_path: String::new(),
+            large_body_bytes: 0,
         };
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {

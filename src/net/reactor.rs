@@ -71,6 +71,8 @@ impl ReactorConfig {
                 max_header_bytes: c.http.max_header_bytes,
                 max_headers: c.http.max_headers,
                 max_body_bytes: c.http.max_body_bytes,
+                large_body_path: "/api/upload".into(),
+                large_body_bytes: c.upload.max_bytes,
             },
             idle_timeout: Duration::from_secs(c.http.idle_timeout_s),
             handshake_timeout: Duration::from_secs(c.ws.handshake_timeout_s),

@@ -1,0 +1,231 @@
+//! Uploads: `multipart/form-data` parsing (as `wx.uploadFile` sends it), content-addressed
+//! storage under `data_dir/files`, and the content types files are served back with. Pure except
+//! `store_file` / `read_file`, which run on workers.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// One uploaded file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Part<'a> {
+    pub field: String,
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub data: &'a [u8],
+}
+
+/// The boundary of a `multipart/form-data` content type.
+pub fn boundary(content_type: &str) -> Option<String> {
+    let (media, params) = content_type.split_once(';')?;
+    if !media.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("boundary") {
+            return None;
+        }
+        let v = v.trim().trim_matches('"');
+        (!v.is_empty() && v.len() <= 70).then(|| v.to_string())
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || from > hay.len() {
+        return None;
+    }
+    hay[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
+}
+
+/// Parses a multipart body into its parts. Err on a body that is not well formed.
+pub fn parse_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, &'static str> {
+    let delim = format!("--{boundary}");
+    let next_delim = format!("\r\n--{boundary}");
+    let mut pos = find(body, delim.as_bytes(), 0).ok_or("no multipart boundary in the body")?;
+    let mut parts = Vec::new();
+    loop {
+        pos += delim.len();
+        if body.get(pos..pos + 2) == Some(b"--") {
+            return Ok(parts);
+        }
+        if body.get(pos..pos + 2) != Some(b"\r\n") {
+            return Err("malformed multipart boundary line");
+        }
+        pos += 2;
+        let head_end = find(body, b"\r\n\r\n", pos).ok_or("unterminated part headers")?;
+        let head =
+            std::str::from_utf8(&body[pos..head_end]).map_err(|_| "part headers are not UTF-8")?;
+        let data_start = head_end + 4;
+        let data_end = find(body, next_delim.as_bytes(), data_start).ok_or("unterminated part")?;
+        let mut field = None;
+        let mut filename = None;
+        let mut content_type = None;
+        for line in head.split("\r\n") {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("content-disposition") {
+                for param in value.split(';').skip(1) {
+                    if let Some((k, v)) = param.split_once('=') {
+                        let v = v.trim().trim_matches('"').to_string();
+                        match k.trim() {
+                            "name" => field = Some(v),
+                            "filename" => filename = Some(v),
+                            _ => {}
+                        }
+                    }
+                }
+            } else if name.trim().eq_ignore_ascii_case("content-type") {
+                content_type = Some(value.trim().to_ascii_lowercase());
+            }
+        }
+        parts.push(Part {
+            field: field.ok_or("a part without a name")?,
+            filename,
+            content_type,
+            data: &body[data_start..data_end],
+        });
+        pos = data_end + 2;
+    }
+}
+
+/// The extensions files are stored and served under, with their content types. Anything else is
+/// stored as `.bin` and served as an attachment, so an uploaded HTML page can never run in the
+/// server's origin.
+const TYPES: &[(&str, &str)] = &[
+    ("jpg", "image/jpeg"),
+    ("png", "image/png"),
+    ("gif", "image/gif"),
+    ("webp", "image/webp"),
+    ("mp3", "audio/mpeg"),
+    ("aac", "audio/aac"),
+    ("amr", "audio/amr"),
+    ("m4a", "audio/mp4"),
+    ("silk", "audio/silk"),
+    ("mp4", "video/mp4"),
+    ("mov", "video/quicktime"),
+    ("pdf", "application/pdf"),
+    ("txt", "text/plain; charset=utf-8"),
+    ("bin", "application/octet-stream"),
+];
+
+/// The storage extension for an upload, from its declared type or its file name.
+pub fn extension_for(content_type: Option<&str>, filename: Option<&str>) -> &'static str {
+    let by_type = content_type.and_then(|ct| {
+        let media = ct.split(';').next().unwrap_or("").trim();
+        TYPES
+            .iter()
+            .find(|(_, t)| t.split(';').next() == Some(media))
+            .map(|(e, _)| *e)
+    });
+    let by_name = filename
+        .and_then(|f| f.rsplit_once('.'))
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .and_then(|e| {
+            let e = if e == "jpeg" { "jpg".to_string() } else { e };
+            TYPES.iter().find(|(x, _)| *x == e).map(|(x, _)| *x)
+        });
+    by_type.or(by_name).unwrap_or("bin")
+}
+
+/// The content type a stored extension is served with.
+pub fn content_type_of(ext: &str) -> Option<&'static str> {
+    TYPES.iter().find(|(e, _)| *e == ext).map(|(_, t)| *t)
+}
+
+/// A served file name: 64 hex digits, a dot, a known extension. Nothing else reaches the disk.
+pub fn parse_file_name(name: &str) -> Option<(&str, &'static str)> {
+    let (hash, ext) = name.split_once('.')?;
+    let ok = hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let ext = TYPES.iter().find(|(e, _)| *e == ext).map(|(e, _)| *e)?;
+    ok.then_some((hash, ext))
+}
+
+fn files_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("files")
+}
+
+/// Stores `data` by content hash (idempotent); returns the served name `<sha256>.<ext>`.
+pub fn store_file(data_dir: &Path, data: &[u8], ext: &str) -> std::io::Result<String> {
+    let hash = crate::auth::hex(&Sha256::digest(data));
+    let name = format!("{hash}.{ext}");
+    let dir = files_dir(data_dir).join(&hash[..2]);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(&name);
+    if !path.exists() {
+        let tmp = dir.join(format!("{name}.tmp{}", std::process::id()));
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(name)
+}
+
+/// Reads a stored file by its served name; None when absent.
+pub fn read_file(data_dir: &Path, hash: &str, ext: &str) -> std::io::Result<Option<Vec<u8>>> {
+    let path = files_dir(data_dir)
+        .join(&hash[..2])
+        .join(format!("{hash}.{ext}"));
+    match std::fs::read(path) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_wx_upload_file_body() {
+        let ct = "multipart/form-data; boundary=----WebKitFormBoundaryx7";
+        let b = boundary(ct).unwrap();
+        let body = b"------WebKitFormBoundaryx7\r\nContent-Disposition: form-data; name=\"user\"\r\n\r\nabc\r\n------WebKitFormBoundaryx7\r\nContent-Disposition: form-data; name=\"file\"; filename=\"wx.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8\r\n\xff\r\n------WebKitFormBoundaryx7--\r\n";
+        let parts = parse_multipart(body, &b).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            (parts[0].field.as_str(), parts[0].data),
+            ("user", &b"abc"[..])
+        );
+        assert_eq!(parts[1].filename.as_deref(), Some("wx.jpg"));
+        assert_eq!(parts[1].content_type.as_deref(), Some("image/jpeg"));
+        assert_eq!(parts[1].data, b"\xff\xd8\r\n\xff");
+        assert!(parse_multipart(b"garbage", &b).is_err());
+        assert!(parse_multipart(b"------WebKitFormBoundaryx7\r\nno end", &b).is_err());
+        assert_eq!(boundary("application/json"), None);
+    }
+
+    #[test]
+    fn types_and_names() {
+        assert_eq!(extension_for(Some("image/png"), None), "png");
+        assert_eq!(extension_for(None, Some("a.JPEG")), "jpg");
+        assert_eq!(extension_for(Some("text/html"), Some("x.html")), "bin");
+        assert_eq!(content_type_of("bin"), Some("application/octet-stream"));
+        let h = "a".repeat(64);
+        assert_eq!(
+            parse_file_name(&format!("{h}.png")),
+            Some((h.as_str(), "png"))
+        );
+        assert_eq!(parse_file_name(&format!("{h}.html")), None);
+        assert_eq!(parse_file_name("../../etc/passwd.png"), None);
+    }
+
+    #[test]
+    fn content_addressed_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = store_file(dir.path(), b"hello", "txt").unwrap();
+        assert_eq!(a, store_file(dir.path(), b"hello", "txt").unwrap());
+        let (hash, ext) = parse_file_name(&a).unwrap();
+        assert_eq!(
+            read_file(dir.path(), hash, ext).unwrap().as_deref(),
+            Some(&b"hello"[..])
+        );
+        assert_eq!(read_file(dir.path(), &"b".repeat(64), "txt").unwrap(), None);
+    }
+}
