@@ -535,3 +535,71 @@ impl Handler for App {
         self.in_flight > 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The handler driven through the in-memory backend: no sockets, a manual clock.
+    use super::*;
+    use crate::net::memory::Driver;
+    use std::time::Duration;
+
+    fn request(path: &str, query: &str) -> Request {
+        Request {
+            method: "GET".into(),
+            path: path.into(),
+            query: query.into(),
+            http_minor: 1,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    fn driver(dir: &std::path::Path) -> Driver<App> {
+        let mut config = Config::default();
+        config.server.data_dir = dir.to_path_buf();
+        config.ws.echo_path = "/echo".into();
+        config.chat.auth_timeout_s = 5;
+        Driver::build(|notifier| App::new(config, notifier).unwrap())
+    }
+
+    #[test]
+    fn echo_and_auth_timeout_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = driver(dir.path());
+        let echo = d.open(request("/echo", "")).unwrap();
+        d.text(echo, "hi");
+        assert_eq!(d.take_sent(echo), vec!["hi"]);
+        let chat = d.open(request("/ws", "")).unwrap();
+        d.text(chat, r#"{"cmd":"conversations","req_id":1}"#);
+        let sent = d.take_sent(chat);
+        assert!(sent[0].contains("\"code\":401"), "{sent:?}");
+        d.advance(Duration::from_secs(4));
+        assert!(d.record(chat).unwrap().closed.is_none());
+        d.advance(Duration::from_secs(2));
+        assert_eq!(
+            d.record(chat).unwrap().closed.as_ref().map(|c| c.0),
+            Some(4002)
+        );
+        assert!(d.open(request("/nope", "")).is_err());
+    }
+
+    #[test]
+    fn token_auth_completes_through_a_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = driver(dir.path());
+        let token = auth::new_token().unwrap();
+        d.handler
+            .store
+            .put_token(&auth::token_hash(&token), 42, store::now_ms() + 60_000)
+            .unwrap();
+        let c = d.open(request("/ws", &format!("token={token}"))).unwrap();
+        assert_eq!(d.complete(1, Duration::from_secs(5)), 1);
+        assert_eq!(
+            d.take_sent(c),
+            vec![r#"{"cmd":"auth","code":200,"data":{"uid":42}}"#]
+        );
+        assert!(d.handler.chat.is_online(42));
+        d.disconnect(c, 1000);
+        assert!(!d.handler.chat.is_online(42));
+    }
+}

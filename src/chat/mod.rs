@@ -295,6 +295,7 @@ pub fn on_message(
         "read" => cmd_read(app, ctx, &p, uid, &cmd),
         "typing" => cmd_typing(app, ctx, &p, uid, &cmd),
         "recall" => cmd_recall(app, ctx, &p, uid, &cmd),
+        "read_count" => cmd_read_count(app, ctx, &p, uid, &cmd),
         "presence" => cmd_presence(app, ctx, &p, uid, &cmd),
         "friends" => cmd_friends(app, ctx, &p, uid),
         "friend_request" => cmd_friend_request(app, ctx, &p, uid, &cmd),
@@ -790,6 +791,39 @@ fn cmd_recall(
                     submit(app, ctx, p, event);
                 }
                 Err((c, msg)) => p.reply_err(ctx, c, &msg),
+            },
+        );
+        if let Err((c, m)) = r {
+            p.reply_err(ctx, c, &m);
+        }
+    })
+}
+
+/// How many members have read a conversation up to `seq` (group read receipts are counted).
+fn cmd_read_count(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
+    let seq = cmd.u64("seq").map_err(bad)?;
+    let conv = conv_id.clone();
+    with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, members| {
+        let conv = conv_id.clone();
+        let total = members.len();
+        let r = conn_job(
+            app,
+            ctx,
+            p,
+            move |s| s.read_count(&conv, seq),
+            move |_app, ctx, p, r| match r {
+                Ok(n) => p.reply_ok(
+                    ctx,
+                    &json!({ "conv_id": conv_id, "seq": seq, "read": n, "members": total }),
+                ),
+                Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
             },
         );
         if let Err((c, m)) = r {

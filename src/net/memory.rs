@@ -131,7 +131,13 @@ pub struct Driver<H: Handler> {
 
 impl<H: Handler> Driver<H> {
     pub fn new(handler: H) -> Driver<H> {
+        Self::build(|_| handler)
+    }
+
+    /// Builds the handler with the notifier its workers will use.
+    pub fn build(make: impl FnOnce(Notifier<H::Completion>) -> H) -> Driver<H> {
         let (tx, rx) = channel();
+        let handler = make(Notifier::new(tx.clone(), None));
         Driver {
             handler,
             ctx: MemoryCtx {
