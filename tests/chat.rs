@@ -668,3 +668,103 @@ fn upload_multipart_and_raw_then_serve_back() {
     );
     assert_eq!(r["code"], 200, "{r}");
 }
+
+#[test]
+fn membership_changes_and_remaining_codes() {
+    let s = start("");
+    let (a, ta) = user(&s, "a");
+    let (b, tb) = user(&s, "b");
+    let (c, tc) = user(&s, "c");
+    befriend(&s, a, b);
+    let mut alice = login(&s, &ta);
+    let mut bob = login(&s, &tb);
+    let mut carol = login(&s, &tc);
+    // 409: already friends.
+    let r = request(
+        &mut alice,
+        json!({"cmd":"friend_request","req_id":1,"to_id":b}),
+    );
+    assert_eq!(r["code"], 409);
+    // 404: accepting a request nobody sent; friend request to nobody.
+    assert_eq!(
+        request(
+            &mut alice,
+            json!({"cmd":"friend_accept","req_id":2,"from_id":c})
+        )["code"],
+        404
+    );
+    assert_eq!(
+        request(
+            &mut alice,
+            json!({"cmd":"friend_request","req_id":3,"to_id":99999})
+        )["code"],
+        404
+    );
+    // friend_remove from the client: both sides told, then sending is refused.
+    let r = request(
+        &mut alice,
+        json!({"cmd":"friend_remove","req_id":4,"uid":b}),
+    );
+    assert_eq!(r["code"], 200);
+    assert_eq!(next_push(&mut bob, "friend_removed")["data"]["uid"], a);
+    assert_eq!(send_text(&mut alice, 5, b, "x", "fr1")["code"], 403);
+    // Server API friend_remove after friend_add.
+    befriend(&s, a, c);
+    assert_eq!(next_push(&mut carol, "friend_added")["data"]["uid"], a);
+    let r = api(&s, "friend_remove", json!({"uid": a, "friend_id": c}));
+    assert_eq!(r.status, 200);
+    assert_eq!(send_text(&mut carol, 6, a, "x", "fr2")["code"], 403);
+    assert_eq!(
+        api(&s, "friend_add", json!({"uid": a, "friend_id": 99999})).status,
+        404
+    );
+    // Server API group_add / group_remove.
+    let g = api(
+        &s,
+        "group_create",
+        json!({"owner_id": a, "name": "g", "members": []}),
+    );
+    let gid = g.json()["data"]["group"]["group_id"].as_u64().unwrap();
+    let r = api(
+        &s,
+        "group_add",
+        json!({"group_id": gid, "uids": [b, c, 99999]}),
+    );
+    assert_eq!(r.json()["data"]["added"], json!([b, c]));
+    assert_eq!(
+        next_push(&mut bob, "group_event")["data"]["event"],
+        "joined"
+    );
+    let r = request(
+        &mut bob,
+        json!({"cmd":"send","req_id":7,"chat_type":1,"to_id":gid,"msg_type":0,"msg":"in"}),
+    );
+    assert_eq!(r["code"], 200);
+    assert_eq!(
+        api(&s, "group_remove", json!({"group_id": gid, "uid": b})).status,
+        200
+    );
+    let r = request(
+        &mut bob,
+        json!({"cmd":"send","req_id":8,"chat_type":1,"to_id":gid,"msg_type":0,"msg":"out"}),
+    );
+    assert_eq!(r["code"], 403);
+    assert_eq!(
+        api(&s, "group_add", json!({"group_id": 99999, "uids": [b]})).status,
+        404
+    );
+}
+
+#[test]
+fn too_many_requests_in_flight_is_503() {
+    // With no room for store work per connection, every store-backed command is refused.
+    let s = start("[chat]\nmax_pending_per_conn = 0\n");
+    let (_a, ta) = user(&s, "a");
+    let mut alice = login(&s, &ta);
+    let r = request(&mut alice, json!({"cmd":"conversations","req_id":1}));
+    assert_eq!(r["code"], 503);
+    assert_eq!(
+        request(&mut alice, json!({"cmd":"ping","req_id":2}))["code"],
+        200
+    );
+}
