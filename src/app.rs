@@ -246,15 +246,8 @@ impl App {
     ) {
         let ttl = self.config.auth.token_ttl_s;
         let work = move |store: &dyn Store| -> Result<Value, (u16, String)> {
-            let token = auth::new_token().map_err(|e| (code::INTERNAL, e))?;
-            let (user, created) = store
-                .upsert_app_user(&app_uid, &profile, true)
-                .map_err(|e| (crate::proto::store_code(&e), e.to_string()))?;
-            let expires = store::now_ms() + (ttl as i64) * 1000;
-            store
-                .put_token(&auth::token_hash(&token), user.uid, expires)
-                .map_err(|e| (crate::proto::store_code(&e), e.to_string()))?;
-            Ok(json!({ "uid": user.uid, "token": token, "expires_in": ttl, "is_new": created }))
+            issue_token(store, &app_uid, &profile, true, ttl)
+                .map_err(|e| (crate::proto::store_code(&e), e.to_string()))
         };
         let then = move |_app: &mut App,
                          ctx: &mut dyn Ctx<Completion>,
@@ -433,6 +426,22 @@ impl App {
             Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
         }
     }
+}
+
+/// Creates or updates the user with this business id and issues a token:
+/// `{"uid","token","expires_in","is_new"}` (doLogin and the server API's `user`).
+pub fn issue_token(
+    store: &dyn Store,
+    app_uid: &str,
+    profile: &Profile,
+    login: bool,
+    ttl_s: u64,
+) -> Result<Value, store::StoreError> {
+    let token = auth::new_token().map_err(store::StoreError::Unavailable)?;
+    let (user, created) = store.upsert_app_user(app_uid, profile, login)?;
+    let expires = store::now_ms() + (ttl_s as i64) * 1000;
+    store.put_token(&auth::token_hash(&token), user.uid, expires)?;
+    Ok(json!({ "uid": user.uid, "token": token, "expires_in": ttl_s, "is_new": created }))
 }
 
 /// `{"code":c,"msg":m}` with HTTP status c.

@@ -87,6 +87,15 @@ impl Pending {
     fn reply_err(&self, ctx: &mut dyn Ctx<Completion>, c: u16, msg: &str) {
         ctx.send_text(self.conn, &proto::fail(&self.cmd, &self.req_id, c, msg));
     }
+    fn reply_store_err(&self, ctx: &mut dyn Ctx<Completion>, e: &StoreError) {
+        self.reply_err(ctx, proto::store_code(e), &e.to_string());
+    }
+    /// Reports a command that could not even be started (inside a continuation).
+    fn reply_if_err(&self, ctx: &mut dyn Ctx<Completion>, r: CmdResult) {
+        if let Err((c, m)) = r {
+            self.reply_err(ctx, c, &m);
+        }
+    }
 }
 
 pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) {
@@ -224,7 +233,7 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                 p.reply_err(ctx, code::UNAUTHORIZED, "bad or expired token");
                 ctx.close(p.conn, close::AUTH_FAILED, "authentication failed");
             }
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         }
     };
     if !app.job(ctx, work, then) {
@@ -369,7 +378,7 @@ fn with_members(
                 then(app, ctx, p, members);
             }
             Ok(None) => p.reply_err(ctx, code::NOT_FOUND, "no such group"),
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         },
     )
 }
@@ -486,7 +495,7 @@ fn cmd_send(
                         },
                     ),
                     Ok(_) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
-                    Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+                    Err(e) => p.reply_store_err(ctx, &e),
                 },
             )
         }
@@ -643,12 +652,10 @@ fn cmd_page(
                     );
                     p.reply_raw(ctx, &data);
                 }
-                Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+                Err(e) => p.reply_store_err(ctx, &e),
             },
         );
-        if let Err((c, m)) = r {
-            p.reply_err(ctx, c, &m);
-        }
+        p.reply_if_err(ctx, r);
     })
 }
 
@@ -681,7 +688,7 @@ fn cmd_conversations(
                 .collect();
                 p.reply_raw(ctx, &format!("{{\"conversations\":[{}]}}", items.join(",")));
             }
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         },
     )
 }
@@ -722,12 +729,10 @@ fn cmd_read(
                         }
                     }
                 }
-                Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+                Err(e) => p.reply_store_err(ctx, &e),
             },
         );
-        if let Err((c, m)) = r {
-            p.reply_err(ctx, c, &m);
-        }
+        p.reply_if_err(ctx, r);
     })
 }
 
@@ -793,9 +798,7 @@ fn cmd_recall(
                 Err((c, msg)) => p.reply_err(ctx, c, &msg),
             },
         );
-        if let Err((c, m)) = r {
-            p.reply_err(ctx, c, &m);
-        }
+        p.reply_if_err(ctx, r);
     })
 }
 
@@ -823,12 +826,10 @@ fn cmd_read_count(
                     ctx,
                     &json!({ "conv_id": conv_id, "seq": seq, "read": n, "members": total }),
                 ),
-                Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+                Err(e) => p.reply_store_err(ctx, &e),
             },
         );
-        if let Err((c, m)) = r {
-            p.reply_err(ctx, c, &m);
-        }
+        p.reply_if_err(ctx, r);
     })
 }
 
@@ -885,7 +886,7 @@ fn cmd_friends(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u
                     .collect();
                 p.reply_ok(ctx, &json!({ "friends": items }));
             }
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         },
     )
 }
@@ -939,7 +940,7 @@ fn cmd_friend_request(
                 push_to_user(app, ctx, to, &push);
             }
             Ok(false) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         },
     )
 }
@@ -997,7 +998,7 @@ fn cmd_friend_accept(
                 friendship_made(app, ctx, from, uid);
             }
             Ok(false) => p.reply_err(ctx, code::NOT_FOUND, "no pending request from that user"),
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         },
     )
 }
@@ -1023,7 +1024,7 @@ fn cmd_friend_requests(
                     .collect();
                 p.reply_ok(ctx, &json!({ "requests": items }));
             }
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         },
     )
 }
@@ -1046,7 +1047,7 @@ fn cmd_friend_remove(
                 p.reply_ok(ctx, &json!({}));
                 friendship_ended(app, ctx, uid, other);
             }
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         },
     )
 }
@@ -1059,7 +1060,7 @@ fn cmd_groups(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u6
         move |s| s.groups_of(uid),
         |_app, ctx, p, r| match r {
             Ok(list) => p.reply_ok(ctx, &json!({ "groups": list })),
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         },
     )
 }
@@ -1223,7 +1224,7 @@ fn add_members(app: &mut App, ctx: &mut dyn Ctx<Completion>, gid: u64, uids: Vec
                 p.reply_ok(ctx, &json!({ "group_id": gid, "added": added }));
                 notify_membership(app, ctx, gid, "joined", added);
             }
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         },
     );
     if let Err((c, m)) = r {
@@ -1272,7 +1273,7 @@ fn cmd_group_leave(
                 p.reply_ok(ctx, &json!({ "group_id": gid }));
                 notify_membership(app, ctx, gid, "left", vec![uid]);
             }
-            Err(e) => p.reply_err(ctx, proto::store_code(&e), &e.to_string()),
+            Err(e) => p.reply_store_err(ctx, &e),
         },
     )
 }
@@ -1356,18 +1357,7 @@ pub fn server_api(
                 app,
                 ctx,
                 conn,
-                move |s| {
-                    let (user, created) = s.upsert_app_user(&app_uid, &profile, false)?;
-                    let token = auth::new_token().map_err(StoreError::Unavailable)?;
-                    s.put_token(
-                        &auth::token_hash(&token),
-                        user.uid,
-                        store::now_ms() + ttl as i64 * 1000,
-                    )?;
-                    Ok(
-                        json!({ "uid": user.uid, "token": token, "expires_in": ttl, "is_new": created }),
-                    )
-                },
+                move |s| crate::app::issue_token(s, &app_uid, &profile, false, ttl),
                 |_, _, v| v,
             ))
         }
