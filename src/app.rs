@@ -12,7 +12,7 @@ use crate::http::{Request, Response, RouteMatch, Router};
 use crate::jobs::WorkerPool;
 use crate::net::{CloseInfo, ConnId, Ctx, Handler, Message, Notifier, Reply, Upgrade};
 use crate::proto::code;
-use crate::store::{self, sqlite::SqliteStore, Appended, NewMessage, Profile, Store, StoreResult};
+use crate::store::{self, Appended, Backends, NewMessage, Profile, StoreError, StoreResult};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,12 +45,24 @@ enum Route {
     ServerApi,
     Upload,
     File,
+    Me,
+    Logout,
+    WxLogin,
+    WxDecrypt,
 }
 
 pub struct App {
     pub config: Arc<Config>,
     pub secrets: Secrets,
-    pub store: Arc<dyn Store>,
+    pub backends: Backends,
+    /// This process's name in shared presence and on the bus.
+    pub node_id: String,
+    /// Pushes to and from other processes (with Redis).
+    pub bus: Option<crate::cluster::bus::Bus>,
+    /// The WeChat API client (used on workers).
+    pub wx: Arc<crate::wechat::api::Client>,
+    /// Every app's access_token, shared with the other processes through the cache.
+    pub access_tokens: Arc<crate::wechat::access_token::AccessTokens>,
     started: Instant,
     routes: Router<Route>,
     endpoints: HashMap<ConnId, Endpoint>,
@@ -65,13 +77,8 @@ impl App {
     /// Opens the store, loads or generates the secrets, starts the workers and the persister.
     pub fn new(config: Config, notifier: Notifier<Completion>) -> Result<App, String> {
         let secrets = Secrets::load_or_create(&config)?;
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(
-                &config.sqlite_file(),
-                config.store.sqlite_synchronous == "full",
-            )
-            .map_err(|e| format!("cannot open {}: {e}", config.sqlite_file().display()))?,
-        );
+        let backends = crate::backends::open(&config)?;
+        let store = backends.store.clone();
         let workers = WorkerPool::new("worker", config.server.workers, 16 * 1024)
             .map_err(|e| format!("cannot start workers: {e}"))?;
         let deliver = notifier.clone();
@@ -99,11 +106,39 @@ impl App {
         routes.add("POST", "/api/server/{action}", Route::ServerApi);
         routes.add("POST", "/api/upload", Route::Upload);
         routes.add("GET", "/files/{name}", Route::File);
+        routes.add("GET", "/api/me", Route::Me);
+        routes.add("POST", "/api/logout", Route::Logout);
+        routes.add("POST", "/api/wx/login", Route::WxLogin);
+        routes.add("POST", "/api/wx/decrypt", Route::WxDecrypt);
+        let node_id = crate::backends::node_id(&config);
+        let bus = if config.redis.url.is_empty() {
+            None
+        } else {
+            Some(crate::cluster::bus::Bus::start(
+                &config.redis.url,
+                &config.redis.prefix,
+                &node_id,
+                notifier.clone(),
+                |env| Completion::new(move |app, ctx| crate::chat::deliver_remote(app, ctx, env)),
+            )?)
+        };
+        let wx = Arc::new(crate::wechat::api::Client::new(
+            std::time::Duration::from_millis(config.wechat.timeout_ms),
+        ));
+        let access_tokens = Arc::new(crate::wechat::access_token::AccessTokens::new(
+            wx.clone(),
+            backends.cache.clone(),
+            std::time::Duration::from_millis(config.wechat.timeout_ms.saturating_mul(3)),
+        ));
         Ok(App {
+            access_tokens,
+            wx,
+            bus,
             chat: ChatState::new(&config),
+            node_id,
             config: Arc::new(config),
             secrets,
-            store,
+            backends,
             started: Instant::now(),
             routes,
             endpoints: HashMap::new(),
@@ -117,13 +152,13 @@ impl App {
     pub fn job<R: Send + 'static>(
         &mut self,
         ctx: &dyn Ctx<Completion>,
-        work: impl FnOnce(&dyn Store) -> R + Send + 'static,
+        work: impl FnOnce(&Backends) -> R + Send + 'static,
         then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, R) + Send + 'static,
     ) -> bool {
-        let store = self.store.clone();
+        let backends = self.backends.clone();
         let notifier = ctx.notifier();
         let submitted = self.workers.submit(move || {
-            let result = work(&*store);
+            let result = work(&backends);
             notifier.send(Completion::new(move |app, ctx| {
                 app.in_flight -= 1;
                 then(app, ctx, result)
@@ -202,8 +237,28 @@ impl App {
             .cloned()
             .collect();
         let expected = auth::dologin_sign(&unsigned, &self.secrets.sign_key);
+        let limiter = self.login_limiter(ctx, conn, req);
         if !auth::constant_time_eq(expected.as_bytes(), sign.to_ascii_lowercase().as_bytes()) {
-            return Reply::Now(api_error(code::UNAUTHORIZED, "bad sign"));
+            let Some(limiter) = limiter else {
+                return Reply::Now(api_error(code::UNAUTHORIZED, "bad sign"));
+            };
+            // Count the failure (shared across processes with Redis), then answer.
+            let submitted = self.job(
+                ctx,
+                move |b| b.cache.incr_window(&limiter.key, limiter.window),
+                move |_app, ctx, r| {
+                    let resp = match r {
+                        Ok(n) if n > limiter.max => too_many_failures(),
+                        _ => api_error(code::UNAUTHORIZED, "bad sign"),
+                    };
+                    ctx.respond(conn, resp);
+                },
+            );
+            return if submitted {
+                Reply::Later
+            } else {
+                Reply::Now(api_error(code::UNAUTHORIZED, "bad sign"))
+            };
         }
         let now_s = store::now_ms() / 1000;
         match get("time").and_then(|t| t.parse::<i64>().ok()) {
@@ -231,8 +286,31 @@ impl App {
             head_img: get("head_img").map(String::from),
             user_type,
         };
-        self.issue_token_for(ctx, conn, app_uid, profile, "login ok");
+        self.issue_token_for(ctx, conn, app_uid, profile, "login ok", limiter);
         Reply::Later
+    }
+
+    /// The failed-login counter of the request's client address, when limiting is on.
+    fn login_limiter(
+        &self,
+        ctx: &dyn Ctx<Completion>,
+        conn: ConnId,
+        req: &Request,
+    ) -> Option<LoginLimiter> {
+        let max = self.config.auth.login_failures_per_ip;
+        if max == 0 {
+            return None;
+        }
+        let ip = crate::http::client_ip(
+            ctx.peer_addr(conn)?.ip(),
+            req,
+            &self.config.http.trusted_proxies,
+        );
+        Some(LoginLimiter {
+            key: format!("login_fail:{ip}"),
+            max,
+            window: std::time::Duration::from_secs(self.config.auth.login_failure_window_s.max(1)),
+        })
     }
 
     /// Creates or updates the user and answers with a new token (doLogin and the server API).
@@ -243,10 +321,20 @@ impl App {
         app_uid: String,
         profile: Profile,
         msg: &'static str,
+        limiter: Option<LoginLimiter>,
     ) {
         let ttl = self.config.auth.token_ttl_s;
-        let work = move |store: &dyn Store| -> Result<Value, (u16, String)> {
-            issue_token(store, &app_uid, &profile, true, ttl)
+        let work = move |b: &Backends| -> Result<Value, (u16, String)> {
+            if let Some(l) = &limiter {
+                let failures = b
+                    .cache
+                    .peek_window(&l.key)
+                    .map_err(|e| (crate::proto::store_code(&e), e.to_string()))?;
+                if failures >= l.max {
+                    return Err((code::RATE_LIMITED, TOO_MANY_FAILURES.into()));
+                }
+            }
+            issue_token(b, &app_uid, &profile, true, ttl)
                 .map_err(|e| (crate::proto::store_code(&e), e.to_string()))
         };
         let then = move |_app: &mut App,
@@ -361,8 +449,8 @@ impl App {
             return Reply::Now(api_error(code::UNAUTHORIZED, "a valid token is required"));
         };
         let data_dir = self.config.server.data_dir.clone();
-        let work = move |s: &dyn Store| -> Result<Value, (u16, String)> {
-            match s.token_user(&auth::token_hash(&token), store::now_ms()) {
+        let work = move |b: &Backends| -> Result<Value, (u16, String)> {
+            match b.tokens.user(&auth::token_hash(&token)) {
                 Ok(Some(_)) => {}
                 Ok(None) => return Err((code::UNAUTHORIZED, "bad or expired token".into())),
                 Err(e) => return Err((crate::proto::store_code(&e), e.to_string())),
@@ -431,17 +519,53 @@ impl App {
 /// Creates or updates the user with this business id and issues a token:
 /// `{"uid","token","expires_in","is_new"}` (doLogin and the server API's `user`).
 pub fn issue_token(
-    store: &dyn Store,
+    b: &Backends,
     app_uid: &str,
     profile: &Profile,
     login: bool,
     ttl_s: u64,
-) -> Result<Value, store::StoreError> {
-    let token = auth::new_token().map_err(store::StoreError::Unavailable)?;
-    let (user, created) = store.upsert_app_user(app_uid, profile, login)?;
-    let expires = store::now_ms() + (ttl_s as i64) * 1000;
-    store.put_token(&auth::token_hash(&token), user.uid, expires)?;
+) -> Result<Value, StoreError> {
+    let token = auth::new_token().map_err(StoreError::Unavailable)?;
+    let (user, created) = b.upsert_app_user(app_uid, profile, login)?;
+    b.tokens.put(&auth::token_hash(&token), user.uid, ttl_s)?;
     Ok(json!({ "uid": user.uid, "token": token, "expires_in": ttl_s, "is_new": created }))
+}
+
+/// The token of a request: `Authorization: Bearer`, else a `token` query or form parameter.
+pub fn request_token(req: &Request) -> Option<String> {
+    req.header_str("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .or_else(|| req.query_param("token"))
+        .or_else(|| {
+            req.body_params()
+                .ok()?
+                .into_iter()
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v)
+        })
+        .filter(|t| auth::token_well_formed(t))
+}
+
+/// HTTP 401 in the shape mini-program front ends expect from a WeChat-style backend.
+pub fn not_logged_in() -> Response {
+    Response::json(
+        401,
+        &json!({ "errcode": 40001, "errmsg": "user not logged in" }),
+    )
+}
+
+/// Failed logins counted per client address (`[auth] login_failures_per_ip`).
+struct LoginLimiter {
+    key: String,
+    max: u64,
+    window: std::time::Duration,
+}
+
+const TOO_MANY_FAILURES: &str = "too many failed logins from this address; retry later";
+
+fn too_many_failures() -> Response {
+    api_error(code::RATE_LIMITED, TOO_MANY_FAILURES)
 }
 
 /// `{"code":c,"msg":m}` with HTTP status c.
@@ -452,6 +576,61 @@ pub fn api_error(c: u16, msg: &str) -> Response {
 /// `{"code":200,"msg":"ok","data":data}`.
 pub fn api_ok(data: Value) -> Response {
     Response::json(200, &json!({ "code": 200, "msg": "ok", "data": data }))
+}
+
+impl App {
+    /// `GET /api/me`: the user a token belongs to.
+    fn me(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) -> Reply {
+        let Some(token) = request_token(req) else {
+            return Reply::Now(not_logged_in());
+        };
+        let hash = auth::token_hash(&token);
+        let ok = self.job(
+            ctx,
+            move |b| match b.tokens.user(&hash)? {
+                Some(uid) => b.user(uid),
+                None => Ok(None),
+            },
+            move |_app, ctx, r| {
+                let resp = match r {
+                    Ok(Some(user)) => api_ok(json!(user)),
+                    Ok(None) => not_logged_in(),
+                    Err(e) => api_error(crate::proto::store_code(&e), &e.to_string()),
+                };
+                ctx.respond(conn, resp);
+            },
+        );
+        if ok {
+            Reply::Later
+        } else {
+            Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
+        }
+    }
+
+    /// `POST /api/logout`: revokes the token (its open WebSockets stay until they close; it
+    /// cannot authenticate again).
+    fn logout(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) -> Reply {
+        let Some(token) = request_token(req) else {
+            return Reply::Now(not_logged_in());
+        };
+        let hash = auth::token_hash(&token);
+        let ok = self.job(
+            ctx,
+            move |b| b.tokens.revoke(&hash),
+            move |_app, ctx, r| {
+                let resp = match r {
+                    Ok(()) => api_ok(json!({})),
+                    Err(e) => api_error(crate::proto::store_code(&e), &e.to_string()),
+                };
+                ctx.respond(conn, resp);
+            },
+        );
+        if ok {
+            Reply::Later
+        } else {
+            Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
+        }
+    }
 }
 
 impl Handler for App {
@@ -474,6 +653,10 @@ impl Handler for App {
                     self.serve_file(ctx, conn, &name)
                 }
                 Route::Health => Reply::Now(self.health(ctx)),
+                Route::Me => self.me(ctx, conn, &req),
+                Route::Logout => self.logout(ctx, conn, &req),
+                Route::WxLogin => crate::wechat::login::login(self, ctx, conn, &req),
+                Route::WxDecrypt => crate::wechat::login::decrypt(self, ctx, conn, &req),
                 Route::DoLogin => self.do_login(ctx, conn, &req),
                 Route::ServerApi => {
                     let action = params
@@ -540,6 +723,10 @@ impl Handler for App {
         crate::chat::on_timer(self, ctx, token);
     }
 
+    fn on_shutdown(&mut self, ctx: &mut dyn Ctx<Completion>) {
+        crate::chat::on_shutdown(self, ctx);
+    }
+
     fn has_pending_work(&self) -> bool {
         self.in_flight > 0
     }
@@ -598,8 +785,9 @@ mod tests {
         let mut d = driver(dir.path());
         let token = auth::new_token().unwrap();
         d.handler
-            .store
-            .put_token(&auth::token_hash(&token), 42, store::now_ms() + 60_000)
+            .backends
+            .tokens
+            .put(&auth::token_hash(&token), 42, 60)
             .unwrap();
         let c = d.open(request("/ws", &format!("token={token}"))).unwrap();
         assert_eq!(d.complete(1, Duration::from_secs(5)), 1);

@@ -20,6 +20,130 @@ pub struct Config {
     pub api: ApiConfig,
     pub chat: ChatConfig,
     pub upload: UploadConfig,
+    pub redis: RedisConfig,
+    pub wechat: WechatConfig,
+}
+
+/// `[wechat]`: the WeChat apps (mini-programs, mini-games, official accounts) wxchat serves.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WechatConfig {
+    /// Timeout of one WeChat API call (connect + response).
+    pub timeout_ms: u64,
+    pub apps: Vec<WechatApp>,
+}
+
+impl Default for WechatConfig {
+    fn default() -> Self {
+        WechatConfig {
+            timeout_ms: 5000,
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// One `[[wechat.apps]]` entry.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WechatApp {
+    /// Our name for it: `{"app": name}` in logins, `/wechat/<name>/callback`.
+    pub name: String,
+    /// `miniprogram`, `minigame` or `official`.
+    pub kind: String,
+    pub appid: String,
+    pub secret: String,
+    /// Callback verification token (the message-push configuration).
+    #[serde(default)]
+    pub token: String,
+    /// EncodingAESKey for safe-mode callbacks (43 characters).
+    #[serde(default)]
+    pub aes_key: String,
+    /// WeChat API base URL (tests point it at a local fake).
+    #[serde(default = "default_api_base")]
+    pub api_base: String,
+    /// `stable` (cgi-bin/stable_token: other fetches do not invalidate it) or `token`
+    /// (cgi-bin/token, for accounts that cannot use stable_token).
+    #[serde(default = "default_token_endpoint")]
+    pub token_endpoint: String,
+}
+
+fn default_token_endpoint() -> String {
+    "stable".into()
+}
+
+fn default_api_base() -> String {
+    "https://api.weixin.qq.com".into()
+}
+
+/// Secrets never reach logs: Debug shows only whether they are set.
+impl fmt::Debug for WechatApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |v: &str| if v.is_empty() { "<unset>" } else { "<set>" };
+        f.debug_struct("WechatApp")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("appid", &self.appid)
+            .field("secret", &set(&self.secret))
+            .field("token", &set(&self.token))
+            .field("aes_key", &set(&self.aes_key))
+            .field("api_base", &self.api_base)
+            .field("token_endpoint", &self.token_endpoint)
+            .finish()
+    }
+}
+
+impl WechatConfig {
+    /// The app called `name`, or the only app of these kinds when `name` is None.
+    pub fn app(&self, name: Option<&str>, kinds: &[&str]) -> Option<&WechatApp> {
+        match name {
+            Some(n) => self
+                .apps
+                .iter()
+                .find(|a| a.name == n && kinds.contains(&a.kind.as_str())),
+            None => {
+                let mut of_kind = self
+                    .apps
+                    .iter()
+                    .filter(|a| kinds.contains(&a.kind.as_str()));
+                let first = of_kind.next();
+                if of_kind.next().is_some() {
+                    None
+                } else {
+                    first
+                }
+            }
+        }
+    }
+}
+
+/// `[redis]`: tokens, presence, the shared cache and rate-limit counters. Empty `url` = all of
+/// them in-process (tokens then live in the database).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]` or `redis+unix:///path`; empty = no Redis.
+    pub url: String,
+    /// Every key starts with this (several deployments can share one Redis).
+    pub prefix: String,
+    /// Idle connections kept open.
+    pub pool: usize,
+    /// Connect, read and write timeout of one Redis call.
+    pub timeout_ms: u64,
+    /// A node's presence entries lapse this long after its last refresh (a crashed node's users
+    /// go offline); refreshed every third of it.
+    pub presence_ttl_s: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            prefix: "wxchat:".into(),
+            pool: 8,
+            timeout_ms: 2000,
+            presence_ttl_s: 60,
+        }
+    }
 }
 
 /// `[upload]`: files clients upload for media messages.
@@ -42,8 +166,14 @@ impl Default for UploadConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite` (embedded, the default).
+    /// `sqlite` (embedded, the default) or `mysql`.
     pub backend: String,
+    /// `mysql://user:password@host:3306/database` when `backend = "mysql"`.
+    pub mysql_url: String,
+    /// Most pooled MySQL connections (the persister has one more of its own).
+    pub mysql_pool: usize,
+    /// Connect, read and write timeout of MySQL calls.
+    pub mysql_timeout_s: u64,
     /// SQLite file; relative paths are under `[server] data_dir`.
     pub sqlite_path: String,
     /// `normal`: commits survive a process crash (kill -9); `full`: also a power loss.
@@ -56,6 +186,9 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             backend: "sqlite".into(),
+            mysql_url: String::new(),
+            mysql_pool: 8,
+            mysql_timeout_s: 10,
             sqlite_path: "wxchat.db".into(),
             sqlite_synchronous: "normal".into(),
             max_batch: 1000,
@@ -74,6 +207,10 @@ pub struct AuthConfig {
     pub token_ttl_s: u64,
     /// doLogin `time` must be within this many seconds of the server clock.
     pub time_window_s: u64,
+    /// Failed logins (bad signature) from one IP address allowed per `login_failure_window_s`;
+    /// more are refused with 429 (counted in Redis when configured, so across nodes). 0 = off.
+    pub login_failures_per_ip: u64,
+    pub login_failure_window_s: u64,
 }
 
 impl Default for AuthConfig {
@@ -82,6 +219,8 @@ impl Default for AuthConfig {
             sign_key: String::new(),
             token_ttl_s: 7 * 24 * 3600,
             time_window_s: 30,
+            login_failures_per_ip: 20,
+            login_failure_window_s: 300,
         }
     }
 }
@@ -150,6 +289,8 @@ pub struct ServerConfig {
     pub soft_out_secs: u64,
     /// `error`, `warn`, `info`, `debug` or `trace`.
     pub log_level: String,
+    /// This process's name in shared presence; empty = `<hostname>-<pid>-<random>`.
+    pub node_id: String,
 }
 
 impl Default for ServerConfig {
@@ -163,6 +304,7 @@ impl Default for ServerConfig {
             soft_out_bytes: 1 << 20,
             soft_out_secs: 10,
             log_level: "info".into(),
+            node_id: String::new(),
         }
     }
 }
@@ -179,6 +321,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// An idle keep-alive connection (or one that never finishes its request) is closed after this.
     pub idle_timeout_s: u64,
+    /// Peers whose `X-Real-IP` / `X-Forwarded-For` name the client (the nginx in front).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -188,6 +332,7 @@ impl Default for HttpConfig {
             max_headers: 64,
             max_body_bytes: 1 << 20,
             idle_timeout_s: 60,
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
         }
     }
 }
@@ -313,11 +458,41 @@ impl Config {
         if self.ws.max_frame_bytes < 125 || self.ws.max_message_bytes < self.ws.max_frame_bytes {
             return err("[ws] needs 125 <= max_frame_bytes <= max_message_bytes");
         }
-        if self.store.backend != "sqlite" {
-            return err(&format!(
-                "[store] backend = {:?} is not supported by this build (use \"sqlite\")",
-                self.store.backend
-            ));
+        match self.store.backend.as_str() {
+            "sqlite" => {}
+            "mysql" => {
+                if !self.store.mysql_url.starts_with("mysql://") {
+                    return err(
+                        "[store] backend = \"mysql\" needs mysql_url = \"mysql://user:password@host:3306/database\"",
+                    );
+                }
+                if self.store.mysql_pool == 0 {
+                    return err("[store] mysql_pool must be at least 1");
+                }
+                if self.store.mysql_timeout_s == 0 {
+                    return err("[store] mysql_timeout_s must be at least 1");
+                }
+            }
+            other => {
+                return err(&format!(
+                    "[store] backend = {other:?} is not known (use \"sqlite\" or \"mysql\")"
+                ))
+            }
+        }
+        if !self.redis.url.is_empty() {
+            let url = self.redis.url.as_str();
+            if !(url.starts_with("redis://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+            {
+                return err(&format!(
+                    "[redis] url must start with redis:// or redis+unix:// (got {:?})",
+                    crate::store::mysql::redact_url(url)
+                ));
+            }
+            if self.redis.timeout_ms == 0 || self.redis.presence_ttl_s < 3 {
+                return err("[redis] needs timeout_ms >= 1 and presence_ttl_s >= 3");
+            }
         }
         if !matches!(self.store.sqlite_synchronous.as_str(), "normal" | "full") {
             return err("[store] sqlite_synchronous must be \"normal\" or \"full\"");
@@ -327,6 +502,54 @@ impl Config {
         }
         if self.auth.token_ttl_s == 0 {
             return err("[auth] token_ttl_s must be at least 1");
+        }
+        for p in &self.http.trusted_proxies {
+            if p.parse::<std::net::IpAddr>().is_err() {
+                return err(&format!(
+                    "[http] trusted_proxies: {p:?} is not an IP address"
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for a in &self.wechat.apps {
+            let what = format!("[[wechat.apps]] {:?}", a.name);
+            if a.name.is_empty()
+                || !a
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return err(&format!("{what}: name must be letters, digits, '-' or '_'"));
+            }
+            if !names.insert(a.name.as_str()) {
+                return err(&format!("{what}: two apps have this name"));
+            }
+            if !matches!(a.kind.as_str(), "miniprogram" | "minigame" | "official") {
+                return err(&format!(
+                    "{what}: kind must be miniprogram, minigame or official"
+                ));
+            }
+            if a.appid.is_empty() || a.secret.is_empty() {
+                return err(&format!("{what}: appid and secret are required"));
+            }
+            if !a.aes_key.is_empty()
+                && crate::wechat::crypto::MsgCrypt::new(&a.aes_key, &a.appid).is_err()
+            {
+                return err(&format!(
+                    "{what}: aes_key must be the 43-character EncodingAESKey"
+                ));
+            }
+            if !matches!(a.token_endpoint.as_str(), "stable" | "token") {
+                return err(&format!(
+                    "{what}: token_endpoint must be \"stable\" or \"token\""
+                ));
+            }
+            if !(a.api_base.starts_with("https://") || a.api_base.starts_with("http://")) {
+                return err(&format!("{what}: api_base must be an http(s) URL"));
+            }
+        }
+        if self.wechat.timeout_ms == 0 {
+            return err("[wechat] timeout_ms must be at least 1");
         }
         if self.http.max_header_bytes < 256 {
             return err("[http] max_header_bytes must be at least 256");
@@ -435,6 +658,51 @@ mod tests {
             "test.toml",
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
         )
+    }
+
+    #[test]
+    fn wechat_apps_parse_validate_and_hide_secrets() {
+        let text = "[[wechat.apps]]\nname = \"mp\"\nkind = \"miniprogram\"\nappid = \"wx1\"\nsecret = \"s3cr3t\"\n\
+                    [[wechat.apps]]\nname = \"oa\"\nkind = \"official\"\nappid = \"wx2\"\nsecret = \"x\"\n";
+        let c = Config::from_parts(text, "t", Vec::new()).unwrap();
+        assert_eq!(c.wechat.apps[0].api_base, "https://api.weixin.qq.com");
+        assert_eq!(
+            c.wechat
+                .app(None, &["miniprogram", "minigame"])
+                .unwrap()
+                .appid,
+            "wx1"
+        );
+        assert_eq!(
+            c.wechat.app(Some("oa"), &["official"]).unwrap().appid,
+            "wx2"
+        );
+        assert!(c.wechat.app(Some("oa"), &["miniprogram"]).is_none());
+        assert!(
+            c.wechat.app(None, &["miniprogram", "official"]).is_none(),
+            "ambiguous"
+        );
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("s3cr3t") && debug.contains("<set>"),
+            "{debug}"
+        );
+        for (bad, why) in [
+            (
+                text.replace("kind = \"official\"", "kind = \"web\""),
+                "kind must be",
+            ),
+            (text.replace("name = \"oa\"", "name = \"mp\""), "two apps"),
+            (
+                text.replace("secret = \"x\"", "secret = \"\""),
+                "appid and secret",
+            ),
+        ] {
+            let e = Config::from_parts(&bad, "t", Vec::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 
 pub mod app;
 pub mod auth;
+pub mod backends;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod jobs;
@@ -18,4 +20,5 @@ pub mod proto;
 pub mod server;
 pub mod store;
 pub mod upload;
+pub mod wechat;
 pub mod ws;

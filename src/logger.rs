@@ -18,9 +18,25 @@ struct Logger {
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
+fn is_third_party_http(target: &str) -> bool {
+    ["ureq", "rustls", "mysql", "redis"].iter().any(|t| {
+        target == *t
+            || target.starts_with(&format!("{t}::"))
+            || target.starts_with(&format!("{t}_"))
+    })
+}
+
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        if metadata.level() > log::max_level() {
+            return false;
+        }
+        // Libraries that log request URLs at debug level would log WeChat app secrets (they
+        // travel in query strings): only their warnings and errors get through.
+        if metadata.level() > log::Level::Warn && is_third_party_http(metadata.target()) {
+            return false;
+        }
+        true
     }
 
     fn log(&self, record: &log::Record) {

@@ -169,3 +169,56 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
 }
+
+/// A port nothing listens on.
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn unreachable_or_unknown_backends_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            format!(
+                "[store]\nbackend = \"mysql\"\nmysql_url = \"mysql://root:pw@127.0.0.1:{}/wx\"\nmysql_timeout_s = 2\n",
+                dead_port()
+            ),
+            "cannot use MySQL at mysql://root:***@127.0.0.1:",
+        ),
+        (
+            format!("[redis]\nurl = \"redis://127.0.0.1:{}\"\n", dead_port()),
+            "cannot use Redis at redis://127.0.0.1:",
+        ),
+        (
+            "[store]\nbackend = \"postgres\"\n".to_string(),
+            "backend = \"postgres\" is not known",
+        ),
+        (
+            "[store]\nbackend = \"mysql\"\nmysql_url = \"postgres://h/db\"\n".to_string(),
+            "needs mysql_url",
+        ),
+        (
+            "[redis]\nurl = \"memcached://127.0.0.1:11211\"\n".to_string(),
+            "[redis] url must start with redis://",
+        ),
+    ];
+    for (i, (toml, expected)) in cases.iter().enumerate() {
+        let sub = dir.path().join(format!("c{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let config = write_config(&sub, toml);
+        let (code, _, err) = run_cli(&config, &["run"]);
+        assert_ne!(code, 0, "case {i} must not start");
+        assert!(err.contains(expected), "case {i}: {err}");
+        assert!(
+            !err.contains(":pw@"),
+            "the password is never printed: {err}"
+        );
+        // Nothing fell back to an embedded database.
+        assert!(!sub.join("data").join("wxchat.db").exists(), "case {i}");
+    }
+}

@@ -1,6 +1,6 @@
 //! An acknowledged message survives `kill -9`: clients send concurrently, the server process is
 //! killed mid-stream, restarted on the same data, and every acknowledged message is found, in
-//! order, with no gap in seq.
+//! order, with no gap in seq. Run on the embedded store and on MySQL + Redis.
 
 mod common;
 use common::*;
@@ -20,10 +20,24 @@ fn api(addr: std::net::SocketAddr, action: &str, body: Value) -> Value {
 
 #[test]
 fn acknowledged_messages_survive_kill_9() {
+    survives_kill_9("");
+}
+
+#[test]
+fn acknowledged_messages_survive_kill_9_on_mysql_and_redis() {
+    let db = common::services::TestDb::create();
+    let redis = common::services::TestRedis::create();
+    survives_kill_9(&merge_toml(&db.store_toml(), &redis.toml()));
+}
+
+fn survives_kill_9(backend_toml: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        "[api]\nkey = \"k\"\n[chat]\nmax_msgs_per_sec = 0\n",
+        &merge_toml(
+            "[api]\nkey = \"k\"\n[chat]\nmax_msgs_per_sec = 0\n",
+            backend_toml,
+        ),
     );
     let data = dir.path().join("data");
     let (mut child, addr) = spawn_foreground(&config, &data);

@@ -122,8 +122,10 @@ fn init_logging(config: &Config, file: Option<PathBuf>) -> Result<(), String> {
 
 fn start(config: &Config) -> Result<Server, String> {
     let mut server = Server::bind(config.clone())?;
-    server.lock_pid_file(config)?;
+    // Signals first: the pid file tells scripts (and tests) the server is up and may be
+    // signalled, so SIGTERM/SIGINT must already be handled when it appears.
     server.handle_signals()?;
+    server.lock_pid_file(config)?;
     Ok(server)
 }
 

@@ -3,14 +3,16 @@
 //! goes through `App::job` (workers) or `App::persist` (the persister).
 
 pub mod persister;
+pub mod presence;
 
 use crate::app::{api_error, api_ok, App, Completion};
 use crate::auth;
+use crate::cluster::bus::{Envelope, Target};
 use crate::config::Config;
 use crate::http::Request;
 use crate::net::{ConnId, Ctx, Frame, Message, TimerId};
 use crate::proto::{self, chat_type, close, code, Command, ConvRef};
-use crate::store::{self, Appended, NewMessage, Profile, Store, StoreError, StoreResult};
+use crate::store::{self, Appended, Backends, NewMessage, Profile, StoreError, StoreResult};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -43,6 +45,9 @@ pub struct ChatState {
     auth_timers: HashMap<u64, ConnId>,
     next_timer: u64,
     body_limits: proto::BodyLimits,
+    /// The presence refresh timer is set (it runs while anyone is online here).
+    presence_refresh_armed: bool,
+    shutting_down: bool,
 }
 
 impl ChatState {
@@ -54,6 +59,8 @@ impl ChatState {
             groups: HashMap::new(),
             auth_timers: HashMap::new(),
             next_timer: 1,
+            presence_refresh_armed: false,
+            shutting_down: false,
             body_limits: proto::BodyLimits {
                 max_text_bytes: config.chat.max_text_bytes,
             },
@@ -125,6 +132,10 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
 }
 
 pub fn on_timer(app: &mut App, ctx: &mut dyn Ctx<Completion>, token: u64) {
+    if token == presence::REFRESH_TIMER {
+        presence::on_refresh(app, ctx);
+        return;
+    }
     let Some(conn) = app.chat.auth_timers.remove(&token) else {
         return;
     };
@@ -168,7 +179,13 @@ pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
         app.chat.online.remove(&uid);
         push_presence(app, ctx, uid, false);
         app.chat.friends.remove(&uid);
+        presence::went_offline(app, ctx, uid);
     }
+}
+
+/// Graceful shutdown began.
+pub fn on_shutdown(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    presence::on_shutdown(app, ctx);
 }
 
 /// Tells a user's online friends that they came online or went offline.
@@ -176,13 +193,52 @@ fn push_presence(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64, online:
     let Some(friends) = app.chat.friends.get(&uid) else {
         return;
     };
-    let frame =
-        Frame::text(proto::push("presence", &json!({ "uid": uid, "online": online })).as_bytes());
-    for f in friends {
-        for c in app.chat.conns_of(*f) {
+    let friends: Vec<u64> = friends.iter().copied().collect();
+    let payload = proto::push("presence", &json!({ "uid": uid, "online": online }));
+    push_users(app, ctx, &friends, &payload);
+}
+
+/// Sends one push to these users' connections on this process and, with the bus, on the others.
+fn push_users(app: &App, ctx: &mut dyn Ctx<Completion>, uids: &[u64], payload: &str) {
+    if uids.is_empty() {
+        return;
+    }
+    let frame = Frame::text(payload.as_bytes());
+    for uid in uids {
+        for c in app.chat.conns_of(*uid) {
             ctx.send(*c, &frame);
         }
     }
+    if let Some(bus) = &app.bus {
+        bus.publish(Target::Users(uids.to_vec()), payload);
+    }
+}
+
+/// A push published by another process: deliver it to the connections held here.
+pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelope) {
+    let frame = Frame::text(env.payload.as_bytes());
+    match env.target {
+        Target::Users(uids) => {
+            for uid in uids {
+                for c in app.chat.conns_of(uid) {
+                    ctx.send(*c, &frame);
+                }
+            }
+        }
+        Target::Conv(conv_id) => deliver_to_conv(app, ctx, conv_id, frame, None),
+        Target::Kick(uid) => {
+            kick_local(app, ctx, uid);
+        }
+    }
+}
+
+/// Closes the user's connections on this process with 4003; returns how many.
+fn kick_local(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64) -> usize {
+    let conns: Vec<ConnId> = app.chat.conns_of(uid).to_vec();
+    for c in &conns {
+        ctx.close(*c, close::KICKED, "kicked");
+    }
+    conns.len()
 }
 
 fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token: String) {
@@ -202,9 +258,9 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
     let conn = p.conn;
     let busy = p.clone();
     let hash = auth::token_hash(&token);
-    let work = move |s: &dyn Store| -> StoreResult<Option<(u64, Vec<u64>)>> {
-        match s.token_user(&hash, store::now_ms())? {
-            Some(uid) => Ok(Some((uid, s.friends(uid)?))),
+    let work = move |b: &Backends| -> StoreResult<Option<(u64, Vec<u64>)>> {
+        match b.tokens.user(&hash)? {
+            Some(uid) => Ok(Some((uid, b.friends(uid)?))),
             None => Ok(None),
         }
     };
@@ -227,6 +283,7 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                 p.reply_ok(ctx, &json!({ "uid": uid }));
                 if first {
                     push_presence(app, ctx, uid, true);
+                    presence::came_online(app, ctx, uid);
                 }
             }
             Ok(None) => {
@@ -334,7 +391,7 @@ fn conn_job<R: Send + 'static>(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
-    work: impl FnOnce(&dyn Store) -> R + Send + 'static,
+    work: impl FnOnce(&Backends) -> R + Send + 'static,
     then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, &Pending, R) + Send + 'static,
 ) -> CmdResult {
     let conn = p.conn;
@@ -464,20 +521,31 @@ fn cmd_send(
                 .friends
                 .get(&uid)
                 .is_some_and(|f| f.contains(&to_id));
+            let message = NewMessage {
+                conv_id: proto::friend_conv(uid, to_id),
+                ..base
+            };
             if friends {
-                submit(
-                    app,
-                    ctx,
-                    p,
-                    NewMessage {
-                        conv_id: proto::friend_conv(uid, to_id),
-                        ..base
-                    },
-                );
+                submit(app, ctx, p, message);
                 return Ok(());
             }
             if !app.config.chat.allow_strangers {
-                return Err((code::FORBIDDEN, "not friends".into()));
+                // The cache may miss a friendship made through another process sharing the
+                // database: check the store before refusing.
+                return conn_job(
+                    app,
+                    ctx,
+                    p,
+                    move |s| s.friends(uid),
+                    move |app, ctx, p, r| match r {
+                        Ok(list) if list.contains(&to_id) => {
+                            app.chat.friends.insert(uid, list.into_iter().collect());
+                            submit(app, ctx, p, message);
+                        }
+                        Ok(_) => p.reply_err(ctx, code::FORBIDDEN, "not friends"),
+                        Err(e) => p.reply_store_err(ctx, &e),
+                    },
+                );
             }
             conn_job(
                 app,
@@ -485,31 +553,43 @@ fn cmd_send(
                 p,
                 move |s| s.existing_users(&[to_id]),
                 move |app, ctx, p, r| match r {
-                    Ok(found) if !found.is_empty() => submit(
-                        app,
-                        ctx,
-                        p,
-                        NewMessage {
-                            conv_id: proto::friend_conv(uid, to_id),
-                            ..base
-                        },
-                    ),
+                    Ok(found) if !found.is_empty() => submit(app, ctx, p, message),
                     Ok(_) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
                     Err(e) => p.reply_store_err(ctx, &e),
                 },
             )
         }
         chat_type::GROUP => with_members(app, ctx, p, to_id, move |app, ctx, p, members| {
+            let m = NewMessage {
+                conv_id: proto::group_conv(to_id),
+                chat_type: chat_type::GROUP,
+                ..base
+            };
             if members.binary_search(&uid).is_ok() {
-                let m = NewMessage {
-                    conv_id: proto::group_conv(to_id),
-                    chat_type: chat_type::GROUP,
-                    ..base
-                };
                 submit(app, ctx, p, m);
-            } else {
-                p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
+                return;
             }
+            // The cached list may miss a member added through another process: reload once.
+            let reloaded = conn_job(
+                app,
+                ctx,
+                p,
+                move |s| s.group_members(to_id),
+                move |app, ctx, p, r| match r {
+                    Ok(Some(fresh)) => {
+                        let member = fresh.binary_search(&uid).is_ok();
+                        app.chat.groups.insert(to_id, Arc::new(fresh));
+                        if member {
+                            submit(app, ctx, p, m);
+                        } else {
+                            p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
+                        }
+                    }
+                    Ok(None) => p.reply_err(ctx, code::NOT_FOUND, "no such group"),
+                    Err(e) => p.reply_store_err(ctx, &e),
+                },
+            );
+            p.reply_if_err(ctx, reloaded);
         }),
         chat_type::SERVICE | chat_type::CONSULT => {
             Err(bad("chat_type 2 and 3 are not enabled in this build"))
@@ -580,21 +660,35 @@ fn fan_out(
     m: &store::StoredMessage,
     except: Option<ConnId>,
 ) {
-    let frame = Frame::text(proto::message_push(m).as_bytes());
-    let recipients: Vec<u64> = match proto::parse_conv(&m.conv_id) {
+    let payload = proto::message_push(m);
+    if let Some(bus) = &app.bus {
+        bus.publish(Target::Conv(m.conv_id.clone()), &payload);
+    }
+    let frame = Frame::text(payload.as_bytes());
+    deliver_to_conv(app, ctx, m.conv_id.clone(), frame, except);
+}
+
+/// Sends `frame` to every connection held here of the conversation's members (except one).
+fn deliver_to_conv(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conv_id: String,
+    frame: Frame,
+    except: Option<ConnId>,
+) {
+    let recipients: Vec<u64> = match proto::parse_conv(&conv_id) {
         Some(ConvRef::Friend(a, b)) => vec![a, b],
         Some(ConvRef::Group(g)) => match app.chat.groups.get(&g) {
             Some(members) => members.to_vec(),
             None => {
                 // Not cached (evicted or never loaded here): load, then deliver.
-                let m = m.clone();
                 app.job(
                     ctx,
                     move |s| s.group_members(g),
                     move |app, ctx, r| {
                         if let Ok(Some(members)) = r {
                             app.chat.groups.insert(g, Arc::new(members));
-                            fan_out(app, ctx, &m, except);
+                            deliver_to_conv(app, ctx, conv_id, frame, except);
                         }
                     },
                 );
@@ -715,18 +809,13 @@ fn cmd_read(
                     p.reply_ok(ctx, &json!({ "conv_id": conv_id, "read_seq": read_seq }));
                     // One-to-one: the peer sees the receipt. Groups: counted (read_count).
                     if members.len() == 2 && conv_id.starts_with("p_") {
-                        let frame = Frame::text(
-                            proto::push(
-                                "read",
-                                &json!({ "conv_id": conv_id, "uid": uid, "seq": read_seq }),
-                            )
-                            .as_bytes(),
+                        let payload = proto::push(
+                            "read",
+                            &json!({ "conv_id": conv_id, "uid": uid, "seq": read_seq }),
                         );
-                        for m in members.iter().filter(|m| **m != uid) {
-                            for c in app.chat.conns_of(*m) {
-                                ctx.send(*c, &frame);
-                            }
-                        }
+                        let peers: Vec<u64> =
+                            members.iter().copied().filter(|m| *m != uid).collect();
+                        push_users(app, ctx, &peers, &payload);
                     }
                 }
                 Err(e) => p.reply_store_err(ctx, &e),
@@ -843,14 +932,9 @@ fn cmd_typing(
     let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
     let conv = conv_id.clone();
     with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, members| {
-        let frame = Frame::text(
-            proto::push("typing", &json!({ "conv_id": conv_id, "uid": uid })).as_bytes(),
-        );
-        for m in members.iter().filter(|m| **m != uid) {
-            for c in app.chat.conns_of(*m) {
-                ctx.send(*c, &frame);
-            }
-        }
+        let payload = proto::push("typing", &json!({ "conv_id": conv_id, "uid": uid }));
+        let others: Vec<u64> = members.iter().copied().filter(|m| *m != uid).collect();
+        push_users(app, ctx, &others, &payload);
         p.reply_ok(ctx, &json!({}));
     })
 }
@@ -864,11 +948,18 @@ fn cmd_presence(
 ) -> CmdResult {
     let uids = cmd.u64_list("uids").map_err(bad)?;
     let friends = app.chat.friends.get(&uid).cloned().unwrap_or_default();
-    let mut out = serde_json::Map::new();
-    for u in uids.into_iter().filter(|u| friends.contains(u)) {
-        out.insert(u.to_string(), Value::from(app.chat.is_online(u)));
-    }
-    p.reply_ok(ctx, &json!({ "online": out }));
+    let asked: Vec<u64> = uids.into_iter().filter(|u| friends.contains(u)).collect();
+    let p = p.clone();
+    presence::lookup(app, ctx, asked.clone(), move |_app, ctx, r| match r {
+        Ok(online) => {
+            let out: serde_json::Map<String, Value> = asked
+                .iter()
+                .map(|u| (u.to_string(), Value::from(online.contains(u))))
+                .collect();
+            p.reply_ok(ctx, &json!({ "online": out }));
+        }
+        Err(e) => p.reply_store_err(ctx, &e),
+    });
     Ok(())
 }
 
@@ -880,11 +971,14 @@ fn cmd_friends(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u
         move |s| s.friends(uid),
         |app, ctx, p, r| match r {
             Ok(list) => {
-                let items: Vec<Value> = list
-                    .iter()
-                    .map(|f| json!({ "uid": f, "online": app.chat.is_online(*f) }))
-                    .collect();
-                p.reply_ok(ctx, &json!({ "friends": items }));
+                let p = p.clone();
+                presence::lookup_or_local(app, ctx, list.clone(), move |_app, ctx, online| {
+                    let items: Vec<Value> = list
+                        .iter()
+                        .map(|f| json!({ "uid": f, "online": online.contains(f) }))
+                        .collect();
+                    p.reply_ok(ctx, &json!({ "friends": items }));
+                });
             }
             Err(e) => p.reply_store_err(ctx, &e),
         },
@@ -892,10 +986,7 @@ fn cmd_friends(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u
 }
 
 fn push_to_user(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64, text: &str) {
-    let frame = Frame::text(text.as_bytes());
-    for c in app.chat.conns_of(uid) {
-        ctx.send(*c, &frame);
-    }
+    push_users(app, ctx, &[uid], text);
 }
 
 fn cmd_friend_request(
@@ -1074,18 +1165,11 @@ fn push_group_event(
     uids: &[u64],
     notify: &[u64],
 ) {
-    let frame = Frame::text(
-        proto::push(
-            "group_event",
-            &json!({ "group_id": gid, "event": event, "uids": uids }),
-        )
-        .as_bytes(),
+    let payload = proto::push(
+        "group_event",
+        &json!({ "group_id": gid, "event": event, "uids": uids }),
     );
-    for m in notify {
-        for c in app.chat.conns_of(*m) {
-            ctx.send(*c, &frame);
-        }
-    }
+    push_users(app, ctx, notify, &payload);
 }
 
 fn create_group(
@@ -1167,11 +1251,15 @@ fn cmd_group_members(
     let gid = cmd.u64("group_id").map_err(bad)?;
     with_members(app, ctx, p, gid, move |app, ctx, p, members| {
         if members.binary_search(&uid).is_ok() {
-            let list: Vec<Value> = members
-                .iter()
-                .map(|m| json!({ "uid": m, "online": app.chat.is_online(*m) }))
-                .collect();
-            p.reply_ok(ctx, &json!({ "group_id": gid, "members": list }));
+            let p = p.clone();
+            let members = members.clone();
+            presence::lookup_or_local(app, ctx, members.to_vec(), move |_app, ctx, online| {
+                let list: Vec<Value> = members
+                    .iter()
+                    .map(|m| json!({ "uid": m, "online": online.contains(m) }))
+                    .collect();
+                p.reply_ok(ctx, &json!({ "group_id": gid, "members": list }));
+            });
         } else {
             p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
         }
@@ -1309,7 +1397,7 @@ fn respond_job<R: Send + 'static>(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     conn: ConnId,
-    work: impl FnOnce(&dyn Store) -> Result<R, StoreError> + Send + 'static,
+    work: impl FnOnce(&Backends) -> Result<R, StoreError> + Send + 'static,
     then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, R) -> Value + Send + 'static,
 ) -> crate::net::Reply {
     let ok = app.job(ctx, work, move |app, ctx, r| {
@@ -1496,23 +1584,39 @@ pub fn server_api(
         }
         "kick" => {
             let uid = field_u64(&body, "uid")?;
-            let conns: Vec<ConnId> = app.chat.conns_of(uid).to_vec();
-            for c in &conns {
-                ctx.close(*c, close::KICKED, "kicked");
+            let closed = kick_local(app, ctx, uid);
+            if let Some(bus) = &app.bus {
+                bus.publish(Target::Kick(uid), "");
             }
-            Ok(Reply::Now(api_ok(
-                json!({ "uid": uid, "closed": conns.len() }),
-            )))
+            // `closed` counts this process's connections; the others close theirs.
+            Ok(Reply::Now(api_ok(json!({ "uid": uid, "closed": closed }))))
         }
+        "wx_check" => Ok(crate::wechat::login::check(app, ctx, conn, &body)),
         "online" => {
             let uids = field_list(&body, "uids")?;
-            let mut out = serde_json::Map::new();
-            for u in uids {
-                out.insert(u.to_string(), Value::from(app.chat.is_online(u)));
+            let answer = |app: &App, uids: &[u64], r: StoreResult<HashSet<u64>>| match r {
+                Ok(online) => {
+                    let out: serde_json::Map<String, Value> = uids
+                        .iter()
+                        .map(|u| (u.to_string(), Value::from(online.contains(u))))
+                        .collect();
+                    // total_online counts this process's users.
+                    api_ok(json!({ "online": out, "total_online": app.chat.online.len() }))
+                }
+                Err(e) => api_error(proto::store_code(&e), &e.to_string()),
+            };
+            if app.backends.presence.is_local() {
+                let r = app.backends.presence.online(&uids);
+                return Ok(Reply::Now(answer(
+                    app,
+                    &uids,
+                    r.map(|v| v.into_iter().collect()),
+                )));
             }
-            Ok(Reply::Now(api_ok(
-                json!({ "online": out, "total_online": app.chat.online.len() }),
-            )))
+            presence::lookup(app, ctx, uids.clone(), move |app, ctx, r| {
+                ctx.respond(conn, answer(app, &uids, r));
+            });
+            Ok(Reply::Later)
         }
         _ => Err((
             code::NOT_FOUND,

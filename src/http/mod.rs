@@ -1,10 +1,12 @@
 //! A small, pure HTTP/1.1 server-side layer on `httparse`: incremental request parsing with
 //! limits, responses, form/query/JSON bodies and a routing table. No I/O here.
 
+mod client_ip;
 mod request;
 mod response;
 mod router;
 
+pub use client_ip::client_ip;
 pub use request::{parse_request, url_decode, url_encode, Limits, Request};
 pub use response::{reason_phrase, Response};
 pub use router::{RouteMatch, Router};

@@ -1,10 +1,17 @@
 //! Durable data: the [`Store`] trait and its backends. Every method blocks, so only worker
 //! threads and the persister call them; the reactor never does.
 
+pub mod backoff;
+pub mod cache;
+pub mod mysql;
+pub mod presence;
+pub mod redis;
 pub mod sqlite;
+pub mod tokens;
 
 use serde::Serialize;
 use std::fmt;
+use std::sync::Arc;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -50,6 +57,16 @@ pub struct Profile {
     pub name: Option<String>,
     pub head_img: Option<String>,
     pub user_type: Option<i64>,
+}
+
+/// A WeChat login to record: the identity WeChat vouched for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WechatIdentity {
+    pub appid: String,
+    pub openid: String,
+    pub unionid: Option<String>,
+    /// Mini-program logins only; kept server-side, never returned.
+    pub session_key: Option<String>,
 }
 
 /// A message accepted by the hub, before it has a seq.
@@ -121,6 +138,13 @@ pub trait Store: Send + Sync + 'static {
     /// The subset of `uids` that exist.
     fn existing_users(&self, uids: &[u64]) -> StoreResult<Vec<u64>>;
 
+    /// Finds or creates the user of a WeChat identity (an identity of another app with the same
+    /// unionid makes it the same user), records the session key, counts a login. True when the
+    /// user was created.
+    fn wechat_login(&self, id: &WechatIdentity) -> StoreResult<(User, bool)>;
+    /// The session key of the user's latest login to this mini-program.
+    fn wechat_session_key(&self, uid: u64, appid: &str) -> StoreResult<Option<String>>;
+
     fn put_token(&self, token_hash: &[u8], uid: u64, expires_at: i64) -> StoreResult<()>;
     /// The user a live token belongs to.
     fn token_user(&self, token_hash: &[u8], now: i64) -> StoreResult<Option<u64>>;
@@ -172,4 +196,21 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Everything a worker job may use: the durable store and the token, presence and cache
+/// services (in-process or Redis). Derefs to the store.
+#[derive(Clone)]
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub tokens: Arc<dyn tokens::TokenStore>,
+    pub presence: Arc<dyn presence::Presence>,
+    pub cache: Arc<dyn cache::SharedCache>,
+}
+
+impl std::ops::Deref for Backends {
+    type Target = dyn Store;
+    fn deref(&self) -> &(dyn Store + 'static) {
+        &*self.store
+    }
 }

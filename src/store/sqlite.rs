@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Migrations in order; PRAGMA user_version records how many are applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../sql/sqlite/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../sql/sqlite/001_init.sql"),
+    include_str!("../../sql/sqlite/002_read_cursors_by_conv.sql"),
+    include_str!("../../sql/sqlite/003_wechat_identities.sql"),
+];
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -442,6 +446,96 @@ impl Store for SqliteStore {
         })
     }
 
+    fn wechat_login(&self, id: &WechatIdentity) -> StoreResult<(User, bool)> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let known: Option<i64> = tx
+                .query_row(
+                    "SELECT user_id FROM wx_identities WHERE appid = ?1 AND openid = ?2",
+                    params![id.appid, id.openid],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let (uid, created) = match known {
+                Some(uid) => {
+                    tx.execute(
+                        "UPDATE wx_identities SET session_key = COALESCE(?3, session_key),
+                         unionid = COALESCE(?4, unionid), updated_at = ?5
+                         WHERE appid = ?1 AND openid = ?2",
+                        params![id.appid, id.openid, id.session_key, id.unionid, now],
+                    )
+                    .map_err(unavailable)?;
+                    (uid, false)
+                }
+                None => {
+                    let by_union: Option<i64> = match &id.unionid {
+                        Some(u) => tx
+                            .query_row("SELECT id FROM users WHERE unionid = ?1", params![u], |r| {
+                                r.get(0)
+                            })
+                            .optional()
+                            .map_err(unavailable)?,
+                        None => None,
+                    };
+                    let (uid, created) = match by_union {
+                        Some(uid) => (uid, false),
+                        None => {
+                            tx.execute(
+                                "INSERT INTO users (name, created_at) VALUES ('', ?1)",
+                                params![now],
+                            )
+                            .map_err(unavailable)?;
+                            (tx.last_insert_rowid(), true)
+                        }
+                    };
+                    tx.execute(
+                        "INSERT INTO wx_identities (appid, openid, user_id, unionid, session_key,
+                         created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                        params![id.appid, id.openid, uid, id.unionid, id.session_key, now],
+                    )
+                    .map_err(unavailable)?;
+                    (uid, created)
+                }
+            };
+            if let Some(u) = &id.unionid {
+                // Learn the unionid (WeChat gives it only once the app is bound to an open
+                // platform account); another user holding it already keeps it.
+                tx.execute(
+                    "UPDATE users SET unionid = ?2 WHERE id = ?1 AND unionid IS NULL
+                     AND NOT EXISTS (SELECT 1 FROM users WHERE unionid = ?2)",
+                    params![uid, u],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.execute(
+                "UPDATE users SET last_login_at = ?2, login_count = login_count + 1 WHERE id = ?1",
+                params![uid, now],
+            )
+            .map_err(unavailable)?;
+            let user = tx
+                .query_row(
+                    &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
+                    params![uid],
+                    user_row,
+                )
+                .map_err(unavailable)?;
+            Ok((user, created))
+        })
+    }
+
+    fn wechat_session_key(&self, uid: u64, appid: &str) -> StoreResult<Option<String>> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT session_key FROM wx_identities WHERE user_id = ?1 AND appid = ?2
+                 AND session_key IS NOT NULL ORDER BY updated_at DESC LIMIT 1",
+                params![uid as i64, appid],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
     fn put_token(&self, token_hash: &[u8], uid: u64, expires_at: i64) -> StoreResult<()> {
         let now = now_ms();
         self.with_tx(|tx| {
@@ -815,134 +909,27 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, SqliteStore) {
+    /// The behaviour is tested by `tests/store_suite.rs`; here, that the read paths use indexes.
+    #[test]
+    fn read_paths_use_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
-        (dir, s)
-    }
-
-    fn msg(conv: &str, from: u64, to: u64, cmid: Option<&str>) -> NewMessage {
-        NewMessage {
-            conv_id: conv.into(),
-            chat_type: 0,
-            from_id: from,
-            to_id: to,
-            msg_type: 0,
-            body: "\"hi\"".into(),
-            client_msg_id: cmid.map(String::from),
-            created_at: 1,
-        }
-    }
-
-    #[test]
-    fn seqs_start_at_one_and_have_no_gaps_across_batches_and_reopen() {
-        let (dir, s) = store();
-        let a = s
-            .append_batch(&[
-                msg("p_1_2", 1, 2, None),
-                msg("p_1_3", 1, 3, None),
-                msg("p_1_2", 2, 1, None),
-            ])
-            .unwrap();
-        assert_eq!(
-            a.iter().map(|x| x.message.seq).collect::<Vec<_>>(),
-            vec![1, 1, 2]
-        );
-        drop(s);
-        let s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
-        let b = s.append_batch(&[msg("p_1_2", 1, 2, None)]).unwrap();
-        assert_eq!(b[0].message.seq, 3);
-        assert!(b[0].message.msg_id > a[2].message.msg_id);
-        let got = s.sync("p_1_2", 0, 10).unwrap();
-        assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
-        let hist = s.history("p_1_2", 3, 10).unwrap();
-        assert_eq!(hist.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 1]);
-    }
-
-    #[test]
-    fn client_msg_id_dedupes_within_and_across_batches() {
-        let (_d, s) = store();
-        let a = s
-            .append_batch(&[msg("p_1_2", 1, 2, Some("x")), msg("p_1_2", 1, 2, Some("x"))])
-            .unwrap();
-        assert!(!a[0].duplicate && a[1].duplicate);
-        assert_eq!(a[0].message, a[1].message);
-        let b = s
-            .append_batch(&[msg("p_1_2", 1, 2, Some("x")), msg("p_1_2", 2, 1, Some("x"))])
-            .unwrap();
-        assert!(b[0].duplicate);
-        assert_eq!(b[0].message.msg_id, a[0].message.msg_id);
-        assert!(!b[1].duplicate, "another sender may use the same client id");
-        assert_eq!(b[1].message.seq, 2);
-    }
-
-    #[test]
-    fn conversations_and_read_cursors() {
-        let (_d, s) = store();
-        let (u1, _) = s.upsert_app_user("a", &Profile::default(), true).unwrap();
-        let (u2, _) = s.upsert_app_user("b", &Profile::default(), true).unwrap();
-        let conv = format!("p_{}_{}", u1.uid, u2.uid);
-        s.append_batch(&[
-            msg(&conv, u1.uid, u2.uid, None),
-            msg(&conv, u1.uid, u2.uid, None),
-        ])
-        .unwrap();
-        let c2 = s.conversations(u2.uid, 10).unwrap();
-        assert_eq!(c2.len(), 1);
-        assert_eq!((c2[0].last_seq, c2[0].read_seq), (2, 0));
-        let c1 = s.conversations(u1.uid, 10).unwrap();
-        assert_eq!(c1[0].read_seq, 2, "the sender has read what they sent");
-        assert_eq!(s.mark_read(u2.uid, &conv, 1).unwrap(), 1);
-        assert_eq!(
-            s.mark_read(u2.uid, &conv, 0).unwrap(),
-            1,
-            "never moves back"
-        );
-        assert_eq!(s.read_count(&conv, 1).unwrap(), 2);
-    }
-
-    #[test]
-    fn users_friends_groups() {
-        let (_d, s) = store();
-        let p = Profile {
-            name: Some("张三 😀".into()),
-            ..Profile::default()
+        let plan = |sql: &str| -> String {
+            s.with_conn(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(3))?;
+                rows.collect::<Result<Vec<_>, _>>().map(|v| v.join("; "))
+            })
+            .unwrap()
         };
-        let (u, created) = s.upsert_app_user("app-1", &p, true).unwrap();
-        assert!(created);
-        assert_eq!(u.name, "张三 😀");
-        let (u_again, created) = s
-            .upsert_app_user("app-1", &Profile::default(), true)
-            .unwrap();
-        assert!(!created);
-        assert_eq!(
-            (u_again.uid, u_again.login_count, u_again.name.as_str()),
-            (u.uid, 2, "张三 😀")
+        let p = plan("SELECT COUNT(*) FROM read_cursors WHERE conv_id = 'g_1' AND read_seq >= 3");
+        assert!(p.contains("read_cursors_conv"), "{p}");
+        let p = plan(&format!(
+            "SELECT {MSG_COLS} FROM messages WHERE conv_id = 'p_1_2' AND seq > 5 ORDER BY seq LIMIT 10"
+        ));
+        assert!(
+            p.contains("PRIMARY KEY") && !p.contains("TEMP B-TREE"),
+            "{p}"
         );
-        s.add_friendship(1, 2).unwrap();
-        assert_eq!(s.friends(2).unwrap(), vec![1]);
-        s.remove_friendship(2, 1).unwrap();
-        assert!(s.friends(1).unwrap().is_empty());
-        let g = s.create_group(1, "g", &[2, 3, 1]).unwrap();
-        assert_eq!(s.group_members(g.group_id).unwrap(), Some(vec![1, 2, 3]));
-        s.remove_group_member(g.group_id, 2).unwrap();
-        s.add_group_members(g.group_id, &[4]).unwrap();
-        assert_eq!(s.group_members(g.group_id).unwrap(), Some(vec![1, 3, 4]));
-        assert_eq!(s.group_members(999).unwrap(), None);
-        assert_eq!(s.groups_of(4).unwrap().len(), 1);
-        assert_eq!(
-            s.add_group_members(999, &[1]),
-            Err(StoreError::NotFound("group"))
-        );
-    }
-
-    #[test]
-    fn tokens_expire() {
-        let (_d, s) = store();
-        s.put_token(b"h1", 7, 1000).unwrap();
-        assert_eq!(s.token_user(b"h1", 999).unwrap(), Some(7));
-        assert_eq!(s.token_user(b"h1", 1000).unwrap(), None);
-        s.delete_token(b"h1").unwrap();
-        assert_eq!(s.token_user(b"h1", 0).unwrap(), None);
     }
 }

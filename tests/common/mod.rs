@@ -3,6 +3,10 @@
 //! No fixed ports, no sleeps as synchronisation, no timing asserts.
 #![allow(dead_code)]
 
+pub mod chat_client;
+pub mod fake_wechat;
+pub mod services;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -491,7 +495,32 @@ pub fn run_cli(config: &Path, args: &[&str]) -> (i32, String, String) {
 }
 
 /// Starts `server run` in the foreground as a child process; waits for its pid file.
-pub fn spawn_foreground(config: &Path, data_dir: &Path) -> (Child, SocketAddr) {
+/// A child server process that is killed when dropped, so a failing test leaves none behind.
+pub struct ChildServer(pub Child);
+
+impl std::ops::Deref for ChildServer {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildServer {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+pub fn spawn_foreground(config: &Path, data_dir: &Path) -> (ChildServer, SocketAddr) {
     let child = Command::new(server_bin())
         .arg("run")
         .arg("--config")
@@ -507,7 +536,7 @@ pub fn spawn_foreground(config: &Path, data_dir: &Path) -> (Child, SocketAddr) {
         addr = read_pid_file(&pid_file).and_then(|(pid, a)| (pid == child.id()).then_some(a));
         addr.is_some()
     });
-    (child, addr.unwrap())
+    (ChildServer(child), addr.unwrap())
 }
 
 /// (pid, address) from a pid file.

@@ -1,0 +1,99 @@
+//! Presence: which users are online on any wxchat process. Each process (node) reports the users
+//! it holds connections for and refreshes them every `ttl / 3`; an entry not refreshed within the
+//! TTL lapses, so the users of a crashed node go offline by themselves. The in-process
+//! implementation serves the embedded deployment; `store::redis` shares it between nodes.
+
+use super::StoreResult;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub trait Presence: Send + Sync + 'static {
+    /// True when calls never block (in-process), so the reactor may make them directly.
+    fn is_local(&self) -> bool;
+    /// Marks these users online on `node` (also the periodic refresh).
+    fn set_online(&self, node: &str, uids: &[u64]) -> StoreResult<()>;
+    /// The user has no connection left on `node`.
+    fn set_offline(&self, node: &str, uid: u64) -> StoreResult<()>;
+    /// The subset of `uids` online on any node, in the input order.
+    fn online(&self, uids: &[u64]) -> StoreResult<Vec<u64>>;
+    /// Every user of `node` goes offline (a clean shutdown).
+    fn clear_node(&self, node: &str, uids: &[u64]) -> StoreResult<()>;
+}
+
+/// Presence in this process's memory.
+pub struct MemoryPresence {
+    ttl: Duration,
+    /// uid -> node -> lapses at.
+    users: Mutex<HashMap<u64, Vec<(String, Instant)>>>,
+}
+
+impl MemoryPresence {
+    pub fn new(ttl: Duration) -> MemoryPresence {
+        MemoryPresence {
+            ttl,
+            users: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<(String, Instant)>>> {
+        match self.users.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+impl Presence for MemoryPresence {
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn set_online(&self, node: &str, uids: &[u64]) -> StoreResult<()> {
+        let until = Instant::now() + self.ttl;
+        let mut users = self.users();
+        for &uid in uids {
+            let nodes = users.entry(uid).or_default();
+            match nodes.iter_mut().find(|(n, _)| n == node) {
+                Some(entry) => entry.1 = until,
+                None => nodes.push((node.to_string(), until)),
+            }
+        }
+        Ok(())
+    }
+
+    fn set_offline(&self, node: &str, uid: u64) -> StoreResult<()> {
+        let mut users = self.users();
+        if let Some(nodes) = users.get_mut(&uid) {
+            nodes.retain(|(n, _)| n != node);
+            if nodes.is_empty() {
+                users.remove(&uid);
+            }
+        }
+        Ok(())
+    }
+
+    fn online(&self, uids: &[u64]) -> StoreResult<Vec<u64>> {
+        let now = Instant::now();
+        let mut users = self.users();
+        let mut out = Vec::new();
+        for &uid in uids {
+            if let Some(nodes) = users.get_mut(&uid) {
+                nodes.retain(|(_, until)| *until > now);
+                if nodes.is_empty() {
+                    users.remove(&uid);
+                } else if !out.contains(&uid) {
+                    out.push(uid);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn clear_node(&self, node: &str, uids: &[u64]) -> StoreResult<()> {
+        for &uid in uids {
+            self.set_offline(node, uid)?;
+        }
+        Ok(())
+    }
+}

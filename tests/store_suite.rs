@@ -1,0 +1,445 @@
+//! One behavioural suite for the `Store` trait, run on the embedded SQLite store and on a real
+//! MySQL/MariaDB (a fresh database per test, dropped afterwards). Both must behave identically.
+
+mod common;
+
+use common::services::TestDb;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use wxchat::store::mysql::MysqlStore;
+use wxchat::store::sqlite::SqliteStore;
+use wxchat::store::{NewMessage, Profile, Store, StoreError, WechatIdentity};
+
+/// A store under test, with a way to open it again (a restart) and what keeps it alive.
+struct Fixture {
+    store: Arc<dyn Store>,
+    reopen: Box<dyn Fn() -> Arc<dyn Store>>,
+    _guard: Box<dyn std::any::Any>,
+}
+
+fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let open = move || -> Arc<dyn Store> { Arc::new(SqliteStore::open(&path, false).unwrap()) };
+    Fixture {
+        store: open(),
+        reopen: Box::new(open),
+        _guard: Box::new(dir),
+    }
+}
+
+fn mysql() -> Fixture {
+    let db = TestDb::create();
+    let url = db.url.clone();
+    let open = move || -> Arc<dyn Store> {
+        Arc::new(MysqlStore::open(&url, 4, Duration::from_secs(10)).unwrap())
+    };
+    Fixture {
+        store: open(),
+        reopen: Box::new(open),
+        _guard: Box::new(db),
+    }
+}
+
+fn msg(conv: &str, from: u64, to: u64, cmid: Option<&str>) -> NewMessage {
+    NewMessage {
+        conv_id: conv.into(),
+        chat_type: 0,
+        from_id: from,
+        to_id: to,
+        msg_type: 0,
+        body: "\"hi\"".into(),
+        client_msg_id: cmid.map(String::from),
+        created_at: 1,
+    }
+}
+
+fn group_msg(gid: u64, from: u64, n: u64) -> NewMessage {
+    NewMessage {
+        conv_id: format!("g_{gid}"),
+        chat_type: 1,
+        from_id: from,
+        to_id: gid,
+        msg_type: 0,
+        body: format!("\"g{n}\""),
+        client_msg_id: None,
+        created_at: n as i64,
+    }
+}
+
+fn seqs_start_at_one_and_have_no_gaps_across_batches_and_reopen(f: Fixture) {
+    let s = &f.store;
+    let a = s
+        .append_batch(&[
+            msg("p_1_2", 1, 2, None),
+            msg("p_1_3", 1, 3, None),
+            msg("p_1_2", 2, 1, None),
+        ])
+        .unwrap();
+    assert_eq!(
+        a.iter().map(|x| x.message.seq).collect::<Vec<_>>(),
+        vec![1, 1, 2]
+    );
+    let ids: HashSet<u64> = a.iter().map(|x| x.message.msg_id).collect();
+    assert_eq!(ids.len(), 3, "distinct msg ids");
+    let s2 = (f.reopen)();
+    let b = s2.append_batch(&[msg("p_1_2", 1, 2, None)]).unwrap();
+    assert_eq!(b[0].message.seq, 3);
+    assert!(b[0].message.msg_id > a[2].message.msg_id);
+    let got = s2.sync("p_1_2", 0, 10).unwrap();
+    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(got[1].from_id, 2);
+    let hist = s2.history("p_1_2", 3, 10).unwrap();
+    assert_eq!(hist.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 1]);
+    let newest = s2.history("p_1_2", 0, 2).unwrap();
+    assert_eq!(newest.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 2]);
+    assert_eq!(
+        s2.sync("p_1_2", 1, 1)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect::<Vec<_>>(),
+        vec![2],
+        "limit"
+    );
+    assert!(s2.sync("p_9_9", 0, 10).unwrap().is_empty());
+}
+
+fn client_msg_id_dedupes_within_and_across_batches(f: Fixture) {
+    let s = &f.store;
+    let a = s
+        .append_batch(&[msg("p_1_2", 1, 2, Some("x")), msg("p_1_2", 1, 2, Some("x"))])
+        .unwrap();
+    assert!(!a[0].duplicate && a[1].duplicate);
+    assert_eq!(a[0].message, a[1].message);
+    let b = s
+        .append_batch(&[msg("p_1_2", 1, 2, Some("x")), msg("p_1_2", 2, 1, Some("x"))])
+        .unwrap();
+    assert!(b[0].duplicate);
+    assert_eq!(b[0].message, a[0].message);
+    assert!(!b[1].duplicate, "another sender may use the same client id");
+    assert_eq!(b[1].message.seq, 2);
+    // After a restart too.
+    let s2 = (f.reopen)();
+    let c = s2.append_batch(&[msg("p_1_2", 1, 2, Some("x"))]).unwrap();
+    assert!(c[0].duplicate);
+    assert_eq!(c[0].message.msg_id, a[0].message.msg_id);
+    assert_eq!(s2.sync("p_1_2", 0, 10).unwrap().len(), 2);
+}
+
+fn large_batches_with_duplicates_keep_order(f: Fixture) {
+    let s = &f.store;
+    // Over every multi-row chunk size, across three conversations, with repeats inside.
+    let mut batch = Vec::new();
+    for i in 0..700u64 {
+        let conv = ["p_1_2", "p_1_3", "g_7"][(i % 3) as usize];
+        let cmid = format!("c{}", i % 650);
+        let mut m = msg(conv, 1, if conv == "g_7" { 7 } else { 2 }, Some(&cmid));
+        if conv == "g_7" {
+            m.chat_type = 1;
+        }
+        m.body = format!("\"m{i}\"");
+        batch.push(m);
+    }
+    let out = s.append_batch(&batch).unwrap();
+    assert_eq!(out.len(), 700);
+    assert_eq!(out.iter().filter(|a| a.duplicate).count(), 50);
+    for conv in ["p_1_2", "p_1_3", "g_7"] {
+        let all = s.sync(conv, 0, 1000).unwrap();
+        let seqs: Vec<u64> = all.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>(), "{conv}");
+    }
+    let total: usize = ["p_1_2", "p_1_3", "g_7"]
+        .iter()
+        .map(|c| s.sync(c, 0, 1000).unwrap().len())
+        .sum();
+    assert_eq!(total, 650);
+    for a in out.iter().filter(|a| !a.duplicate) {
+        assert_eq!(
+            s.message(a.message.msg_id).unwrap().as_ref(),
+            Some(&a.message)
+        );
+    }
+}
+
+fn concurrent_appends_keep_seqs_unique_and_gap_free(f: Fixture) {
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let s = f.store.clone();
+            std::thread::spawn(move || {
+                for i in 0..25u64 {
+                    let batch: Vec<NewMessage> = (0..4u64)
+                        .map(|k| msg("p_1_2", 1, 2, Some(&format!("t{t}-{i}-{k}"))))
+                        .collect();
+                    s.append_batch(&batch).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let all = f.store.sync("p_1_2", 0, 1000).unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=400).collect::<Vec<_>>()
+    );
+    let ids: HashSet<u64> = all.iter().map(|m| m.msg_id).collect();
+    assert_eq!(ids.len(), 400);
+}
+
+fn conversations_and_read_cursors(f: Fixture) {
+    let s = &f.store;
+    let (u1, _) = s.upsert_app_user("a", &Profile::default(), true).unwrap();
+    let (u2, _) = s.upsert_app_user("b", &Profile::default(), true).unwrap();
+    let conv = format!("p_{}_{}", u1.uid, u2.uid);
+    s.append_batch(&[
+        msg(&conv, u1.uid, u2.uid, None),
+        msg(&conv, u1.uid, u2.uid, None),
+    ])
+    .unwrap();
+    let c2 = s.conversations(u2.uid, 10).unwrap();
+    assert_eq!(c2.len(), 1);
+    assert_eq!((c2[0].last_seq, c2[0].read_seq), (2, 0));
+    assert_eq!(c2[0].last.as_ref().map(|m| m.seq), Some(2));
+    let c1 = s.conversations(u1.uid, 10).unwrap();
+    assert_eq!(c1[0].read_seq, 2, "the sender has read what they sent");
+    assert_eq!(s.mark_read(u2.uid, &conv, 1).unwrap(), 1);
+    assert_eq!(
+        s.mark_read(u2.uid, &conv, 0).unwrap(),
+        1,
+        "never moves back"
+    );
+    assert_eq!(s.read_count(&conv, 1).unwrap(), 2);
+    assert_eq!(s.read_count(&conv, 2).unwrap(), 1);
+
+    // A newer conversation comes first; a group without messages is listed with chat_type 1.
+    let g = s.create_group(u1.uid, "g", &[u2.uid]).unwrap();
+    let other = format!("p_{}_{}", u1.uid, u2.uid + 100);
+    let mut later = msg(&other, u1.uid, u2.uid + 100, None);
+    later.created_at = 50;
+    s.append_batch(&[later]).unwrap();
+    let list = s.conversations(u1.uid, 10).unwrap();
+    assert_eq!(list[0].conv_id, other);
+    let gconv = list
+        .iter()
+        .find(|c| c.conv_id == format!("g_{}", g.group_id))
+        .expect("the group is listed");
+    assert_eq!((gconv.chat_type, gconv.last_seq, gconv.read_seq), (1, 0, 0));
+    assert!(gconv.last.is_none());
+    assert_eq!(s.conversations(u1.uid, 1).unwrap().len(), 1, "limit");
+}
+
+fn group_cursors_follow_membership(f: Fixture) {
+    let s = &f.store;
+    let g = s.create_group(1, "g", &[2, 3]).unwrap();
+    let conv = format!("g_{}", g.group_id);
+    s.append_batch(&[group_msg(g.group_id, 1, 1), group_msg(g.group_id, 2, 2)])
+        .unwrap();
+    // The senders have read up to their own message; 3 has read nothing.
+    assert_eq!(s.read_count(&conv, 1).unwrap(), 2);
+    assert_eq!(s.read_count(&conv, 2).unwrap(), 1);
+    // A member who joins later starts at the current end.
+    s.add_group_members(g.group_id, &[4]).unwrap();
+    let c4 = s.conversations(4, 10).unwrap();
+    assert_eq!((c4[0].last_seq, c4[0].read_seq), (2, 2));
+    s.remove_group_member(g.group_id, 3).unwrap();
+    assert!(s.conversations(3, 10).unwrap().is_empty());
+    assert_eq!(s.group_members(g.group_id).unwrap(), Some(vec![1, 2, 4]));
+}
+
+fn users_friends_groups(f: Fixture) {
+    let s = &f.store;
+    let p = Profile {
+        name: Some("张三 😀".into()),
+        head_img: Some("https://img/😀.png".into()),
+        user_type: Some(1),
+    };
+    let (u, created) = s.upsert_app_user("app-1", &p, true).unwrap();
+    assert!(created);
+    assert_eq!(
+        (u.name.as_str(), u.user_type, u.login_count),
+        ("张三 😀", 1, 1)
+    );
+    assert_eq!(u.app_uid.as_deref(), Some("app-1"));
+    let (again, created) = s
+        .upsert_app_user("app-1", &Profile::default(), true)
+        .unwrap();
+    assert!(!created);
+    assert_eq!(
+        (
+            again.uid,
+            again.login_count,
+            again.name.as_str(),
+            again.head_img.as_str()
+        ),
+        (u.uid, 2, "张三 😀", "https://img/😀.png")
+    );
+    let (no_login, _) = s
+        .upsert_app_user("app-1", &Profile::default(), false)
+        .unwrap();
+    assert_eq!(no_login.login_count, 2, "only logins count");
+    assert_eq!(s.user(u.uid).unwrap(), Some(no_login.clone()));
+    assert_eq!(s.user(u.uid + 1000).unwrap(), None);
+    assert_eq!(
+        s.existing_users(&[u.uid + 1000, u.uid]).unwrap(),
+        vec![u.uid]
+    );
+
+    s.add_friendship(1, 2).unwrap();
+    s.add_friendship(1, 2).unwrap();
+    assert_eq!(s.friends(2).unwrap(), vec![1]);
+    assert_eq!(s.friends(1).unwrap(), vec![2]);
+    s.remove_friendship(2, 1).unwrap();
+    assert!(s.friends(1).unwrap().is_empty());
+
+    let g = s.create_group(1, "群 🎉", &[2, 3, 1]).unwrap();
+    assert_eq!(s.group(g.group_id).unwrap(), Some(g.clone()));
+    assert_eq!(g.name, "群 🎉");
+    assert_eq!(s.group_members(g.group_id).unwrap(), Some(vec![1, 2, 3]));
+    s.remove_group_member(g.group_id, 2).unwrap();
+    s.add_group_members(g.group_id, &[4, 4]).unwrap();
+    assert_eq!(s.group_members(g.group_id).unwrap(), Some(vec![1, 3, 4]));
+    assert_eq!(s.group_members(999_999).unwrap(), None);
+    assert_eq!(s.group(999_999).unwrap(), None);
+    assert_eq!(s.groups_of(4).unwrap(), vec![g.clone()]);
+    assert_eq!(
+        s.add_group_members(999_999, &[1]),
+        Err(StoreError::NotFound("group"))
+    );
+}
+
+fn friend_requests(f: Fixture) {
+    let s = &f.store;
+    s.add_friend_request(1, 2, "hi").unwrap();
+    s.add_friend_request(3, 2, "").unwrap();
+    s.add_friend_request(1, 2, "hello again 👋").unwrap();
+    let reqs = s.friend_requests(2).unwrap();
+    let mut froms: Vec<(u64, String)> = reqs.iter().map(|r| (r.0, r.1.clone())).collect();
+    froms.sort();
+    assert_eq!(
+        froms,
+        vec![(1, "hello again 👋".to_string()), (3, String::new())]
+    );
+    assert!(s.take_friend_request(1, 2).unwrap());
+    assert!(!s.take_friend_request(1, 2).unwrap());
+    // Accepting makes friends and clears requests in both directions.
+    s.add_friend_request(2, 3, "").unwrap();
+    s.add_friendship(3, 2).unwrap();
+    assert!(s.friend_requests(2).unwrap().is_empty());
+    assert!(s.friend_requests(3).unwrap().is_empty());
+}
+
+fn tokens_expire_and_are_revoked(f: Fixture) {
+    let s = &f.store;
+    let h1 = [1u8; 32];
+    let h2 = [2u8; 32];
+    s.put_token(&h2, 7, i64::MAX / 2).unwrap();
+    s.put_token(&h1, 7, 1000).unwrap();
+    assert_eq!(s.token_user(&h1, 999).unwrap(), Some(7));
+    assert_eq!(s.token_user(&h1, 1000).unwrap(), None);
+    s.delete_token(&h2).unwrap();
+    assert_eq!(s.token_user(&h2, 0).unwrap(), None);
+    // Issuing a token removes the user's expired ones (the table does not grow forever).
+    s.put_token(&[3u8; 32], 7, i64::MAX / 2).unwrap();
+    assert_eq!(s.token_user(&h1, 0).unwrap(), None);
+    assert_eq!(s.token_user(&[3u8; 32], 5000).unwrap(), Some(7));
+}
+
+fn recall_blanks_the_body_only(f: Fixture) {
+    let s = &f.store;
+    let mut m = msg("p_1_2", 1, 2, None);
+    m.body = r#"{"text":"秘密 🤫"}"#.into();
+    let a = s.append_batch(&[m]).unwrap();
+    let stored = s.message(a[0].message.msg_id).unwrap().unwrap();
+    assert_eq!(stored.body, r#"{"text":"秘密 🤫"}"#);
+    s.blank_message(stored.msg_id).unwrap();
+    let after = s.message(stored.msg_id).unwrap().unwrap();
+    assert_eq!(after.body, "null");
+    assert_eq!((after.seq, after.from_id), (stored.seq, stored.from_id));
+    assert_eq!(s.message(stored.msg_id + 999).unwrap(), None);
+}
+
+/// One module per backend, each with every test of the suite.
+fn wechat_identities_merge_by_unionid(f: Fixture) {
+    let s = &f.store;
+    let id = |appid: &str, openid: &str, unionid: Option<&str>, sk: Option<&str>| WechatIdentity {
+        appid: appid.into(),
+        openid: openid.into(),
+        unionid: unionid.map(String::from),
+        session_key: sk.map(String::from),
+    };
+    // A mini-program user without a unionid: created once, then found.
+    let (u1, created) = s
+        .wechat_login(&id("wxmp", "o-1", None, Some("sk1")))
+        .unwrap();
+    assert!(created);
+    let (again, created) = s
+        .wechat_login(&id("wxmp", "o-1", None, Some("sk2")))
+        .unwrap();
+    assert!(!created);
+    assert_eq!((again.uid, again.login_count), (u1.uid, 2));
+    assert_eq!(
+        s.wechat_session_key(u1.uid, "wxmp").unwrap().as_deref(),
+        Some("sk2")
+    );
+    assert_eq!(s.wechat_session_key(u1.uid, "wxoa").unwrap(), None);
+    // The same person through a mini-program and an official account: one user by unionid.
+    let (x, created) = s
+        .wechat_login(&id("wxmp", "o-2", Some("union-9"), Some("skx")))
+        .unwrap();
+    assert!(created);
+    let (y, created) = s
+        .wechat_login(&id("wxoa", "oa-2", Some("union-9"), None))
+        .unwrap();
+    assert!(!created);
+    assert_eq!(y.uid, x.uid, "merged by unionid");
+    assert_eq!(y.login_count, 2);
+    // An official-account login keeps the mini-program's session key.
+    assert_eq!(
+        s.wechat_session_key(x.uid, "wxmp").unwrap().as_deref(),
+        Some("skx")
+    );
+    // Same openid in another app is another identity.
+    let (z, created) = s.wechat_login(&id("wxother", "o-1", None, None)).unwrap();
+    assert!(created && z.uid != u1.uid);
+    // A user who gets a unionid later is found by it afterwards.
+    s.wechat_login(&id("wxmp", "o-1", Some("union-1"), None))
+        .unwrap();
+    let (w, created) = s
+        .wechat_login(&id("wxoa", "oa-1", Some("union-1"), None))
+        .unwrap();
+    assert!(!created);
+    assert_eq!(w.uid, u1.uid);
+}
+
+macro_rules! suite {
+    ([$($backend:ident),*] $tests:tt) => {
+        $( suite!(@one $backend $tests); )*
+    };
+    (@one $backend:ident [$($test:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(super::$backend());
+                }
+            )*
+        }
+    };
+}
+
+suite!([sqlite, mysql] [
+    seqs_start_at_one_and_have_no_gaps_across_batches_and_reopen,
+    client_msg_id_dedupes_within_and_across_batches,
+    large_batches_with_duplicates_keep_order,
+    concurrent_appends_keep_seqs_unique_and_gap_free,
+    conversations_and_read_cursors,
+    group_cursors_follow_membership,
+    users_friends_groups,
+    friend_requests,
+    tokens_expire_and_are_revoked,
+    recall_blanks_the_body_only,
+    wechat_identities_merge_by_unionid,
+]);
