@@ -35,7 +35,25 @@ impl Completion {
 enum Endpoint {
     Chat,
     Echo,
+    /// `/ws/qrlogin`: a browser waiting for an official-account QR-code scan.
+    QrLogin,
 }
+
+/// The WebSocket path of QR-code scan login.
+pub const QRLOGIN_PATH: &str = "/ws/qrlogin";
+
+/// Timer tokens from here up (below the presence refresh token) run closures set with
+/// [`App::after`].
+const APP_TIMER_BASE: u64 = 1 << 48;
+
+/// A timer set with [`App::after`], for cancelling it.
+#[derive(Clone, Copy, Debug)]
+pub struct AppTimer {
+    id: crate::net::TimerId,
+    token: u64,
+}
+
+type TimerFn = Box<dyn FnOnce(&mut App, &mut dyn Ctx<Completion>) + Send>;
 
 /// HTTP routes of the client listener.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +67,8 @@ enum Route {
     Logout,
     WxLogin,
     WxDecrypt,
+    WxCallback,
+    WxCallbackDefault,
 }
 
 pub struct App {
@@ -71,6 +91,12 @@ pub struct App {
     /// Jobs submitted and not yet continued (graceful shutdown waits for them).
     pub in_flight: usize,
     pub chat: ChatState,
+    /// QR-code login tickets waiting on this process.
+    pub qr: crate::wechat::qrlogin::QrState,
+    /// Agents' messages on their way to WeChat users.
+    pub service_outbox: crate::wechat::service::Outbox,
+    timers: HashMap<u64, TimerFn>,
+    next_timer: u64,
 }
 
 impl App {
@@ -110,6 +136,10 @@ impl App {
         routes.add("POST", "/api/logout", Route::Logout);
         routes.add("POST", "/api/wx/login", Route::WxLogin);
         routes.add("POST", "/api/wx/decrypt", Route::WxDecrypt);
+        for method in ["GET", "POST"] {
+            routes.add(method, "/wechat/{app}/callback", Route::WxCallback);
+            routes.add(method, "/wechat/callback", Route::WxCallbackDefault);
+        }
         let node_id = crate::backends::node_id(&config);
         let bus = if config.redis.url.is_empty() {
             None
@@ -145,6 +175,10 @@ impl App {
             workers,
             persister,
             in_flight: 0,
+            qr: Default::default(),
+            service_outbox: Default::default(),
+            timers: HashMap::new(),
+            next_timer: APP_TIMER_BASE,
         })
     }
 
@@ -168,6 +202,29 @@ impl App {
             self.in_flight += 1;
         }
         submitted.is_ok()
+    }
+
+    /// Runs `f` on the reactor after `delay`.
+    pub fn after(
+        &mut self,
+        ctx: &mut dyn Ctx<Completion>,
+        delay: std::time::Duration,
+        f: impl FnOnce(&mut App, &mut dyn Ctx<Completion>) + Send + 'static,
+    ) -> AppTimer {
+        let token = self.next_timer;
+        self.next_timer += 1;
+        self.timers.insert(token, Box::new(f));
+        AppTimer {
+            id: ctx.set_timer(delay, token),
+            token,
+        }
+    }
+
+    /// Cancels a timer set with [`App::after`] (a no-op once it has run).
+    pub fn cancel(&mut self, ctx: &mut dyn Ctx<Completion>, t: AppTimer) {
+        if self.timers.remove(&t.token).is_some() {
+            ctx.cancel_timer(t.id);
+        }
     }
 
     /// Queues a message for the persister; `then` runs on the reactor after the commit.
@@ -196,6 +253,8 @@ impl App {
             Some(Endpoint::Chat)
         } else if !self.config.ws.echo_path.is_empty() && path == self.config.ws.echo_path {
             Some(Endpoint::Echo)
+        } else if path == QRLOGIN_PATH {
+            Some(Endpoint::QrLogin)
         } else {
             None
         }
@@ -657,6 +716,17 @@ impl Handler for App {
                 Route::Logout => self.logout(ctx, conn, &req),
                 Route::WxLogin => crate::wechat::login::login(self, ctx, conn, &req),
                 Route::WxDecrypt => crate::wechat::login::decrypt(self, ctx, conn, &req),
+                Route::WxCallback => {
+                    let name = params
+                        .iter()
+                        .find(|(k, _)| k == "app")
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    crate::wechat::callback::handle(self, ctx, conn, &req, Some(&name))
+                }
+                Route::WxCallbackDefault => {
+                    crate::wechat::callback::handle(self, ctx, conn, &req, None)
+                }
                 Route::DoLogin => self.do_login(ctx, conn, &req),
                 Route::ServerApi => {
                     let action = params
@@ -681,6 +751,12 @@ impl Handler for App {
         req: &Request,
     ) -> Upgrade {
         match self.endpoint_of(&req.path) {
+            Some(Endpoint::QrLogin) if crate::wechat::qrlogin::app_for(self, req).is_none() => {
+                Upgrade::Reject(Response::error(
+                    404,
+                    "no such official account (name it with ?app= when several are configured)",
+                ))
+            }
             Some(_) => Upgrade::Accept,
             None => Upgrade::Reject(Response::error(404, "no such endpoint")),
         }
@@ -691,8 +767,10 @@ impl Handler for App {
             return;
         };
         self.endpoints.insert(conn, endpoint);
-        if endpoint == Endpoint::Chat {
-            crate::chat::on_open(self, ctx, conn, req);
+        match endpoint {
+            Endpoint::Chat => crate::chat::on_open(self, ctx, conn, req),
+            Endpoint::QrLogin => crate::wechat::qrlogin::on_open(self, ctx, conn, req),
+            Endpoint::Echo => {}
         }
     }
 
@@ -705,13 +783,16 @@ impl Handler for App {
                 };
             }
             Some(Endpoint::Chat) => crate::chat::on_message(self, ctx, conn, message),
-            None => {}
+            // The browser only listens; anything it says is ignored.
+            Some(Endpoint::QrLogin) | None => {}
         }
     }
 
     fn on_close(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, _info: CloseInfo) {
-        if self.endpoints.remove(&conn) == Some(Endpoint::Chat) {
-            crate::chat::on_close(self, ctx, conn);
+        match self.endpoints.remove(&conn) {
+            Some(Endpoint::Chat) => crate::chat::on_close(self, ctx, conn),
+            Some(Endpoint::QrLogin) => crate::wechat::qrlogin::on_close(self, ctx, conn),
+            Some(Endpoint::Echo) | None => {}
         }
     }
 
@@ -720,6 +801,12 @@ impl Handler for App {
     }
 
     fn on_timer(&mut self, ctx: &mut dyn Ctx<Completion>, token: u64) {
+        if (APP_TIMER_BASE..u64::MAX).contains(&token) {
+            if let Some(f) = self.timers.remove(&token) {
+                f(self, ctx);
+            }
+            return;
+        }
         crate::chat::on_timer(self, ctx, token);
     }
 

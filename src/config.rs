@@ -30,6 +30,10 @@ pub struct Config {
 pub struct WechatConfig {
     /// Timeout of one WeChat API call (connect + response).
     pub timeout_ms: u64,
+    /// A callback whose `timestamp` is further than this from our clock is refused (replays).
+    pub callback_window_s: u64,
+    /// Lifetime of a login QR code (`/ws/qrlogin`), at most 2592000.
+    pub qr_expire_s: u64,
     pub apps: Vec<WechatApp>,
 }
 
@@ -37,6 +41,8 @@ impl Default for WechatConfig {
     fn default() -> Self {
         WechatConfig {
             timeout_ms: 5000,
+            callback_window_s: 300,
+            qr_expire_s: 120,
             apps: Vec::new(),
         }
     }
@@ -65,6 +71,9 @@ pub struct WechatApp {
     /// (cgi-bin/token, for accounts that cannot use stable_token).
     #[serde(default = "default_token_endpoint")]
     pub token_endpoint: String,
+    /// Refuse plaintext callbacks: only safe mode (`encrypt_type=aes`) is accepted.
+    #[serde(default)]
+    pub require_encryption: bool,
 }
 
 fn default_token_endpoint() -> String {
@@ -88,6 +97,7 @@ impl fmt::Debug for WechatApp {
             .field("aes_key", &set(&self.aes_key))
             .field("api_base", &self.api_base)
             .field("token_endpoint", &self.token_endpoint)
+            .field("require_encryption", &self.require_encryption)
             .finish()
     }
 }
@@ -547,6 +557,17 @@ impl Config {
             if !(a.api_base.starts_with("https://") || a.api_base.starts_with("http://")) {
                 return err(&format!("{what}: api_base must be an http(s) URL"));
             }
+            if a.require_encryption && (a.aes_key.is_empty() || a.token.is_empty()) {
+                return err(&format!(
+                    "{what}: require_encryption needs token and aes_key"
+                ));
+            }
+        }
+        if !(1..=2_592_000).contains(&self.wechat.qr_expire_s) {
+            return err("[wechat] qr_expire_s must be 1..2592000");
+        }
+        if self.wechat.callback_window_s == 0 {
+            return err("[wechat] callback_window_s must be at least 1");
         }
         if self.wechat.timeout_ms == 0 {
             return err("[wechat] timeout_ms must be at least 1");

@@ -213,8 +213,14 @@ pub mod msg_type {
     pub const VIDEO: u8 = 3;
     pub const RICH_TEXT: u8 = 4;
     pub const FILE: u8 = 5;
+    /// A link card: `{"title","description"?,"url","thumb_url"?}`.
+    pub const LINK: u8 = 6;
+    /// A mini-program page card: `{"title","pagepath","thumb_media_id"?,"thumb_url"?,"appid"?}`.
+    pub const MINIPROGRAM_PAGE: u8 = 7;
     /// A recall event (server-generated): `msg` = {"msg_id", "seq"} of the recalled message.
     pub const RECALL: u8 = 100;
+    /// A WeChat event in a service conversation (server-generated): `{"event", ...}`.
+    pub const EVENT: u8 = 101;
 }
 
 /// The conversation between two users, whoever writes first.
@@ -226,11 +232,18 @@ pub fn group_conv(gid: u64) -> String {
     format!("g_{gid}")
 }
 
+/// A customer's service conversation (with whichever agents serve them).
+pub fn service_conv(customer: u64) -> String {
+    format!("s_{customer}")
+}
+
 /// What a conversation id refers to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConvRef {
     Friend(u64, u64),
     Group(u64),
+    /// The customer's uid.
+    Service(u64),
 }
 
 pub fn parse_conv(conv_id: &str) -> Option<ConvRef> {
@@ -241,6 +254,9 @@ pub fn parse_conv(conv_id: &str) -> Option<ConvRef> {
     } else if let Some(rest) = conv_id.strip_prefix("g_") {
         let g: u64 = rest.parse().ok()?;
         (group_conv(g) == conv_id).then_some(ConvRef::Group(g))
+    } else if let Some(rest) = conv_id.strip_prefix("s_") {
+        let c: u64 = rest.parse().ok()?;
+        (c != 0 && service_conv(c) == conv_id).then_some(ConvRef::Service(c))
     } else {
         None
     }
@@ -330,6 +346,40 @@ pub fn validate_body(
             }
             Ok(Value::Object(out).to_string())
         }
+        msg_type::LINK | msg_type::MINIPROGRAM_PAGE => {
+            let Some(obj) = msg.as_object() else {
+                return bad("a card's \"msg\" is an object");
+            };
+            let (required, optional): (&[&str], &[&str]) = if msg_type == msg_type::LINK {
+                (&["title", "url"], &["description", "thumb_url"])
+            } else {
+                (
+                    &["title", "pagepath"],
+                    &["thumb_media_id", "thumb_url", "appid"],
+                )
+            };
+            let mut out = Map::new();
+            for name in required.iter().chain(optional) {
+                match obj.get(*name) {
+                    Some(Value::String(v)) if !v.is_empty() && v.len() <= 1024 => {
+                        let is_url = matches!(*name, "url" | "thumb_url");
+                        if is_url && !valid_url(v) {
+                            return bad(&format!(
+                                "\"{name}\" must be an http(s) URL or a /files/ path"
+                            ));
+                        }
+                        out.insert((*name).into(), Value::from(v.as_str()));
+                    }
+                    Some(Value::Null) | None if !required.contains(name) => {}
+                    _ => {
+                        return bad(&format!(
+                            "\"{name}\" must be a non-empty string of at most 1024 bytes"
+                        ))
+                    }
+                }
+            }
+            Ok(Value::Object(out).to_string())
+        }
         _ => bad("unknown msg_type"),
     }
 }
@@ -371,6 +421,9 @@ mod tests {
         assert_eq!(parse_conv("p_07_9"), None);
         assert_eq!(parse_conv("g_3"), Some(ConvRef::Group(3)));
         assert_eq!(parse_conv("x"), None);
+        assert_eq!(parse_conv("s_12"), Some(ConvRef::Service(12)));
+        assert_eq!(parse_conv("s_0"), None);
+        assert_eq!(parse_conv("s_012"), None);
     }
 
     #[test]
@@ -420,5 +473,26 @@ mod tests {
         assert!(validate_body(5, &json!({"url":"/files/x","size":3,"name":"a.pdf"}), &L).is_ok());
         assert!(validate_body(3, &json!({"url":"http://v/x.mp4"}), &L).is_ok());
         assert_eq!(validate_body(9, &json!("x"), &L).unwrap_err().0, 400);
+        let link = validate_body(6, &json!({"title":"t","url":"https://x/y","z":1}), &L).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&link).unwrap(),
+            json!({"title":"t","url":"https://x/y"})
+        );
+        assert_eq!(
+            validate_body(6, &json!({"title":"t","url":"ftp://x"}), &L)
+                .unwrap_err()
+                .0,
+            400
+        );
+        assert!(validate_body(7, &json!({"title":"t","pagepath":"pages/a"}), &L).is_ok());
+        assert_eq!(
+            validate_body(7, &json!({"title":"t"}), &L).unwrap_err().0,
+            400
+        );
+        assert_eq!(
+            validate_body(101, &json!({}), &L).unwrap_err().0,
+            400,
+            "events are server-made"
+        );
     }
 }

@@ -372,11 +372,11 @@ fn wechat_identities_merge_by_unionid(f: Fixture) {
     };
     // A mini-program user without a unionid: created once, then found.
     let (u1, created) = s
-        .wechat_login(&id("wxmp", "o-1", None, Some("sk1")))
+        .wechat_login(&id("wxmp", "o-1", None, Some("sk1")), true)
         .unwrap();
     assert!(created);
     let (again, created) = s
-        .wechat_login(&id("wxmp", "o-1", None, Some("sk2")))
+        .wechat_login(&id("wxmp", "o-1", None, Some("sk2")), true)
         .unwrap();
     assert!(!created);
     assert_eq!((again.uid, again.login_count), (u1.uid, 2));
@@ -387,11 +387,11 @@ fn wechat_identities_merge_by_unionid(f: Fixture) {
     assert_eq!(s.wechat_session_key(u1.uid, "wxoa").unwrap(), None);
     // The same person through a mini-program and an official account: one user by unionid.
     let (x, created) = s
-        .wechat_login(&id("wxmp", "o-2", Some("union-9"), Some("skx")))
+        .wechat_login(&id("wxmp", "o-2", Some("union-9"), Some("skx")), true)
         .unwrap();
     assert!(created);
     let (y, created) = s
-        .wechat_login(&id("wxoa", "oa-2", Some("union-9"), None))
+        .wechat_login(&id("wxoa", "oa-2", Some("union-9"), None), true)
         .unwrap();
     assert!(!created);
     assert_eq!(y.uid, x.uid, "merged by unionid");
@@ -402,16 +402,42 @@ fn wechat_identities_merge_by_unionid(f: Fixture) {
         Some("skx")
     );
     // Same openid in another app is another identity.
-    let (z, created) = s.wechat_login(&id("wxother", "o-1", None, None)).unwrap();
+    let (z, created) = s
+        .wechat_login(&id("wxother", "o-1", None, None), true)
+        .unwrap();
     assert!(created && z.uid != u1.uid);
     // A user who gets a unionid later is found by it afterwards.
-    s.wechat_login(&id("wxmp", "o-1", Some("union-1"), None))
+    s.wechat_login(&id("wxmp", "o-1", Some("union-1"), None), true)
         .unwrap();
     let (w, created) = s
-        .wechat_login(&id("wxoa", "oa-1", Some("union-1"), None))
+        .wechat_login(&id("wxoa", "oa-1", Some("union-1"), None), true)
         .unwrap();
     assert!(!created);
     assert_eq!(w.uid, u1.uid);
+}
+
+fn wechat_customers_and_their_reply_route(f: Fixture) {
+    let s = &f.store;
+    let id = WechatIdentity {
+        appid: "wxmp".into(),
+        openid: "o-cs".into(),
+        unionid: None,
+        session_key: None,
+    };
+    // Found or created without counting a login.
+    let (u, created) = s.wechat_login(&id, false).unwrap();
+    assert!(created);
+    assert_eq!(u.login_count, 0);
+    let (again, created) = s.wechat_login(&id, false).unwrap();
+    assert_eq!((again.uid, created, again.login_count), (u.uid, false, 0));
+    assert_eq!(s.cs_route(u.uid).unwrap(), None);
+    s.set_cs_route(u.uid, "wxmp", "o-cs").unwrap();
+    s.set_cs_route(u.uid, "wxgame", "o-cs2").unwrap();
+    assert_eq!(
+        s.cs_route(u.uid).unwrap(),
+        Some(("wxgame".to_string(), "o-cs2".to_string())),
+        "the latest contact wins"
+    );
 }
 
 macro_rules! suite {
@@ -442,4 +468,5 @@ suite!([sqlite, mysql] [
     tokens_expire_and_are_revoked,
     recall_blanks_the_body_only,
     wechat_identities_merge_by_unionid,
+        wechat_customers_and_their_reply_route,
 ]);

@@ -22,6 +22,7 @@ fn app(fake: &FakeWechat, endpoint: &str) -> WechatApp {
         aes_key: String::new(),
         api_base: fake.base(),
         token_endpoint: endpoint.into(),
+        require_encryption: false,
     }
 }
 

@@ -18,6 +18,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// `user_type` of customer-service agents.
+pub const USER_TYPE_AGENT: i64 = 1;
+
 /// Most messages one `sync` / `history` returns.
 const MAX_PAGE: u64 = 200;
 
@@ -41,6 +44,8 @@ pub struct ChatState {
     friends: HashMap<u64, HashSet<u64>>,
     /// Group members, loaded on demand, updated by membership changes made through this server.
     groups: HashMap<u64, Arc<Vec<u64>>>,
+    /// Online agents (`user_type` 1) on this process: they receive customer-service messages.
+    agents: HashSet<u64>,
     /// Timer token -> the connection whose authentication deadline it is.
     auth_timers: HashMap<u64, ConnId>,
     next_timer: u64,
@@ -57,6 +62,7 @@ impl ChatState {
             online: HashMap::new(),
             friends: HashMap::new(),
             groups: HashMap::new(),
+            agents: HashSet::new(),
             auth_timers: HashMap::new(),
             next_timer: 1,
             presence_refresh_armed: false,
@@ -69,6 +75,18 @@ impl ChatState {
 
     pub fn is_online(&self, uid: u64) -> bool {
         self.online.get(&uid).is_some_and(|c| !c.is_empty())
+    }
+
+    pub fn is_agent(&self, uid: u64) -> bool {
+        self.agents.contains(&uid)
+    }
+
+    /// Who a conversation's pushes go to on this process.
+    fn service_recipients(&self, customer: u64) -> Vec<u64> {
+        let mut r = Vec::with_capacity(1 + self.agents.len());
+        r.push(customer);
+        r.extend(self.agents.iter().copied().filter(|a| *a != customer));
+        r
     }
 
     fn conns_of(&self, uid: u64) -> &[ConnId] {
@@ -177,6 +195,7 @@ pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
     };
     if now_offline {
         app.chat.online.remove(&uid);
+        app.chat.agents.remove(&uid);
         push_presence(app, ctx, uid, false);
         app.chat.friends.remove(&uid);
         presence::went_offline(app, ctx, uid);
@@ -214,6 +233,17 @@ fn push_users(app: &App, ctx: &mut dyn Ctx<Completion>, uids: &[u64], payload: &
     }
 }
 
+/// Sends one push to these users wherever they are connected (this process and, with the bus,
+/// the others).
+pub fn push_to_users(app: &App, ctx: &mut dyn Ctx<Completion>, uids: &[u64], payload: &str) {
+    push_users(app, ctx, uids, payload);
+}
+
+/// Delivers a message committed outside a chat connection's `send` (a WeChat user's message).
+pub fn deliver_committed(app: &mut App, ctx: &mut dyn Ctx<Completion>, m: &store::StoredMessage) {
+    fan_out(app, ctx, m, None);
+}
+
 /// A push published by another process: deliver it to the connections held here.
 pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelope) {
     let frame = Frame::text(env.payload.as_bytes());
@@ -228,6 +258,9 @@ pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelop
         Target::Conv(conv_id) => deliver_to_conv(app, ctx, conv_id, frame, None),
         Target::Kick(uid) => {
             kick_local(app, ctx, uid);
+        }
+        Target::Qr(ticket) => {
+            crate::wechat::qrlogin::deliver(app, ctx, &ticket, &env.payload);
         }
     }
 }
@@ -258,22 +291,28 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
     let conn = p.conn;
     let busy = p.clone();
     let hash = auth::token_hash(&token);
-    let work = move |b: &Backends| -> StoreResult<Option<(u64, Vec<u64>)>> {
+    let work = move |b: &Backends| -> StoreResult<Option<(u64, Vec<u64>, i64)>> {
         match b.tokens.user(&hash)? {
-            Some(uid) => Ok(Some((uid, b.friends(uid)?))),
+            Some(uid) => {
+                let user_type = b.user(uid)?.map_or(0, |u| u.user_type);
+                Ok(Some((uid, b.friends(uid)?, user_type)))
+            }
             None => Ok(None),
         }
     };
     let then = move |app: &mut App,
                      ctx: &mut dyn Ctx<Completion>,
-                     r: StoreResult<Option<(u64, Vec<u64>)>>| {
+                     r: StoreResult<Option<(u64, Vec<u64>, i64)>>| {
         let Some(session) = app.chat.sessions.get_mut(&p.conn) else {
             return;
         };
         session.authenticating = false;
         match r {
-            Ok(Some((uid, friends))) => {
+            Ok(Some((uid, friends, user_type))) => {
                 session.uid = Some(uid);
+                if user_type == USER_TYPE_AGENT {
+                    app.chat.agents.insert(uid);
+                }
                 if let Some(t) = session.auth_timer.take() {
                     ctx.cancel_timer(t);
                 }
@@ -461,6 +500,11 @@ fn with_conv_access(
                 p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
             }
         }),
+        Some(ConvRef::Service(c)) if c == uid || app.chat.is_agent(uid) => {
+            let members = app.chat.service_recipients(c);
+            then(app, ctx, p, members);
+            Ok(())
+        }
         Some(_) => Err((code::FORBIDDEN, "not your conversation".into())),
         None => Err(bad("bad conv_id")),
     }
@@ -591,9 +635,43 @@ fn cmd_send(
             );
             p.reply_if_err(ctx, reloaded);
         }),
-        chat_type::SERVICE | chat_type::CONSULT => {
-            Err(bad("chat_type 2 and 3 are not enabled in this build"))
+        chat_type::SERVICE => {
+            if mt >= proto::msg_type::RECALL {
+                return Err(bad("unknown msg_type"));
+            }
+            if !app.chat.is_agent(uid) {
+                // A customer writes to customer service: their own conversation.
+                let message = NewMessage {
+                    conv_id: proto::service_conv(uid),
+                    chat_type: chat_type::SERVICE,
+                    to_id: 0,
+                    ..base
+                };
+                submit(app, ctx, p, message);
+                return Ok(());
+            }
+            // An agent answers a customer.
+            if to_id == 0 || to_id == uid {
+                return Err(bad("an agent's to_id is the customer's uid"));
+            }
+            let message = NewMessage {
+                conv_id: proto::service_conv(to_id),
+                chat_type: chat_type::SERVICE,
+                ..base
+            };
+            conn_job(
+                app,
+                ctx,
+                p,
+                move |s| s.existing_users(&[to_id]),
+                move |app, ctx, p, r| match r {
+                    Ok(found) if !found.is_empty() => submit(app, ctx, p, message),
+                    Ok(_) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
+                    Err(e) => p.reply_store_err(ctx, &e),
+                },
+            )
         }
+        chat_type::CONSULT => Err(bad("chat_type 3 is not enabled in this build")),
         _ => Err(bad("unknown chat_type")),
     }
 }
@@ -651,6 +729,11 @@ fn acked(
     }
     if !a.duplicate {
         fan_out(app, ctx, &a.message, p.map(|p| p.conn));
+        let m = &a.message;
+        if m.chat_type == chat_type::SERVICE && m.to_id != 0 && m.from_id != m.to_id {
+            // An agent's answer: a WeChat customer gets it through the customer-service API.
+            crate::wechat::service::outbound(app, ctx, m);
+        }
     }
 }
 
@@ -678,6 +761,7 @@ fn deliver_to_conv(
 ) {
     let recipients: Vec<u64> = match proto::parse_conv(&conv_id) {
         Some(ConvRef::Friend(a, b)) => vec![a, b],
+        Some(ConvRef::Service(c)) => app.chat.service_recipients(c),
         Some(ConvRef::Group(g)) => match app.chat.groups.get(&g) {
             Some(members) => members.to_vec(),
             None => {
@@ -932,6 +1016,11 @@ fn cmd_typing(
     let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
     let conv = conv_id.clone();
     with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, members| {
+        if let Some(ConvRef::Service(c)) = proto::parse_conv(&conv_id) {
+            if c != uid {
+                crate::wechat::service::typing(app, ctx, c);
+            }
+        }
         let payload = proto::push("typing", &json!({ "conv_id": conv_id, "uid": uid }));
         let others: Vec<u64> = members.iter().copied().filter(|m| *m != uid).collect();
         push_users(app, ctx, &others, &payload);

@@ -29,6 +29,8 @@ pub enum Target {
     Users(Vec<u64>),
     /// Not a push: close this user's connections (server API `kick`); the payload is unused.
     Kick(u64),
+    /// The browser waiting on this QR login ticket (`/ws/qrlogin`).
+    Qr(String),
 }
 
 /// A push from another process.
@@ -48,6 +50,7 @@ impl Envelope {
                 format!("u:{}", list.join(","))
             }
             Target::Kick(uid) => format!("k:{uid}"),
+            Target::Qr(ticket) => format!("q:{ticket}"),
         };
         format!("{}\t{target}\t{}", self.origin, self.payload)
     }
@@ -64,6 +67,8 @@ impl Envelope {
         } else if let Some(u) = target.strip_prefix("u:") {
             let uids: Option<Vec<u64>> = u.split(',').map(|x| x.parse().ok()).collect();
             Target::Users(uids?)
+        } else if let Some(t) = target.strip_prefix("q:") {
+            Target::Qr(t.to_string())
         } else if let Some(k) = target.strip_prefix("k:") {
             Target::Kick(k.parse().ok()?)
         } else {
@@ -276,7 +281,12 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_reject_garbage() {
-        for target in [Target::Conv("g_5".into()), Target::Users(vec![1, 22, 333])] {
+        for target in [
+            Target::Conv("g_5".into()),
+            Target::Users(vec![1, 22, 333]),
+            Target::Kick(4),
+            Target::Qr("9f86d081884c7d65".into()),
+        ] {
             let e = Envelope {
                 origin: "n1".into(),
                 target,

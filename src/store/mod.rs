@@ -139,11 +139,17 @@ pub trait Store: Send + Sync + 'static {
     fn existing_users(&self, uids: &[u64]) -> StoreResult<Vec<u64>>;
 
     /// Finds or creates the user of a WeChat identity (an identity of another app with the same
-    /// unionid makes it the same user), records the session key, counts a login. True when the
+    /// unionid makes it the same user), records the session key, counts a login when `login`
+    /// (a customer-service message finds its sender without logging them in). True when the
     /// user was created.
-    fn wechat_login(&self, id: &WechatIdentity) -> StoreResult<(User, bool)>;
+    fn wechat_login(&self, id: &WechatIdentity, login: bool) -> StoreResult<(User, bool)>;
     /// The session key of the user's latest login to this mini-program.
     fn wechat_session_key(&self, uid: u64, appid: &str) -> StoreResult<Option<String>>;
+
+    /// Remembers that customer-service replies to `uid` go to this app's openid.
+    fn set_cs_route(&self, uid: u64, appid: &str, openid: &str) -> StoreResult<()>;
+    /// Where customer-service replies to `uid` go: (appid, openid), if they came from WeChat.
+    fn cs_route(&self, uid: u64) -> StoreResult<Option<(String, String)>>;
 
     fn put_token(&self, token_hash: &[u8], uid: u64, expires_at: i64) -> StoreResult<()>;
     /// The user a live token belongs to.

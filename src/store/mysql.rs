@@ -24,6 +24,7 @@ use std::time::Duration;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/mysql/001_init.sql"),
     include_str!("../../sql/mysql/002_wechat_identities.sql"),
+    include_str!("../../sql/mysql/003_wx_cs_routes.sql"),
 ];
 
 /// Row counts used for multi-row statements: a batch of n rows is sent as a few chunks of these
@@ -761,7 +762,7 @@ impl Store for MysqlStore {
         })
     }
 
-    fn wechat_login(&self, id: &WechatIdentity) -> StoreResult<(User, bool)> {
+    fn wechat_login(&self, id: &WechatIdentity, login: bool) -> StoreResult<(User, bool)> {
         let now = now_ms();
         // A concurrent first login of the same identity or unionid meets a unique key, and the
         // retry finds what the other one created.
@@ -817,14 +818,38 @@ impl Store for MysqlStore {
                     )?;
                 }
             }
-            tx.exec_drop(
-                "UPDATE users SET last_login_at = ?, login_count = login_count + 1 WHERE id = ?",
-                (now, uid),
-            )?;
+            if login {
+                tx.exec_drop(
+                    "UPDATE users SET last_login_at = ?, login_count = login_count + 1 WHERE id = ?",
+                    (now, uid),
+                )?;
+            }
             let user = self
                 .user_in(tx, uid)?
                 .ok_or(Fail::Store(StoreError::NotFound("user")))?;
             Ok((user, created))
+        })
+    }
+
+    fn set_cs_route(&self, uid: u64, appid: &str, openid: &str) -> StoreResult<()> {
+        let now = now_ms();
+        self.run(|c| {
+            c.exec_drop(
+                "INSERT INTO wx_cs_routes (user_id, appid, openid, updated_at) VALUES (?, ?, ?, ?)
+                 ON DUPLICATE KEY UPDATE appid = VALUES(appid), openid = VALUES(openid),
+                 updated_at = VALUES(updated_at)",
+                (uid, appid, openid, now),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn cs_route(&self, uid: u64) -> StoreResult<Option<(String, String)>> {
+        self.run(|c| {
+            Ok(c.exec_first(
+                "SELECT appid, openid FROM wx_cs_routes WHERE user_id = ?",
+                (uid,),
+            )?)
         })
     }
 

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/sqlite/001_init.sql"),
     include_str!("../../sql/sqlite/002_read_cursors_by_conv.sql"),
     include_str!("../../sql/sqlite/003_wechat_identities.sql"),
+    include_str!("../../sql/sqlite/004_wx_cs_routes.sql"),
 ];
 
 pub struct SqliteStore {
@@ -446,7 +447,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn wechat_login(&self, id: &WechatIdentity) -> StoreResult<(User, bool)> {
+    fn wechat_login(&self, id: &WechatIdentity, login: bool) -> StoreResult<(User, bool)> {
         let now = now_ms();
         self.with_tx(|tx| {
             let known: Option<i64> = tx
@@ -508,11 +509,13 @@ impl Store for SqliteStore {
                 )
                 .map_err(unavailable)?;
             }
-            tx.execute(
-                "UPDATE users SET last_login_at = ?2, login_count = login_count + 1 WHERE id = ?1",
-                params![uid, now],
-            )
-            .map_err(unavailable)?;
+            if login {
+                tx.execute(
+                    "UPDATE users SET last_login_at = ?2, login_count = login_count + 1 WHERE id = ?1",
+                    params![uid, now],
+                )
+                .map_err(unavailable)?;
+            }
             let user = tx
                 .query_row(
                     &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
@@ -521,6 +524,33 @@ impl Store for SqliteStore {
                 )
                 .map_err(unavailable)?;
             Ok((user, created))
+        })
+    }
+
+    fn set_cs_route(&self, uid: u64, appid: &str, openid: &str) -> StoreResult<()> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT INTO wx_cs_routes (user_id, appid, openid, updated_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id) DO UPDATE SET appid = excluded.appid,
+                 openid = excluded.openid, updated_at = excluded.updated_at",
+                params![uid, appid, openid, now],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn cs_route(&self, uid: u64) -> StoreResult<Option<(String, String)>> {
+        self.with_tx(|tx| {
+            tx.query_row(
+                "SELECT appid, openid FROM wx_cs_routes WHERE user_id = ?1",
+                params![uid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(unavailable)
         })
     }
 

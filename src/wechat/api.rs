@@ -196,6 +196,158 @@ impl Client {
     }
 }
 
+/// What `cgi-bin/qrcode/create` returns.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct QrCode {
+    pub ticket: String,
+    #[serde(default)]
+    pub expire_seconds: u64,
+    #[serde(default)]
+    pub url: String,
+}
+
+/// The fields of `cgi-bin/user/info` wxchat uses (WeChat stopped returning nickname and avatar
+/// in 2021).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct UserInfo {
+    #[serde(default)]
+    pub subscribe: i64,
+    #[serde(default)]
+    pub unionid: Option<String>,
+    #[serde(default)]
+    pub nickname: Option<String>,
+    #[serde(default)]
+    pub headimgurl: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MediaId {
+    media_id: String,
+}
+
+impl Client {
+    fn base(app: &WechatApp) -> &str {
+        app.api_base.trim_end_matches('/')
+    }
+
+    /// `cgi-bin/qrcode/create`: a temporary `QR_STR_SCENE` code for `scene`.
+    pub fn qrcode_create(
+        &self,
+        app: &WechatApp,
+        token: &str,
+        scene: &str,
+        expire_seconds: u64,
+    ) -> Result<QrCode, WxError> {
+        let payload = serde_json::json!({
+            "expire_seconds": expire_seconds,
+            "action_name": "QR_STR_SCENE",
+            "action_info": { "scene": { "scene_str": scene } },
+        });
+        let url = format!("{}/cgi-bin/qrcode/create", Self::base(app));
+        Self::parse(&self.post_json(&url, &[("access_token", token)], &payload)?)
+    }
+
+    /// `cgi-bin/user/info` of a follower of an official account.
+    pub fn user_info(
+        &self,
+        app: &WechatApp,
+        token: &str,
+        openid: &str,
+    ) -> Result<UserInfo, WxError> {
+        let url = format!("{}/cgi-bin/user/info", Self::base(app));
+        Self::parse(&self.get(
+            &url,
+            &[
+                ("access_token", token),
+                ("openid", openid),
+                ("lang", "zh_CN"),
+            ],
+        )?)
+    }
+
+    /// `cgi-bin/message/custom/send` with a ready payload (`touser`, `msgtype`, ...).
+    pub fn custom_send(
+        &self,
+        app: &WechatApp,
+        token: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), WxError> {
+        let url = format!("{}/cgi-bin/message/custom/send", Self::base(app));
+        Self::parse::<serde_json::Value>(&self.post_json(
+            &url,
+            &[("access_token", token)],
+            payload,
+        )?)
+        .map(|_| ())
+    }
+
+    /// `cgi-bin/message/custom/typing`: `Typing` or `CancelTyping`.
+    pub fn custom_typing(
+        &self,
+        app: &WechatApp,
+        token: &str,
+        openid: &str,
+        typing: bool,
+    ) -> Result<(), WxError> {
+        let payload = serde_json::json!({
+            "touser": openid,
+            "command": if typing { "Typing" } else { "CancelTyping" },
+        });
+        let url = format!("{}/cgi-bin/message/custom/typing", Self::base(app));
+        Self::parse::<serde_json::Value>(&self.post_json(
+            &url,
+            &[("access_token", token)],
+            &payload,
+        )?)
+        .map(|_| ())
+    }
+
+    /// `cgi-bin/media/upload?type=<kind>`: a temporary media id (3 days) for `data`, sent as
+    /// the multipart field `media`.
+    pub fn media_upload(
+        &self,
+        app: &WechatApp,
+        token: &str,
+        kind: &str,
+        file_name: &str,
+        content_type: &str,
+        data: &[u8],
+    ) -> Result<String, WxError> {
+        let mut boundary = [0u8; 12];
+        getrandom::getrandom(&mut boundary).map_err(|e| WxError::Unreachable(e.to_string()))?;
+        let boundary: String = boundary.iter().map(|b| format!("{b:02x}")).collect();
+        let boundary = format!("wxchat{boundary}");
+        let mut body = Vec::with_capacity(data.len() + 256);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{file_name}\"\r\nContent-Type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let url = format!("{}/cgi-bin/media/upload", Self::base(app));
+        let mut resp = self
+            .agent
+            .post(&url)
+            .query("access_token", token)
+            .query("type", kind)
+            .header(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={boundary}"),
+            )
+            .send(&body[..])
+            .map_err(|e| WxError::Unreachable(describe(&e)))?;
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_REPLY)
+            .read_to_string()
+            .map_err(|e| WxError::Unreachable(describe(&e)))?;
+        Self::parse::<MediaId>(&text).map(|m| m.media_id)
+    }
+}
+
 /// An error message without the request URL (it carries the app secret).
 fn describe(e: &ureq::Error) -> String {
     match e {

@@ -131,12 +131,15 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
             f
         })?;
         let (user, created) = b
-            .wechat_login(&WechatIdentity {
-                appid: wx_app.appid.clone(),
-                openid: session.openid,
-                unionid: session.unionid.filter(|u| !u.is_empty()),
-                session_key: Some(session.session_key),
-            })
+            .wechat_login(
+                &WechatIdentity {
+                    appid: wx_app.appid.clone(),
+                    openid: session.openid,
+                    unionid: session.unionid.filter(|u| !u.is_empty()),
+                    session_key: Some(session.session_key),
+                },
+                true,
+            )
             .map_err(|e| store_failure(&e))?;
         let token = auth::new_token().map_err(|e| (code::INTERNAL, e, None))?;
         b.tokens

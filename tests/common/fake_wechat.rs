@@ -28,6 +28,11 @@ struct State {
     delay_ms: u64,
     tokens_issued: u64,
     token_expired: bool,
+    /// Request bodies per path (JSON calls), oldest first.
+    bodies: HashMap<String, Vec<String>>,
+    media_uploaded: u64,
+    /// Paths answered with this WeChat error instead.
+    errors: HashMap<String, i64>,
 }
 
 pub struct FakeWechat {
@@ -74,6 +79,52 @@ impl FakeWechat {
     /// WeChat invalidates the current access_token (as a `cgi-bin/token` fetch elsewhere would).
     pub fn expire_token(&self) {
         self.state.lock().unwrap().token_expired = true;
+    }
+
+    /// The JSON bodies posted to `path`, oldest first.
+    pub fn bodies(&self, path: &str) -> Vec<serde_json::Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .bodies
+            .get(path)
+            .map(|v| {
+                v.iter()
+                    .map(|b| serde_json::from_str(b).unwrap_or(serde_json::Value::Null))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The `scene_str` of every QR code created, oldest first.
+    pub fn qr_scenes(&self) -> Vec<String> {
+        self.bodies("/cgi-bin/qrcode/create")
+            .iter()
+            .filter_map(|b| {
+                b["action_info"]["scene"]["scene_str"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect()
+    }
+
+    /// The `[[wechat.apps]]` entry of an official account on this fake (callback token and
+    /// EncodingAESKey given).
+    pub fn official_toml(&self, name: &str, token: &str, aes_key: &str) -> String {
+        format!(
+            "[[wechat.apps]]\nname = \"{name}\"\nkind = \"official\"\nappid = \"{APPID}\"\n\
+             secret = \"{SECRET}\"\napi_base = \"{}\"\ntoken = \"{token}\"\naes_key = \"{aes_key}\"\n",
+            self.base()
+        )
+    }
+
+    /// Makes `path` answer with WeChat error `errcode` (None: normal answers again).
+    pub fn set_error(&self, path: &str, errcode: Option<i64>) {
+        let mut st = self.state.lock().unwrap();
+        match errcode {
+            Some(c) => st.errors.insert(path.to_string(), c),
+            None => st.errors.remove(path),
+        };
     }
 
     pub fn set_delay(&self, d: Duration) {
@@ -132,13 +183,31 @@ fn serve(mut s: TcpStream, state: &Mutex<State>, served: &AtomicU64) {
     let delay = {
         let mut st = state.lock().unwrap();
         *st.calls.entry(path.to_string()).or_default() += 1;
+        if path != "/cgi-bin/media/upload" {
+            st.bodies
+                .entry(path.to_string())
+                .or_default()
+                .push(request_body.clone());
+        }
         st.delay_ms
     };
+    let token_ok = || {
+        let st = state.lock().unwrap();
+        let current = format!("TOKEN-{}", st.tokens_issued);
+        query_map(query).get("access_token") == Some(&current) && !st.token_expired
+    };
+    const BAD_TOKEN: &str =
+        r#"{"errcode":40001,"errmsg":"invalid credential, access_token is invalid or not latest"}"#;
     if delay > 0 {
         std::thread::sleep(Duration::from_millis(delay));
     }
     let q = query_map(query);
+    let forced = state.lock().unwrap().errors.get(path).copied();
     let body = match path {
+        _ if forced.is_some() => {
+            let c = forced.unwrap_or_default();
+            format!(r#"{{"errcode":{c},"errmsg":"forced error {c}"}}"#)
+        }
         "/sns/jscode2session" => {
             let code = q.get("js_code").cloned().unwrap_or_default();
             if q.get("appid").map(String::as_str) != Some(APPID)
@@ -189,6 +258,60 @@ fn serve(mut s: TcpStream, state: &Mutex<State>, served: &AtomicU64) {
                 r#"{"ip_list":["101.226.103.0/25"]}"#.to_string()
             } else {
                 r#"{"errcode":40001,"errmsg":"invalid credential, access_token is invalid or not latest"}"#.to_string()
+            }
+        }
+        _ if path.starts_with("/cgi-bin/")
+            && path != "/cgi-bin/get_api_domain_ip"
+            && !token_ok() =>
+        {
+            BAD_TOKEN.to_string()
+        }
+        "/cgi-bin/qrcode/create" => {
+            let v: serde_json::Value = serde_json::from_str(&request_body).unwrap_or_default();
+            match v["action_info"]["scene"]["scene_str"].as_str() {
+                Some(scene) if v["action_name"] == "QR_STR_SCENE" => format!(
+                    r#"{{"ticket":"gQ+{scene}/=","expire_seconds":{},"url":"http://weixin.qq.com/q/{scene}"}}"#,
+                    v["expire_seconds"].as_u64().unwrap_or(60)
+                ),
+                _ => r#"{"errcode":40097,"errmsg":"invalid args"}"#.to_string(),
+            }
+        }
+        "/cgi-bin/user/info" => {
+            // `<openid>-u-<unionid>` carries a unionid; `nouser-...` is not a follower.
+            let openid = q.get("openid").cloned().unwrap_or_default();
+            match openid.split_once("-u-") {
+                Some((_, union)) => {
+                    format!(r#"{{"subscribe":1,"openid":"{openid}","unionid":"{union}"}}"#)
+                }
+                None if openid.starts_with("nouser") => r#"{"subscribe":0}"#.to_string(),
+                None => format!(r#"{{"subscribe":1,"openid":"{openid}"}}"#),
+            }
+        }
+        "/cgi-bin/message/custom/send" => {
+            // WeChat's reply-window and quota errors by the recipient's openid.
+            let v: serde_json::Value = serde_json::from_str(&request_body).unwrap_or_default();
+            let to = v["touser"].as_str().unwrap_or_default();
+            if to.starts_with("late") {
+                r#"{"errcode":45015,"errmsg":"response out of time limit or subscription is canceled"}"#.to_string()
+            } else if to.starts_with("quota") {
+                r#"{"errcode":45047,"errmsg":"out of response count limit"}"#.to_string()
+            } else if v["msgtype"].as_str().is_none() {
+                r#"{"errcode":40008,"errmsg":"invalid message type"}"#.to_string()
+            } else {
+                r#"{"errcode":0,"errmsg":"ok"}"#.to_string()
+            }
+        }
+        "/cgi-bin/message/custom/typing" => r#"{"errcode":0,"errmsg":"ok"}"#.to_string(),
+        "/cgi-bin/media/upload" => {
+            let mut st = state.lock().unwrap();
+            if !request_body.contains("name=\"media\"") {
+                r#"{"errcode":41005,"errmsg":"media data missing"}"#.to_string()
+            } else {
+                st.media_uploaded += 1;
+                format!(
+                    r#"{{"type":"image","media_id":"MEDIA-{}","created_at":1}}"#,
+                    st.media_uploaded
+                )
             }
         }
         _ => r#"{"errcode":404,"errmsg":"no such fake endpoint"}"#.to_string(),

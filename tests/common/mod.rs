@@ -6,6 +6,7 @@
 pub mod chat_client;
 pub mod fake_wechat;
 pub mod services;
+pub mod wx_push;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
