@@ -2,6 +2,7 @@
 //! catch-up, friends, groups and presence. Runs on the reactor; everything that touches the store
 //! goes through `App::job` (workers) or `App::persist` (the persister).
 
+pub mod desk;
 pub mod persister;
 pub mod presence;
 
