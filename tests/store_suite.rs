@@ -440,6 +440,59 @@ fn wechat_customers_and_their_reply_route(f: Fixture) {
     );
 }
 
+fn service_sessions_open_once_assign_close_and_rate(f: Fixture) {
+    let s = &f.store;
+    let a = s.open_service_session(7).unwrap();
+    assert_eq!((a.customer, a.agent, a.closed_at), (7, None, None));
+    // A second first message finds the same open session.
+    assert_eq!(s.open_service_session(7).unwrap().id, a.id);
+    let b = s.open_service_session(8).unwrap();
+    s.assign_service_session(7, Some(100)).unwrap();
+    let open = s.open_service_sessions().unwrap();
+    assert_eq!(
+        open.iter()
+            .map(|x| (x.customer, x.agent))
+            .collect::<Vec<_>>(),
+        vec![(7, Some(100)), (8, None)],
+        "oldest first"
+    );
+    assert!(open[0].assigned_at.is_some());
+    // Back to the queue.
+    s.assign_service_session(7, None).unwrap();
+    assert_eq!(s.open_service_sessions().unwrap()[0].agent, None);
+    assert_eq!(
+        s.assign_service_session(9, Some(1)),
+        Err(StoreError::NotFound("open service session"))
+    );
+    // Rating waits for the close, and happens once, by the customer.
+    assert!(matches!(
+        s.rate_service_session(a.id, 7, 5, ""),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.close_service_session(7).unwrap(), Some(a.id));
+    assert_eq!(s.close_service_session(7).unwrap(), None);
+    assert!(matches!(
+        s.rate_service_session(a.id, 8, 5, ""),
+        Err(StoreError::NotFound(_))
+    ));
+    s.rate_service_session(a.id, 7, 4, "很好 👍").unwrap();
+    assert!(matches!(
+        s.rate_service_session(a.id, 7, 1, ""),
+        Err(StoreError::Conflict(_))
+    ));
+    // A new message after the close opens a new session.
+    let c = s.open_service_session(7).unwrap();
+    assert_ne!(c.id, a.id);
+    assert_eq!(
+        s.open_service_sessions()
+            .unwrap()
+            .iter()
+            .map(|x| x.id)
+            .collect::<Vec<_>>(),
+        vec![b.id, c.id]
+    );
+}
+
 macro_rules! suite {
     ([$($backend:ident),*] $tests:tt) => {
         $( suite!(@one $backend $tests); )*
@@ -469,4 +522,5 @@ suite!([sqlite, mysql] [
     recall_blanks_the_body_only,
     wechat_identities_merge_by_unionid,
         wechat_customers_and_their_reply_route,
+        service_sessions_open_once_assign_close_and_rate,
 ]);

@@ -69,6 +69,20 @@ pub struct WechatIdentity {
     pub session_key: Option<String>,
 }
 
+/// A customer-service session as stored (at most one open per customer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceSession {
+    pub id: u64,
+    pub customer: u64,
+    /// None while queued.
+    pub agent: Option<u64>,
+    pub created_at: i64,
+    pub assigned_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    pub rating: Option<u8>,
+    pub comment: String,
+}
+
 /// A message accepted by the hub, before it has a seq.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewMessage {
@@ -150,6 +164,23 @@ pub trait Store: Send + Sync + 'static {
     fn set_cs_route(&self, uid: u64, appid: &str, openid: &str) -> StoreResult<()>;
     /// Where customer-service replies to `uid` go: (appid, openid), if they came from WeChat.
     fn cs_route(&self, uid: u64) -> StoreResult<Option<(String, String)>>;
+
+    /// The customer's open service session, or a new queued one.
+    fn open_service_session(&self, customer: u64) -> StoreResult<ServiceSession>;
+    /// Records who serves the customer's open session (None: back in the queue).
+    fn assign_service_session(&self, customer: u64, agent: Option<u64>) -> StoreResult<()>;
+    /// Closes the customer's open session; its id, or None when there was none.
+    fn close_service_session(&self, customer: u64) -> StoreResult<Option<u64>>;
+    /// The customer's rating (1-5) of a closed session of theirs, once.
+    fn rate_service_session(
+        &self,
+        id: u64,
+        customer: u64,
+        rating: u8,
+        comment: &str,
+    ) -> StoreResult<()>;
+    /// Every open session, oldest first (the desk is rebuilt from them at start).
+    fn open_service_sessions(&self) -> StoreResult<Vec<ServiceSession>>;
 
     fn put_token(&self, token_hash: &[u8], uid: u64, expires_at: i64) -> StoreResult<()>;
     /// The user a live token belongs to.

@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/mysql/001_init.sql"),
     include_str!("../../sql/mysql/002_wechat_identities.sql"),
     include_str!("../../sql/mysql/003_wx_cs_routes.sql"),
+    include_str!("../../sql/mysql/004_service_sessions.sql"),
 ];
 
 /// Row counts used for multi-row statements: a batch of n rows is sent as a few chunks of these
@@ -223,6 +224,35 @@ fn msg_of(
         msg_type,
         body,
         created_at,
+    }
+}
+
+const SESSION_COLS: &str =
+    "id, customer_id, agent_id, created_at, assigned_at, closed_at, rating, comment";
+
+type SessionTuple = (
+    u64,
+    u64,
+    Option<u64>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<u8>,
+    String,
+);
+
+fn session_of(
+    (id, customer, agent, created_at, assigned_at, closed_at, rating, comment): SessionTuple,
+) -> ServiceSession {
+    ServiceSession {
+        id,
+        customer,
+        agent,
+        created_at,
+        assigned_at,
+        closed_at,
+        rating,
+        comment,
     }
 }
 
@@ -850,6 +880,115 @@ impl Store for MysqlStore {
                 "SELECT appid, openid FROM wx_cs_routes WHERE user_id = ?",
                 (uid,),
             )?)
+        })
+    }
+
+    fn open_service_session(&self, customer: u64) -> StoreResult<ServiceSession> {
+        let now = now_ms();
+        // Two first messages at once meet the unique open_customer key; the retry finds the
+        // session the other one opened.
+        self.tx(|tx| {
+            let existing: Option<SessionTuple> = tx.exec_first(
+                format!(
+                    "SELECT {SESSION_COLS} FROM service_sessions
+                     WHERE open_customer = ? FOR UPDATE"
+                ),
+                (customer,),
+            )?;
+            if let Some(t) = existing {
+                return Ok(session_of(t));
+            }
+            tx.exec_drop(
+                "INSERT INTO service_sessions (customer_id, created_at) VALUES (?, ?)",
+                (customer, now),
+            )?;
+            Ok(ServiceSession {
+                id: tx.last_insert_id().unwrap_or(0),
+                customer,
+                agent: None,
+                created_at: now,
+                assigned_at: None,
+                closed_at: None,
+                rating: None,
+                comment: String::new(),
+            })
+        })
+    }
+
+    fn assign_service_session(&self, customer: u64, agent: Option<u64>) -> StoreResult<()> {
+        let now = now_ms();
+        self.tx(|tx| {
+            let open: Option<u64> = tx.exec_first(
+                "SELECT id FROM service_sessions WHERE open_customer = ? FOR UPDATE",
+                (customer,),
+            )?;
+            let Some(id) = open else {
+                return Err(Fail::Store(StoreError::NotFound("open service session")));
+            };
+            tx.exec_drop(
+                "UPDATE service_sessions SET agent_id = ?, assigned_at = ? WHERE id = ?",
+                (agent, agent.map(|_| now), id),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn close_service_session(&self, customer: u64) -> StoreResult<Option<u64>> {
+        let now = now_ms();
+        self.tx(|tx| {
+            let open: Option<u64> = tx.exec_first(
+                "SELECT id FROM service_sessions WHERE open_customer = ? FOR UPDATE",
+                (customer,),
+            )?;
+            if let Some(id) = open {
+                tx.exec_drop(
+                    "UPDATE service_sessions SET closed_at = ? WHERE id = ?",
+                    (now, id),
+                )?;
+            }
+            Ok(open)
+        })
+    }
+
+    fn rate_service_session(
+        &self,
+        id: u64,
+        customer: u64,
+        rating: u8,
+        comment: &str,
+    ) -> StoreResult<()> {
+        self.tx(|tx| {
+            let row: Option<(Option<i64>, Option<u8>)> = tx.exec_first(
+                "SELECT closed_at, rating FROM service_sessions
+                 WHERE id = ? AND customer_id = ? FOR UPDATE",
+                (id, customer),
+            )?;
+            match row {
+                None => Err(Fail::Store(StoreError::NotFound("service session"))),
+                Some((None, _)) => Err(Fail::Store(StoreError::Conflict(
+                    "the session is still open",
+                ))),
+                Some((_, Some(_))) => Err(Fail::Store(StoreError::Conflict(
+                    "the session is already rated",
+                ))),
+                Some((Some(_), None)) => {
+                    tx.exec_drop(
+                        "UPDATE service_sessions SET rating = ?, comment = ? WHERE id = ?",
+                        (rating, comment, id),
+                    )?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn open_service_sessions(&self) -> StoreResult<Vec<ServiceSession>> {
+        self.run(|c| {
+            let rows: Vec<SessionTuple> = c.query(format!(
+                "SELECT {SESSION_COLS} FROM service_sessions WHERE closed_at IS NULL
+                 ORDER BY created_at, id"
+            ))?;
+            Ok(rows.into_iter().map(session_of).collect())
         })
     }
 

@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/sqlite/002_read_cursors_by_conv.sql"),
     include_str!("../../sql/sqlite/003_wechat_identities.sql"),
     include_str!("../../sql/sqlite/004_wx_cs_routes.sql"),
+    include_str!("../../sql/sqlite/005_service_sessions.sql"),
 ];
 
 pub struct SqliteStore {
@@ -143,6 +144,22 @@ impl SqliteStore {
 
 const USER_COLS: &str =
     "id, app_uid, name, head_img, user_type, created_at, last_login_at, login_count";
+
+const SESSION_COLS: &str =
+    "id, customer_id, agent_id, created_at, assigned_at, closed_at, rating, comment";
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ServiceSession> {
+    Ok(ServiceSession {
+        id: r.get::<_, i64>(0)? as u64,
+        customer: r.get::<_, i64>(1)? as u64,
+        agent: r.get::<_, Option<i64>>(2)?.map(|a| a as u64),
+        created_at: r.get(3)?,
+        assigned_at: r.get(4)?,
+        closed_at: r.get(5)?,
+        rating: r.get(6)?,
+        comment: r.get(7)?,
+    })
+}
 
 fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -551,6 +568,121 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(unavailable)
+        })
+    }
+
+    fn open_service_session(&self, customer: u64) -> StoreResult<ServiceSession> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {SESSION_COLS} FROM service_sessions WHERE customer_id = ?1 AND closed_at IS NULL"),
+                    params![customer as i64],
+                    session_row,
+                )
+                .optional()
+                .map_err(unavailable)?;
+            if let Some(s) = existing {
+                return Ok(s);
+            }
+            tx.execute(
+                "INSERT INTO service_sessions (customer_id, created_at) VALUES (?1, ?2)",
+                params![customer as i64, now],
+            )
+            .map_err(unavailable)?;
+            Ok(ServiceSession {
+                id: tx.last_insert_rowid() as u64,
+                customer,
+                agent: None,
+                created_at: now,
+                assigned_at: None,
+                closed_at: None,
+                rating: None,
+                comment: String::new(),
+            })
+        })
+    }
+
+    fn assign_service_session(&self, customer: u64, agent: Option<u64>) -> StoreResult<()> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE service_sessions SET agent_id = ?2,
+                     assigned_at = CASE WHEN ?2 IS NULL THEN NULL ELSE ?3 END
+                     WHERE customer_id = ?1 AND closed_at IS NULL",
+                    params![customer as i64, agent.map(|a| a as i64), now],
+                )
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NotFound("open service session"));
+            }
+            Ok(())
+        })
+    }
+
+    fn close_service_session(&self, customer: u64) -> StoreResult<Option<u64>> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let id: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM service_sessions WHERE customer_id = ?1 AND closed_at IS NULL",
+                    params![customer as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            if let Some(id) = id {
+                tx.execute(
+                    "UPDATE service_sessions SET closed_at = ?2 WHERE id = ?1",
+                    params![id, now],
+                )
+                .map_err(unavailable)?;
+            }
+            Ok(id.map(|i| i as u64))
+        })
+    }
+
+    fn rate_service_session(
+        &self,
+        id: u64,
+        customer: u64,
+        rating: u8,
+        comment: &str,
+    ) -> StoreResult<()> {
+        self.with_tx(|tx| {
+            let row: Option<(Option<i64>, Option<i64>)> = tx
+                .query_row(
+                    "SELECT closed_at, rating FROM service_sessions WHERE id = ?1 AND customer_id = ?2",
+                    params![id as i64, customer as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            match row {
+                None => Err(StoreError::NotFound("service session")),
+                Some((None, _)) => Err(StoreError::Conflict("the session is still open")),
+                Some((_, Some(_))) => Err(StoreError::Conflict("the session is already rated")),
+                Some((Some(_), None)) => {
+                    tx.execute(
+                        "UPDATE service_sessions SET rating = ?2, comment = ?3 WHERE id = ?1",
+                        params![id as i64, rating, comment],
+                    )
+                    .map_err(unavailable)?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn open_service_sessions(&self) -> StoreResult<Vec<ServiceSession>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {SESSION_COLS} FROM service_sessions WHERE closed_at IS NULL
+                 ORDER BY created_at, id"
+            ))?;
+            let rows = stmt.query_map([], session_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
         })
     }
 
