@@ -592,17 +592,7 @@ fn cmd_send(
                     },
                 );
             }
-            conn_job(
-                app,
-                ctx,
-                p,
-                move |s| s.existing_users(&[to_id]),
-                move |app, ctx, p, r| match r {
-                    Ok(found) if !found.is_empty() => submit(app, ctx, p, message),
-                    Ok(_) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
-                    Err(e) => p.reply_store_err(ctx, &e),
-                },
-            )
+            submit_if_user_exists(app, ctx, p, to_id, message)
         }
         chat_type::GROUP => with_members(app, ctx, p, to_id, move |app, ctx, p, members| {
             let m = NewMessage {
@@ -660,21 +650,32 @@ fn cmd_send(
                 chat_type: chat_type::SERVICE,
                 ..base
             };
-            conn_job(
-                app,
-                ctx,
-                p,
-                move |s| s.existing_users(&[to_id]),
-                move |app, ctx, p, r| match r {
-                    Ok(found) if !found.is_empty() => submit(app, ctx, p, message),
-                    Ok(_) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
-                    Err(e) => p.reply_store_err(ctx, &e),
-                },
-            )
+            submit_if_user_exists(app, ctx, p, to_id, message)
         }
         chat_type::CONSULT => Err(bad("chat_type 3 is not enabled in this build")),
         _ => Err(bad("unknown chat_type")),
     }
+}
+
+/// Submits `message` once the store confirms its recipient `to_id` exists (404 otherwise).
+fn submit_if_user_exists(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    to_id: u64,
+    message: NewMessage,
+) -> CmdResult {
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| s.existing_users(&[to_id]),
+        move |app, ctx, p, r| match r {
+            Ok(found) if !found.is_empty() => submit(app, ctx, p, message),
+            Ok(_) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
+            Err(e) => p.reply_store_err(ctx, &e),
+        },
+    )
 }
 
 /// Hands a validated, authorised message to the persister; the ack and the deliveries follow

@@ -172,6 +172,17 @@ pub fn outbound(app: &mut App, ctx: &mut dyn Ctx<Completion>, m: &StoredMessage)
     }
 }
 
+/// The configured mini-programs and mini-games (the apps with customer service).
+fn mini_apps(app: &App) -> Vec<WechatApp> {
+    app.config
+        .wechat
+        .apps
+        .iter()
+        .filter(|a| MINI.contains(&a.kind.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// Why a message could not be handed to WeChat.
 struct Undelivered {
     errcode: Option<i64>,
@@ -255,14 +266,7 @@ fn send_next(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
         app.service_outbox.queues.remove(&customer);
         return;
     };
-    let apps: Vec<WechatApp> = app
-        .config
-        .wechat
-        .apps
-        .iter()
-        .filter(|a| MINI.contains(&a.kind.as_str()))
-        .cloned()
-        .collect();
+    let apps = mini_apps(app);
     let tokens = app.access_tokens.clone();
     let client = app.wx.clone();
     let data_dir = app.config.server.data_dir.clone();
@@ -323,14 +327,7 @@ fn send_next(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
 
 /// An agent is typing in a WeChat user's service conversation: tell WeChat (best effort).
 pub fn typing(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
-    let apps: Vec<WechatApp> = app
-        .config
-        .wechat
-        .apps
-        .iter()
-        .filter(|a| MINI.contains(&a.kind.as_str()))
-        .cloned()
-        .collect();
+    let apps = mini_apps(app);
     if apps.is_empty() {
         return;
     }
