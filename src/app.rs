@@ -530,11 +530,7 @@ impl App {
                 },
             );
         };
-        if self.job(ctx, work, then) {
-            Reply::Later
-        } else {
-            Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
-        }
+        later_or_busy(self.job(ctx, work, then))
     }
 
     /// `GET /files/<sha256>.<ext>`: read on a worker, served with the type of its extension.
@@ -567,11 +563,7 @@ impl App {
                 ctx.respond(conn, resp);
             },
         );
-        if ok {
-            Reply::Later
-        } else {
-            Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
-        }
+        later_or_busy(ok)
     }
 }
 
@@ -627,6 +619,15 @@ fn too_many_failures() -> Response {
     api_error(code::RATE_LIMITED, TOO_MANY_FAILURES)
 }
 
+/// The reply of a request handed to a worker: answered later, or 503 when the queue was full.
+pub fn later_or_busy(submitted: bool) -> Reply {
+    if submitted {
+        Reply::Later
+    } else {
+        Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
+    }
+}
+
 /// `{"code":c,"msg":m}` with HTTP status c.
 pub fn api_error(c: u16, msg: &str) -> Response {
     Response::json(c, &json!({ "code": c, "msg": msg }))
@@ -659,11 +660,7 @@ impl App {
                 ctx.respond(conn, resp);
             },
         );
-        if ok {
-            Reply::Later
-        } else {
-            Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
-        }
+        later_or_busy(ok)
     }
 
     /// `POST /api/logout`: revokes the token (its open WebSockets stay until they close; it
@@ -684,11 +681,7 @@ impl App {
                 ctx.respond(conn, resp);
             },
         );
-        if ok {
-            Reply::Later
-        } else {
-            Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
-        }
+        later_or_busy(ok)
     }
 }
 

@@ -1498,11 +1498,7 @@ fn respond_job<R: Send + 'static>(
         };
         ctx.respond(conn, resp);
     });
-    if ok {
-        crate::net::Reply::Later
-    } else {
-        crate::net::Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
-    }
+    crate::app::later_or_busy(ok)
 }
 
 pub fn server_api(

@@ -157,11 +157,7 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
         };
         ctx.respond(conn, resp);
     });
-    if ok {
-        Reply::Later
-    } else {
-        Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
-    }
+    crate::app::later_or_busy(ok)
 }
 
 pub fn decrypt(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) -> Reply {
@@ -209,11 +205,7 @@ pub fn decrypt(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
     let ok = app.job(ctx, work, move |_app, ctx, r| {
         ctx.respond(conn, r.map_or_else(|resp| resp, api_ok));
     });
-    if ok {
-        Reply::Later
-    } else {
-        Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
-    }
+    crate::app::later_or_busy(ok)
 }
 
 /// Server API `wx_check {"app"}`: proves the app's configuration works end to end: takes the
@@ -252,9 +244,5 @@ pub fn check(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, body: &
             ctx.respond(conn, resp);
         },
     );
-    if ok {
-        Reply::Later
-    } else {
-        Reply::Now(api_error(code::UNAVAILABLE, "server busy, retry"))
-    }
+    crate::app::later_or_busy(ok)
 }
