@@ -69,6 +69,8 @@ enum Route {
     WxDecrypt,
     WxCallback,
     WxCallbackDefault,
+    Visitor,
+    VisitorConvert,
 }
 
 pub struct App {
@@ -136,6 +138,8 @@ impl App {
         routes.add("POST", "/api/logout", Route::Logout);
         routes.add("POST", "/api/wx/login", Route::WxLogin);
         routes.add("POST", "/api/wx/decrypt", Route::WxDecrypt);
+        routes.add("POST", "/api/service/visitor", Route::Visitor);
+        routes.add("POST", "/api/service/visitor/convert", Route::VisitorConvert);
         for method in ["GET", "POST"] {
             routes.add(method, "/wechat/{app}/callback", Route::WxCallback);
             routes.add(method, "/wechat/callback", Route::WxCallbackDefault);
@@ -160,7 +164,8 @@ impl App {
             backends.cache.clone(),
             std::time::Duration::from_millis(config.wechat.timeout_ms.saturating_mul(3)),
         ));
-        Ok(App {
+        let started = notifier.clone();
+        let mut app = App {
             access_tokens,
             wx,
             bus,
@@ -179,7 +184,12 @@ impl App {
             service_outbox: Default::default(),
             timers: HashMap::new(),
             next_timer: APP_TIMER_BASE,
-        })
+        };
+        if crate::chat::service_desk::restore(&mut app)? {
+            // Runs first thing once the reactor is up.
+            started.send(Completion::new(crate::chat::service_desk::start));
+        }
+        Ok(app)
     }
 
     /// Runs `work` on a worker, then `then` on the reactor. False when the queue is full.
@@ -329,9 +339,12 @@ impl App {
         }
         let user_type = match get("user_type").filter(|s| !s.is_empty()) {
             Some(t) => match t.parse::<i64>() {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    return Reply::Now(api_error(code::BAD_REQUEST, "user_type must be an integer"))
+                Ok(v @ 0..=2) => Some(v),
+                _ => {
+                    return Reply::Now(api_error(
+                        code::BAD_REQUEST,
+                        "user_type must be 0 (user), 1 (agent) or 2 (consultant)",
+                    ))
                 }
             },
             None => None,
@@ -345,7 +358,16 @@ impl App {
             head_img: get("head_img").map(String::from),
             user_type,
         };
-        self.issue_token_for(ctx, conn, app_uid, profile, "login ok", limiter);
+        let visitor_token = get("visitor_token")
+            .filter(|t| !t.is_empty())
+            .map(String::from);
+        if visitor_token
+            .as_deref()
+            .is_some_and(|t| !auth::token_well_formed(t))
+        {
+            return Reply::Now(api_error(code::BAD_REQUEST, "malformed visitor_token"));
+        }
+        self.issue_token_for(ctx, conn, app_uid, profile, limiter, visitor_token);
         Reply::Later
     }
 
@@ -372,15 +394,16 @@ impl App {
         })
     }
 
-    /// Creates or updates the user and answers with a new token (doLogin and the server API).
+    /// doLogin: creates or updates the user and answers with a new token, after converting the
+    /// visitor whose `visitor_token` came along (the outcome is in `data.visitor`).
     fn issue_token_for(
         &mut self,
         ctx: &mut dyn Ctx<Completion>,
         conn: ConnId,
         app_uid: String,
         profile: Profile,
-        msg: &'static str,
         limiter: Option<LoginLimiter>,
+        visitor_token: Option<String>,
     ) {
         let ttl = self.config.auth.token_ttl_s;
         let work = move |b: &Backends| -> Result<Value, (u16, String)> {
@@ -396,18 +419,26 @@ impl App {
             issue_token(b, &app_uid, &profile, true, ttl)
                 .map_err(|e| (crate::proto::store_code(&e), e.to_string()))
         };
-        let then = move |_app: &mut App,
+        let then = move |app: &mut App,
                          ctx: &mut dyn Ctx<Completion>,
                          r: Result<Value, (u16, String)>| {
-            ctx.respond(
-                conn,
-                match r {
-                    Ok(data) => {
-                        Response::json(200, &json!({ "code": 200, "msg": msg, "data": data }))
-                    }
-                    Err((c, m)) => api_error(c, &m),
-                },
-            );
+            let logged_in = |data: &Value| {
+                Response::json(200, &json!({ "code": 200, "msg": "login ok", "data": data }))
+            };
+            match (r, visitor_token) {
+                (Ok(mut data), Some(vt)) => {
+                    let uid = data["uid"].as_u64().unwrap_or_default();
+                    crate::chat::visitor::convert(app, ctx, &vt, uid, move |_app, ctx, r| {
+                        data["visitor"] = match r {
+                            Ok(v) => v,
+                            Err((c, m)) => json!({ "code": c, "msg": m }),
+                        };
+                        ctx.respond(conn, logged_in(&data));
+                    });
+                }
+                (Ok(data), None) => ctx.respond(conn, logged_in(&data)),
+                (Err((c, m)), _) => ctx.respond(conn, api_error(c, &m)),
+            }
         };
         if !self.job(ctx, work, then) {
             ctx.respond(conn, api_error(code::UNAVAILABLE, "server busy, retry"));
@@ -721,6 +752,10 @@ impl Handler for App {
                     crate::wechat::callback::handle(self, ctx, conn, &req, None)
                 }
                 Route::DoLogin => self.do_login(ctx, conn, &req),
+                Route::Visitor => crate::chat::visitor::create(self, ctx, conn, &req),
+                Route::VisitorConvert => {
+                    crate::chat::visitor::convert_request(self, ctx, conn, &req)
+                }
                 Route::ServerApi => {
                     let action = params
                         .iter()

@@ -22,6 +22,76 @@ pub struct Config {
     pub upload: UploadConfig,
     pub redis: RedisConfig,
     pub wechat: WechatConfig,
+    pub service: ServiceConfig,
+    pub consult: ConsultConfig,
+}
+
+/// `[service]`: the customer-service desk (`chat_type` 2).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Open sessions one agent serves at most; further customers wait in the queue.
+    pub max_sessions_per_agent: usize,
+    /// An agent disconnected longer than this loses their open sessions to the queue.
+    pub grace_s: u64,
+    /// Office hours, e.g. `"mon-fri 09:00-18:00"` or `"09:00-21:00"`; empty = always open.
+    pub office_hours: String,
+    /// The office hours' time zone as a UTC offset, e.g. `"+08:00"`.
+    pub utc_offset: String,
+    /// Sent (as a system message) when a session opens within office hours; empty = none.
+    pub welcome: String,
+    /// Sent instead of `welcome` outside office hours; empty = none.
+    pub offline_message: String,
+    /// Sent when the customer has to wait; `{position}` is replaced; empty = none.
+    pub queue_message: String,
+    /// Sent when a session closes; empty = none.
+    pub closing_message: String,
+    /// A closed session asks the customer for a rating (`service_rate`).
+    pub ask_rating: bool,
+    /// Lifetime of an anonymous visitor's token (`POST /api/service/visitor`).
+    pub visitor_ttl_s: u64,
+    /// Visitor identities one client IP may create per minute (429 above); 0 = unlimited.
+    pub visitors_per_ip_per_min: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            max_sessions_per_agent: 5,
+            grace_s: 60,
+            office_hours: String::new(),
+            utc_offset: "+08:00".into(),
+            welcome: String::new(),
+            offline_message: String::new(),
+            queue_message: String::new(),
+            closing_message: String::new(),
+            ask_rating: true,
+            visitor_ttl_s: 86_400,
+            visitors_per_ip_per_min: 10,
+        }
+    }
+}
+
+/// `[consult]`: timed consultations (`chat_type` 3).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsultConfig {
+    /// Both sides get the remaining time this often while it runs.
+    pub report_every_s: u64,
+    /// Both sides get a warning when the remaining time falls to each of these (seconds).
+    pub warn_at_s: Vec<u64>,
+    /// Running consultations' remaining time is saved this often (a crash loses at most this).
+    pub save_every_s: u64,
+}
+
+impl Default for ConsultConfig {
+    fn default() -> Self {
+        ConsultConfig {
+            report_every_s: 60,
+            warn_at_s: vec![300, 60],
+            save_every_s: 5,
+        }
+    }
 }
 
 /// `[wechat]`: the WeChat apps (mini-programs, mini-games, official accounts) wxchat serves.
@@ -464,6 +534,20 @@ impl Config {
         }
         if self.ws.echo_path == self.ws.path {
             return err("[ws] echo_path must differ from [ws] path");
+        }
+        if crate::chat::office_hours::OfficeHours::parse(
+            &self.service.office_hours,
+            &self.service.utc_offset,
+        )
+        .is_err()
+        {
+            return err("[service] office_hours must look like \"mon-fri 09:00-18:00\" (or be empty) and utc_offset like \"+08:00\"");
+        }
+        if self.service.max_sessions_per_agent == 0 {
+            return err("[service] max_sessions_per_agent must be at least 1");
+        }
+        if self.consult.report_every_s == 0 || self.consult.save_every_s == 0 {
+            return err("[consult] report_every_s and save_every_s must be at least 1");
         }
         if self.ws.max_frame_bytes < 125 || self.ws.max_message_bytes < self.ws.max_frame_bytes {
             return err("[ws] needs 125 <= max_frame_bytes <= max_message_bytes");

@@ -35,6 +35,8 @@ pub mod close {
     pub const AUTH_TIMEOUT: u16 = 4002;
     /// Kicked through the server API.
     pub const KICKED: u16 = 4003;
+    /// A visitor's connection after the visitor logged in as a registered user.
+    pub const CONVERTED: u16 = 4004;
 }
 
 /// The code a store failure is reported with.

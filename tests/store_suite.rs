@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use wxchat::store::mysql::MysqlStore;
 use wxchat::store::sqlite::SqliteStore;
-use wxchat::store::{NewMessage, Profile, Store, StoreError, WechatIdentity};
+use wxchat::store::{
+    NewMessage, Profile, Store, StoreError, WechatIdentity, USER_TYPE_CONVERTED, USER_TYPE_VISITOR,
+};
 
 /// A store under test, with a way to open it again (a restart) and what keeps it alive.
 struct Fixture {
@@ -493,6 +495,83 @@ fn service_sessions_open_once_assign_close_and_rate(f: Fixture) {
     );
 }
 
+fn visitors_convert_once_and_hand_over_their_sessions(f: Fixture) {
+    let s = &f.store;
+    let v = s.create_visitor().unwrap();
+    assert_eq!(v.user_type, USER_TYPE_VISITOR);
+    assert_eq!(v.app_uid, None);
+    let w = s.create_visitor().unwrap();
+    assert_ne!(v.uid, w.uid);
+    let (u, _) = s.upsert_app_user("member", &Profile::default(), true).unwrap();
+    let (busy, _) = s.upsert_app_user("busy", &Profile::default(), true).unwrap();
+    // v: one closed and one open session, both move to u.
+    let old = s.open_service_session(v.uid).unwrap();
+    s.close_service_session(v.uid).unwrap();
+    let open = s.open_service_session(v.uid).unwrap();
+    s.assign_service_session(v.uid, Some(500)).unwrap();
+    s.convert_visitor(v.uid, u.uid).unwrap();
+    assert_eq!(s.user(v.uid).unwrap().unwrap().user_type, USER_TYPE_CONVERTED);
+    let now_open = s.open_service_sessions().unwrap();
+    assert_eq!(
+        now_open.iter().map(|x| (x.id, x.customer, x.agent)).collect::<Vec<_>>(),
+        vec![(open.id, u.uid, Some(500))]
+    );
+    s.rate_service_session(old.id, u.uid, 5, "").unwrap();
+    // Once only; not for registered users; unknown ids.
+    assert!(matches!(s.convert_visitor(v.uid, u.uid), Err(StoreError::Conflict(_))));
+    assert!(matches!(s.convert_visitor(u.uid, busy.uid), Err(StoreError::Conflict(_))));
+    assert!(matches!(s.convert_visitor(987_654, u.uid), Err(StoreError::NotFound(_))));
+    // The registered user already has an open session: the visitor's one is closed.
+    let theirs = s.open_service_session(busy.uid).unwrap();
+    s.open_service_session(w.uid).unwrap();
+    s.convert_visitor(w.uid, busy.uid).unwrap();
+    let ids: Vec<(u64, u64)> = s
+        .open_service_sessions()
+        .unwrap()
+        .iter()
+        .map(|x| (x.id, x.customer))
+        .collect();
+    assert_eq!(ids, vec![(open.id, u.uid), (theirs.id, busy.uid)]);
+}
+
+fn consultations_run_down_by_deltas_extend_and_end(f: Fixture) {
+    let s = &f.store;
+    let c = s.create_consultation(1, 2, 60_000).unwrap();
+    assert_eq!(
+        (c.user, c.consultant, c.total_ms, c.remaining_ms, c.ended),
+        (1, 2, 60_000, 60_000, false)
+    );
+    let other = s.create_consultation(3, 2, 10_000).unwrap();
+    assert_eq!(
+        s.active_consultations(2).unwrap().iter().map(|x| x.id).collect::<Vec<_>>(),
+        vec![c.id, other.id]
+    );
+    assert_eq!(s.active_consultations(1).unwrap().len(), 1);
+    assert!(s.active_consultations(9).unwrap().is_empty());
+    s.use_consultation_time(&[(c.id, 5_000, false), (other.id, 4_000, false)])
+        .unwrap();
+    // An extension between two saves is kept: saves subtract, they do not overwrite.
+    let e = s.extend_consultation(c.id, 30_000).unwrap();
+    assert_eq!((e.total_ms, e.remaining_ms), (90_000, 85_000));
+    s.use_consultation_time(&[(c.id, 1_000, false)]).unwrap();
+    assert_eq!(s.consultation(c.id).unwrap().unwrap().remaining_ms, 84_000);
+    // Used up: never below zero, ended, no longer active.
+    s.use_consultation_time(&[(other.id, 99_000, true)]).unwrap();
+    let o = s.consultation(other.id).unwrap().unwrap();
+    assert_eq!((o.remaining_ms, o.ended), (0, true));
+    assert_eq!(s.active_consultations(3).unwrap(), vec![]);
+    // Extending an ended one makes it active again; it survives a reopen.
+    s.extend_consultation(other.id, 7_000).unwrap();
+    let s2 = (f.reopen)();
+    let o = s2.consultation(other.id).unwrap().unwrap();
+    assert_eq!((o.remaining_ms, o.total_ms, o.ended), (7_000, 17_000, false));
+    assert_eq!(
+        s2.extend_consultation(999_999, 1),
+        Err(StoreError::NotFound("consultation"))
+    );
+    assert_eq!(s2.consultation(999_999).unwrap(), None);
+}
+
 macro_rules! suite {
     ([$($backend:ident),*] $tests:tt) => {
         $( suite!(@one $backend $tests); )*
@@ -521,6 +600,8 @@ suite!([sqlite, mysql] [
     tokens_expire_and_are_revoked,
     recall_blanks_the_body_only,
     wechat_identities_merge_by_unionid,
-        wechat_customers_and_their_reply_route,
-        service_sessions_open_once_assign_close_and_rate,
+    wechat_customers_and_their_reply_route,
+    service_sessions_open_once_assign_close_and_rate,
+    visitors_convert_once_and_hand_over_their_sessions,
+    consultations_run_down_by_deltas_extend_and_end,
 ]);

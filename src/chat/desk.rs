@@ -104,6 +104,37 @@ impl Desk {
         self.queue.len()
     }
 
+    /// The first `limit` waiting customers, in order.
+    pub fn waiting(&self, limit: usize) -> Vec<u64> {
+        self.queue.iter().take(limit).copied().collect()
+    }
+
+    /// A connected agent's status (None when unknown or gone).
+    pub fn agent_status(&self, agent: u64) -> Option<AgentStatus> {
+        self.agents.get(&agent).map(|a| a.status)
+    }
+
+    /// A visitor became a registered user: their session (queued or assigned) now belongs to
+    /// `new`. When `new` already has a session, the visitor's is closed instead.
+    pub fn rekey(&mut self, old: u64, new: u64) -> Vec<Effect> {
+        let Some(agent) = self.sessions.get(&old).copied() else {
+            return Vec::new();
+        };
+        if self.sessions.contains_key(&new) {
+            return self.close(old, None).unwrap_or_default();
+        }
+        self.sessions.remove(&old);
+        self.sessions.insert(new, agent);
+        for c in self.queue.iter_mut().filter(|c| **c == old) {
+            *c = new;
+        }
+        if let Some(a) = agent.and_then(|a| self.agents.get_mut(&a)) {
+            a.customers.remove(&old);
+            a.customers.insert(new);
+        }
+        Vec::new()
+    }
+
     /// Customers an agent serves.
     pub fn customers_of(&self, agent: u64) -> Vec<u64> {
         self.agents
@@ -582,5 +613,30 @@ mod tests {
             ]
         );
         assert_eq!(d.customers_of(100), vec![1, 2]);
+    }
+
+    #[test]
+    fn rekey_moves_a_visitor_session_or_closes_it() {
+        let mut d = Desk::new();
+        d.agent_online(100, 1);
+        d.customer_message(1);
+        d.customer_message(2);
+        assert_eq!(d.position(2), Some(1));
+        assert!(d.rekey(2, 20).is_empty());
+        assert_eq!(d.position(20), Some(1));
+        assert_eq!(d.session(2), None);
+        assert!(d.rekey(1, 10).is_empty());
+        assert_eq!(d.customers_of(100), vec![10]);
+        // The registered user already has a session: the visitor's one closes.
+        d.customer_message(3);
+        d.customer_message(30);
+        assert_eq!(
+            d.rekey(3, 30),
+            vec![Effect::Closed {
+                customer: 3,
+                agent: None
+            }, Effect::Queued { customer: 30, position: 2 }]
+        );
+        assert_eq!(d.waiting(10), vec![20, 30]);
     }
 }

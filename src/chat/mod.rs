@@ -3,8 +3,11 @@
 //! goes through `App::job` (workers) or `App::persist` (the persister).
 
 pub mod desk;
+pub mod office_hours;
 pub mod persister;
 pub mod presence;
+pub mod service_desk;
+pub mod visitor;
 
 use crate::app::{api_error, api_ok, App, Completion};
 use crate::auth;
@@ -21,6 +24,9 @@ use std::time::{Duration, Instant};
 
 /// `user_type` of customer-service agents.
 pub const USER_TYPE_AGENT: i64 = 1;
+/// `user_type` of consultants (timed consultations name them explicitly; the type is a label).
+pub const USER_TYPE_CONSULTANT: i64 = 2;
+pub use crate::store::{USER_TYPE_CONVERTED, USER_TYPE_VISITOR};
 
 /// Most messages one `sync` / `history` returns.
 const MAX_PAGE: u64 = 200;
@@ -28,6 +34,8 @@ const MAX_PAGE: u64 = 200;
 /// One chat connection.
 struct Session {
     uid: Option<u64>,
+    /// An anonymous visitor's connection: customer-service commands only.
+    visitor: bool,
     authenticating: bool,
     auth_timer: Option<TimerId>,
     /// Store requests in flight for this connection.
@@ -45,8 +53,11 @@ pub struct ChatState {
     friends: HashMap<u64, HashSet<u64>>,
     /// Group members, loaded on demand, updated by membership changes made through this server.
     groups: HashMap<u64, Arc<Vec<u64>>>,
-    /// Online agents (`user_type` 1) on this process: they receive customer-service messages.
+    /// Online agents (`user_type` 1) on this process.
     agents: HashSet<u64>,
+    /// Customer-service sessions: who serves whom, who waits.
+    desk: desk::Desk,
+    office_hours: office_hours::OfficeHours,
     /// Timer token -> the connection whose authentication deadline it is.
     auth_timers: HashMap<u64, ConnId>,
     next_timer: u64,
@@ -64,6 +75,15 @@ impl ChatState {
             friends: HashMap::new(),
             groups: HashMap::new(),
             agents: HashSet::new(),
+            desk: desk::Desk::new(),
+            // Validated with the config.
+            office_hours: office_hours::OfficeHours::parse(
+                &config.service.office_hours,
+                &config.service.utc_offset,
+            )
+            .unwrap_or_else(|_| {
+                office_hours::OfficeHours::parse("", "+00:00").expect("always open parses")
+            }),
             auth_timers: HashMap::new(),
             next_timer: 1,
             presence_refresh_armed: false,
@@ -82,12 +102,9 @@ impl ChatState {
         self.agents.contains(&uid)
     }
 
-    /// Who a conversation's pushes go to on this process.
+    /// Who a service conversation's pushes go to: the customer and their agent.
     fn service_recipients(&self, customer: u64) -> Vec<u64> {
-        let mut r = Vec::with_capacity(1 + self.agents.len());
-        r.push(customer);
-        r.extend(self.agents.iter().copied().filter(|a| *a != customer));
-        r
+        service_desk::recipients(&self.desk, customer)
     }
 
     fn conns_of(&self, uid: u64) -> &[ConnId] {
@@ -133,6 +150,7 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
         conn,
         Session {
             uid: None,
+            visitor: false,
             authenticating: false,
             auth_timer: Some(timer),
             pending: 0,
@@ -196,7 +214,9 @@ pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
     };
     if now_offline {
         app.chat.online.remove(&uid);
-        app.chat.agents.remove(&uid);
+        if app.chat.agents.remove(&uid) {
+            service_desk::agent_disconnected(app, ctx, uid);
+        }
         push_presence(app, ctx, uid, false);
         app.chat.friends.remove(&uid);
         presence::went_offline(app, ctx, uid);
@@ -296,6 +316,10 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
         match b.tokens.user(&hash)? {
             Some(uid) => {
                 let user_type = b.user(uid)?.map_or(0, |u| u.user_type);
+                if user_type == USER_TYPE_CONVERTED {
+                    // A visitor who logged in: their token died with the visitor.
+                    return Ok(None);
+                }
                 Ok(Some((uid, b.friends(uid)?, user_type)))
             }
             None => Ok(None),
@@ -311,9 +335,7 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
         match r {
             Ok(Some((uid, friends, user_type))) => {
                 session.uid = Some(uid);
-                if user_type == USER_TYPE_AGENT {
-                    app.chat.agents.insert(uid);
-                }
+                session.visitor = user_type == USER_TYPE_VISITOR;
                 if let Some(t) = session.auth_timer.take() {
                     ctx.cancel_timer(t);
                 }
@@ -322,6 +344,10 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                 app.chat.friends.insert(uid, friends.into_iter().collect());
                 p.reply_ok(ctx, &json!({ "uid": uid }));
                 if first {
+                    if user_type == USER_TYPE_AGENT {
+                        app.chat.agents.insert(uid);
+                        service_desk::agent_connected(app, ctx, uid);
+                    }
                     push_presence(app, ctx, uid, true);
                     presence::came_online(app, ctx, uid);
                 }
@@ -389,6 +415,14 @@ pub fn on_message(
         p.reply_err(ctx, code::UNAUTHORIZED, "authenticate first");
         return;
     };
+    if session.visitor && !VISITOR_COMMANDS.contains(&cmd.cmd.as_str()) {
+        p.reply_err(
+            ctx,
+            code::FORBIDDEN,
+            "visitors may only use customer service: log in first",
+        );
+        return;
+    }
     if session.pending >= app.config.chat.max_pending_per_conn {
         p.reply_err(ctx, code::UNAVAILABLE, "too many requests in flight, retry");
         return;
@@ -413,6 +447,8 @@ pub fn on_message(
         "group_members" => cmd_group_members(app, ctx, &p, uid, &cmd),
         "group_invite" => cmd_group_invite(app, ctx, &p, uid, &cmd),
         "group_leave" => cmd_group_leave(app, ctx, &p, uid, &cmd),
+        "service_status" | "service_accept" | "service_transfer" | "service_close"
+        | "service_rate" | "service_info" => service_desk::command(app, ctx, &p, uid, &cmd),
         _ => Err((code::BAD_REQUEST, format!("unknown cmd {:?}", cmd.cmd))),
     };
     if let Err((c, m)) = result {
@@ -421,6 +457,19 @@ pub fn on_message(
 }
 
 type CmdResult = Result<(), (u16, String)>;
+
+/// What an anonymous visitor may do (besides `ping` and `auth`).
+const VISITOR_COMMANDS: &[&str] = &[
+    "send",
+    "sync",
+    "history",
+    "conversations",
+    "read",
+    "typing",
+    "service_close",
+    "service_rate",
+    "service_info",
+];
 
 fn bad(m: impl Into<String>) -> (u16, String) {
     (code::BAD_REQUEST, m.into())
@@ -535,6 +584,14 @@ fn cmd_send(
         }
     }
     let ct = cmd.u64("chat_type").map_err(bad)?;
+    if ct != u64::from(chat_type::SERVICE)
+        && app.chat.sessions.get(&p.conn).is_some_and(|s| s.visitor)
+    {
+        return Err((
+            code::FORBIDDEN,
+            "visitors may only write to customer service (chat_type 2)".into(),
+        ));
+    }
     let to_id = cmd.u64("to_id").map_err(bad)?;
     let mt = cmd.u64("msg_type").map_err(bad)?;
     let client_msg_id = match cmd.fields.get("client_msg_id") {
@@ -638,19 +695,20 @@ fn cmd_send(
                     to_id: 0,
                     ..base
                 };
-                submit(app, ctx, p, message);
-                return Ok(());
+                return service_desk::customer_send(app, ctx, p, uid, message);
             }
-            // An agent answers a customer.
+            // An agent answers a customer they serve.
             if to_id == 0 || to_id == uid {
                 return Err(bad("an agent's to_id is the customer's uid"));
             }
+            service_desk::check_serves(&app.chat.desk, uid, to_id)?;
             let message = NewMessage {
                 conv_id: proto::service_conv(to_id),
                 chat_type: chat_type::SERVICE,
                 ..base
             };
-            submit_if_user_exists(app, ctx, p, to_id, message)
+            submit(app, ctx, p, message);
+            Ok(())
         }
         chat_type::CONSULT => Err(bad("chat_type 3 is not enabled in this build")),
         _ => Err(bad("unknown chat_type")),
@@ -1525,7 +1583,17 @@ pub fn server_api(
                     .get("head_img")
                     .and_then(Value::as_str)
                     .map(String::from),
-                user_type: body.get("user_type").and_then(Value::as_i64),
+                user_type: match body.get("user_type") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => match v.as_i64() {
+                        Some(t @ 0..=2) => Some(t),
+                        _ => {
+                            return Err(bad(
+                                "user_type must be 0 (user), 1 (agent) or 2 (consultant)",
+                            ))
+                        }
+                    },
+                },
             };
             let ttl = app.config.auth.token_ttl_s;
             Ok(respond_job(

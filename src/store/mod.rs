@@ -83,6 +83,27 @@ pub struct ServiceSession {
     pub comment: String,
 }
 
+/// `user_type` of an anonymous web visitor (customer service only).
+pub const USER_TYPE_VISITOR: i64 = 3;
+/// `user_type` of a visitor who logged in as a registered user (their tokens are dead).
+pub const USER_TYPE_CONVERTED: i64 = 4;
+
+/// A timed consultation as stored (`chat_type` 3, conversation `c_<id>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Consultation {
+    pub id: u64,
+    pub user: u64,
+    pub consultant: u64,
+    /// Time bought, extensions included.
+    pub total_ms: u64,
+    /// As last saved (the hub holds the live figure while the time runs).
+    pub remaining_ms: u64,
+    /// The time is used up.
+    pub ended: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 /// A message accepted by the hub, before it has a seq.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewMessage {
@@ -181,6 +202,29 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Every open session, oldest first (the desk is rebuilt from them at start).
     fn open_service_sessions(&self) -> StoreResult<Vec<ServiceSession>>;
+
+    /// A new anonymous visitor (`user_type` 3).
+    fn create_visitor(&self) -> StoreResult<User>;
+    /// The visitor became `uid`: marked converted (`user_type` 4, their tokens no longer
+    /// authenticate) and their service sessions now belong to `uid` (an open one is closed when
+    /// `uid` has one open already). NotFound / Conflict when `visitor` is not a visitor.
+    fn convert_visitor(&self, visitor: u64, uid: u64) -> StoreResult<()>;
+
+    fn create_consultation(
+        &self,
+        user: u64,
+        consultant: u64,
+        duration_ms: u64,
+    ) -> StoreResult<Consultation>;
+    /// Adds time (an ended consultation becomes active again).
+    fn extend_consultation(&self, id: u64, extra_ms: u64) -> StoreResult<Consultation>;
+    fn consultation(&self, id: u64) -> StoreResult<Option<Consultation>>;
+    /// The user's active consultations, as user or as consultant.
+    fn active_consultations(&self, uid: u64) -> StoreResult<Vec<Consultation>>;
+    /// Records time used, as `(id, used_ms, ended)`: the remaining time goes down by `used_ms`
+    /// (never below zero; deltas, so that an extension made meanwhile is never overwritten) and
+    /// `ended` marks the consultation over.
+    fn use_consultation_time(&self, used: &[(u64, u64, bool)]) -> StoreResult<()>;
 
     fn put_token(&self, token_hash: &[u8], uid: u64, expires_at: i64) -> StoreResult<()>;
     /// The user a live token belongs to.

@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/mysql/002_wechat_identities.sql"),
     include_str!("../../sql/mysql/003_wx_cs_routes.sql"),
     include_str!("../../sql/mysql/004_service_sessions.sql"),
+    include_str!("../../sql/mysql/005_consultations.sql"),
 ];
 
 /// Row counts used for multi-row statements: a batch of n rows is sent as a few chunks of these
@@ -229,6 +230,26 @@ fn msg_of(
 
 const SESSION_COLS: &str =
     "id, customer_id, agent_id, created_at, assigned_at, closed_at, rating, comment";
+
+const CONSULT_COLS: &str =
+    "id, user_id, consultant_id, total_ms, remaining_ms, state, created_at, updated_at";
+
+type ConsultTuple = (u64, u64, u64, u64, u64, u8, i64, i64);
+
+fn consult_of(
+    (id, user, consultant, total_ms, remaining_ms, state, created_at, updated_at): ConsultTuple,
+) -> Consultation {
+    Consultation {
+        id,
+        user,
+        consultant,
+        total_ms,
+        remaining_ms,
+        ended: state != 0,
+        created_at,
+        updated_at,
+    }
+}
 
 type SessionTuple = (
     u64,
@@ -928,6 +949,139 @@ impl Store for MysqlStore {
             tx.exec_drop(
                 "UPDATE service_sessions SET agent_id = ?, assigned_at = ? WHERE id = ?",
                 (agent, agent.map(|_| now), id),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn create_visitor(&self) -> StoreResult<User> {
+        let now = now_ms();
+        self.tx(|tx| {
+            tx.exec_drop(
+                "INSERT INTO users (name, user_type, created_at, last_login_at, login_count)
+                 VALUES ('访客', ?, ?, ?, 1)",
+                (USER_TYPE_VISITOR, now, now),
+            )?;
+            let id = tx.last_insert_id().unwrap_or(0);
+            tx.exec_first(format!("SELECT {USER_COLS} FROM users WHERE id = ?"), (id,))?
+                .map(user_of)
+                .ok_or(Fail::Store(StoreError::NotFound("user")))
+        })
+    }
+
+    fn convert_visitor(&self, visitor: u64, uid: u64) -> StoreResult<()> {
+        let now = now_ms();
+        self.tx(|tx| {
+            let kind: Option<i64> = tx.exec_first(
+                "SELECT user_type FROM users WHERE id = ? FOR UPDATE",
+                (visitor,),
+            )?;
+            match kind {
+                None => return Err(Fail::Store(StoreError::NotFound("visitor"))),
+                Some(USER_TYPE_VISITOR) => {}
+                Some(_) => {
+                    return Err(Fail::Store(StoreError::Conflict(
+                        "not a visitor (or already converted)",
+                    )))
+                }
+            }
+            tx.exec_drop(
+                "UPDATE users SET user_type = ? WHERE id = ?",
+                (USER_TYPE_CONVERTED, visitor),
+            )?;
+            let uid_has_open: Option<u64> = tx.exec_first(
+                "SELECT id FROM service_sessions WHERE open_customer = ? FOR UPDATE",
+                (uid,),
+            )?;
+            if uid_has_open.is_some() {
+                tx.exec_drop(
+                    "UPDATE service_sessions SET closed_at = ? WHERE open_customer = ?",
+                    (now, visitor),
+                )?;
+            }
+            tx.exec_drop(
+                "UPDATE service_sessions SET customer_id = ? WHERE customer_id = ?",
+                (uid, visitor),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn create_consultation(
+        &self,
+        user: u64,
+        consultant: u64,
+        duration_ms: u64,
+    ) -> StoreResult<Consultation> {
+        let now = now_ms();
+        self.tx(|tx| {
+            tx.exec_drop(
+                "INSERT INTO consultations (user_id, consultant_id, total_ms, remaining_ms, created_at, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+                (user, consultant, duration_ms, duration_ms, now, now),
+            )?;
+            let id = tx.last_insert_id().unwrap_or(0);
+            tx.exec_first::<ConsultTuple, _, _>(
+                format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?"),
+                (id,),
+            )?
+            .map(consult_of)
+            .ok_or(Fail::Store(StoreError::NotFound("consultation")))
+        })
+    }
+
+    fn extend_consultation(&self, id: u64, extra_ms: u64) -> StoreResult<Consultation> {
+        let now = now_ms();
+        self.tx(|tx| {
+            tx.exec_drop(
+                "UPDATE consultations SET total_ms = total_ms + ?, remaining_ms = remaining_ms + ?,
+                 state = 0, ended_at = NULL, updated_at = ? WHERE id = ?",
+                (extra_ms, extra_ms, now, id),
+            )?;
+            tx.exec_first::<ConsultTuple, _, _>(
+                format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?"),
+                (id,),
+            )?
+            .map(consult_of)
+            .ok_or(Fail::Store(StoreError::NotFound("consultation")))
+        })
+    }
+
+    fn consultation(&self, id: u64) -> StoreResult<Option<Consultation>> {
+        self.run(|c| {
+            Ok(c.exec_first::<ConsultTuple, _, _>(
+                format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?"),
+                (id,),
+            )?
+            .map(consult_of))
+        })
+    }
+
+    fn active_consultations(&self, uid: u64) -> StoreResult<Vec<Consultation>> {
+        self.run(|c| {
+            let rows: Vec<ConsultTuple> = c.exec(
+                format!(
+                    "SELECT {CONSULT_COLS} FROM consultations WHERE user_id = ? AND state = 0
+                     UNION SELECT {CONSULT_COLS} FROM consultations WHERE consultant_id = ? AND state = 0
+                     ORDER BY id"
+                ),
+                (uid, uid),
+            )?;
+            Ok(rows.into_iter().map(consult_of).collect())
+        })
+    }
+
+    fn use_consultation_time(&self, used: &[(u64, u64, bool)]) -> StoreResult<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.tx(|tx| {
+            tx.exec_batch(
+                "UPDATE consultations SET remaining_ms = IF(remaining_ms > ?, remaining_ms - ?, 0),
+                 state = IF(?, 1, state), ended_at = IF(?, ?, ended_at), updated_at = ?
+                 WHERE id = ?",
+                used.iter().map(|(id, ms, ended)| (*ms, *ms, *ended, *ended, now, now, *id)),
             )?;
             Ok(())
         })

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/sqlite/003_wechat_identities.sql"),
     include_str!("../../sql/sqlite/004_wx_cs_routes.sql"),
     include_str!("../../sql/sqlite/005_service_sessions.sql"),
+    include_str!("../../sql/sqlite/006_consultations.sql"),
 ];
 
 pub struct SqliteStore {
@@ -147,6 +148,22 @@ const USER_COLS: &str =
 
 const SESSION_COLS: &str =
     "id, customer_id, agent_id, created_at, assigned_at, closed_at, rating, comment";
+
+const CONSULT_COLS: &str =
+    "id, user_id, consultant_id, total_ms, remaining_ms, state, created_at, updated_at";
+
+fn consult_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Consultation> {
+    Ok(Consultation {
+        id: r.get::<_, i64>(0)? as u64,
+        user: r.get::<_, i64>(1)? as u64,
+        consultant: r.get::<_, i64>(2)? as u64,
+        total_ms: r.get::<_, i64>(3)? as u64,
+        remaining_ms: r.get::<_, i64>(4)? as u64,
+        ended: r.get::<_, i64>(5)? != 0,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+    })
+}
 
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ServiceSession> {
     Ok(ServiceSession {
@@ -683,6 +700,160 @@ impl Store for SqliteStore {
             ))?;
             let rows = stmt.query_map([], session_row)?.collect::<Result<_, _>>()?;
             Ok(rows)
+        })
+    }
+
+    fn create_visitor(&self) -> StoreResult<User> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT INTO users (name, user_type, created_at, last_login_at, login_count)
+                 VALUES ('访客', ?1, ?2, ?2, 1)",
+                params![USER_TYPE_VISITOR, now],
+            )
+            .map_err(unavailable)?;
+            tx.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
+                params![tx.last_insert_rowid()],
+                user_row,
+            )
+            .map_err(unavailable)
+        })
+    }
+
+    fn convert_visitor(&self, visitor: u64, uid: u64) -> StoreResult<()> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let kind: Option<i64> = tx
+                .query_row(
+                    "SELECT user_type FROM users WHERE id = ?1",
+                    params![visitor as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            match kind {
+                None => return Err(StoreError::NotFound("visitor")),
+                Some(USER_TYPE_VISITOR) => {}
+                Some(_) => return Err(StoreError::Conflict("not a visitor (or already converted)")),
+            }
+            tx.execute(
+                "UPDATE users SET user_type = ?2 WHERE id = ?1",
+                params![visitor as i64, USER_TYPE_CONVERTED],
+            )
+            .map_err(unavailable)?;
+            let uid_has_open: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM service_sessions WHERE customer_id = ?1 AND closed_at IS NULL)",
+                    params![uid as i64],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            if uid_has_open {
+                tx.execute(
+                    "UPDATE service_sessions SET closed_at = ?2 WHERE customer_id = ?1 AND closed_at IS NULL",
+                    params![visitor as i64, now],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.execute(
+                "UPDATE service_sessions SET customer_id = ?2 WHERE customer_id = ?1",
+                params![visitor as i64, uid as i64],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn create_consultation(
+        &self,
+        user: u64,
+        consultant: u64,
+        duration_ms: u64,
+    ) -> StoreResult<Consultation> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT INTO consultations (user_id, consultant_id, total_ms, remaining_ms, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?4)",
+                params![user as i64, consultant as i64, duration_ms as i64, now],
+            )
+            .map_err(unavailable)?;
+            tx.query_row(
+                &format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?1"),
+                params![tx.last_insert_rowid()],
+                consult_row,
+            )
+            .map_err(unavailable)
+        })
+    }
+
+    fn extend_consultation(&self, id: u64, extra_ms: u64) -> StoreResult<Consultation> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE consultations SET total_ms = total_ms + ?2, remaining_ms = remaining_ms + ?2,
+                     state = 0, ended_at = NULL, updated_at = ?3 WHERE id = ?1",
+                    params![id as i64, extra_ms as i64, now],
+                )
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NotFound("consultation"));
+            }
+            tx.query_row(
+                &format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?1"),
+                params![id as i64],
+                consult_row,
+            )
+            .map_err(unavailable)
+        })
+    }
+
+    fn consultation(&self, id: u64) -> StoreResult<Option<Consultation>> {
+        self.with_conn(|c| {
+            c.query_row(
+                &format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?1"),
+                params![id as i64],
+                consult_row,
+            )
+            .optional()
+        })
+    }
+
+    fn active_consultations(&self, uid: u64) -> StoreResult<Vec<Consultation>> {
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {CONSULT_COLS} FROM consultations WHERE user_id = ?1 AND state = 0
+                 UNION SELECT {CONSULT_COLS} FROM consultations WHERE consultant_id = ?1 AND state = 0
+                 ORDER BY id"
+            ))?;
+            let rows = stmt
+                .query_map(params![uid as i64], consult_row)?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn use_consultation_time(&self, used: &[(u64, u64, bool)]) -> StoreResult<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE consultations SET remaining_ms = MAX(remaining_ms - ?2, 0),
+                     state = CASE WHEN ?3 THEN 1 ELSE state END,
+                     ended_at = CASE WHEN ?3 THEN ?4 ELSE ended_at END, updated_at = ?4
+                     WHERE id = ?1",
+                )
+                .map_err(unavailable)?;
+            for (id, used_ms, ended) in used {
+                stmt.execute(params![*id as i64, *used_ms as i64, *ended, now])
+                    .map_err(unavailable)?;
+            }
+            Ok(())
         })
     }
 

@@ -109,6 +109,8 @@ pub fn inbound(
     let work = move |b: &Backends| -> StoreResult<u64> {
         let (user, _) = b.wechat_login(&id, false)?;
         b.set_cs_route(user.uid, &id.appid, &id.openid)?;
+        // Before the message: a restart must find the session it opens.
+        b.open_service_session(user.uid)?;
         Ok(user.uid)
     };
     let then = move |app: &mut App, ctx: &mut dyn Ctx<Completion>, r: StoreResult<u64>| {
@@ -120,6 +122,7 @@ pub fn inbound(
                 return;
             }
         };
+        let greetings = crate::chat::service_desk::opened(app, ctx, uid);
         let message = NewMessage {
             conv_id: proto::service_conv(uid),
             chat_type: chat_type::SERVICE,
@@ -145,6 +148,7 @@ pub fn inbound(
         if queued.is_err() {
             ctx.respond(conn, Response::error(503, "server busy, retry"));
         }
+        crate::chat::service_desk::system_messages(app, uid, greetings);
     };
     Some(if app.job(ctx, work, then) {
         Reply::Later
@@ -311,7 +315,9 @@ fn send_next(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
                     data["errcode"] = json!(c);
                 }
             }
-            crate::chat::push_to_users(app, ctx, &[sender], &proto::push("wx_delivery", &data));
+            if sender != 0 {
+                crate::chat::push_to_users(app, ctx, &[sender], &proto::push("wx_delivery", &data));
+            }
         }
         send_next(app, ctx, customer);
     };
