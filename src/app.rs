@@ -139,7 +139,11 @@ impl App {
         routes.add("POST", "/api/wx/login", Route::WxLogin);
         routes.add("POST", "/api/wx/decrypt", Route::WxDecrypt);
         routes.add("POST", "/api/service/visitor", Route::Visitor);
-        routes.add("POST", "/api/service/visitor/convert", Route::VisitorConvert);
+        routes.add(
+            "POST",
+            "/api/service/visitor/convert",
+            Route::VisitorConvert,
+        );
         for method in ["GET", "POST"] {
             routes.add(method, "/wechat/{app}/callback", Route::WxCallback);
             routes.add(method, "/wechat/callback", Route::WxCallbackDefault);
@@ -419,27 +423,29 @@ impl App {
             issue_token(b, &app_uid, &profile, true, ttl)
                 .map_err(|e| (crate::proto::store_code(&e), e.to_string()))
         };
-        let then = move |app: &mut App,
-                         ctx: &mut dyn Ctx<Completion>,
-                         r: Result<Value, (u16, String)>| {
-            let logged_in = |data: &Value| {
-                Response::json(200, &json!({ "code": 200, "msg": "login ok", "data": data }))
-            };
-            match (r, visitor_token) {
-                (Ok(mut data), Some(vt)) => {
-                    let uid = data["uid"].as_u64().unwrap_or_default();
-                    crate::chat::visitor::convert(app, ctx, &vt, uid, move |_app, ctx, r| {
-                        data["visitor"] = match r {
-                            Ok(v) => v,
-                            Err((c, m)) => json!({ "code": c, "msg": m }),
-                        };
-                        ctx.respond(conn, logged_in(&data));
-                    });
+        let then =
+            move |app: &mut App, ctx: &mut dyn Ctx<Completion>, r: Result<Value, (u16, String)>| {
+                let logged_in = |data: &Value| {
+                    Response::json(
+                        200,
+                        &json!({ "code": 200, "msg": "login ok", "data": data }),
+                    )
+                };
+                match (r, visitor_token) {
+                    (Ok(mut data), Some(vt)) => {
+                        let uid = data["uid"].as_u64().unwrap_or_default();
+                        crate::chat::visitor::convert(app, ctx, &vt, uid, move |_app, ctx, r| {
+                            data["visitor"] = match r {
+                                Ok(v) => v,
+                                Err((c, m)) => json!({ "code": c, "msg": m }),
+                            };
+                            ctx.respond(conn, logged_in(&data));
+                        });
+                    }
+                    (Ok(data), None) => ctx.respond(conn, logged_in(&data)),
+                    (Err((c, m)), _) => ctx.respond(conn, api_error(c, &m)),
                 }
-                (Ok(data), None) => ctx.respond(conn, logged_in(&data)),
-                (Err((c, m)), _) => ctx.respond(conn, api_error(c, &m)),
-            }
-        };
+            };
         if !self.job(ctx, work, then) {
             ctx.respond(conn, api_error(code::UNAVAILABLE, "server busy, retry"));
         }

@@ -502,25 +502,44 @@ fn visitors_convert_once_and_hand_over_their_sessions(f: Fixture) {
     assert_eq!(v.app_uid, None);
     let w = s.create_visitor().unwrap();
     assert_ne!(v.uid, w.uid);
-    let (u, _) = s.upsert_app_user("member", &Profile::default(), true).unwrap();
-    let (busy, _) = s.upsert_app_user("busy", &Profile::default(), true).unwrap();
+    let (u, _) = s
+        .upsert_app_user("member", &Profile::default(), true)
+        .unwrap();
+    let (busy, _) = s
+        .upsert_app_user("busy", &Profile::default(), true)
+        .unwrap();
     // v: one closed and one open session, both move to u.
     let old = s.open_service_session(v.uid).unwrap();
     s.close_service_session(v.uid).unwrap();
     let open = s.open_service_session(v.uid).unwrap();
     s.assign_service_session(v.uid, Some(500)).unwrap();
     s.convert_visitor(v.uid, u.uid).unwrap();
-    assert_eq!(s.user(v.uid).unwrap().unwrap().user_type, USER_TYPE_CONVERTED);
+    assert_eq!(
+        s.user(v.uid).unwrap().unwrap().user_type,
+        USER_TYPE_CONVERTED
+    );
     let now_open = s.open_service_sessions().unwrap();
     assert_eq!(
-        now_open.iter().map(|x| (x.id, x.customer, x.agent)).collect::<Vec<_>>(),
+        now_open
+            .iter()
+            .map(|x| (x.id, x.customer, x.agent))
+            .collect::<Vec<_>>(),
         vec![(open.id, u.uid, Some(500))]
     );
     s.rate_service_session(old.id, u.uid, 5, "").unwrap();
     // Once only; not for registered users; unknown ids.
-    assert!(matches!(s.convert_visitor(v.uid, u.uid), Err(StoreError::Conflict(_))));
-    assert!(matches!(s.convert_visitor(u.uid, busy.uid), Err(StoreError::Conflict(_))));
-    assert!(matches!(s.convert_visitor(987_654, u.uid), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.convert_visitor(v.uid, u.uid),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.convert_visitor(u.uid, busy.uid),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.convert_visitor(987_654, u.uid),
+        Err(StoreError::NotFound(_))
+    ));
     // The registered user already has an open session: the visitor's one is closed.
     let theirs = s.open_service_session(busy.uid).unwrap();
     s.open_service_session(w.uid).unwrap();
@@ -543,7 +562,11 @@ fn consultations_run_down_by_deltas_extend_and_end(f: Fixture) {
     );
     let other = s.create_consultation(3, 2, 10_000).unwrap();
     assert_eq!(
-        s.active_consultations(2).unwrap().iter().map(|x| x.id).collect::<Vec<_>>(),
+        s.active_consultations(2)
+            .unwrap()
+            .iter()
+            .map(|x| x.id)
+            .collect::<Vec<_>>(),
         vec![c.id, other.id]
     );
     assert_eq!(s.active_consultations(1).unwrap().len(), 1);
@@ -556,7 +579,8 @@ fn consultations_run_down_by_deltas_extend_and_end(f: Fixture) {
     s.use_consultation_time(&[(c.id, 1_000, false)]).unwrap();
     assert_eq!(s.consultation(c.id).unwrap().unwrap().remaining_ms, 84_000);
     // Used up: never below zero, ended, no longer active.
-    s.use_consultation_time(&[(other.id, 99_000, true)]).unwrap();
+    s.use_consultation_time(&[(other.id, 99_000, true)])
+        .unwrap();
     let o = s.consultation(other.id).unwrap().unwrap();
     assert_eq!((o.remaining_ms, o.ended), (0, true));
     assert_eq!(s.active_consultations(3).unwrap(), vec![]);
@@ -564,7 +588,10 @@ fn consultations_run_down_by_deltas_extend_and_end(f: Fixture) {
     s.extend_consultation(other.id, 7_000).unwrap();
     let s2 = (f.reopen)();
     let o = s2.consultation(other.id).unwrap().unwrap();
-    assert_eq!((o.remaining_ms, o.total_ms, o.ended), (7_000, 17_000, false));
+    assert_eq!(
+        (o.remaining_ms, o.total_ms, o.ended),
+        (7_000, 17_000, false)
+    );
     assert_eq!(
         s2.extend_consultation(999_999, 1),
         Err(StoreError::NotFound("consultation"))

@@ -632,10 +632,16 @@ mod tests {
         d.customer_message(30);
         assert_eq!(
             d.rekey(3, 30),
-            vec![Effect::Closed {
-                customer: 3,
-                agent: None
-            }, Effect::Queued { customer: 30, position: 2 }]
+            vec![
+                Effect::Closed {
+                    customer: 3,
+                    agent: None
+                },
+                Effect::Queued {
+                    customer: 30,
+                    position: 2
+                }
+            ]
         );
         assert_eq!(d.waiting(10), vec![20, 30]);
     }

@@ -66,8 +66,7 @@ impl OfficeHours {
             on(weekday) && (w.start_min..w.end_min).contains(&minute)
         } else {
             // Past midnight: the evening part today, or the morning part of yesterday's range.
-            (on(weekday) && minute >= w.start_min)
-                || (on((weekday + 6) % 7) && minute < w.end_min)
+            (on(weekday) && minute >= w.start_min) || (on((weekday + 6) % 7) && minute < w.end_min)
         }
     }
 }
@@ -160,9 +159,18 @@ mod tests {
         let night = OfficeHours::parse("fri,sat 22:00-06:00", "+08:00").unwrap();
         let saturday = monday_cst(0, 0) - 2 * 86_400;
         assert!(night.is_open(saturday - 86_400 + 23 * 3600), "Friday 23:00");
-        assert!(night.is_open(saturday + 5 * 3600), "Saturday 05:00 (Friday's night)");
-        assert!(night.is_open(saturday + 86_400 + 3600), "Sunday 01:00 (Saturday's night)");
-        assert!(!night.is_open(saturday + 86_400 + 23 * 3600), "Sunday 23:00");
+        assert!(
+            night.is_open(saturday + 5 * 3600),
+            "Saturday 05:00 (Friday's night)"
+        );
+        assert!(
+            night.is_open(saturday + 86_400 + 3600),
+            "Sunday 01:00 (Saturday's night)"
+        );
+        assert!(
+            !night.is_open(saturday + 86_400 + 23 * 3600),
+            "Sunday 23:00"
+        );
         assert!(!night.is_open(saturday + 12 * 3600), "Saturday noon");
         let always = OfficeHours::parse("", "+08:00").unwrap();
         assert!(always.is_open(0) && always.is_open(monday_cst(3, 0)));

@@ -158,7 +158,9 @@ pub fn system_messages(app: &mut App, customer: u64, texts: Vec<String>) {
             .persist(message, |app, ctx, r| super::acked(app, ctx, None, r))
             .is_err()
         {
-            log::warn!("customer service: persister busy, a system message to {customer} was not sent");
+            log::warn!(
+                "customer service: persister busy, a system message to {customer} was not sent"
+            );
         }
     }
 }
@@ -232,14 +234,12 @@ fn apply(app: &mut App, ctx: &mut dyn Ctx<Completion>, effects: &[Effect]) {
                 writes.push((customer, Some(agent)));
                 let to_customer = event(json!({ "event": "assigned", "agent": agent }));
                 push_users(app, ctx, &[customer], &to_customer);
-                let to_agent = event(
-                    json!({ "event": "assigned", "customer": customer, "from": from }),
-                );
+                let to_agent =
+                    event(json!({ "event": "assigned", "customer": customer, "from": from }));
                 push_users(app, ctx, &[agent], &to_agent);
                 if let Some(from) = from {
-                    let moved = event(
-                        json!({ "event": "transferred", "customer": customer, "to": agent }),
-                    );
+                    let moved =
+                        event(json!({ "event": "transferred", "customer": customer, "to": agent }));
                     push_users(app, ctx, &[from], &moved);
                 }
             }
@@ -338,7 +338,13 @@ pub(super) fn command(
                 }
                 uid
             };
-            close(app, ctx, p, customer, if agent { "agent" } else { "customer" })
+            close(
+                app,
+                ctx,
+                p,
+                customer,
+                if agent { "agent" } else { "customer" },
+            )
         }
         "service_rate" => {
             if agent {
@@ -396,9 +402,8 @@ fn close(
             // The session may have changed hands while the store closed it: close it anyway.
             run(app, ctx, |d| d.close(customer, None)).ok();
             let ask = app.config.service.ask_rating && id.is_some();
-            let to_customer = event(
-                json!({ "event": "closed", "session_id": id, "by": by, "rate": ask }),
-            );
+            let to_customer =
+                event(json!({ "event": "closed", "session_id": id, "by": by, "rate": ask }));
             push_users(app, ctx, &[customer], &to_customer);
             if let Some(agent) = agent {
                 let to_agent = event(
@@ -432,9 +437,9 @@ fn info(app: &App, uid: u64, agent: bool) -> Value {
             "waiting": desk.waiting(WAITING_SHOWN),
         })
     } else {
-        let session = desk.session(uid).map(|agent| {
-            json!({ "agent": agent, "position": desk.position(uid) })
-        });
+        let session = desk
+            .session(uid)
+            .map(|agent| json!({ "agent": agent, "position": desk.position(uid) }));
         json!({ "session": session })
     }
 }

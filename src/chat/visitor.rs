@@ -75,7 +75,9 @@ pub fn create(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &
         b.tokens
             .put(&auth::token_hash(&token), user.uid, ttl)
             .map_err(failed)?;
-        Ok(json!({ "uid": user.uid, "token": token, "expires_in": ttl, "user_type": USER_TYPE_VISITOR }))
+        Ok(
+            json!({ "uid": user.uid, "token": token, "expires_in": ttl, "user_type": USER_TYPE_VISITOR }),
+        )
     };
     let ok = app.job(ctx, work, move |_app, ctx, r: Outcome| {
         ctx.respond(conn, respond(r));
@@ -107,7 +109,10 @@ pub fn convert_request(
             .map(|(_, v)| v)
     });
     let Some(visitor_token) = visitor_token.filter(|t| auth::token_well_formed(t)) else {
-        return Reply::Now(api_error(code::BAD_REQUEST, "missing or malformed visitor_token"));
+        return Reply::Now(api_error(
+            code::BAD_REQUEST,
+            "missing or malformed visitor_token",
+        ));
     };
     let hash = auth::token_hash(&token);
     let ok = app.job(
@@ -135,8 +140,17 @@ pub fn convert(
 ) {
     let hash = auth::token_hash(visitor_token);
     let work = move |b: &store::Backends| -> Result<(u64, Vec<StoredMessage>), (u16, String)> {
-        let bad_token = || (code::UNAUTHORIZED, "bad or expired visitor_token".to_string());
-        let visitor = b.tokens.user(&hash).map_err(failed)?.ok_or_else(bad_token)?;
+        let bad_token = || {
+            (
+                code::UNAUTHORIZED,
+                "bad or expired visitor_token".to_string(),
+            )
+        };
+        let visitor = b
+            .tokens
+            .user(&hash)
+            .map_err(failed)?
+            .ok_or_else(bad_token)?;
         let user = b.user(visitor).map_err(failed)?.ok_or_else(bad_token)?;
         if user.user_type != USER_TYPE_VISITOR || visitor == uid {
             return Err((
@@ -249,7 +263,11 @@ fn finish(
         Ok(()) => {
             super::service_desk::visitor_converted(app, ctx, visitor, uid);
             for c in app.chat.conns_of(visitor).to_vec() {
-                ctx.close(c, close::CONVERTED, "visitor converted: reconnect with your token");
+                ctx.close(
+                    c,
+                    close::CONVERTED,
+                    "visitor converted: reconnect with your token",
+                );
             }
             d.call(
                 app,

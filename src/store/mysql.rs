@@ -1081,7 +1081,8 @@ impl Store for MysqlStore {
                 "UPDATE consultations SET remaining_ms = IF(remaining_ms > ?, remaining_ms - ?, 0),
                  state = IF(?, 1, state), ended_at = IF(?, ?, ended_at), updated_at = ?
                  WHERE id = ?",
-                used.iter().map(|(id, ms, ended)| (*ms, *ms, *ended, *ended, now, now, *id)),
+                used.iter()
+                    .map(|(id, ms, ended)| (*ms, *ms, *ended, *ended, now, now, *id)),
             )?;
             Ok(())
         })
