@@ -17,6 +17,8 @@ pub mod code {
     pub const NOT_FOUND: u16 = 404;
     /// The request contradicts the current state (already friends, recall window passed...).
     pub const CONFLICT: u16 = 409;
+    /// The consultation's time is used up (extend it through the server API).
+    pub const GONE: u16 = 410;
     /// A body over its size limit.
     pub const TOO_LARGE: u16 = 413;
     /// Over `[chat] max_msgs_per_sec`.
@@ -239,6 +241,11 @@ pub fn service_conv(customer: u64) -> String {
     format!("s_{customer}")
 }
 
+/// A timed consultation's conversation.
+pub fn consult_conv(id: u64) -> String {
+    format!("c_{id}")
+}
+
 /// What a conversation id refers to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConvRef {
@@ -246,6 +253,8 @@ pub enum ConvRef {
     Group(u64),
     /// The customer's uid.
     Service(u64),
+    /// The consultation's id.
+    Consult(u64),
 }
 
 pub fn parse_conv(conv_id: &str) -> Option<ConvRef> {
@@ -259,6 +268,9 @@ pub fn parse_conv(conv_id: &str) -> Option<ConvRef> {
     } else if let Some(rest) = conv_id.strip_prefix("s_") {
         let c: u64 = rest.parse().ok()?;
         (c != 0 && service_conv(c) == conv_id).then_some(ConvRef::Service(c))
+    } else if let Some(rest) = conv_id.strip_prefix("c_") {
+        let c: u64 = rest.parse().ok()?;
+        (c != 0 && consult_conv(c) == conv_id).then_some(ConvRef::Consult(c))
     } else {
         None
     }
@@ -424,6 +436,9 @@ mod tests {
         assert_eq!(parse_conv("g_3"), Some(ConvRef::Group(3)));
         assert_eq!(parse_conv("x"), None);
         assert_eq!(parse_conv("s_12"), Some(ConvRef::Service(12)));
+        assert_eq!(parse_conv("c_7"), Some(ConvRef::Consult(7)));
+        assert_eq!(parse_conv("c_0"), None);
+        assert_eq!(parse_conv("c_07"), None);
         assert_eq!(parse_conv("s_0"), None);
         assert_eq!(parse_conv("s_012"), None);
     }

@@ -2,6 +2,7 @@
 //! catch-up, friends, groups and presence. Runs on the reactor; everything that touches the store
 //! goes through `App::job` (workers) or `App::persist` (the persister).
 
+pub mod consult;
 pub mod desk;
 pub mod office_hours;
 pub mod persister;
@@ -57,6 +58,7 @@ pub struct ChatState {
     agents: HashSet<u64>,
     /// Customer-service sessions: who serves whom, who waits.
     desk: desk::Desk,
+    consults: consult::Consults,
     office_hours: office_hours::OfficeHours,
     /// Timer token -> the connection whose authentication deadline it is.
     auth_timers: HashMap<u64, ConnId>,
@@ -76,6 +78,7 @@ impl ChatState {
             groups: HashMap::new(),
             agents: HashSet::new(),
             desk: desk::Desk::new(),
+            consults: consult::Consults::default(),
             // Validated with the config.
             office_hours: office_hours::OfficeHours::parse(
                 &config.service.office_hours,
@@ -217,6 +220,7 @@ pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
         if app.chat.agents.remove(&uid) {
             service_desk::agent_disconnected(app, ctx, uid);
         }
+        consult::went_offline(app, ctx, uid);
         push_presence(app, ctx, uid, false);
         app.chat.friends.remove(&uid);
         presence::went_offline(app, ctx, uid);
@@ -225,6 +229,7 @@ pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
 
 /// Graceful shutdown began.
 pub fn on_shutdown(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    consult::on_shutdown(app, ctx);
     presence::on_shutdown(app, ctx);
 }
 
@@ -295,6 +300,14 @@ fn kick_local(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64) -> usize {
     conns.len()
 }
 
+/// What a token's authentication loads.
+struct Authenticated {
+    uid: u64,
+    friends: Vec<u64>,
+    user_type: i64,
+    consults: Vec<store::Consultation>,
+}
+
 fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token: String) {
     let Some(session) = app.chat.sessions.get_mut(&p.conn) else {
         return;
@@ -312,7 +325,7 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
     let conn = p.conn;
     let busy = p.clone();
     let hash = auth::token_hash(&token);
-    let work = move |b: &Backends| -> StoreResult<Option<(u64, Vec<u64>, i64)>> {
+    let work = move |b: &Backends| -> StoreResult<Option<Authenticated>> {
         match b.tokens.user(&hash)? {
             Some(uid) => {
                 let user_type = b.user(uid)?.map_or(0, |u| u.user_type);
@@ -320,20 +333,30 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                     // A visitor who logged in: their token died with the visitor.
                     return Ok(None);
                 }
-                Ok(Some((uid, b.friends(uid)?, user_type)))
+                Ok(Some(Authenticated {
+                    uid,
+                    friends: b.friends(uid)?,
+                    user_type,
+                    consults: b.active_consultations(uid)?,
+                }))
             }
             None => Ok(None),
         }
     };
     let then = move |app: &mut App,
                      ctx: &mut dyn Ctx<Completion>,
-                     r: StoreResult<Option<(u64, Vec<u64>, i64)>>| {
+                     r: StoreResult<Option<Authenticated>>| {
         let Some(session) = app.chat.sessions.get_mut(&p.conn) else {
             return;
         };
         session.authenticating = false;
         match r {
-            Ok(Some((uid, friends, user_type))) => {
+            Ok(Some(Authenticated {
+                uid,
+                friends,
+                user_type,
+                consults,
+            })) => {
                 session.uid = Some(uid);
                 session.visitor = user_type == USER_TYPE_VISITOR;
                 if let Some(t) = session.auth_timer.take() {
@@ -343,7 +366,9 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                 app.chat.online.entry(uid).or_default().push(p.conn);
                 app.chat.friends.insert(uid, friends.into_iter().collect());
                 p.reply_ok(ctx, &json!({ "uid": uid }));
+                consult::load(app, ctx, consults);
                 if first {
+                    consult::came_online(app, ctx, uid);
                     if user_type == USER_TYPE_AGENT {
                         app.chat.agents.insert(uid);
                         service_desk::agent_connected(app, ctx, uid);
@@ -555,6 +580,15 @@ fn with_conv_access(
             then(app, ctx, p, members);
             Ok(())
         }
+        Some(ConvRef::Consult(id)) => {
+            consult::with_live(app, ctx, p, id, move |app, ctx, p, sides| {
+                if sides.contains(&uid) {
+                    then(app, ctx, p, sides.to_vec());
+                } else {
+                    p.reply_err(ctx, code::FORBIDDEN, "not your consultation");
+                }
+            })
+        }
         Some(_) => Err((code::FORBIDDEN, "not your conversation".into())),
         None => Err(bad("bad conv_id")),
     }
@@ -710,7 +744,28 @@ fn cmd_send(
             submit(app, ctx, p, message);
             Ok(())
         }
-        chat_type::CONSULT => Err(bad("chat_type 3 is not enabled in this build")),
+        chat_type::CONSULT => {
+            if mt >= proto::msg_type::RECALL {
+                return Err(bad("unknown msg_type"));
+            }
+            // to_id names the consultation; the stored message's to_id is the other side.
+            consult::with_live(app, ctx, p, to_id, move |app, ctx, p, sides| {
+                if !sides.contains(&uid) {
+                    return p.reply_err(ctx, code::FORBIDDEN, "not your consultation");
+                }
+                if let Err((c, m)) = consult::check_open(app, to_id) {
+                    return p.reply_err(ctx, c, &m);
+                }
+                let other = if sides[0] == uid { sides[1] } else { sides[0] };
+                let message = NewMessage {
+                    conv_id: proto::consult_conv(to_id),
+                    chat_type: chat_type::CONSULT,
+                    to_id: other,
+                    ..base
+                };
+                submit(app, ctx, p, message);
+            })
+        }
         _ => Err(bad("unknown chat_type")),
     }
 }
@@ -822,6 +877,12 @@ fn deliver_to_conv(
     let recipients: Vec<u64> = match proto::parse_conv(&conv_id) {
         Some(ConvRef::Friend(a, b)) => vec![a, b],
         Some(ConvRef::Service(c)) => app.chat.service_recipients(c),
+        // Loaded while either side is connected here.
+        Some(ConvRef::Consult(id)) => app
+            .chat
+            .consults
+            .sides(id)
+            .map_or_else(Vec::new, |s| s.to_vec()),
         Some(ConvRef::Group(g)) => match app.chat.groups.get(&g) {
             Some(members) => members.to_vec(),
             None => {
@@ -1568,6 +1629,9 @@ pub fn server_api(
 ) -> crate::net::Reply {
     use crate::net::Reply;
     let result: Result<Reply, (u16, String)> = (|| match action {
+        "consult_create" | "consult_extend" | "consult_get" => {
+            consult::server_api(app, ctx, conn, action, &body)
+        }
         "user" => {
             let app_uid = body.get("app_uid").and_then(|v| match v {
                 Value::String(s) => Some(s.clone()),
