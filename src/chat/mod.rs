@@ -1139,6 +1139,9 @@ fn cmd_typing(
     with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, members| {
         if let Some(ConvRef::Service(c)) = proto::parse_conv(&conv_id) {
             if c != uid {
+                if let Err((code, msg)) = service_desk::check_serves(&app.chat.desk, uid, c) {
+                    return p.reply_err(ctx, code, &msg);
+                }
                 crate::wechat::service::typing(app, ctx, c);
             }
         }
