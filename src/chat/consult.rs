@@ -449,14 +449,15 @@ pub fn server_api(
                     Ok(c) => {
                         let id = c.id;
                         let data = view(app, ctx, &c);
-                        if [c.user, c.consultant].iter().any(|u| app.chat.is_online(*u)) {
-                            load(app, ctx, vec![c]);
-                        }
                         let payload = proto::push(
                             "consult",
                             &json!({ "consult_id": id, "event": "created", "remaining_s": data["remaining_s"], "total_s": data["total_s"], "user": user, "consultant": consultant }),
                         );
                         push_users(app, ctx, &[user, consultant], &payload);
+                        // Then `running` when both are here.
+                        if [c.user, c.consultant].iter().any(|u| app.chat.is_online(*u)) {
+                            load(app, ctx, vec![c]);
+                        }
                         ctx.respond(conn, api_ok(data));
                     }
                     Err(e) => ctx.respond(conn, store_err(&e)),
