@@ -5,7 +5,7 @@
 //! agent's reply becoming a `custom/send` call: `tests/wx_callback.rs`.)
 
 mod common;
-use common::chat_client::{api_user, server_api};
+use common::chat_client::{api_agent, api_user};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -69,16 +69,8 @@ fn next_push(p: &mut Peer, cmd: &str) -> Value {
 }
 
 fn agent(addr: SocketAddr, app_uid: &str) -> (u64, Peer) {
-    let r = server_api(
-        addr,
-        API_KEY,
-        "user",
-        &json!({ "app_uid": app_uid, "name": app_uid, "user_type": 1 }),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let d = &r.json()["data"];
-    let uid = d["uid"].as_u64().unwrap();
-    (uid, ws_login(addr, d["token"].as_str().unwrap()))
+    let (uid, token) = api_agent(addr, API_KEY, app_uid);
+    (uid, ws_login(addr, &token))
 }
 
 fn customer(addr: SocketAddr, app_uid: &str) -> (u64, Peer) {

@@ -6,7 +6,7 @@
 //! image after `media/upload`, link) with WeChat's errors reported back, typing included.
 
 mod common;
-use common::chat_client::{next_push, server_api, ws_login, ws_request};
+use common::chat_client::{api_agent, next_push, server_api, ws_login, ws_request};
 use common::fake_wechat::{FakeWechat, APPID, SECRET};
 use common::wx_push::{body, now, Pusher};
 use common::*;
@@ -53,15 +53,7 @@ fn text_push(format: Format, openid: &str, msg_id: &str, content: &str) -> Strin
 
 /// An online agent (user_type 1).
 fn agent(addr: SocketAddr, app_uid: &str) -> (u64, WsClient) {
-    let r = server_api(
-        addr,
-        API_KEY,
-        "user",
-        &json!({ "app_uid": app_uid, "name": app_uid, "user_type": 1 }),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let uid = r.json()["data"]["uid"].as_u64().unwrap();
-    let token = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let (uid, token) = api_agent(addr, API_KEY, app_uid);
     (uid, ws_login(addr, &token))
 }
 

@@ -62,6 +62,11 @@ pub struct Consults {
 }
 
 impl Consults {
+    /// The live consultations `uid` takes part in.
+    fn of(&self, uid: u64) -> Vec<u64> {
+        self.by_user.get(&uid).cloned().unwrap_or_default()
+    }
+
     /// The two sides of a live consultation.
     pub fn sides(&self, id: u64) -> Option<[u64; 2]> {
         self.live.get(&id).map(Live::sides)
@@ -128,13 +133,7 @@ fn warned_at(app: &App, remaining_ms: u64) -> Vec<u64> {
 
 /// A user's first connection here authenticated: their consultations may start.
 pub fn came_online(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64) {
-    let ids = app
-        .chat
-        .consults
-        .by_user
-        .get(&uid)
-        .cloned()
-        .unwrap_or_default();
+    let ids = app.chat.consults.of(uid);
     for id in ids {
         evaluate(app, ctx, id);
     }
@@ -143,13 +142,7 @@ pub fn came_online(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64) {
 /// A user's last connection here closed: their running consultations pause; those with nobody
 /// left here are saved and dropped from memory.
 pub fn went_offline(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64) {
-    let ids = app
-        .chat
-        .consults
-        .by_user
-        .get(&uid)
-        .cloned()
-        .unwrap_or_default();
+    let ids = app.chat.consults.of(uid);
     for id in ids {
         evaluate(app, ctx, id);
         let idle = app

@@ -251,6 +251,14 @@ fn consult_of(
     }
 }
 
+fn consult_by_id(q: &mut impl Queryable, id: u64) -> Res<Option<Consultation>> {
+    Ok(q.exec_first::<ConsultTuple, _, _>(
+        format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?"),
+        (id,),
+    )?
+    .map(consult_of))
+}
+
 type SessionTuple = (
     u64,
     u64,
@@ -1021,12 +1029,7 @@ impl Store for MysqlStore {
                 (user, consultant, duration_ms, duration_ms, now, now),
             )?;
             let id = tx.last_insert_id().unwrap_or(0);
-            tx.exec_first::<ConsultTuple, _, _>(
-                format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?"),
-                (id,),
-            )?
-            .map(consult_of)
-            .ok_or(Fail::Store(StoreError::NotFound("consultation")))
+            consult_by_id(tx, id)?.ok_or(Fail::Store(StoreError::NotFound("consultation")))
         })
     }
 
@@ -1038,23 +1041,12 @@ impl Store for MysqlStore {
                  state = 0, ended_at = NULL, updated_at = ? WHERE id = ?",
                 (extra_ms, extra_ms, now, id),
             )?;
-            tx.exec_first::<ConsultTuple, _, _>(
-                format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?"),
-                (id,),
-            )?
-            .map(consult_of)
-            .ok_or(Fail::Store(StoreError::NotFound("consultation")))
+            consult_by_id(tx, id)?.ok_or(Fail::Store(StoreError::NotFound("consultation")))
         })
     }
 
     fn consultation(&self, id: u64) -> StoreResult<Option<Consultation>> {
-        self.run(|c| {
-            Ok(c.exec_first::<ConsultTuple, _, _>(
-                format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?"),
-                (id,),
-            )?
-            .map(consult_of))
-        })
+        self.run(|c| consult_by_id(c, id))
     }
 
     fn active_consultations(&self, uid: u64) -> StoreResult<Vec<Consultation>> {

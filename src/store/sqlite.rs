@@ -165,6 +165,15 @@ fn consult_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Consultation> {
     })
 }
 
+fn consult_by_id(c: &Connection, id: u64) -> rusqlite::Result<Option<Consultation>> {
+    c.query_row(
+        &format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?1"),
+        params![id as i64],
+        consult_row,
+    )
+    .optional()
+}
+
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ServiceSession> {
     Ok(ServiceSession {
         id: r.get::<_, i64>(0)? as u64,
@@ -779,12 +788,9 @@ impl Store for SqliteStore {
                 params![user as i64, consultant as i64, duration_ms as i64, now],
             )
             .map_err(unavailable)?;
-            tx.query_row(
-                &format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?1"),
-                params![tx.last_insert_rowid()],
-                consult_row,
-            )
-            .map_err(unavailable)
+            consult_by_id(tx, tx.last_insert_rowid() as u64)
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound("consultation"))
         })
     }
 
@@ -801,24 +807,14 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound("consultation"));
             }
-            tx.query_row(
-                &format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?1"),
-                params![id as i64],
-                consult_row,
-            )
-            .map_err(unavailable)
+            consult_by_id(tx, id)
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound("consultation"))
         })
     }
 
     fn consultation(&self, id: u64) -> StoreResult<Option<Consultation>> {
-        self.with_conn(|c| {
-            c.query_row(
-                &format!("SELECT {CONSULT_COLS} FROM consultations WHERE id = ?1"),
-                params![id as i64],
-                consult_row,
-            )
-            .optional()
-        })
+        self.with_conn(|c| consult_by_id(c, id))
     }
 
     fn active_consultations(&self, uid: u64) -> StoreResult<Vec<Consultation>> {

@@ -32,6 +32,22 @@ pub fn api_user(addr: SocketAddr, key: &str, app_uid: &str) -> (u64, String) {
     )
 }
 
+/// Creates (or updates) a customer-service agent (`user_type` 1); returns (uid, token).
+pub fn api_agent(addr: SocketAddr, key: &str, app_uid: &str) -> (u64, String) {
+    let r = server_api(
+        addr,
+        key,
+        "user",
+        &json!({ "app_uid": app_uid, "name": app_uid, "user_type": 1 }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d = &r.json()["data"];
+    (
+        d["uid"].as_u64().unwrap(),
+        d["token"].as_str().unwrap().to_string(),
+    )
+}
+
 /// An authenticated chat client.
 pub fn ws_login(addr: SocketAddr, token: &str) -> WsClient {
     let mut c = WsClient::connect(addr, &format!("/ws?token={token}"));
