@@ -4,6 +4,8 @@
 //! A job is a pair: `work` runs on a worker thread with the store; `then` runs afterwards on the
 //! reactor with its result. The pair travels back as a [`Completion`].
 
+use crate::admin::metrics::METRICS;
+use crate::admin::Topic;
 use crate::auth::{self, Secrets};
 use crate::chat::persister::{Busy, Persister};
 use crate::chat::ChatState;
@@ -30,13 +32,25 @@ impl Completion {
     }
 }
 
-/// What a WebSocket connection is for.
+/// What a WebSocket connection is for (the order of `admin::metrics::ENDPOINTS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Endpoint {
     Chat,
-    Echo,
     /// `/ws/qrlogin`: a browser waiting for an official-account QR-code scan.
     QrLogin,
+    Echo,
+    /// `/admin/subscribe` on the admin listener.
+    Subscriber,
+}
+
+impl Endpoint {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn name(self) -> &'static str {
+        crate::admin::metrics::ENDPOINTS[self.index()]
+    }
 }
 
 /// The WebSocket path of QR-code scan login.
@@ -88,6 +102,10 @@ pub struct App {
     started: Instant,
     routes: Router<Route>,
     endpoints: HashMap<ConnId, Endpoint>,
+    /// Open WebSockets per endpoint (indexed by `Endpoint::index`).
+    open_by_endpoint: [u64; 4],
+    /// Info topics, subscribers and the serverInfo tick.
+    pub admin: crate::admin::Admin,
     workers: WorkerPool,
     persister: Persister<Completion>,
     /// Jobs submitted and not yet continued (graceful shutdown waits for them).
@@ -160,9 +178,13 @@ impl App {
                 |env| Completion::new(move |app, ctx| crate::chat::deliver_remote(app, ctx, env)),
             )?)
         };
-        let wx = Arc::new(crate::wechat::api::Client::new(
-            std::time::Duration::from_millis(config.wechat.timeout_ms),
-        ));
+        let admin = crate::admin::Admin::new(&config.admin, notifier.clone());
+        let wx = Arc::new(
+            crate::wechat::api::Client::new(std::time::Duration::from_millis(
+                config.wechat.timeout_ms,
+            ))
+            .observed_by(crate::wechat::api::report_to(admin.feed.clone())),
+        );
         let access_tokens = Arc::new(crate::wechat::access_token::AccessTokens::new(
             wx.clone(),
             backends.cache.clone(),
@@ -181,6 +203,8 @@ impl App {
             started: Instant::now(),
             routes,
             endpoints: HashMap::new(),
+            open_by_endpoint: [0; 4],
+            admin,
             workers,
             persister,
             in_flight: 0,
@@ -205,15 +229,21 @@ impl App {
     ) -> bool {
         let backends = self.backends.clone();
         let notifier = ctx.notifier();
+        let submitted_at = ctx.now();
         let submitted = self.workers.submit(move || {
             let result = work(&backends);
             notifier.send(Completion::new(move |app, ctx| {
                 app.in_flight -= 1;
+                METRICS
+                    .job_seconds
+                    .observe_duration(ctx.now().saturating_duration_since(submitted_at));
                 then(app, ctx, result)
             }));
         });
         if submitted.is_ok() {
             self.in_flight += 1;
+        } else {
+            METRICS.jobs_rejected.inc();
         }
         submitted.is_ok()
     }
@@ -260,6 +290,47 @@ impl App {
             self.in_flight += 1;
         }
         r
+    }
+
+    /// Answers a deferred login request, counting it and publishing it on `login`.
+    pub fn respond_login(
+        &mut self,
+        ctx: &mut dyn Ctx<Completion>,
+        conn: ConnId,
+        method: &'static str,
+        resp: Response,
+    ) {
+        crate::admin::login_response(self, ctx, conn, method, &resp);
+        ctx.respond(conn, resp);
+    }
+
+    /// A login refused at once (bad request, bad sign, stale time) is a failed login too.
+    fn refused_login(
+        &mut self,
+        ctx: &mut dyn Ctx<Completion>,
+        conn: ConnId,
+        method: &'static str,
+        reply: Reply,
+    ) -> Reply {
+        if let Reply::Now(resp) = &reply {
+            crate::admin::login_response(self, ctx, conn, method, resp);
+        }
+        reply
+    }
+
+    /// Messages waiting for the persister, and its last batch's lag.
+    pub fn persister_load(&self) -> (usize, std::time::Duration) {
+        self.persister.load()
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn worker_queue(&self) -> usize {
+        self.workers.queued()
+    }
+
+    /// Open WebSockets per endpoint, in the order of `admin::metrics::ENDPOINTS`.
+    pub fn websockets_by_endpoint(&self) -> [u64; 4] {
+        self.open_by_endpoint
     }
 
     fn endpoint_of(&self, path: &str) -> Option<Endpoint> {
@@ -319,12 +390,12 @@ impl App {
             let submitted = self.job(
                 ctx,
                 move |b| b.cache.incr_window(&limiter.key, limiter.window),
-                move |_app, ctx, r| {
+                move |app, ctx, r| {
                     let resp = match r {
                         Ok(n) if n > limiter.max => too_many_failures(),
                         _ => api_error(code::UNAUTHORIZED, "bad sign"),
                     };
-                    ctx.respond(conn, resp);
+                    app.respond_login(ctx, conn, "dologin", resp);
                 },
             );
             return if submitted {
@@ -434,20 +505,25 @@ impl App {
                 match (r, visitor_token) {
                     (Ok(mut data), Some(vt)) => {
                         let uid = data["uid"].as_u64().unwrap_or_default();
-                        crate::chat::visitor::convert(app, ctx, &vt, uid, move |_app, ctx, r| {
+                        crate::chat::visitor::convert(app, ctx, &vt, uid, move |app, ctx, r| {
                             data["visitor"] = match r {
                                 Ok(v) => v,
                                 Err((c, m)) => json!({ "code": c, "msg": m }),
                             };
-                            ctx.respond(conn, logged_in(&data));
+                            app.respond_login(ctx, conn, "dologin", logged_in(&data));
                         });
                     }
-                    (Ok(data), None) => ctx.respond(conn, logged_in(&data)),
-                    (Err((c, m)), _) => ctx.respond(conn, api_error(c, &m)),
+                    (Ok(data), None) => app.respond_login(ctx, conn, "dologin", logged_in(&data)),
+                    (Err((c, m)), _) => app.respond_login(ctx, conn, "dologin", api_error(c, &m)),
                 }
             };
         if !self.job(ctx, work, then) {
-            ctx.respond(conn, api_error(code::UNAVAILABLE, "server busy, retry"));
+            self.respond_login(
+                ctx,
+                conn,
+                "dologin",
+                api_error(code::UNAVAILABLE, "server busy, retry"),
+            );
         }
     }
 
@@ -726,10 +802,13 @@ impl Handler for App {
     type Completion = Completion;
 
     fn is_websocket_path(&self, path: &str) -> bool {
-        self.endpoint_of(path).is_some()
+        self.endpoint_of(path).is_some() || path == crate::admin::SUBSCRIBE_PATH
     }
 
     fn on_request(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: Request) -> Reply {
+        if ctx.listener_of(conn) == Some(crate::admin::ADMIN_LISTENER) {
+            return crate::admin::on_request(self, ctx, conn, &req);
+        }
         match self.routes.find(&req.method, &req.path) {
             RouteMatch::Found { handler, params } => match *handler {
                 Route::Upload => self.upload(ctx, conn, req),
@@ -744,7 +823,10 @@ impl Handler for App {
                 Route::Health => Reply::Now(self.health(ctx)),
                 Route::Me => self.me(ctx, conn, &req),
                 Route::Logout => self.logout(ctx, conn, &req),
-                Route::WxLogin => crate::wechat::login::login(self, ctx, conn, &req),
+                Route::WxLogin => {
+                    let reply = crate::wechat::login::login(self, ctx, conn, &req);
+                    self.refused_login(ctx, conn, "wx", reply)
+                }
                 Route::WxDecrypt => crate::wechat::login::decrypt(self, ctx, conn, &req),
                 Route::WxCallback => {
                     let name = params
@@ -757,8 +839,14 @@ impl Handler for App {
                 Route::WxCallbackDefault => {
                     crate::wechat::callback::handle(self, ctx, conn, &req, None)
                 }
-                Route::DoLogin => self.do_login(ctx, conn, &req),
-                Route::Visitor => crate::chat::visitor::create(self, ctx, conn, &req),
+                Route::DoLogin => {
+                    let reply = self.do_login(ctx, conn, &req);
+                    self.refused_login(ctx, conn, "dologin", reply)
+                }
+                Route::Visitor => {
+                    let reply = crate::chat::visitor::create(self, ctx, conn, &req);
+                    self.refused_login(ctx, conn, "visitor", reply)
+                }
                 Route::VisitorConvert => {
                     crate::chat::visitor::convert_request(self, ctx, conn, &req)
                 }
@@ -780,10 +868,13 @@ impl Handler for App {
 
     fn on_upgrade(
         &mut self,
-        _ctx: &mut dyn Ctx<Completion>,
-        _conn: ConnId,
+        ctx: &mut dyn Ctx<Completion>,
+        conn: ConnId,
         req: &Request,
     ) -> Upgrade {
+        if ctx.listener_of(conn) == Some(crate::admin::ADMIN_LISTENER) {
+            return crate::admin::on_upgrade(self, ctx, conn, req);
+        }
         match self.endpoint_of(&req.path) {
             Some(Endpoint::QrLogin) if crate::wechat::qrlogin::app_for(self, req).is_none() => {
                 Upgrade::Reject(Response::error(
@@ -797,13 +888,32 @@ impl Handler for App {
     }
 
     fn on_open(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) {
-        let Some(endpoint) = self.endpoint_of(&req.path) else {
-            return;
+        let endpoint = if ctx.listener_of(conn) == Some(crate::admin::ADMIN_LISTENER) {
+            Endpoint::Subscriber
+        } else {
+            match self.endpoint_of(&req.path) {
+                Some(e) => e,
+                None => return,
+            }
         };
         self.endpoints.insert(conn, endpoint);
+        self.open_by_endpoint[endpoint.index()] += 1;
+        METRICS.ws_opened[endpoint.index()].inc();
+        if endpoint != Endpoint::Subscriber {
+            let peer = ctx.peer_addr(conn);
+            self.admin.emit(ctx, Topic::Connection, || {
+                json!({
+                    "event": "open",
+                    "conn": conn.to_string(),
+                    "endpoint": endpoint.name(),
+                    "peer": peer.map(|p| p.to_string()),
+                })
+            });
+        }
         match endpoint {
             Endpoint::Chat => crate::chat::on_open(self, ctx, conn, req),
             Endpoint::QrLogin => crate::wechat::qrlogin::on_open(self, ctx, conn, req),
+            Endpoint::Subscriber => crate::admin::on_open(self, conn),
             Endpoint::Echo => {}
         }
     }
@@ -817,17 +927,53 @@ impl Handler for App {
                 };
             }
             Some(Endpoint::Chat) => crate::chat::on_message(self, ctx, conn, message),
+            Some(Endpoint::Subscriber) => crate::admin::on_message(self, ctx, conn, message),
             // The browser only listens; anything it says is ignored.
             Some(Endpoint::QrLogin) | None => {}
         }
     }
 
-    fn on_close(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, _info: CloseInfo) {
-        match self.endpoints.remove(&conn) {
-            Some(Endpoint::Chat) => crate::chat::on_close(self, ctx, conn),
-            Some(Endpoint::QrLogin) => crate::wechat::qrlogin::on_close(self, ctx, conn),
-            Some(Endpoint::Echo) | None => {}
+    fn on_close(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, info: CloseInfo) {
+        let Some(endpoint) = self.endpoints.remove(&conn) else {
+            return;
+        };
+        self.open_by_endpoint[endpoint.index()] -= 1;
+        METRICS.closed(info.code);
+        let uid = match endpoint {
+            Endpoint::Chat => crate::chat::on_close(self, ctx, conn),
+            Endpoint::QrLogin => {
+                crate::wechat::qrlogin::on_close(self, ctx, conn);
+                None
+            }
+            Endpoint::Subscriber => {
+                crate::admin::on_close(self, conn);
+                return;
+            }
+            Endpoint::Echo => None,
+        };
+        if info.code == crate::ws::close_code::POLICY {
+            // The reactor closes slow consumers (and oversize queues) with 1008.
+            self.admin.emit(ctx, Topic::Error, || {
+                json!({
+                    "kind": "connection_closed",
+                    "conn": conn.to_string(),
+                    "endpoint": endpoint.name(),
+                    "uid": uid,
+                    "code": info.code,
+                    "msg": info.reason,
+                })
+            });
         }
+        self.admin.emit(ctx, Topic::Connection, || {
+            json!({
+                "event": "close",
+                "conn": conn.to_string(),
+                "endpoint": endpoint.name(),
+                "uid": uid,
+                "code": info.code,
+                "reason": info.reason,
+            })
+        });
     }
 
     fn on_completion(&mut self, ctx: &mut dyn Ctx<Completion>, completion: Completion) {
@@ -842,6 +988,10 @@ impl Handler for App {
             return;
         }
         crate::chat::on_timer(self, ctx, token);
+    }
+
+    fn on_start(&mut self, ctx: &mut dyn Ctx<Completion>) {
+        crate::admin::Admin::start(self, ctx);
     }
 
     fn on_shutdown(&mut self, ctx: &mut dyn Ctx<Completion>) {

@@ -24,6 +24,39 @@ pub struct Config {
     pub wechat: WechatConfig,
     pub service: ServiceConfig,
     pub consult: ConsultConfig,
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the admin listener (info topics for `subscriber`, `/metrics`, `/status`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener; empty = none. Port 0 picks a free port.
+    pub listen: String,
+    /// Bearer token required from every peer that is not on loopback; a non-loopback `listen`
+    /// needs one.
+    pub token: String,
+    /// `serverInfo` is published this often (seconds).
+    pub server_info_every_s: u64,
+    /// The `message` topic carries message bodies (off: ids, sizes and types only).
+    pub message_bodies: bool,
+    /// Bytes a subscriber may have waiting unread; above it the subscriber is dropped.
+    pub subscriber_buffer_bytes: usize,
+    /// Subscribers connected at once at most.
+    pub max_subscribers: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9502".into(),
+            token: String::new(),
+            server_info_every_s: 5,
+            message_bodies: false,
+            subscriber_buffer_bytes: 256 * 1024,
+            max_subscribers: 32,
+        }
+    }
 }
 
 /// `[service]`: the customer-service desk (`chat_type` 2).
@@ -546,6 +579,23 @@ impl Config {
         if self.service.max_sessions_per_agent == 0 {
             return err("[service] max_sessions_per_agent must be at least 1");
         }
+        if !self.admin.listen.is_empty() {
+            let Ok(addr) = self.admin.listen.parse::<std::net::SocketAddr>() else {
+                return err(&format!(
+                    "[admin] listen = {:?} is not an address like 127.0.0.1:9502 (or empty for none)",
+                    self.admin.listen
+                ));
+            };
+            if !addr.ip().is_loopback() && self.admin.token.len() < 16 {
+                return err("[admin] listen is not a loopback address: set [admin] token (16 characters or more) so only operators can read it");
+            }
+        }
+        if self.admin.server_info_every_s == 0 {
+            return err("[admin] server_info_every_s must be at least 1");
+        }
+        if self.admin.subscriber_buffer_bytes < 4096 {
+            return err("[admin] subscriber_buffer_bytes must be at least 4096");
+        }
         if self.consult.report_every_s == 0 || self.consult.save_every_s == 0 {
             return err("[consult] report_every_s and save_every_s must be at least 1");
         }
@@ -879,6 +929,15 @@ mod tests {
         assert!(parse("[ws]\npath = \"ws\"\n", &[]).is_err());
         assert!(parse("[ws]\nmax_frame_bytes = 10\n", &[]).is_err());
         assert!(parse("[server]\nlog_level = \"loud\"\n", &[]).is_err());
+        assert!(parse("[admin]\nlisten = \"nowhere\"\n", &[]).is_err());
+        // Reachable from other hosts only with a token.
+        assert!(parse("[admin]\nlisten = \"0.0.0.0:9502\"\n", &[]).is_err());
+        assert!(parse(
+            "[admin]\nlisten = \"0.0.0.0:9502\"\ntoken = \"0123456789abcdef\"\n",
+            &[]
+        )
+        .is_ok());
+        assert!(parse("[admin]\nlisten = \"\"\n", &[]).is_ok());
     }
 
     #[test]

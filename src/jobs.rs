@@ -2,6 +2,7 @@
 //! from a bounded queue. A job reports back by sending a completion through a
 //! [`Notifier`](crate::net::Notifier), which wakes the reactor; the reactor never waits on a job.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,6 +16,8 @@ pub struct QueueFull;
 pub struct WorkerPool {
     tx: Option<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    /// Jobs queued and not yet taken by a worker.
+    queued: Arc<AtomicUsize>,
 }
 
 impl WorkerPool {
@@ -22,18 +25,26 @@ impl WorkerPool {
     pub fn new(name: &str, threads: usize, queue: usize) -> std::io::Result<WorkerPool> {
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
+        let queued = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads.max(1) {
             let rx = rx.clone();
+            let queued = queued.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
-                .spawn(move || worker_loop(&rx))?;
+                .spawn(move || worker_loop(&rx, &queued))?;
             handles.push(handle);
         }
         Ok(WorkerPool {
             tx: Some(tx),
             threads: handles,
+            queued,
         })
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Relaxed)
     }
 
     /// Queues a job without blocking.
@@ -41,14 +52,19 @@ impl WorkerPool {
         let Some(tx) = &self.tx else {
             return Err(QueueFull);
         };
+        // Counted before sending, so a worker's decrement never comes first.
+        self.queued.fetch_add(1, Relaxed);
         match tx.try_send(Box::new(job)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(QueueFull),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Relaxed);
+                Err(QueueFull)
+            }
         }
     }
 }
 
-fn worker_loop(rx: &Arc<Mutex<Receiver<Job>>>) {
+fn worker_loop(rx: &Arc<Mutex<Receiver<Job>>>, queued: &AtomicUsize) {
     loop {
         let job = {
             let guard = match rx.lock() {
@@ -59,6 +75,7 @@ fn worker_loop(rx: &Arc<Mutex<Receiver<Job>>>) {
         };
         match job {
             Ok(job) => {
+                queued.fetch_sub(1, Relaxed);
                 // A panicking job must not take the worker down with it.
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
                     log::error!("a worker job panicked");

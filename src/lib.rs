@@ -5,6 +5,7 @@
 //! `ws`, `http` are pure codecs with no knowledge of chat; `net` is the backend seam and the mio
 //! reactor that speaks those codecs; `app` is the handler the reactor drives; `cli` wires it all.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod backends;

@@ -1,4 +1,5 @@
-//! `data_dir/server.pid`: "<pid>\n<listen address>\n", held under an exclusive `flock` for the
+//! `data_dir/server.pid`: "<pid>\n<listen address>\n<admin address>\n" (the last line empty
+//! without an admin listener), held under an exclusive `flock` for the
 //! life of the server. The lock, not the file's existence, says whether a server runs: a file left
 //! by a crashed server (`kill -9`) is stale and never blocks a restart, and two servers on one
 //! data directory cannot both hold it.
@@ -16,7 +17,12 @@ pub enum Status {
     /// A pid file nobody holds: the server that wrote it is gone.
     Stale { pid: Option<u32> },
     /// A live server holds the lock.
-    Running { pid: u32, addr: String },
+    Running {
+        pid: u32,
+        addr: String,
+        /// The admin listener's address, when it has one.
+        admin: Option<String>,
+    },
 }
 
 /// The held lock; dropping it (or exiting) releases it.
@@ -39,11 +45,15 @@ fn try_lock(file: &File) -> std::io::Result<bool> {
     }
 }
 
-fn parse(text: &str) -> (Option<u32>, String) {
+fn parse(text: &str) -> (Option<u32>, String, Option<String>) {
     let mut lines = text.lines();
     let pid = lines.next().and_then(|l| l.trim().parse().ok());
     let addr = lines.next().unwrap_or("").trim().to_string();
-    (pid, addr)
+    let admin = lines
+        .next()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty());
+    (pid, addr, admin)
 }
 
 /// Reads the status without disturbing a running server.
@@ -55,17 +65,18 @@ pub fn probe(path: &Path) -> std::io::Result<Status> {
     };
     let mut text = String::new();
     file.read_to_string(&mut text)?;
-    let (pid, addr) = parse(&text);
+    let (pid, addr, admin) = parse(&text);
     if try_lock(&file)? {
         // We got the lock, so nobody holds it; closing the file releases it again.
         return Ok(Status::Stale { pid });
     }
     match pid {
-        Some(pid) => Ok(Status::Running { pid, addr }),
+        Some(pid) => Ok(Status::Running { pid, addr, admin }),
         // Locked but not yet written: a server is starting.
         None => Ok(Status::Running {
             pid: 0,
             addr: String::new(),
+            admin: None,
         }),
     }
 }
@@ -86,7 +97,7 @@ pub fn acquire(path: &Path) -> Result<PidLock, String> {
         }),
         Ok(false) => {
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            let (pid, addr) = parse(&text);
+            let (pid, addr, _) = parse(&text);
             Err(format!(
                 "a server is already running on this data directory (pid {}, listening on {}; pid file {})",
                 pid.map_or_else(|| "?".into(), |p| p.to_string()),
@@ -99,11 +110,13 @@ pub fn acquire(path: &Path) -> Result<PidLock, String> {
 }
 
 impl PidLock {
-    /// Records our pid and listen address.
-    pub fn write(&mut self, pid: u32, addr: &str) -> std::io::Result<()> {
+    /// Records our pid, listen address and admin address.
+    pub fn write(&mut self, pid: u32, addr: &str, admin: Option<&str>) -> std::io::Result<()> {
         self.file.set_len(0)?;
         self.file.seek(SeekFrom::Start(0))?;
-        self.file.write_all(format!("{pid}\n{addr}\n").as_bytes())?;
+        let admin = admin.unwrap_or("");
+        self.file
+            .write_all(format!("{pid}\n{addr}\n{admin}\n").as_bytes())?;
         self.file.sync_all()
     }
 
@@ -141,12 +154,14 @@ mod tests {
         let path = dir.path().join("server.pid");
         assert_eq!(probe(&path).unwrap(), Status::NotRunning);
         let mut lock = acquire(&path).unwrap();
-        lock.write(4242, "127.0.0.1:9").unwrap();
+        lock.write(4242, "127.0.0.1:9", Some("127.0.0.1:10"))
+            .unwrap();
         assert_eq!(
             probe(&path).unwrap(),
             Status::Running {
                 pid: 4242,
-                addr: "127.0.0.1:9".into()
+                addr: "127.0.0.1:9".into(),
+                admin: Some("127.0.0.1:10".into()),
             }
         );
         let second = acquire(&path).err().unwrap();

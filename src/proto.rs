@@ -39,6 +39,8 @@ pub mod close {
     pub const KICKED: u16 = 4003;
     /// A visitor's connection after the visitor logged in as a registered user.
     pub const CONVERTED: u16 = 4004;
+    /// Admin subscribers: more unread than `[admin] subscriber_buffer_bytes`.
+    pub const TOO_SLOW: u16 = 4005;
 }
 
 /// The code a store failure is reported with.

@@ -31,13 +31,17 @@ impl Server {
                 config.server.listen
             )
         })?;
-        let reactor = Reactor::bind(ReactorConfig::from_config(&config), addr).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                format!("cannot listen on {addr}: the port is already in use")
-            } else {
-                format!("cannot listen on {addr}: {e}")
-            }
-        })?;
+        let mut reactor = Reactor::bind(ReactorConfig::from_config(&config), addr)
+            .map_err(|e| bind_error(addr, &e))?;
+        if !config.admin.listen.is_empty() {
+            let admin: SocketAddr = config.admin.listen.parse().map_err(|_| {
+                format!("[admin] listen {:?} is not an address", config.admin.listen)
+            })?;
+            let index = reactor
+                .add_listener(admin)
+                .map_err(|e| format!("[admin] {}", bind_error(admin, &e)))?;
+            debug_assert_eq!(index, crate::admin::ADMIN_LISTENER);
+        }
         let app = App::new(config, reactor.notifier())?;
         Ok(Server {
             reactor,
@@ -57,14 +61,24 @@ impl Server {
             );
         }
         let mut lock = pidfile::acquire(&path)?;
-        lock.write(std::process::id(), &self.local_addr().to_string())
-            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
+        let admin = self.admin_addr().map(|a| a.to_string());
+        lock.write(
+            std::process::id(),
+            &self.local_addr().to_string(),
+            admin.as_deref(),
+        )
+        .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
         self.pid_lock = Some(lock);
         Ok(())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.reactor.local_addr()
+    }
+
+    /// The admin listener's address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.reactor.listener_addr(crate::admin::ADMIN_LISTENER)
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -86,9 +100,12 @@ impl Server {
             pid_lock,
         } = self;
         log::info!(
-            "wxchat {} listening on {}",
+            "wxchat {} listening on {}{}",
             env!("CARGO_PKG_VERSION"),
-            reactor.local_addr()
+            reactor.local_addr(),
+            reactor
+                .listener_addr(crate::admin::ADMIN_LISTENER)
+                .map_or_else(String::new, |a| format!(", admin on {a}"))
         );
         let result = reactor
             .run(&mut app)
@@ -102,6 +119,7 @@ impl Server {
     /// Runs the server on a background thread (integration tests, embedding).
     pub fn spawn(self) -> Result<Running, String> {
         let addr = self.local_addr();
+        let admin = self.admin_addr();
         let stop = self.stop_handle();
         let thread = std::thread::Builder::new()
             .name("reactor".into())
@@ -109,6 +127,7 @@ impl Server {
             .map_err(|e| format!("cannot start the reactor thread: {e}"))?;
         Ok(Running {
             addr,
+            admin,
             stop,
             thread: Some(thread),
         })
@@ -118,6 +137,8 @@ impl Server {
 /// A server running on its own thread; dropping it stops it gracefully.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener's address, when there is one.
+    pub admin: Option<SocketAddr>,
     stop: StopHandle,
     thread: Option<JoinHandle<Result<(), String>>>,
 }
@@ -142,5 +163,13 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.stop_inner();
+    }
+}
+
+fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        format!("cannot listen on {addr}: the port is already in use")
+    } else {
+        format!("cannot listen on {addr}: {e}")
     }
 }

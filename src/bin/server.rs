@@ -21,7 +21,8 @@ usage: server [run|daemon|stop|status] [--config FILE]
   run      run in the foreground, logging to stderr (the default)
   daemon   run in the background, logging to <data_dir>/server.log
   stop     stop the running server gracefully and wait for it to exit
-  status   say whether a server runs on this data directory, its pid and address
+  status   say whether a server runs on this data directory, its pid, address and live
+           figures (from the admin listener)
 
   --config FILE   read FILE (TOML; see server.toml). Without it, ./server.toml is read when
                   present, else the defaults. WXCHAT_<SECTION>_<KEY> variables override both.
@@ -143,7 +144,7 @@ fn daemon(config: Config) -> Result<(), String> {
             config.server.data_dir.display()
         )
     })?;
-    if let Ok(Status::Running { pid, addr }) = pidfile::probe(&config.pid_file()) {
+    if let Ok(Status::Running { pid, addr, .. }) = pidfile::probe(&config.pid_file()) {
         return Err(format!(
             "a server is already running on this data directory (pid {pid}, listening on {addr})"
         ));
@@ -265,8 +266,12 @@ fn stop(config: &Config) -> Result<(), String> {
 fn status(config: &Config) -> ExitCode {
     let path = config.pid_file();
     match pidfile::probe(&path) {
-        Ok(Status::Running { pid, addr }) => {
+        Ok(Status::Running { pid, addr, admin }) => {
             println!("wxchat server is running: pid {pid}, listening on {addr}");
+            match admin {
+                Some(admin) => live_figures(config, &admin),
+                None => println!("  no admin listener ([admin] listen is empty): no live figures"),
+            }
             ExitCode::SUCCESS
         }
         Ok(Status::NotRunning) => {
@@ -286,4 +291,67 @@ fn status(config: &Config) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Prints what the running server's admin listener reports (`GET /status`).
+fn live_figures(config: &Config, admin: &str) {
+    use wxchat::admin::client;
+    let token = Some(config.admin.token.as_str()).filter(|t| !t.is_empty());
+    let fetched = client::resolve(admin)
+        .and_then(|addr| client::get(addr, "/status", token, Duration::from_secs(3)));
+    let body = match fetched {
+        Ok((200, body)) => body,
+        Ok((status, body)) => {
+            println!(
+                "  live figures unavailable: admin listener {admin} answered {status}: {}",
+                body.trim()
+            );
+            return;
+        }
+        Err(e) => {
+            println!("  live figures unavailable: admin listener {admin}: {e}");
+            return;
+        }
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+        println!("  live figures unavailable: admin listener {admin} sent no JSON");
+        return;
+    };
+    let n = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    println!("  admin:        {admin}");
+    println!(
+        "  version:      {} (node {}), up {}",
+        v.get("version").and_then(|x| x.as_str()).unwrap_or("?"),
+        v.get("node").and_then(|x| x.as_str()).unwrap_or("?"),
+        wxchat::admin::format::duration(n("uptime_s") as u64)
+    );
+    println!(
+        "  connections:  {} open, {} WebSockets, {} users online, {} subscribers",
+        n("connections"),
+        n("websockets"),
+        n("users_online"),
+        n("subscribers")
+    );
+    println!(
+        "  messages:     {:.1}/s in, {:.1}/s delivered, {} since start",
+        n("msgs_in_per_s"),
+        n("msgs_out_per_s"),
+        n("messages_total")
+    );
+    println!(
+        "  queues:       persister {} (lag {:.1} ms), workers {}, jobs in flight {}",
+        n("persister_queue"),
+        n("persister_lag_ms"),
+        n("worker_queue"),
+        n("jobs_in_flight")
+    );
+    println!(
+        "  service:      {} waiting, {} consultations running",
+        n("service_queue"),
+        n("consultations")
+    );
+    println!(
+        "  memory:       {:.1} MiB resident",
+        n("rss_bytes") / 1048576.0
+    );
 }

@@ -62,6 +62,15 @@ pub struct Consults {
 }
 
 impl Consults {
+    /// Consultations held in memory.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
     /// The live consultations `uid` takes part in.
     fn of(&self, uid: u64) -> Vec<u64> {
         self.by_user.get(&uid).cloned().unwrap_or_default()

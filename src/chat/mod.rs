@@ -10,6 +10,8 @@ pub mod presence;
 pub mod service_desk;
 pub mod visitor;
 
+use crate::admin::metrics::METRICS;
+use crate::admin::Topic;
 use crate::app::{api_error, api_ok, App, Completion};
 use crate::auth;
 use crate::cluster::bus::{Envelope, Target};
@@ -101,6 +103,21 @@ impl ChatState {
         self.online.get(&uid).is_some_and(|c| !c.is_empty())
     }
 
+    /// Users with an authenticated connection here.
+    pub fn users_online(&self) -> usize {
+        self.online.len()
+    }
+
+    /// Customers waiting for an agent.
+    pub fn service_queue_len(&self) -> usize {
+        self.desk.queue_len()
+    }
+
+    /// Timed consultations held in memory here.
+    pub fn consultations_live(&self) -> usize {
+        self.consults.len()
+    }
+
     pub fn is_agent(&self, uid: u64) -> bool {
         self.agents.contains(&uid)
     }
@@ -121,6 +138,8 @@ struct Pending {
     conn: ConnId,
     cmd: String,
     req_id: Option<Value>,
+    /// When the command arrived (for the ack latency histogram).
+    at: Instant,
 }
 
 impl Pending {
@@ -131,6 +150,9 @@ impl Pending {
         ctx.send_text(self.conn, &proto::ok_raw(&self.cmd, &self.req_id, data));
     }
     fn reply_err(&self, ctx: &mut dyn Ctx<Completion>, c: u16, msg: &str) {
+        if self.cmd == "send" {
+            METRICS.messages_rejected.inc();
+        }
         ctx.send_text(self.conn, &proto::fail(&self.cmd, &self.req_id, c, msg));
     }
     fn reply_store_err(&self, ctx: &mut dyn Ctx<Completion>, e: &StoreError) {
@@ -166,6 +188,7 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
             conn,
             cmd: "auth".into(),
             req_id: None,
+            at: ctx.now(),
         };
         authenticate(app, ctx, p, token);
     }
@@ -198,16 +221,13 @@ pub fn on_timer(app: &mut App, ctx: &mut dyn Ctx<Completion>, token: u64) {
     }
 }
 
-pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
-    let Some(session) = app.chat.sessions.remove(&conn) else {
-        return;
-    };
+/// A chat connection closed; returns the user it was authenticated as.
+pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) -> Option<u64> {
+    let session = app.chat.sessions.remove(&conn)?;
     if let Some(t) = session.auth_timer {
         ctx.cancel_timer(t);
     }
-    let Some(uid) = session.uid else {
-        return;
-    };
+    let uid = session.uid?;
     let now_offline = match app.chat.online.get_mut(&uid) {
         Some(conns) => {
             conns.retain(|c| *c != conn);
@@ -225,6 +245,7 @@ pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
         app.chat.friends.remove(&uid);
         presence::went_offline(app, ctx, uid);
     }
+    Some(uid)
 }
 
 /// Graceful shutdown began.
@@ -359,6 +380,11 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
             })) => {
                 session.uid = Some(uid);
                 session.visitor = user_type == USER_TYPE_VISITOR;
+                METRICS.login("token", true);
+                let conn = p.conn;
+                app.admin.emit(ctx, Topic::Connection, || {
+                    json!({ "event": "auth", "conn": conn.to_string(), "uid": uid, "user_type": user_type })
+                });
                 if let Some(t) = session.auth_timer.take() {
                     ctx.cancel_timer(t);
                 }
@@ -378,6 +404,11 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                 }
             }
             Ok(None) => {
+                METRICS.login("token", false);
+                let conn = p.conn;
+                app.admin.emit(ctx, Topic::Connection, || {
+                    json!({ "event": "auth_failed", "conn": conn.to_string(), "reason": "bad or expired token" })
+                });
                 p.reply_err(ctx, code::UNAUTHORIZED, "bad or expired token");
                 ctx.close(p.conn, close::AUTH_FAILED, "authentication failed");
             }
@@ -421,6 +452,7 @@ pub fn on_message(
         conn,
         cmd: cmd.cmd.clone(),
         req_id: cmd.req_id.clone(),
+        at: ctx.now(),
     };
     if cmd.cmd == "ping" {
         p.reply_ok(ctx, &json!({ "time": store::now_ms() }));
@@ -829,6 +861,11 @@ fn acked(
     let a = match r {
         Ok(a) => a,
         Err(e) => {
+            app.admin.emit(
+                ctx,
+                Topic::Error,
+                || json!({ "kind": "persist", "msg": e.to_string() }),
+            );
             if let Some(p) = p {
                 p.reply_err(
                     ctx,
@@ -841,6 +878,9 @@ fn acked(
     };
     if let Some(p) = p {
         p.reply_ok(ctx, &ack_data(&a.message, a.duplicate));
+        METRICS
+            .ack_seconds
+            .observe_duration(ctx.now().saturating_duration_since(p.at));
     }
     if !a.duplicate {
         fan_out(app, ctx, &a.message, p.map(|p| p.conn));
@@ -858,12 +898,38 @@ fn fan_out(
     m: &store::StoredMessage,
     except: Option<ConnId>,
 ) {
+    if let Some(c) = METRICS.messages.get(usize::from(m.chat_type)) {
+        c.inc();
+    }
+    let bodies = app.admin.message_bodies();
+    app.admin
+        .emit(ctx, Topic::Message, || message_event(m, bodies));
     let payload = proto::message_push(m);
     if let Some(bus) = &app.bus {
         bus.publish(Target::Conv(m.conv_id.clone()), &payload);
     }
     let frame = Frame::text(payload.as_bytes());
     deliver_to_conv(app, ctx, m.conv_id.clone(), frame, except);
+}
+
+/// The `message` info topic's event: ids, conversation, sender, receiver, type and size; the
+/// body only when `[admin] message_bodies` is on.
+fn message_event(m: &store::StoredMessage, with_body: bool) -> Value {
+    let mut v = json!({
+        "msg_id": m.msg_id,
+        "conv_id": m.conv_id,
+        "seq": m.seq,
+        "chat_type": m.chat_type,
+        "msg_type": m.msg_type,
+        "from_id": m.from_id,
+        "to_id": m.to_id,
+        "size": m.body.len(),
+        "created_at": m.created_at,
+    });
+    if with_body {
+        v["body"] = Value::String(m.body.clone());
+    }
+    v
 }
 
 /// Sends `frame` to every connection held here of the conversation's members (except one).
@@ -902,13 +968,15 @@ fn deliver_to_conv(
         },
         None => return,
     };
+    let mut delivered = 0;
     for uid in recipients {
         for c in app.chat.conns_of(uid) {
-            if Some(*c) != except {
-                ctx.send(*c, &frame);
+            if Some(*c) != except && ctx.send(*c, &frame) {
+                delivered += 1;
             }
         }
     }
+    METRICS.deliveries.add(delivered);
 }
 
 fn cmd_page(

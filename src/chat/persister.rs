@@ -4,10 +4,13 @@
 //! transaction, by the only writer, which is what keeps them gap-free: a failed batch hands out
 //! nothing.
 
+use crate::admin::metrics::METRICS;
 use crate::store::{Appended, NewMessage, Store, StoreResult};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// What to do with one message's outcome, on the reactor.
 pub type Then<C> = Box<dyn FnOnce(StoreResult<Appended>) -> C + Send>;
@@ -15,11 +18,22 @@ pub type Then<C> = Box<dyn FnOnce(StoreResult<Appended>) -> C + Send>;
 struct Item<C> {
     message: NewMessage,
     then: Then<C>,
+    queued_at: Instant,
+}
+
+/// Queue figures shared with the reactor (for `/metrics` and `serverInfo`).
+#[derive(Default)]
+struct Load {
+    /// Messages submitted and not yet taken into a batch.
+    queued: AtomicUsize,
+    /// How long the oldest message of the last batch waited for its commit (microseconds).
+    lag_us: AtomicU64,
 }
 
 pub struct Persister<C> {
     tx: Option<SyncSender<Item<C>>>,
     thread: Option<JoinHandle<()>>,
+    load: Arc<Load>,
 }
 
 /// The queue is full (the store is slower than the traffic): refuse with 503.
@@ -35,22 +49,42 @@ impl<C: Send + 'static> Persister<C> {
         deliver: impl Fn(Vec<C>) + Send + 'static,
     ) -> std::io::Result<Persister<C>> {
         let (tx, rx) = sync_channel::<Item<C>>(queue);
+        let load = Arc::new(Load::default());
+        let shared = load.clone();
         let thread = std::thread::Builder::new()
             .name("persister".into())
-            .spawn(move || run(&*store, &rx, max_batch.max(1), &deliver))?;
+            .spawn(move || run(&*store, &rx, max_batch.max(1), &deliver, &shared))?;
         Ok(Persister {
             tx: Some(tx),
             thread: Some(thread),
+            load,
         })
+    }
+
+    /// Messages waiting to be written, and the last batch's lag.
+    pub fn load(&self) -> (usize, Duration) {
+        (
+            self.load.queued.load(Relaxed),
+            Duration::from_micros(self.load.lag_us.load(Relaxed)),
+        )
     }
 
     pub fn submit(&self, message: NewMessage, then: Then<C>) -> Result<(), Busy> {
         let Some(tx) = &self.tx else {
             return Err(Busy);
         };
-        match tx.try_send(Item { message, then }) {
+        self.load.queued.fetch_add(1, Relaxed);
+        let item = Item {
+            message,
+            then,
+            queued_at: Instant::now(),
+        };
+        match tx.try_send(item) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Busy),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.load.queued.fetch_sub(1, Relaxed);
+                Err(Busy)
+            }
         }
     }
 }
@@ -65,7 +99,13 @@ impl<C> Drop for Persister<C> {
     }
 }
 
-fn run<C>(store: &dyn Store, rx: &Receiver<Item<C>>, max_batch: usize, deliver: &dyn Fn(Vec<C>)) {
+fn run<C>(
+    store: &dyn Store,
+    rx: &Receiver<Item<C>>,
+    max_batch: usize,
+    deliver: &dyn Fn(Vec<C>),
+    load: &Load,
+) {
     let mut items: Vec<Item<C>> = Vec::with_capacity(max_batch);
     loop {
         match rx.recv() {
@@ -78,14 +118,18 @@ fn run<C>(store: &dyn Store, rx: &Receiver<Item<C>>, max_batch: usize, deliver: 
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             }
         }
+        load.queued.fetch_sub(items.len(), Relaxed);
         let messages: Vec<NewMessage> = items.iter().map(|i| i.message.clone()).collect();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = store.append_batch(&messages);
-        log::trace!(
-            "persisted a batch of {} in {:?}",
-            messages.len(),
-            started.elapsed()
-        );
+        let took = started.elapsed();
+        METRICS.persist_batch_seconds.observe_duration(took);
+        METRICS.persist_batch_size.observe(messages.len() as u64);
+        if let Some(oldest) = items.iter().map(|i| i.queued_at).min() {
+            let lag = u64::try_from(oldest.elapsed().as_micros()).unwrap_or(u64::MAX);
+            load.lag_us.store(lag, Relaxed);
+        }
+        log::trace!("persisted a batch of {} in {took:?}", messages.len());
         let outcomes: Vec<C> = match result {
             Ok(appended) => items
                 .drain(..)

@@ -79,8 +79,8 @@ pub fn create(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &
             json!({ "uid": user.uid, "token": token, "expires_in": ttl, "user_type": USER_TYPE_VISITOR }),
         )
     };
-    let ok = app.job(ctx, work, move |_app, ctx, r: Outcome| {
-        ctx.respond(conn, respond(r));
+    let ok = app.job(ctx, work, move |app, ctx, r: Outcome| {
+        app.respond_login(ctx, conn, "visitor", respond(r));
     });
     later_or_busy(ok)
 }

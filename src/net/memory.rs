@@ -19,6 +19,8 @@ pub struct ConnRecord {
     pub responses: Vec<http::Response>,
     pub closed: Option<(u16, String)>,
     pub awaiting_reply: bool,
+    /// The listener it arrived on (0 unless the test says otherwise).
+    pub listener: usize,
 }
 
 /// The recording [`Ctx`].
@@ -106,6 +108,18 @@ impl<C> Ctx<C> for MemoryCtx<C> {
             .filter(|r| r.closed.is_none() || !r.open)
             .count()
     }
+
+    fn listener_of(&self, conn: ConnId) -> Option<usize> {
+        self.conns.get(&conn).map(|r| r.listener)
+    }
+
+    /// Nothing is ever queued: sends are recorded at once.
+    fn discard_output(&mut self, _conn: ConnId) {}
+
+    /// Nothing is ever queued: sends are recorded at once.
+    fn queued_bytes(&self, _conn: ConnId) -> usize {
+        0
+    }
 }
 
 /// The payload of one unmasked server frame (for recording shared frames as text).
@@ -138,7 +152,7 @@ impl<H: Handler> Driver<H> {
     pub fn build(make: impl FnOnce(Notifier<H::Completion>) -> H) -> Driver<H> {
         let (tx, rx) = channel();
         let handler = make(Notifier::new(tx.clone(), None));
-        Driver {
+        let mut driver = Driver {
             handler,
             ctx: MemoryCtx {
                 conns: HashMap::new(),
@@ -149,7 +163,9 @@ impl<H: Handler> Driver<H> {
             },
             completions: rx,
             next_key: 0,
-        }
+        };
+        driver.handler.on_start(&mut driver.ctx);
+        driver
     }
 
     fn new_conn(&mut self) -> ConnId {

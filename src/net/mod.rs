@@ -126,6 +126,14 @@ pub trait Ctx<C> {
     fn now(&self) -> Instant;
     /// Open connections (HTTP and WebSocket).
     fn connection_count(&self) -> usize;
+    /// Which listener accepted the connection (0: the client listener; see
+    /// `Reactor::add_listener`), while it lives.
+    fn listener_of(&self, conn: ConnId) -> Option<usize>;
+    /// Bytes queued for the connection and not yet written (0 once it is gone).
+    fn queued_bytes(&self, conn: ConnId) -> usize;
+    /// Drops queued output the peer has not started receiving (a frame being written is kept
+    /// whole), so what is queued next goes out first. For consumers that fell too far behind.
+    fn discard_output(&mut self, conn: ConnId);
 }
 
 /// The application side of the seam. Every method runs on the reactor thread and must not block:
@@ -170,6 +178,8 @@ pub trait Handler {
     fn on_completion(&mut self, ctx: &mut dyn Ctx<Self::Completion>, completion: Self::Completion);
     /// A timer set with [`Ctx::set_timer`] fired.
     fn on_timer(&mut self, ctx: &mut dyn Ctx<Self::Completion>, token: u64);
+    /// The event loop is about to start (timers may be set from here on).
+    fn on_start(&mut self, _ctx: &mut dyn Ctx<Self::Completion>) {}
     /// Graceful shutdown started: no new connections; finish in-flight work.
     fn on_shutdown(&mut self, _ctx: &mut dyn Ctx<Self::Completion>) {}
     /// True while work accepted before shutdown is still in flight (the reactor waits for it).

@@ -29,9 +29,13 @@ use std::sync::mpsc::{channel, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const LISTENER: Token = Token(usize::MAX - 1);
-const WAKER: Token = Token(usize::MAX - 2);
-const SIGNALS: Token = Token(usize::MAX - 3);
+const WAKER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+/// Listener `i` polls as `Token(LISTENER_BASE - i)`; slab keys never come near.
+const LISTENER_BASE: usize = usize::MAX - 16;
+/// Extra listeners (the admin listener) accept this many connections beyond `max_connections`,
+/// so an operator can still look at a server that is full.
+const EXTRA_LISTENER_HEADROOM: usize = 64;
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -100,6 +104,8 @@ enum Phase {
 
 struct Conn {
     gen: u32,
+    /// Index of the listener that accepted it (0: the client listener).
+    listener: u8,
     stream: TcpStream,
     peer: SocketAddr,
     phase: Phase,
@@ -176,34 +182,38 @@ struct Core<C> {
     shutting_down: bool,
 }
 
+/// One listening socket and its accept state.
+struct Listener {
+    /// None once shutdown began.
+    socket: Option<TcpListener>,
+    addr: SocketAddr,
+    /// Connections (all listeners together) at which this one stops accepting.
+    limit: usize,
+    /// Accepting stopped at the limit or after a resource error; resumed from the loop.
+    paused: bool,
+    retry_at: Option<Instant>,
+}
+
 pub struct Reactor<C> {
     poll: Poll,
-    listener: Option<TcpListener>,
-    local_addr: SocketAddr,
+    listeners: Vec<Listener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     core: Core<C>,
     completions: Receiver<C>,
     scratch: Vec<u8>,
     stop: StopHandle,
-    accept_paused: bool,
-    accept_retry_at: Option<Instant>,
 }
 
 impl<C: Send + 'static> Reactor<C> {
     /// Binds the listener. A busy port or a bad address is reported here, before anything runs.
     pub fn bind(cfg: ReactorConfig, addr: SocketAddr) -> io::Result<Reactor<C>> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(addr)?;
-        let local_addr = listener.local_addr()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = channel();
         let now = Instant::now();
-        Ok(Reactor {
+        let mut reactor = Reactor {
             poll,
-            listener: Some(listener),
-            local_addr,
+            listeners: Vec::new(),
             signals: None,
             core: Core {
                 cfg,
@@ -226,14 +236,49 @@ impl<C: Send + 'static> Reactor<C> {
                 flag: Arc::new(AtomicBool::new(false)),
                 waker,
             },
-            accept_paused: false,
-            accept_retry_at: None,
-        })
+        };
+        reactor.add_listener(addr)?;
+        Ok(reactor)
     }
 
-    /// The bound address (useful with port 0).
+    /// Binds another listener (the admin listener) and returns its index, which
+    /// [`Ctx::listener_of`] reports for its connections. It may accept
+    /// `EXTRA_LISTENER_HEADROOM` connections beyond `max_connections`.
+    pub fn add_listener(&mut self, addr: SocketAddr) -> io::Result<usize> {
+        let index = self.listeners.len();
+        if index > u8::MAX as usize {
+            return Err(io::Error::other("too many listeners"));
+        }
+        let mut socket = TcpListener::bind(addr)?;
+        let addr = socket.local_addr()?;
+        self.poll.registry().register(
+            &mut socket,
+            Token(LISTENER_BASE - index),
+            Interest::READABLE,
+        )?;
+        let headroom = if index == 0 {
+            0
+        } else {
+            EXTRA_LISTENER_HEADROOM
+        };
+        self.listeners.push(Listener {
+            socket: Some(socket),
+            addr,
+            limit: self.core.cfg.max_connections + headroom,
+            paused: false,
+            retry_at: None,
+        });
+        Ok(index)
+    }
+
+    /// The client listener's bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listeners[0].addr
+    }
+
+    /// Listener `index`'s bound address.
+    pub fn listener_addr(&self, index: usize) -> Option<SocketAddr> {
+        self.listeners.get(index).map(|l| l.addr)
     }
 
     /// A handle for worker threads; the same one `Ctx::notifier` gives.
@@ -262,6 +307,8 @@ impl<C: Send + 'static> Reactor<C> {
         let mut events = Events::with_capacity(1024);
         let mut expired = Vec::new();
         let mut shutdown_deadline: Option<Instant> = None;
+        self.core.now = Instant::now();
+        handler.on_start(&mut self.core);
         loop {
             let now = Instant::now();
             let mut timeout = if self.core.ready.is_empty() {
@@ -269,7 +316,7 @@ impl<C: Send + 'static> Reactor<C> {
             } else {
                 Some(Duration::ZERO)
             };
-            if let Some(at) = self.accept_retry_at {
+            for at in self.listeners.iter().filter_map(|l| l.retry_at) {
                 let d = at.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
@@ -287,9 +334,11 @@ impl<C: Send + 'static> Reactor<C> {
 
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(),
                     WAKER => self.drain_completions(handler),
                     SIGNALS => self.handle_signal_event(),
+                    Token(t) if t <= LISTENER_BASE && LISTENER_BASE - t < self.listeners.len() => {
+                        self.accept_all(LISTENER_BASE - t)
+                    }
                     Token(key) => {
                         let Some(conn) = self.core.conns.get_mut(key) else {
                             continue;
@@ -345,12 +394,15 @@ impl<C: Send + 'static> Reactor<C> {
             self.flush_dirty();
             self.drop_closed();
 
-            if self.accept_paused
-                && self.accept_retry_at.is_none_or(|at| self.core.now >= at)
-                && self.core.conns.len() < self.core.cfg.max_connections
-            {
-                self.accept_retry_at = None;
-                self.accept_all();
+            for index in 0..self.listeners.len() {
+                let l = &mut self.listeners[index];
+                if l.paused
+                    && l.retry_at.is_none_or(|at| self.core.now >= at)
+                    && self.core.conns.len() < l.limit
+                {
+                    l.retry_at = None;
+                    self.accept_all(index);
+                }
             }
 
             if let Some(deadline) = shutdown_deadline {
@@ -398,10 +450,12 @@ impl<C: Send + 'static> Reactor<C> {
             self.core.conns.len()
         );
         self.core.shutting_down = true;
-        if let Some(mut l) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
+        for l in &mut self.listeners {
+            if let Some(mut socket) = l.socket.take() {
+                let _ = self.poll.registry().deregister(&mut socket);
+            }
+            l.paused = false;
         }
-        self.accept_paused = false;
         handler.on_shutdown(&mut self.core);
         let ids: Vec<ConnId> = self
             .core
@@ -434,19 +488,23 @@ impl<C: Send + 'static> Reactor<C> {
         self.core.now + SHUTDOWN_TIMEOUT
     }
 
-    fn accept_all(&mut self) {
-        let Some(listener) = self.listener.as_ref() else {
+    fn accept_all(&mut self, index: usize) {
+        let Some(l) = self.listeners.get_mut(index) else {
+            return;
+        };
+        let Some(listener) = l.socket.as_ref() else {
             return;
         };
         loop {
-            if self.core.conns.len() >= self.core.cfg.max_connections {
-                if !self.accept_paused {
+            if self.core.conns.len() >= l.limit {
+                if !l.paused {
                     log::warn!(
-                        "connection limit {} reached: accepting paused",
-                        self.core.cfg.max_connections
+                        "connection limit {} reached: accepting on {} paused",
+                        l.limit,
+                        l.addr
                     );
                 }
-                self.accept_paused = true;
+                l.paused = true;
                 return;
             }
             match listener.accept() {
@@ -468,6 +526,7 @@ impl<C: Send + 'static> Reactor<C> {
                     let now = self.core.now;
                     entry.insert(Conn {
                         gen: self.core.next_gen,
+                        listener: index as u8,
                         stream,
                         peer,
                         phase: Phase::Http,
@@ -497,21 +556,21 @@ impl<C: Send + 'static> Reactor<C> {
                     self.core.arm(key, now + self.core.cfg.handshake_timeout);
                     // Edge-triggered: the request may already be waiting; read it next pass.
                     self.core.mark_ready(key);
-                    if self.accept_paused {
-                        log::info!("accepting resumed");
-                        self.accept_paused = false;
+                    if l.paused {
+                        log::info!("accepting on {} resumed", l.addr);
+                        l.paused = false;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_paused = false;
+                    l.paused = false;
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: retry shortly rather than spin.
                     log::warn!("accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
-                    self.accept_paused = true;
-                    self.accept_retry_at = Some(self.core.now + ACCEPT_RETRY);
+                    l.paused = true;
+                    l.retry_at = Some(self.core.now + ACCEPT_RETRY);
                     return;
                 }
             }
@@ -1283,5 +1342,25 @@ impl<C> Ctx<C> for Core<C> {
 
     fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    fn listener_of(&self, conn: ConnId) -> Option<usize> {
+        self.conns
+            .get(conn.key as usize)
+            .filter(|c| c.gen == conn.gen)
+            .map(|c| usize::from(c.listener))
+    }
+
+    fn discard_output(&mut self, conn: ConnId) {
+        if let Some(c) = self.conn(conn) {
+            c.out.truncate_unstarted();
+        }
+    }
+
+    fn queued_bytes(&self, conn: ConnId) -> usize {
+        self.conns
+            .get(conn.key as usize)
+            .filter(|c| c.gen == conn.gen)
+            .map_or(0, |c| c.out.len())
     }
 }

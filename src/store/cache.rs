@@ -26,7 +26,7 @@ pub trait SharedCache: Send + Sync + 'static {
 /// A random lock owner token.
 pub fn lock_owner() -> StoreResult<String> {
     let mut b = [0u8; 16];
-    getrandom::getrandom(&mut b).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    getrandom::getrandom(&mut b).map_err(|e| StoreError::unavailable(e.to_string()))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 

@@ -38,6 +38,15 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl StoreError {
+    /// A database or cache failure, counted in `wxchat_store_errors_total`. The backends build
+    /// every `Unavailable` through this.
+    pub fn unavailable(why: impl Into<String>) -> StoreError {
+        crate::admin::metrics::METRICS.store_errors.inc();
+        StoreError::Unavailable(why.into())
+    }
+}
+
 /// A user as clients see it (no secrets: tokens and WeChat session keys live elsewhere).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct User {

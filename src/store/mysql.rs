@@ -290,7 +290,7 @@ fn col<T: FromValue>(row: &Row, i: usize) -> Res<T> {
     match row.get_opt::<T, usize>(i) {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) => Err(Fail::Db(::mysql::Error::FromValueError(e.0))),
-        None => Err(Fail::Store(StoreError::Unavailable(format!(
+        None => Err(Fail::Store(StoreError::unavailable(format!(
             "column {i} missing from a result row"
         )))),
     }
@@ -310,15 +310,14 @@ impl MysqlStore {
     /// fails here) and applies pending migrations.
     pub fn open(url: &str, pool_size: usize, timeout: Duration) -> StoreResult<MysqlStore> {
         let base = Opts::from_url(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad mysql_url: {e}")))?;
+            .map_err(|e| StoreError::unavailable(format!("bad mysql_url: {e}")))?;
         if base.get_db_name().is_none_or(str::is_empty) {
-            return Err(StoreError::Unavailable(
-                "mysql_url must name a database, e.g. mysql://user:pass@127.0.0.1:3306/wxchat"
-                    .into(),
+            return Err(StoreError::unavailable(
+                "mysql_url must name a database, e.g. mysql://user:pass@127.0.0.1:3306/wxchat",
             ));
         }
         let constraints = PoolConstraints::new(1, pool_size.max(1))
-            .ok_or_else(|| StoreError::Unavailable("bad pool size".into()))?;
+            .ok_or_else(|| StoreError::unavailable("bad pool size"))?;
         // The driver's default switches a TCP URL to the server's Unix socket when it is local;
         // connect where the URL says unless it asks for that (`?prefer_socket=true`).
         let prefer_socket = url.contains("prefer_socket=true");
@@ -337,7 +336,7 @@ impl MysqlStore {
                     .with_reset_connection(false),
             )
             .into();
-        let pool = Pool::new(opts.clone()).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let pool = Pool::new(opts.clone()).map_err(|e| StoreError::unavailable(e.to_string()))?;
         let store = MysqlStore {
             pool,
             opts,
@@ -355,13 +354,13 @@ impl MysqlStore {
         let mut conn = self
             .pool
             .try_get_conn(self.timeout)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StoreError::unavailable(e.to_string()))?;
         let outcome = (|| -> Res<()> {
             let locked: Option<Option<i64>> =
                 conn.exec_first("SELECT GET_LOCK('wxchat_migrate', 60)", ())?;
             if locked.flatten() != Some(1) {
-                return Err(Fail::Store(StoreError::Unavailable(
-                    "another process holds the migration lock".into(),
+                return Err(Fail::Store(StoreError::unavailable(
+                    "another process holds the migration lock",
                 )));
             }
             let result = (|| -> Res<()> {
@@ -392,7 +391,7 @@ impl MysqlStore {
             result
         })();
         outcome.map_err(|f| match f {
-            Fail::Db(e) => StoreError::Unavailable(format!("migration failed: {e}")),
+            Fail::Db(e) => StoreError::unavailable(format!("migration failed: {e}")),
             Fail::Store(e) => e,
         })
     }
@@ -414,14 +413,14 @@ impl MysqlStore {
                 } else {
                     log::error!("mysql: {e}");
                 }
-                Err(StoreError::Unavailable(e.to_string()))
+                Err(StoreError::unavailable(e.to_string()))
             }
         }
     }
 
     /// Runs `f` on a pooled connection, retrying retryable errors.
     fn run<T>(&self, mut f: impl FnMut(&mut ::mysql::PooledConn) -> Res<T>) -> StoreResult<T> {
-        self.backoff.check().map_err(StoreError::Unavailable)?;
+        self.backoff.check().map_err(StoreError::unavailable)?;
         let r = (|| {
             let mut conn = self.pool.try_get_conn(self.timeout)?;
             let mut attempt = 1;
@@ -522,8 +521,8 @@ fn append_in(
         (batch.len() as u64,),
     )?;
     if tx.affected_rows() != 1 {
-        return Err(Fail::Store(StoreError::Unavailable(
-            "the counters table has no msg_id row".into(),
+        return Err(Fail::Store(StoreError::unavailable(
+            "the counters table has no msg_id row",
         )));
     }
     let last_id = tx.last_insert_id().unwrap_or(0);
@@ -1329,7 +1328,7 @@ impl Store for MysqlStore {
     }
 
     fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
-        self.backoff.check().map_err(StoreError::Unavailable)?;
+        self.backoff.check().map_err(StoreError::unavailable)?;
         let mut guard = match self.writer.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

@@ -63,7 +63,7 @@ impl RedisKv {
         max_idle: usize,
     ) -> StoreResult<RedisKv> {
         let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad [redis] url: {e}")))?;
+            .map_err(|e| StoreError::unavailable(format!("bad [redis] url: {e}")))?;
         let kv = RedisKv {
             client,
             prefix: prefix.to_string(),
@@ -75,7 +75,7 @@ impl RedisKv {
         };
         let pong: String = kv.with_conn(|c| redis::cmd("PING").query(c))?;
         if pong != "PONG" {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::unavailable(format!(
                 "redis answered PING with {pong:?}"
             )));
         }
@@ -108,7 +108,7 @@ impl RedisKv {
         &self,
         f: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> StoreResult<T> {
-        self.backoff.check().map_err(StoreError::Unavailable)?;
+        self.backoff.check().map_err(StoreError::unavailable)?;
         let pooled = match self.idle.lock() {
             Ok(mut idle) => idle.pop(),
             Err(p) => p.into_inner().pop(),
@@ -119,7 +119,7 @@ impl RedisKv {
                 Ok(c) => c,
                 Err(e) => {
                     self.backoff.failed(&e.to_string());
-                    return Err(StoreError::Unavailable(format!("redis: {e}")));
+                    return Err(StoreError::unavailable(format!("redis: {e}")));
                 }
             },
         };
@@ -131,11 +131,11 @@ impl RedisKv {
             }
             Err(e) if is_connection_error(&e) => {
                 self.backoff.failed(&e.to_string());
-                Err(StoreError::Unavailable(format!("redis: {e}")))
+                Err(StoreError::unavailable(format!("redis: {e}")))
             }
             Err(e) => {
                 self.give_back(conn);
-                Err(StoreError::Unavailable(format!("redis: {e}")))
+                Err(StoreError::unavailable(format!("redis: {e}")))
             }
         }
     }

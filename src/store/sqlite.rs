@@ -37,7 +37,7 @@ struct Writer {
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable(e.to_string())
 }
 
 impl SqliteStore {

@@ -61,6 +61,75 @@ pub struct FreshToken {
 
 pub struct Client {
     agent: ureq::Agent,
+    observer: Option<Observer>,
+}
+
+/// The WeChat APIs wxchat calls (the order of `admin::metrics::WECHAT_APIS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    CodeToSession,
+    AccessToken,
+    CheckToken,
+    QrcodeCreate,
+    UserInfo,
+    CustomSend,
+    CustomTyping,
+    MediaUpload,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        crate::admin::metrics::WECHAT_APIS[self as usize]
+    }
+}
+
+/// What one API call did (for metrics and the `wechat` info topic).
+pub struct ApiCall<'a> {
+    pub api: Api,
+    pub app: &'a WechatApp,
+    pub took: Duration,
+    pub error: Option<&'a WxError>,
+}
+
+/// Told about every call, on the worker thread that made it.
+pub type Observer = Box<dyn Fn(&ApiCall<'_>) + Send + Sync>;
+
+/// The server's observer: counts every call in the metrics and publishes it on `wechat` (and
+/// failures on `error`) when someone subscribes.
+pub fn report_to(feed: crate::admin::Feed) -> Observer {
+    use crate::admin::metrics::METRICS;
+    use crate::admin::Topic;
+    Box::new(move |call| {
+        let i = call.api as usize;
+        METRICS.wechat_calls[i].inc();
+        METRICS.wechat_seconds.observe_duration(call.took);
+        if call.error.is_some() {
+            METRICS.wechat_errors[i].inc();
+        }
+        let (errcode, errmsg) = match call.error {
+            None => (0, String::new()),
+            Some(WxError::Api { errcode, errmsg }) => (*errcode, errmsg.clone()),
+            Some(other) => (-2, other.to_string()),
+        };
+        let event = || {
+            serde_json::json!({
+                "kind": "api",
+                "api": call.api.name(),
+                "app": call.app.name,
+                "appid": call.app.appid,
+                "ok": call.error.is_none(),
+                "errcode": errcode,
+                "errmsg": errmsg,
+                "ms": call.took.as_millis() as u64,
+            })
+        };
+        if feed.wants(Topic::Wechat) {
+            feed.publish(Topic::Wechat, event());
+        }
+        if call.error.is_some() && feed.wants(Topic::Error) {
+            feed.publish(Topic::Error, event());
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -79,7 +148,35 @@ impl Client {
             .http_status_as_error(false)
             .build()
             .into();
-        Client { agent }
+        Client {
+            agent,
+            observer: None,
+        }
+    }
+
+    /// Reports every call to `observer`.
+    pub fn observed_by(mut self, observer: Observer) -> Client {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe<T>(
+        &self,
+        api: Api,
+        app: &WechatApp,
+        call: impl FnOnce() -> Result<T, WxError>,
+    ) -> Result<T, WxError> {
+        let started = std::time::Instant::now();
+        let result = call();
+        if let Some(observer) = &self.observer {
+            observer(&ApiCall {
+                api,
+                app,
+                took: started.elapsed(),
+                error: result.as_ref().err(),
+            });
+        }
+        result
     }
 
     /// Parses a WeChat reply: an error when `errcode` is non-zero, else `T`.
@@ -111,7 +208,7 @@ impl Client {
 
     /// `sns/jscode2session`: a `wx.login` code for the user's openid and session key. Not
     /// retried: a code is single-use.
-    pub fn code_to_session(&self, app: &WechatApp, code: &str) -> Result<CodeSession, WxError> {
+    fn code_to_session_call(&self, app: &WechatApp, code: &str) -> Result<CodeSession, WxError> {
         let url = format!("{}/sns/jscode2session", app.api_base.trim_end_matches('/'));
         let body = self.get(
             &url,
@@ -130,7 +227,7 @@ impl Client {
     /// A new access_token: `cgi-bin/stable_token` (not invalidated by other fetches), or
     /// `cgi-bin/token` when the app is configured with `token_endpoint = "token"`. A `-1`
     /// (system busy) is retried once, as WeChat documents.
-    pub fn access_token(&self, app: &WechatApp) -> Result<FreshToken, WxError> {
+    fn access_token_call(&self, app: &WechatApp) -> Result<FreshToken, WxError> {
         let base = app.api_base.trim_end_matches('/');
         let fetch = || -> Result<FreshToken, WxError> {
             let body = if app.token_endpoint == "token" {
@@ -186,7 +283,7 @@ impl Client {
 
     /// A call that needs nothing but the token and returns only `errcode` (tests, health checks):
     /// `cgi-bin/get_api_domain_ip`.
-    pub fn check_token(&self, app: &WechatApp, token: &str) -> Result<(), WxError> {
+    fn check_token_call(&self, app: &WechatApp, token: &str) -> Result<(), WxError> {
         let base = app.api_base.trim_end_matches('/');
         let body = self.get(
             &format!("{base}/cgi-bin/get_api_domain_ip"),
@@ -231,7 +328,7 @@ impl Client {
     }
 
     /// `cgi-bin/qrcode/create`: a temporary `QR_STR_SCENE` code for `scene`.
-    pub fn qrcode_create(
+    fn qrcode_create_call(
         &self,
         app: &WechatApp,
         token: &str,
@@ -248,7 +345,7 @@ impl Client {
     }
 
     /// `cgi-bin/user/info` of a follower of an official account.
-    pub fn user_info(
+    fn user_info_call(
         &self,
         app: &WechatApp,
         token: &str,
@@ -266,7 +363,7 @@ impl Client {
     }
 
     /// `cgi-bin/message/custom/send` with a ready payload (`touser`, `msgtype`, ...).
-    pub fn custom_send(
+    fn custom_send_call(
         &self,
         app: &WechatApp,
         token: &str,
@@ -282,7 +379,7 @@ impl Client {
     }
 
     /// `cgi-bin/message/custom/typing`: `Typing` or `CancelTyping`.
-    pub fn custom_typing(
+    fn custom_typing_call(
         &self,
         app: &WechatApp,
         token: &str,
@@ -304,7 +401,7 @@ impl Client {
 
     /// `cgi-bin/media/upload?type=<kind>`: a temporary media id (3 days) for `data`, sent as
     /// the multipart field `media`.
-    pub fn media_upload(
+    fn media_upload_call(
         &self,
         app: &WechatApp,
         token: &str,
@@ -345,6 +442,92 @@ impl Client {
             .read_to_string()
             .map_err(|e| WxError::Unreachable(describe(&e)))?;
         Self::parse::<MediaId>(&text).map(|m| m.media_id)
+    }
+}
+
+/// The public calls: each is observed (metrics, `wechat` topic), then made by its `_call`.
+impl Client {
+    /// `sns/jscode2session`: a `wx.login` code for the user's openid and session key. Not
+    /// retried: a code is single-use.
+    pub fn code_to_session(&self, app: &WechatApp, code: &str) -> Result<CodeSession, WxError> {
+        self.observe(Api::CodeToSession, app, || {
+            self.code_to_session_call(app, code)
+        })
+    }
+
+    /// A new access_token (see `access_token_call`).
+    pub fn access_token(&self, app: &WechatApp) -> Result<FreshToken, WxError> {
+        self.observe(Api::AccessToken, app, || self.access_token_call(app))
+    }
+
+    /// `cgi-bin/get_api_domain_ip`: checks a token.
+    pub fn check_token(&self, app: &WechatApp, token: &str) -> Result<(), WxError> {
+        self.observe(Api::CheckToken, app, || self.check_token_call(app, token))
+    }
+
+    /// `cgi-bin/qrcode/create`: a temporary `QR_STR_SCENE` code for `scene`.
+    pub fn qrcode_create(
+        &self,
+        app: &WechatApp,
+        token: &str,
+        scene: &str,
+        expire_seconds: u64,
+    ) -> Result<QrCode, WxError> {
+        self.observe(Api::QrcodeCreate, app, || {
+            self.qrcode_create_call(app, token, scene, expire_seconds)
+        })
+    }
+
+    /// `cgi-bin/user/info` of a follower of an official account.
+    pub fn user_info(
+        &self,
+        app: &WechatApp,
+        token: &str,
+        openid: &str,
+    ) -> Result<UserInfo, WxError> {
+        self.observe(Api::UserInfo, app, || {
+            self.user_info_call(app, token, openid)
+        })
+    }
+
+    /// `cgi-bin/message/custom/send` with a ready payload.
+    pub fn custom_send(
+        &self,
+        app: &WechatApp,
+        token: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), WxError> {
+        self.observe(Api::CustomSend, app, || {
+            self.custom_send_call(app, token, payload)
+        })
+    }
+
+    /// `cgi-bin/message/custom/typing`.
+    pub fn custom_typing(
+        &self,
+        app: &WechatApp,
+        token: &str,
+        openid: &str,
+        typing: bool,
+    ) -> Result<(), WxError> {
+        self.observe(Api::CustomTyping, app, || {
+            self.custom_typing_call(app, token, openid, typing)
+        })
+    }
+
+    /// `cgi-bin/media/upload?type=<kind>`: a temporary media id.
+    pub fn media_upload(
+        &self,
+        app: &WechatApp,
+        token: &str,
+        kind: &str,
+        file_name: &str,
+        content_type: &str,
+        data: &[u8],
+    ) -> Result<String, WxError> {
+        self.observe(Api::MediaUpload, app, || {
+            self.media_upload_call(app, token, kind, file_name, content_type, data)
+        })
     }
 }
 

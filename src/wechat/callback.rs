@@ -12,12 +12,15 @@
 //!   WeChat is lost, and a retry is stored once (deduplicated by `MsgId`);
 //! - anything else is answered `success`.
 
+use crate::admin::metrics::METRICS;
+use crate::admin::Topic;
 use crate::app::{App, Completion};
 use crate::config::WechatApp;
 use crate::http::{Request, Response};
 use crate::net::{ConnId, Ctx, Reply};
 use crate::wechat::crypto::{self, CryptoError, MsgCrypt};
 use crate::wechat::message::{self, Fields, Format};
+use serde_json::json;
 use std::time::Duration;
 
 /// WeChat waits 5 s for an answer; a passive reply not ready by then is replaced by `success`.
@@ -105,7 +108,43 @@ fn find_app(app: &App, name: Option<&str>) -> Option<WechatApp> {
     }
 }
 
+/// Verifies and handles one callback; refusals and URL verifications are counted and published
+/// on the `wechat` topic here, accepted pushes by [`dispatch`].
 pub fn handle(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    req: &Request,
+    name: Option<&str>,
+) -> Reply {
+    let reply = verify(app, ctx, conn, req, name);
+    if let Reply::Now(resp) = &reply {
+        let refused = resp.status >= 400;
+        if refused {
+            METRICS.wechat_callbacks[1].inc();
+        }
+        if refused || req.method == "GET" {
+            let peer = ctx.peer_addr(conn);
+            let event = || {
+                json!({
+                    "kind": if req.method == "GET" { "verify" } else { "push" },
+                    "app": name.unwrap_or(""),
+                    "ok": !refused,
+                    "status": resp.status,
+                    "msg": if refused { String::from_utf8_lossy(&resp.body).trim().to_string() } else { String::new() },
+                    "peer": peer.map(|p| p.to_string()),
+                })
+            };
+            app.admin.emit(ctx, Topic::Wechat, event);
+            if refused {
+                app.admin.emit(ctx, Topic::Error, event);
+            }
+        }
+    }
+    reply
+}
+
+fn verify(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     conn: ConnId,
@@ -222,6 +261,18 @@ fn dispatch(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, push: Pu
     let msg_type = push.fields.get("MsgType").unwrap_or_default().to_string();
     let event = push.fields.get("Event").unwrap_or_default().to_string();
     let kind = push.app.kind.as_str();
+    METRICS.wechat_callbacks[0].inc();
+    app.admin.emit(ctx, Topic::Wechat, || {
+        json!({
+            "kind": "push",
+            "app": push.app.name,
+            "ok": true,
+            "msg_type": msg_type,
+            "event": event,
+            "openid": push.fields.get("FromUserName").unwrap_or_default(),
+            "msg_id": push.fields.get("MsgId"),
+        })
+    });
     log::debug!(
         "wechat {}: push {msg_type} {event} from {}",
         push.app.name,

@@ -147,7 +147,7 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
             .map_err(|e| store_failure(&e))?;
         Ok(json!({ "uid": user.uid, "token": token, "expires_in": ttl, "is_new": created }))
     };
-    let ok = app.job(ctx, work, move |_app, ctx, r| {
+    let ok = app.job(ctx, work, move |app, ctx, r| {
         let resp = match r {
             Ok(data) => Response::json(
                 200,
@@ -155,7 +155,7 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
             ),
             Err((status, msg, errcode)) => failure(status, &msg, errcode),
         };
-        ctx.respond(conn, resp);
+        app.respond_login(ctx, conn, "wx", resp);
     });
     crate::app::later_or_busy(ok)
 }

@@ -297,6 +297,7 @@ pub fn on_scan(
     let tokens = app.access_tokens.clone();
     let client = app.wx.clone();
     let wx_app = push.app.clone();
+    let replier_app = push.app.name.clone();
     let replier = push.replier;
     let answer_id = app.qr.next_answer;
     app.qr.next_answer += 1;
@@ -307,6 +308,23 @@ pub fn on_scan(
     let then = move |app: &mut App,
                      ctx: &mut dyn Ctx<Completion>,
                      r: StoreResult<Option<Scanned>>| {
+        match &r {
+            Ok(Some(s)) => crate::admin::login(
+                app,
+                ctx,
+                "qr",
+                true,
+                json!({ "uid": s.user.uid, "app": replier_app, "ticket": ticket, "is_new": s.created }),
+            ),
+            Ok(None) => {}
+            Err(e) => crate::admin::login(
+                app,
+                ctx,
+                "qr",
+                false,
+                json!({ "app": replier_app, "ticket": ticket, "msg": e.to_string() }),
+            ),
+        }
         match r {
             Ok(Some(s)) => {
                 let payload = json!({

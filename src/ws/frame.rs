@@ -1,4 +1,5 @@
-//! Frame decoding (client -> server, masked) and encoding (server -> client, unmasked).
+//! Frame decoding (client -> server, masked) and encoding (server -> client, unmasked); and, for
+//! wxchat's own clients (the `subscriber` CLI), the client side: unmasked frames in, masked out.
 
 use super::{Error, Event, Limits, OpCode};
 
@@ -20,6 +21,8 @@ struct Partial {
 #[derive(Debug)]
 pub struct Decoder {
     limits: Limits,
+    /// Server side: frames must be masked. Client side: frames must not be.
+    expect_masked: bool,
     poisoned: Option<Error>,
     partial: Option<Partial>,
     /// Opcode of the open fragmented message (Text or Binary).
@@ -47,6 +50,7 @@ impl Decoder {
     pub fn new(limits: Limits) -> Decoder {
         Decoder {
             limits,
+            expect_masked: true,
             poisoned: None,
             partial: None,
             message: None,
@@ -54,6 +58,14 @@ impl Decoder {
             validated: 0,
             data_done: false,
             control: Vec::new(),
+        }
+    }
+
+    /// A client-side decoder: the server's frames are unmasked, and a masked one is an error.
+    pub fn client(limits: Limits) -> Decoder {
+        Decoder {
+            expect_masked: false,
+            ..Decoder::new(limits)
         }
     }
 
@@ -217,8 +229,13 @@ impl Decoder {
         let Some(opcode) = OpCode::from_u8(b0 & 0x0f) else {
             return Err(self.fail(Error::Protocol("unknown opcode")));
         };
-        if b1 & 0x80 == 0 {
-            return Err(self.fail(Error::Protocol("client frames must be masked")));
+        let masked = b1 & 0x80 != 0;
+        if masked != self.expect_masked {
+            return Err(self.fail(Error::Protocol(if self.expect_masked {
+                "client frames must be masked"
+            } else {
+                "server frames must not be masked"
+            })));
         }
         let len7 = b1 & 0x7f;
         if opcode.is_control() {
@@ -269,16 +286,22 @@ impl Decoder {
                 limit: self.limits.max_message_bytes,
             }));
         }
-        let header_len = 2 + ext + 4;
+        let header_len = 2 + ext + if masked { 4 } else { 0 };
         let Some(m) = input.get(2 + ext..header_len) else {
             return Ok(None);
+        };
+        // Unmasked (client side): an all-zero mask, which unmasking leaves as it is.
+        let mask = if masked {
+            [m[0], m[1], m[2], m[3]]
+        } else {
+            [0; 4]
         };
         Ok(Some((
             header_len,
             Partial {
                 opcode,
                 fin,
-                mask: [m[0], m[1], m[2], m[3]],
+                mask,
                 remaining: len,
                 received: 0,
             },
@@ -319,6 +342,9 @@ fn parse_close(payload: &[u8]) -> Result<Event<'_>, Error> {
 /// XORs `buf` with the mask, `offset` being the position of `buf[0]` within the payload. Works a
 /// word at a time: this runs over every byte a client sends.
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    if mask == [0; 4] {
+        return;
+    }
     let r = offset % 4;
     let rotated = [
         mask[r],
@@ -374,6 +400,18 @@ pub fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A complete, masked FIN frame, as a client sends it.
+pub fn masked_frame(opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = frame(opcode, payload);
+    let header = out.len() - payload.len();
+    out[1] |= 0x80;
+    let mut masked = out.split_off(header);
+    apply_mask(&mut masked, mask, 0);
+    out.extend_from_slice(&mask);
+    out.extend_from_slice(&masked);
+    out
+}
+
 /// A close frame; the reason is cut at a character boundary to keep the payload within 125 bytes.
 pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     let mut end = reason.len().min(123);
@@ -394,6 +432,23 @@ mod tests {
         max_frame_bytes: 1 << 20,
         max_message_bytes: 1 << 20,
     };
+
+    #[test]
+    fn client_side_reads_unmasked_frames_and_refuses_masked_ones() {
+        let mut d = Decoder::client(LIMITS);
+        let mut input = frame(OpCode::Text, b"hello");
+        let (n, ev) = d.decode(&mut input).unwrap();
+        assert_eq!((n, ev), (7, Some(Event::Text("hello"))));
+        let mut masked = masked_frame(OpCode::Text, b"hello", [1, 2, 3, 4]);
+        assert!(Decoder::client(LIMITS).decode(&mut masked.clone()).is_err());
+        // What the client sends is what a server decodes.
+        let mut server = Decoder::new(LIMITS);
+        let (n, ev) = server.decode(&mut masked).unwrap();
+        assert_eq!((n, ev), (11, Some(Event::Text("hello"))));
+        assert!(Decoder::new(LIMITS)
+            .decode(&mut frame(OpCode::Text, b"x"))
+            .is_err());
+    }
 
     /// An owned copy of an event, for comparing runs.
     #[derive(Debug, PartialEq, Eq, Clone)]

@@ -6,7 +6,9 @@
 mod frame;
 pub mod handshake;
 
-pub use frame::{apply_mask, close_frame, encode_header, frame, write_frame, Decoder};
+pub use frame::{
+    apply_mask, close_frame, encode_header, frame, masked_frame, write_frame, Decoder,
+};
 
 use std::fmt;
 

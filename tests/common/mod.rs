@@ -34,6 +34,8 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 pub struct TestServer {
     pub running: Option<Running>,
     pub addr: SocketAddr,
+    /// The admin listener (on port 0 like the client listener).
+    pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
 }
 
@@ -46,6 +48,7 @@ impl TestServer {
         let running = server.spawn().expect("spawn");
         TestServer {
             addr: running.addr,
+            admin: running.admin.expect("test servers have an admin listener"),
             running: Some(running),
             dir,
         }
@@ -61,7 +64,7 @@ impl TestServer {
 /// Test defaults: port 0, the given data dir, echo on, then `extra` on top (later keys win).
 pub fn test_config(data_dir: &Path, extra: &str) -> Config {
     let base = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\nlog_level = \"warn\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\nlog_level = \"warn\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         data_dir.display().to_string()
     );
     let merged = merge_toml(&base, extra);
@@ -471,7 +474,7 @@ pub fn server_bin() -> PathBuf {
 /// Writes a config file for the binary into `dir` and returns its path.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let base = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\nlog_level = \"info\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\nlog_level = \"info\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         dir.join("data").display().to_string()
     );
     let path = dir.join("server.toml");
