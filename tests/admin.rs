@@ -491,3 +491,89 @@ fn admin_endpoints_only_on_the_admin_listener() {
     assert_eq!(r.status, 200);
     assert_eq!(http_get(s.admin, "/status").status, 200);
 }
+
+#[test]
+fn wechat_callbacks_and_api_calls_are_published_and_counted() {
+    use common::fake_wechat::{FakeWechat, APPID, SECRET};
+    use common::wx_push::{body, now, Pusher};
+    use wxchat::wechat::message::Format;
+    let fake = FakeWechat::start();
+    let s = server(&format!(
+        "[wechat]\ntimeout_ms = 2000\n[[wechat.apps]]\nname = \"mp\"\nkind = \"miniprogram\"\n\
+         appid = \"{APPID}\"\nsecret = \"{SECRET}\"\napi_base = \"{}\"\ntoken = \"cbtoken\"\n",
+        fake.base()
+    ));
+    let (_, agent_token) = api_agent(s.addr, API_KEY, "agent");
+    let mut agent = ws_login(s.addr, &agent_token);
+    let mut callbacks = subscribe(s.admin, &["wechat;kind=push"]);
+    let mut api = subscribe(s.admin, &["wechat;api=custom_send"]);
+    let mut errors = subscribe(s.admin, &["error"]);
+    let pusher = Pusher {
+        path: "/wechat/mp/callback".into(),
+        token: "cbtoken".into(),
+        aes_key: String::new(),
+        appid: APPID.into(),
+    };
+    let push = body(
+        Format::Xml,
+        &[
+            ("ToUserName", "gh_test"),
+            ("FromUserName", "o-admin"),
+            ("CreateTime", &now().to_string()),
+            ("MsgType", "text"),
+            ("Content", "hi"),
+            ("MsgId", "9001"),
+        ],
+    );
+    assert_eq!(pusher.plain(s.addr, &push).status, 200);
+    let e = next_event(&mut callbacks);
+    assert_eq!(
+        (e["app"].as_str(), e["ok"].as_bool(), e["msg_type"].as_str()),
+        (Some("mp"), Some(true), Some("text")),
+        "{e}"
+    );
+    assert_eq!(e["openid"], "o-admin");
+
+    // A forged push: refused, published on wechat and on error.
+    let forged = Pusher {
+        path: pusher.path.clone(),
+        token: "not-the-token".into(),
+        aes_key: String::new(),
+        appid: APPID.into(),
+    };
+    assert_eq!(forged.plain(s.addr, &push).status, 403);
+    let e = next_event(&mut callbacks);
+    assert_eq!(
+        (e["ok"].as_bool(), e["status"].as_u64()),
+        (Some(false), Some(403)),
+        "{e}"
+    );
+    assert!(e["msg"].as_str().unwrap().contains("signature"), "{e}");
+    let e = next_event(&mut errors);
+    assert_eq!(e["status"].as_u64(), Some(403), "{e}");
+
+    // The agent answers: one custom/send call, reported with its errcode and duration.
+    let m = next_push(&mut agent, "message")["data"].clone();
+    let customer = m["from_id"].as_u64().unwrap();
+    let r = ws_request(
+        &mut agent,
+        json!({"cmd":"send","req_id":1,"chat_type":2,"to_id":customer,"msg_type":0,"msg":"hello"}),
+    );
+    assert_eq!(r["code"], 200, "{r}");
+    let e = next_event(&mut api);
+    assert_eq!(
+        (
+            e["kind"].as_str(),
+            e["app"].as_str(),
+            e["ok"].as_bool(),
+            e["errcode"].as_i64()
+        ),
+        (Some("api"), Some("mp"), Some(true), Some(0)),
+        "{e}"
+    );
+    assert!(e["ms"].is_u64());
+    let m = metrics(s.admin);
+    assert!(m["wxchat_wechat_api_calls_total{api=\"custom_send\"}"] >= 1.0);
+    assert!(m["wxchat_wechat_callbacks_total{result=\"accepted\"}"] >= 1.0);
+    assert!(m["wxchat_wechat_callbacks_total{result=\"refused\"}"] >= 1.0);
+}

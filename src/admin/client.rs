@@ -183,11 +183,13 @@ pub enum Incoming {
 }
 
 impl Subscriber {
-    /// Opens `/admin/subscribe`. `timeout` bounds the connect and each read.
+    /// Opens `/admin/subscribe`. `timeout` bounds the connect and the handshake; afterwards
+    /// [`Subscriber::receive`] returns `Idle` after `poll` without input.
     pub fn connect(
         addr: SocketAddr,
         token: Option<&str>,
         timeout: Duration,
+        poll: Duration,
     ) -> Result<Subscriber, ClientError> {
         let mut stream = connect(addr, timeout)?;
         let mut nonce = [0u8; 16];
@@ -225,6 +227,9 @@ impl Subscriber {
         {
             return Err(ClientError::Protocol("wrong Sec-WebSocket-Accept".into()));
         }
+        stream
+            .set_read_timeout(Some(poll))
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         Ok(Subscriber {
             stream,
             decoder: ws::Decoder::client(ws::Limits {

@@ -502,3 +502,95 @@ fn subscribe(app: &mut App, conn: ConnId, topics: Option<&Value>) -> Result<Valu
         "server_info_every_s": app.admin.every.as_secs(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::net::memory::Driver;
+
+    fn status_request(auth: Option<&str>) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/status".into(),
+            query: String::new(),
+            http_minor: 1,
+            headers: auth
+                .map(|a| vec![("Authorization".to_string(), a.as_bytes().to_vec())])
+                .unwrap_or_default(),
+            body: Vec::new(),
+        }
+    }
+
+    fn status_of(d: &mut Driver<App>, peer: &str, auth: Option<&str>) -> u16 {
+        let conn = d.request_from(peer.parse().unwrap(), ADMIN_LISTENER, status_request(auth));
+        d.ctx.conns[&conn].responses[0].status
+    }
+
+    #[test]
+    fn other_hosts_need_the_token_and_loopback_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        config.admin.token = "0123456789abcdef".into();
+        let mut d = Driver::build(|n| App::new(config, n).unwrap());
+        assert_eq!(status_of(&mut d, "10.1.2.3:5000", None), 401);
+        assert_eq!(status_of(&mut d, "10.1.2.3:5000", Some("Bearer nope")), 401);
+        assert_eq!(
+            status_of(&mut d, "10.1.2.3:5000", Some("Bearer 0123456789abcdef")),
+            200
+        );
+        assert_eq!(status_of(&mut d, "127.0.0.1:5000", None), 200);
+        assert_eq!(status_of(&mut d, "[::1]:5000", None), 200);
+        assert_eq!(
+            status_of(&mut d, "127.0.0.1:5000", Some("Bearer nope")),
+            401
+        );
+        // The same request on the client listener is not an admin request at all.
+        let conn = d.request_from("127.0.0.1:5000".parse().unwrap(), 0, status_request(None));
+        assert_eq!(d.ctx.conns[&conn].responses[0].status, 404);
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_gets_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        let mut d = Driver::build(|n| App::new(config, n).unwrap());
+        assert_eq!(status_of(&mut d, "10.1.2.3:5000", None), 401);
+        assert_eq!(
+            status_of(&mut d, "10.1.2.3:5000", Some("Bearer anything")),
+            401
+        );
+        assert_eq!(
+            status_of(&mut d, "127.0.0.1:5000", Some("Bearer anything")),
+            200
+        );
+    }
+
+    #[test]
+    fn nothing_is_built_without_a_subscriber() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().to_path_buf();
+        let mut d = Driver::build(|n| App::new(config, n).unwrap());
+        for topic in Topic::ALL {
+            assert!(!d.handler.admin.wants(topic));
+            d.handler
+                .admin
+                .emit(&mut d.ctx, topic, || panic!("built an event nobody reads"));
+        }
+    }
+
+    #[test]
+    fn events_carry_topic_and_time_first() {
+        let mut fields = Map::new();
+        fields.insert("uid".into(), json!(7));
+        let text = event_json(Topic::Login, &fields);
+        assert!(text.starts_with("{\"topic\":\"login\",\"time\":"), "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["uid"], 7);
+        let empty: Value = serde_json::from_str(&event_json(Topic::Error, &Map::new())).unwrap();
+        assert_eq!(empty["topic"], "error");
+    }
+}

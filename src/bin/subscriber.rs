@@ -109,7 +109,7 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("subscriber: {e}\n\n{USAGE}");
+            eprintln!("subscriber: {e}\n(subscriber --help shows the usage)");
             return ExitCode::from(EXIT_REFUSED);
         }
     };
@@ -201,7 +201,13 @@ fn session(
     sessions: &mut u32,
 ) -> Result<(), ClientError> {
     let addr = client::resolve(host)?;
-    let mut sub = Subscriber::connect(addr, token, Duration::from_millis(250))?;
+    // Ctrl-C is checked between reads, so reads wait at most 250 ms.
+    let mut sub = Subscriber::connect(
+        addr,
+        token,
+        Duration::from_secs(5),
+        Duration::from_millis(250),
+    )?;
     let req = serde_json::json!({ "cmd": "subscribe", "req_id": 1, "topics": args.topics });
     sub.send(&req.to_string())?;
     let mut subscribed = false;

@@ -187,6 +187,25 @@ impl<H: Handler> Driver<H> {
     /// Sends an HTTP request; returns the connection (its record holds the response).
     pub fn request(&mut self, request: http::Request) -> ConnId {
         let id = self.new_conn();
+        self.dispatch(id, request)
+    }
+
+    /// Sends an HTTP request as if from `peer` to listener `listener`.
+    pub fn request_from(
+        &mut self,
+        peer: SocketAddr,
+        listener: usize,
+        request: http::Request,
+    ) -> ConnId {
+        let id = self.new_conn();
+        if let Some(r) = self.ctx.conns.get_mut(&id) {
+            r.peer = Some(peer);
+            r.listener = listener;
+        }
+        self.dispatch(id, request)
+    }
+
+    fn dispatch(&mut self, id: ConnId, request: http::Request) -> ConnId {
         match self.handler.on_request(&mut self.ctx, id, request) {
             Reply::Now(resp) => self.ctx.respond(id, resp),
             Reply::Later => {
