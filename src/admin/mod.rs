@@ -165,7 +165,8 @@ impl Admin {
             }
             let f = frame.get_or_insert_with(|| Frame::text(event_json(topic, &fields).as_bytes()));
             let queued = ctx.queued_bytes(*conn);
-            if queued + f.len() > self.buffer_bytes {
+            // One event always fits an empty queue, however large (message bodies).
+            if queued > 0 && queued + f.len() > self.buffer_bytes {
                 slow.push((*conn, queued));
                 continue;
             }
@@ -210,10 +211,6 @@ impl Admin {
     fn update_mask(&self) {
         let mask = topic::mask_of(self.subscribers.values().flatten());
         self.feed.inner.mask.store(mask, Relaxed);
-    }
-
-    pub fn subscriber_count(&self) -> usize {
-        self.subscribers.len()
     }
 
     /// Runs when the reactor starts: the periodic `serverInfo` tick.

@@ -1,0 +1,358 @@
+//! The load generator's client side: many WebSocket connections on one mio `Poll`, spread over
+//! several 127.x.y.z source addresses (each gives another 64k ports), frames decoded with our own
+//! codec in client mode, every send masked. Output is queued per connection and written once per
+//! loop iteration, like the server does, so the generator is not the bottleneck it measures.
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::io::FromRawFd;
+use std::time::{Duration, Instant};
+use wxchat::ws::{self, Event, OpCode};
+
+/// Connections per source address before the next one is used.
+const PER_SOURCE: usize = 50_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Handshake,
+    Open,
+    Closed,
+}
+
+struct Io {
+    stream: TcpStream,
+    state: State,
+    inbuf: Vec<u8>,
+    decoder: ws::Decoder,
+    writable: bool,
+}
+
+/// What a scenario hears about.
+pub enum Ev<'a> {
+    Open,
+    Text(&'a str),
+    Binary(&'a [u8]),
+    Closed(&'a str),
+}
+
+/// Per-connection output, separate from the input side so a handler can send while its input
+/// is borrowed.
+pub struct Out {
+    bufs: Vec<Vec<u8>>,
+    dirty: Vec<usize>,
+    is_dirty: Vec<bool>,
+    mask: u32,
+}
+
+impl Out {
+    /// Queues one masked frame for connection `c`.
+    pub fn send(&mut self, c: usize, opcode: OpCode, payload: &[u8]) {
+        // A cheap changing mask: the server must unmask whatever it is.
+        self.mask = self
+            .mask
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
+        let mask = self.mask.to_be_bytes();
+        let buf = &mut self.bufs[c];
+        let mut header = [0u8; 10];
+        let n = ws::encode_header(opcode, payload.len(), &mut header);
+        header[1] |= 0x80;
+        buf.extend_from_slice(&header[..n]);
+        buf.extend_from_slice(&mask);
+        let start = buf.len();
+        buf.extend_from_slice(payload);
+        ws::apply_mask(&mut buf[start..], mask, 0);
+        if !self.is_dirty[c] {
+            self.is_dirty[c] = true;
+            self.dirty.push(c);
+        }
+    }
+
+    pub fn text(&mut self, c: usize, text: &str) {
+        self.send(c, OpCode::Text, text.as_bytes());
+    }
+}
+
+pub struct Net {
+    poll: Poll,
+    events: Events,
+    io: Vec<Io>,
+    pub out: Out,
+    scratch: Vec<u8>,
+    host: String,
+    path_of: Vec<String>,
+    pub open: usize,
+    pub closed: usize,
+}
+
+/// A non-blocking connect from `source` (port chosen by the kernel).
+fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> io::Result<TcpStream> {
+    // SAFETY: plain socket calls on a descriptor owned here until it is wrapped.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let std = std::net::TcpStream::from_raw_fd(fd);
+        let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let src = sockaddr(SocketAddrV4::new(source, 0));
+        if libc::bind(fd, &src as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let dst = sockaddr(target);
+        if libc::connect(fd, &dst as *const _ as *const libc::sockaddr, len) != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(e);
+            }
+        }
+        let _ = std.set_nodelay(true);
+        Ok(TcpStream::from_std(std))
+    }
+}
+
+impl Net {
+    pub fn new(target: SocketAddr) -> io::Result<Net> {
+        Ok(Net {
+            poll: Poll::new()?,
+            events: Events::with_capacity(4096),
+            io: Vec::new(),
+            out: Out {
+                bufs: Vec::new(),
+                dirty: Vec::new(),
+                is_dirty: Vec::new(),
+                mask: 0x1234_5678,
+            },
+            scratch: vec![0; 256 * 1024],
+            host: target.to_string(),
+            path_of: Vec::new(),
+            open: 0,
+            closed: 0,
+        })
+    }
+
+    /// Starts the next connection to `target` + `path` (the upgrade follows by itself).
+    pub fn connect(&mut self, target: SocketAddr, path: &str) -> io::Result<usize> {
+        let SocketAddr::V4(v4) = target else {
+            return Err(io::Error::other("IPv4 targets only"));
+        };
+        let c = self.io.len();
+        // 127.0.1.1, 127.0.1.2, ... for loopback targets; the target's own address otherwise.
+        let source = if v4.ip().is_loopback() {
+            let n = (c / PER_SOURCE) as u32 + 1;
+            Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 0)) + n)
+        } else {
+            Ipv4Addr::UNSPECIFIED
+        };
+        let mut stream = connect_from(source, v4)?;
+        self.poll.registry().register(
+            &mut stream,
+            Token(c),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.io.push(Io {
+            stream,
+            state: State::Connecting,
+            inbuf: Vec::new(),
+            decoder: ws::Decoder::client(ws::Limits {
+                max_frame_bytes: 16 << 20,
+                max_message_bytes: 16 << 20,
+            }),
+            writable: false,
+        });
+        self.out.bufs.push(Vec::new());
+        self.out.is_dirty.push(false);
+        self.path_of.push(path.to_string());
+        Ok(c)
+    }
+
+    /// Closes a connection abruptly.
+    fn drop_conn(&mut self, c: usize) {
+        let io = &mut self.io[c];
+        if io.state != State::Closed {
+            let _ = self.poll.registry().deregister(&mut io.stream);
+            let _ = io.stream.shutdown(std::net::Shutdown::Both);
+            if io.state == State::Open {
+                self.open -= 1;
+            }
+            io.state = State::Closed;
+            self.closed += 1;
+        }
+    }
+
+    /// One loop iteration: waits up to `timeout`, handles what is ready, calls `handler` for
+    /// every event, then writes what the handlers queued.
+    pub fn turn(
+        &mut self,
+        timeout: Duration,
+        handler: &mut dyn FnMut(&mut Out, usize, Ev<'_>),
+    ) -> io::Result<()> {
+        if !self.out.dirty.is_empty() {
+            self.flush();
+        }
+        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        let ready: Vec<(usize, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.token().0,
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable(),
+                )
+            })
+            .collect();
+        for (c, readable, writable) in ready {
+            if c >= self.io.len() || self.io[c].state == State::Closed {
+                continue;
+            }
+            if writable {
+                self.io[c].writable = true;
+                if self.io[c].state == State::Connecting {
+                    self.start_handshake(c);
+                }
+                if !self.out.bufs[c].is_empty() && !self.out.is_dirty[c] {
+                    self.out.is_dirty[c] = true;
+                    self.out.dirty.push(c);
+                }
+            }
+            if readable {
+                self.read(c, handler);
+            }
+        }
+        self.flush();
+        Ok(())
+    }
+
+    fn start_handshake(&mut self, c: usize) {
+        // A refused connect shows up as a read error next.
+        self.io[c].state = State::Handshake;
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            self.path_of[c], self.host
+        );
+        // The upgrade goes before anything a handler queues.
+        let mut buf = req.into_bytes();
+        buf.extend_from_slice(&self.out.bufs[c]);
+        self.out.bufs[c] = buf;
+        if !self.out.is_dirty[c] {
+            self.out.is_dirty[c] = true;
+            self.out.dirty.push(c);
+        }
+    }
+
+    fn fail(&mut self, c: usize, why: &str, handler: &mut dyn FnMut(&mut Out, usize, Ev<'_>)) {
+        if self.io[c].state == State::Closed {
+            return;
+        }
+        self.drop_conn(c);
+        handler(&mut self.out, c, Ev::Closed(why));
+    }
+
+    fn read(&mut self, c: usize, handler: &mut dyn FnMut(&mut Out, usize, Ev<'_>)) {
+        loop {
+            let n = match self.io[c].stream.read(&mut self.scratch) {
+                Ok(0) => return self.fail(c, "closed by the server", handler),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail(c, &e.to_string(), handler),
+            };
+            let io = &mut self.io[c];
+            io.inbuf.extend_from_slice(&self.scratch[..n]);
+            if io.state == State::Handshake {
+                let Some(end) = io.inbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                if !io.inbuf.starts_with(b"HTTP/1.1 101") {
+                    let head = String::from_utf8_lossy(&io.inbuf[..end]).into_owned();
+                    return self.fail(c, &format!("upgrade refused: {head}"), handler);
+                }
+                io.inbuf.drain(..end + 4);
+                io.state = State::Open;
+                self.open += 1;
+                handler(&mut self.out, c, Ev::Open);
+            }
+            let io = &mut self.io[c];
+            let mut pos = 0;
+            let mut failure = None;
+            while pos < io.inbuf.len() {
+                match io.decoder.decode(&mut io.inbuf[pos..]) {
+                    Ok((0, None)) => break,
+                    Ok((used, ev)) => {
+                        pos += used;
+                        match ev {
+                            Some(Event::Text(t)) => handler(&mut self.out, c, Ev::Text(t)),
+                            Some(Event::Binary(b)) => handler(&mut self.out, c, Ev::Binary(b)),
+                            Some(Event::Ping(p)) => self.out.send(c, OpCode::Pong, p),
+                            Some(Event::Close { .. }) => {
+                                failure = Some("close frame from the server".to_string());
+                                break;
+                            }
+                            Some(Event::Pong(_)) | None => {}
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            io.inbuf.drain(..pos);
+            if let Some(why) = failure {
+                return self.fail(c, &why, handler);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let dirty = std::mem::take(&mut self.out.dirty);
+        for c in dirty {
+            self.out.is_dirty[c] = false;
+            let io = &mut self.io[c];
+            if io.state == State::Closed || io.state == State::Connecting || !io.writable {
+                continue;
+            }
+            let buf = &mut self.out.bufs[c];
+            let mut written = 0;
+            while written < buf.len() {
+                match io.stream.write(&buf[written..]) {
+                    Ok(0) => break,
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        io.writable = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            buf.drain(..written);
+        }
+    }
+}
+
+/// Nanoseconds since `epoch`, for timestamps carried in payloads.
+pub fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
