@@ -741,6 +741,37 @@ pub fn later_or_busy(submitted: bool) -> Reply {
     }
 }
 
+/// A WebSocket message as a command; anything else is answered with `cmd` `error` (400) and
+/// None (the connection lives on).
+pub fn command_of(
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    message: Message<'_>,
+) -> Option<crate::proto::Command> {
+    let Message::Text(text) = message else {
+        ctx.send_text(
+            conn,
+            &crate::proto::fail(
+                "error",
+                &None,
+                code::BAD_REQUEST,
+                "commands are JSON text frames",
+            ),
+        );
+        return None;
+    };
+    match crate::proto::parse_command(text) {
+        Ok(c) => Some(c),
+        Err(why) => {
+            ctx.send_text(
+                conn,
+                &crate::proto::fail("error", &None, code::BAD_REQUEST, why),
+            );
+            None
+        }
+    }
+}
+
 /// `{"code":c,"msg":m}` with HTTP status c.
 pub fn api_error(c: u16, msg: &str) -> Response {
     Response::json(c, &json!({ "code": c, "msg": msg }))

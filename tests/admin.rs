@@ -62,28 +62,6 @@ fn assert_nothing_before_ping(c: &mut WsClient) {
     );
 }
 
-fn do_login(addr: SocketAddr, app_uid: &str, sign_key: &str) -> HttpResponse {
-    let time = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs())
-    .to_string();
-    let params = vec![
-        ("app_uid".to_string(), app_uid.to_string()),
-        ("time".to_string(), time),
-    ];
-    let sign = wxchat::auth::dologin_sign(&params, sign_key);
-    let body = format!("app_uid={app_uid}&time={}&sign={sign}", params[1].1);
-    http_raw(
-        addr,
-        format!(
-            "POST /api/doLogin HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-}
-
 #[test]
 fn topics_reach_the_subscribers_whose_filters_match() {
     let s = server("");
@@ -158,7 +136,10 @@ fn topics_reach_the_subscribers_whose_filters_match() {
 
     // Logins: a bad sign and a good one.
     let mut logins = subscribe(s.admin, &["login"]);
-    assert_eq!(do_login(s.addr, "newcomer", "wrong key").status, 401);
+    assert_eq!(
+        signed_do_login(s.addr, "wrong key", "newcomer", &[]).status,
+        401
+    );
     let e = next_event(&mut logins);
     assert_eq!(
         (e["method"].as_str(), e["ok"].as_bool()),
@@ -166,7 +147,7 @@ fn topics_reach_the_subscribers_whose_filters_match() {
         "{e}"
     );
     assert_eq!(e["code"].as_u64(), Some(401));
-    let r = do_login(s.addr, "newcomer", SIGN_KEY);
+    let r = signed_do_login(s.addr, SIGN_KEY, "newcomer", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     let e = next_event(&mut logins);
     assert_eq!(

@@ -5,7 +5,7 @@
 //! agent's reply becoming a `custom/send` call: `tests/wx_callback.rs`.)
 
 mod common;
-use common::chat_client::{api_agent, api_user};
+use common::chat_client::{api_agent, api_user, signed_do_login};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -422,23 +422,7 @@ fn post_form(addr: SocketAddr, path: &str, body: &str, headers: &str) -> HttpRes
 }
 
 fn do_login(addr: SocketAddr, app_uid: &str, visitor_token: &str) -> Value {
-    let time = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs())
-    .to_string();
-    let params = vec![
-        ("app_uid".to_string(), app_uid.to_string()),
-        ("time".to_string(), time),
-        ("visitor_token".to_string(), visitor_token.to_string()),
-    ];
-    let sign = wxchat::auth::dologin_sign(&params, SIGN_KEY);
-    let body: String = params
-        .iter()
-        .map(|(k, v)| format!("{k}={v}&"))
-        .collect::<String>()
-        + &format!("sign={sign}");
-    let r = post_form(addr, "/api/doLogin", &body, "");
+    let r = signed_do_login(addr, SIGN_KEY, app_uid, &[("visitor_token", visitor_token)]);
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["data"].clone()
 }

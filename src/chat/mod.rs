@@ -429,24 +429,8 @@ pub fn on_message(
     conn: ConnId,
     message: Message<'_>,
 ) {
-    let Message::Text(text) = message else {
-        ctx.send_text(
-            conn,
-            &proto::fail(
-                "error",
-                &None,
-                code::BAD_REQUEST,
-                "commands are JSON text frames",
-            ),
-        );
+    let Some(cmd) = crate::app::command_of(ctx, conn, message) else {
         return;
-    };
-    let cmd = match proto::parse_command(text) {
-        Ok(c) => c,
-        Err(why) => {
-            ctx.send_text(conn, &proto::fail("error", &None, code::BAD_REQUEST, why));
-            return;
-        }
     };
     let p = Pending {
         conn,

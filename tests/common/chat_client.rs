@@ -2,7 +2,7 @@
 //! request/reply over a chat WebSocket, and waiting for a push.
 #![allow(dead_code)]
 
-use super::{http_post_json, HttpResponse, WsClient};
+use super::{http_post_json, http_raw, HttpResponse, WsClient};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 
@@ -76,4 +76,38 @@ pub fn next_push(c: &mut WsClient, cmd: &str) -> Value {
             return v;
         }
     }
+}
+
+/// `POST /api/doLogin` signed with `sign_key`: `app_uid`, the current `time`, then `extra`
+/// fields.
+pub fn signed_do_login(
+    addr: SocketAddr,
+    sign_key: &str,
+    app_uid: &str,
+    extra: &[(&str, &str)],
+) -> HttpResponse {
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let mut params = vec![
+        ("app_uid".to_string(), app_uid.to_string()),
+        ("time".to_string(), time),
+    ];
+    params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let sign = wxchat::auth::dologin_sign(&params, sign_key);
+    let body: String = params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}&"))
+        .collect::<String>()
+        + &format!("sign={sign}");
+    http_raw(
+        addr,
+        format!(
+            "POST /api/doLogin HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
 }

@@ -141,17 +141,8 @@ fn open_all(
             .map_err(|e| format!("connect: {e}"))?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut failure = None;
     while net.open < n {
-        net.turn(Duration::from_millis(50), &mut |_, _, ev| {
-            if let Ev::Closed(why) = ev {
-                failure.get_or_insert_with(|| why.to_string());
-            }
-        })
-        .map_err(|e| e.to_string())?;
-        if let Some(f) = failure.take() {
-            return Err(format!("a connection failed while opening: {f}"));
-        }
+        net.step(Duration::from_millis(50), &mut |_, _, _| {})?;
         if Instant::now() > deadline {
             return Err(format!(
                 "only {} of {n} connections opened in 60 s",
@@ -183,12 +174,14 @@ fn echo(o: &Opts) -> Result<String, String> {
     let end = warm_until + Duration::from_secs(o.seconds);
     let mut lat = Latencies::new();
     let mut received = 0u64;
-    let mut failure = None;
     while Instant::now() < end {
         let now_ns = nanos_since(epoch);
         let measuring = Instant::now() >= warm_until;
-        net.turn(Duration::from_millis(10), &mut |out, c, ev| match ev {
-            Ev::Binary(b) if b.len() >= 8 => {
+        net.step(Duration::from_millis(10), &mut |out, c, ev| {
+            if let Ev::Binary(b) = ev {
+                if b.len() < 8 {
+                    return;
+                }
                 if measuring {
                     let mut t = [0u8; 8];
                     t.copy_from_slice(&b[..8]);
@@ -198,15 +191,7 @@ fn echo(o: &Opts) -> Result<String, String> {
                 payload[..8].copy_from_slice(&now_ns.to_be_bytes());
                 out.send(c, OpCode::Binary, &payload);
             }
-            Ev::Closed(why) => {
-                failure.get_or_insert_with(|| why.to_string());
-            }
-            _ => {}
-        })
-        .map_err(|e| e.to_string())?;
-        if let Some(f) = failure.take() {
-            return Err(format!("a connection closed: {f}"));
-        }
+        })?;
     }
     Ok(format!(
         "echo {}: {} connections, {} B, {} in flight each: {:.0} msg/s; latency {}",
@@ -297,24 +282,20 @@ fn login_all(net: &mut Net, o: &Opts, users: &[(u64, String)]) -> Result<(), Str
     }
     let mut authed = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut failure = None;
+    let mut refused = None;
     while authed < users.len() {
-        net.turn(Duration::from_millis(50), &mut |_, _, ev| match ev {
+        net.step(Duration::from_millis(50), &mut |_, _, ev| match ev {
             Ev::Text(t) if t.starts_with("{\"cmd\":\"auth\"") => {
                 if t.contains("\"code\":200") {
                     authed += 1;
                 } else {
-                    failure.get_or_insert_with(|| t.to_string());
+                    refused.get_or_insert_with(|| t.to_string());
                 }
             }
-            Ev::Closed(why) => {
-                failure.get_or_insert_with(|| why.to_string());
-            }
             _ => {}
-        })
-        .map_err(|e| e.to_string())?;
-        if let Some(f) = failure.take() {
-            return Err(format!("authentication failed: {f}"));
+        })?;
+        if let Some(r) = refused.take() {
+            return Err(format!("authentication failed: {r}"));
         }
         if Instant::now() > deadline {
             return Err(format!(
@@ -355,7 +336,6 @@ fn p2p(o: &Opts) -> Result<String, String> {
     let (mut acked, mut delivered, mut refused) = (0u64, 0u64, 0u64);
     let mut budget = 0f64;
     let mut last = Instant::now();
-    let mut failure = None;
     let send = |out: &mut net::Out, c: usize, req: &mut u64, to: u64, now_ns: u64| {
         *req += 1;
         out.text(
@@ -392,7 +372,7 @@ fn p2p(o: &Opts) -> Result<String, String> {
             budget = budget.min(o.rate as f64);
         }
         last = now;
-        net.turn(Duration::from_millis(1), &mut |_, c, ev| match ev {
+        net.step(Duration::from_millis(1), &mut |_, c, ev| match ev {
             Ev::Text(t) if t.starts_with("{\"cmd\":\"send\"") => {
                 in_flight[c] = in_flight[c].saturating_sub(1);
                 if t.contains("\"code\":200") {
@@ -411,15 +391,8 @@ fn p2p(o: &Opts) -> Result<String, String> {
                     }
                 }
             }
-            Ev::Closed(why) => {
-                failure.get_or_insert_with(|| why.to_string());
-            }
             _ => {}
-        })
-        .map_err(|e| e.to_string())?;
-        if let Some(f) = failure.take() {
-            return Err(format!("a connection closed: {f}"));
-        }
+        })?;
     }
     let secs = o.seconds as f64;
     Ok(format!(
@@ -456,8 +429,7 @@ fn idle(o: &Opts) -> Result<String, String> {
     // Let the server settle (buffers released after the handshake), then measure.
     let hold_until = Instant::now() + Duration::from_secs(o.hold);
     while Instant::now() < hold_until {
-        net.turn(Duration::from_millis(100), &mut |_, _, _| {})
-            .map_err(|e| e.to_string())?;
+        net.step(Duration::from_millis(100), &mut |_, _, _| {})?;
     }
     let after = server_rss(o)?;
     let per = after.saturating_sub(before) as f64 / o.connections as f64;

@@ -243,6 +243,27 @@ impl Net {
         Ok(())
     }
 
+    /// [`Net::turn`] for scenarios that stop at the first lost connection: `handler` sees
+    /// everything but `Closed`, which ends the run with its reason.
+    pub fn step(
+        &mut self,
+        timeout: Duration,
+        handler: &mut dyn FnMut(&mut Out, usize, Ev<'_>),
+    ) -> Result<(), String> {
+        let mut lost = None;
+        self.turn(timeout, &mut |out, c, ev| match ev {
+            Ev::Closed(why) => {
+                lost.get_or_insert_with(|| why.to_string());
+            }
+            ev => handler(out, c, ev),
+        })
+        .map_err(|e| e.to_string())?;
+        match lost {
+            Some(why) => Err(format!("a connection closed: {why}")),
+            None => Ok(()),
+        }
+    }
+
     fn start_handshake(&mut self, c: usize) {
         // A refused connect shows up as a read error next.
         self.io[c].state = State::Handshake;
