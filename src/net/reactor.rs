@@ -204,6 +204,21 @@ pub struct Reactor<C> {
     stop: StopHandle,
 }
 
+/// Pending connections the kernel may queue for `accept` (it caps this at `net.core.somaxconn`).
+/// mio's 1024 overflows when thousands of clients reconnect at once (a restart, a network
+/// blip): the dropped handshakes then wait out TCP's retransmission back-off, seconds each.
+const LISTEN_BACKLOG: libc::c_int = 65_535;
+
+/// Calling `listen` again on a listening socket only changes its backlog (Linux); failing that
+/// leaves mio's.
+fn widen_backlog(socket: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor `socket` owns and keeps open.
+    if unsafe { libc::listen(socket.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        log::warn!("listen backlog: {}", io::Error::last_os_error());
+    }
+}
+
 impl<C: Send + 'static> Reactor<C> {
     /// Binds the listener. A busy port or a bad address is reported here, before anything runs.
     pub fn bind(cfg: ReactorConfig, addr: SocketAddr) -> io::Result<Reactor<C>> {
@@ -250,6 +265,7 @@ impl<C: Send + 'static> Reactor<C> {
             return Err(io::Error::other("too many listeners"));
         }
         let mut socket = TcpListener::bind(addr)?;
+        widen_backlog(&socket);
         let addr = socket.local_addr()?;
         self.poll.registry().register(
             &mut socket,

@@ -22,6 +22,12 @@ Scenarios:
   p2p        pairs of users chatting (friend chat, persisted); acked and delivered per second
              and send-to-deliver latency
                --pairs 50  --rate 0 (messages/s in total; 0 = flat out)  --inflight 16
+  group      one group of --members online members; --senders of them send --rate messages/s
+             in total (0 = flat out); deliveries/s and latency to the last member
+               --members 1000  --senders 4  --rate 100  --inflight 16
+  reconnect  --connections users, each with a friend; the users drop at once, each friend sends
+             --missed messages, the users reconnect at once and `sync`; time to full recovery
+               --missed 20
   idle       N authenticated chat connections held; server memory per connection (read from
              the admin listener's /status)
                --admin 127.0.0.1:9502  --hold 2
@@ -48,6 +54,10 @@ struct Opts {
     api_key: String,
     admin: SocketAddr,
     hold: u64,
+    members: usize,
+    senders: usize,
+    missed: usize,
+    rate_given: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -71,6 +81,10 @@ fn parse() -> Result<Opts, String> {
         api_key: String::new(),
         admin: "127.0.0.1:9502".parse().unwrap_or_else(|_| unreachable!()),
         hold: 2,
+        members: 1000,
+        senders: 4,
+        missed: 20,
+        rate_given: false,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -88,7 +102,13 @@ fn parse() -> Result<Opts, String> {
             "--mode" => o.mode = value,
             "--inflight" => o.inflight = (num(&value)? as usize).max(1),
             "--pairs" => o.pairs = num(&value)? as usize,
-            "--rate" => o.rate = num(&value)?,
+            "--rate" => {
+                o.rate = num(&value)?;
+                o.rate_given = true;
+            }
+            "--members" => o.members = num(&value)? as usize,
+            "--senders" => o.senders = (num(&value)? as usize).max(1),
+            "--missed" => o.missed = num(&value)? as usize,
             "--api-key" => o.api_key = value,
             "--hold" => o.hold = num(&value)?,
             other => return Err(format!("unknown option {other}")),
@@ -99,6 +119,9 @@ fn parse() -> Result<Opts, String> {
     }
     if o.seconds == 0 || o.seconds > 600 || o.connections == 0 || o.connections > 200_000 {
         return Err("bounds: 1..=600 seconds, 1..=200000 connections".into());
+    }
+    if o.members < 2 || o.members > 100_000 || o.senders > o.members || o.missed > 10_000 {
+        return Err("bounds: 2..=100000 members, senders <= members, missed <= 10000".into());
     }
     Ok(o)
 }
@@ -114,6 +137,8 @@ fn main() -> ExitCode {
     let result = match o.scenario.as_str() {
         "echo" => echo(&o),
         "p2p" => p2p(&o),
+        "group" => group(&o),
+        "reconnect" => reconnect(&o),
         "idle" => idle(&o),
         other => Err(format!("unknown scenario {other:?}")),
     };
@@ -204,57 +229,103 @@ fn echo(o: &Opts) -> Result<String, String> {
     ))
 }
 
-/// `POST /api/server/<action>`, one connection per call.
-fn server_api(o: &Opts, action: &str, body: &Value) -> Result<Value, String> {
-    let mut s = TcpStream::connect(o.target).map_err(|e| format!("server API: {e}"))?;
-    let body = body.to_string();
-    let req = format!(
-        "POST /api/server/{action} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        o.api_key,
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    let json = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let v: Value =
-        serde_json::from_str(json).map_err(|_| format!("server API {action}: {resp}"))?;
-    if v["code"] != 200 {
-        return Err(format!("server API {action}: {v}"));
-    }
-    Ok(v["data"].clone())
+/// A keep-alive connection to the server API (one per thread: tens of thousands of calls on
+/// fresh connections would leave as many ports in TIME_WAIT).
+struct Api<'a> {
+    o: &'a Opts,
+    stream: Option<TcpStream>,
 }
 
-/// A user made by the server API: (index, uid, token).
-type Created = (usize, u64, String);
-
-/// Creates `n` users (4 threads); returns (uid, token) in order.
-fn create_users(o: &Opts, prefix: &str, n: usize) -> Result<Vec<(u64, String)>, String> {
-    if o.api_key.is_empty() {
-        return Err("--api-key is needed to create users".into());
+impl Api<'_> {
+    fn new(o: &Opts) -> Api<'_> {
+        Api { o, stream: None }
     }
+
+    /// `POST /api/server/<action>`; the answer's `data`.
+    fn call(&mut self, action: &str, body: &Value) -> Result<Value, String> {
+        let body = body.to_string();
+        let req = format!(
+            "POST /api/server/{action} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.o.api_key,
+            body.len()
+        );
+        let stream = match self.stream.as_mut() {
+            Some(s) => s,
+            None => {
+                let s =
+                    TcpStream::connect(self.o.target).map_err(|e| format!("server API: {e}"))?;
+                s.set_read_timeout(Some(Duration::from_secs(60)))
+                    .map_err(|e| e.to_string())?;
+                self.stream.insert(s)
+            }
+        };
+        let answer = exchange(stream, req.as_bytes());
+        if answer.is_err() {
+            self.stream = None;
+        }
+        let (keep, json) = answer?;
+        if !keep {
+            self.stream = None;
+        }
+        let v: Value =
+            serde_json::from_slice(&json).map_err(|_| format!("server API {action}: not JSON"))?;
+        if v["code"] != 200 {
+            return Err(format!("server API {action}: {v}"));
+        }
+        Ok(v["data"].clone())
+    }
+}
+
+/// Writes one request and reads one response: (keep-alive?, body).
+fn exchange(stream: &mut TcpStream, req: &[u8]) -> Result<(bool, Vec<u8>), String> {
+    stream
+        .write_all(req)
+        .map_err(|e| format!("server API: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = stream
+            .read(&mut chunk)
+            .map_err(|e| format!("server API: {e}"))?;
+        if n == 0 {
+            return Err("server API: connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .ok_or("server API: no Content-Length")?;
+    let keep = !head.contains("connection: close");
+    while buf.len() < head_end + length {
+        let n = stream
+            .read(&mut chunk)
+            .map_err(|e| format!("server API: {e}"))?;
+        if n == 0 {
+            return Err("server API: connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok((keep, buf[head_end..head_end + length].to_vec()))
+}
+
+/// Calls the server API once per body (4 threads); the answers' `data`, in order.
+fn api_all(o: &Opts, action: &str, bodies: &[Value]) -> Result<Vec<Value>, String> {
+    let n = bodies.len();
     let threads = 4.min(n.max(1));
-    let chunks: Vec<Vec<usize>> = (0..threads)
-        .map(|t| (t..n).step_by(threads).collect())
-        .collect();
-    let results: Vec<Result<Vec<Created>, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|idx| {
+    let results: Vec<Result<Vec<(usize, Value)>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
                 s.spawn(move || {
-                    idx.into_iter()
-                        .map(|i| {
-                            let d = server_api(
-                                o,
-                                "user",
-                                &json!({ "app_uid": format!("{prefix}{i}") }),
-                            )?;
-                            Ok((
-                                i,
-                                d["uid"].as_u64().unwrap_or(0),
-                                d["token"].as_str().unwrap_or("").to_string(),
-                            ))
-                        })
+                    let mut api = Api::new(o);
+                    (t..n)
+                        .step_by(threads)
+                        .map(|i| Ok((i, api.call(action, &bodies[i])?)))
                         .collect()
                 })
             })
@@ -264,13 +335,41 @@ fn create_users(o: &Opts, prefix: &str, n: usize) -> Result<Vec<(u64, String)>, 
             .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
             .collect()
     });
-    let mut users = vec![(0, String::new()); n];
+    let mut answers = vec![Value::Null; n];
     for r in results {
-        for (i, uid, token) in r? {
-            users[i] = (uid, token);
+        for (i, v) in r? {
+            answers[i] = v;
         }
     }
-    Ok(users)
+    Ok(answers)
+}
+
+/// Creates (or finds again) the users `<prefix>0..n`; returns (uid, token) in order.
+fn create_users(o: &Opts, prefix: &str, n: usize) -> Result<Vec<(u64, String)>, String> {
+    if o.api_key.is_empty() {
+        return Err("--api-key is needed to create users".into());
+    }
+    let bodies: Vec<Value> = (0..n)
+        .map(|i| json!({ "app_uid": format!("{prefix}{i}") }))
+        .collect();
+    Ok(api_all(o, "user", &bodies)?
+        .into_iter()
+        .map(|d| {
+            (
+                d["uid"].as_u64().unwrap_or(0),
+                d["token"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect())
+}
+
+/// Makes each pair of users friends.
+fn make_friends(o: &Opts, pairs: &[(u64, u64)]) -> Result<(), String> {
+    let bodies: Vec<Value> = pairs
+        .iter()
+        .map(|(a, b)| json!({ "uid": a, "friend_id": b }))
+        .collect();
+    api_all(o, "friend_add", &bodies).map(|_| ())
 }
 
 /// Opens authenticated chat connections (`?token=`) and waits for every `auth` reply (which may
@@ -316,13 +415,10 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
 
 fn p2p(o: &Opts) -> Result<String, String> {
     let users = create_users(o, "p2p-", o.pairs * 2)?;
-    for p in 0..o.pairs {
-        server_api(
-            o,
-            "friend_add",
-            &json!({ "uid": users[2 * p].0, "friend_id": users[2 * p + 1].0 }),
-        )?;
-    }
+    let pairs: Vec<(u64, u64)> = (0..o.pairs)
+        .map(|p| (users[2 * p].0, users[2 * p + 1].0))
+        .collect();
+    make_friends(o, &pairs)?;
     let mut net = Net::new(o.target).map_err(|e| e.to_string())?;
     login_all(&mut net, o, &users)?;
     let epoch = Instant::now();
@@ -404,6 +500,353 @@ fn p2p(o: &Opts) -> Result<String, String> {
         delivered as f64 / secs,
         refused,
         lat.summary()
+    ))
+}
+
+/// The two numbers of a group message's text `t<sent ns>-<message number>`.
+fn stamp_of(text: &str) -> Option<(u64, usize)> {
+    let at = text.find("\"msg\":\"t")? + 8;
+    let (sent, rest) = text[at..].split_once('-')?;
+    let k: &str = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    Some((sent.parse().ok()?, k.parse().ok()?))
+}
+
+/// Most messages one group run sends (bounds its bookkeeping).
+const GROUP_MAX_MESSAGES: usize = 10_000_000;
+
+fn group(o: &Opts) -> Result<String, String> {
+    let g = o.members;
+    let rate = if o.rate_given { o.rate } else { 100 };
+    let users = create_users(o, "grp-", g)?;
+    let members: Vec<u64> = users[1..].iter().map(|u| u.0).collect();
+    let made = Api::new(o).call(
+        "group_create",
+        &json!({ "owner_id": users[0].0, "name": format!("loadgen {g}"), "members": members }),
+    )?;
+    let group_id = made["group"]["group_id"]
+        .as_u64()
+        .ok_or_else(|| format!("group_create answered {made}"))?;
+    let mut net = Net::new(o.target).map_err(|e| e.to_string())?;
+    login_all(&mut net, o, &users)?;
+    // The group's `created` event reached everyone before the load starts.
+    settle(&mut net, Duration::from_millis(500))?;
+
+    let pad = "x".repeat(o.size.saturating_sub(30));
+    let expected = (g - 1) as u32;
+    let epoch = Instant::now();
+    let warm_until = epoch + Duration::from_secs(1);
+    let end = warm_until + Duration::from_secs(o.seconds);
+    let mut got: Vec<u32> = Vec::new();
+    let mut measured: Vec<bool> = Vec::new();
+    let mut in_flight = vec![0usize; o.senders];
+    let mut req = 0u64;
+    let mut each = Latencies::new();
+    let mut last_member = Latencies::new();
+    let (mut acked, mut deliveries, mut refused, mut complete) = (0u64, 0u64, 0u64, 0u64);
+    let mut budget = 0f64;
+    let mut last = Instant::now();
+    let drain_until = end + Duration::from_secs(5);
+    loop {
+        let now = Instant::now();
+        if now >= drain_until || (now >= end && complete as usize == got.len()) {
+            break;
+        }
+        let now_ns = nanos_since(epoch);
+        let measuring = now >= warm_until && now < end;
+        if now < end {
+            budget += rate as f64 * now.duration_since(last).as_secs_f64();
+            budget = budget.min(rate.max(1) as f64);
+            let mut idle_rounds = 0;
+            let mut s = got.len() % o.senders;
+            while (rate == 0 || budget >= 1.0)
+                && idle_rounds < o.senders
+                && got.len() < GROUP_MAX_MESSAGES
+            {
+                if in_flight[s] < o.inflight {
+                    let k = got.len();
+                    got.push(0);
+                    measured.push(measuring);
+                    req += 1;
+                    net.out.text(
+                        s,
+                        &format!(
+                            "{{\"cmd\":\"send\",\"req_id\":{req},\"chat_type\":1,\"to_id\":{group_id},\"msg_type\":0,\"msg\":\"t{now_ns}-{k} {pad}\"}}"
+                        ),
+                    );
+                    in_flight[s] += 1;
+                    budget -= 1.0;
+                    idle_rounds = 0;
+                } else {
+                    idle_rounds += 1;
+                }
+                s = (s + 1) % o.senders;
+            }
+        }
+        last = now;
+        net.step(Duration::from_millis(1), &mut |_, c, ev| match ev {
+            Ev::Text(t) if t.starts_with("{\"cmd\":\"send\"") => {
+                if c < in_flight.len() {
+                    in_flight[c] = in_flight[c].saturating_sub(1);
+                }
+                if !t.contains("\"code\":200") {
+                    refused += 1;
+                } else if measuring {
+                    acked += 1;
+                }
+            }
+            Ev::Text(t) if t.starts_with("{\"cmd\":\"message\"") => {
+                let Some((sent, k)) = stamp_of(t) else {
+                    return;
+                };
+                let Some(n) = got.get_mut(k) else {
+                    return;
+                };
+                let took = nanos_since(epoch).saturating_sub(sent);
+                *n += 1;
+                if measuring {
+                    deliveries += 1;
+                    each.record(took);
+                }
+                if *n == expected {
+                    complete += 1;
+                    if measured[k] {
+                        last_member.record(took);
+                    }
+                }
+            }
+            _ => {}
+        })?;
+    }
+    let secs = o.seconds as f64;
+    Ok(format!(
+        "group: {g} members online, {} senders, {} B text, rate {}: {:.0} acked msg/s, {:.0} deliveries/s, {} refused, {} of {} messages reached every member; to the last member {}; each delivery {}",
+        o.senders,
+        o.size,
+        if rate == 0 { "flat out".to_string() } else { format!("{rate}/s") },
+        acked as f64 / secs,
+        deliveries as f64 / secs,
+        refused,
+        complete,
+        got.len(),
+        last_member.summary(),
+        each.summary()
+    ))
+}
+
+/// Runs the loop for `d`, ignoring what arrives.
+fn settle(net: &mut Net, d: Duration) -> Result<(), String> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        net.step(Duration::from_millis(10), &mut |_, _, _| {})?;
+    }
+    Ok(())
+}
+
+/// A user's recovery after reconnecting.
+#[derive(Clone, Copy, PartialEq)]
+enum Recovery {
+    Away,
+    Authing,
+    Listing,
+    Syncing,
+    Done,
+}
+
+fn reconnect(o: &Opts) -> Result<String, String> {
+    let k = o.connections;
+    let users = create_users(o, "rc-user-", k)?;
+    let friends = create_users(o, "rc-friend-", k)?;
+    let pairs: Vec<(u64, u64)> = (0..k).map(|i| (users[i].0, friends[i].0)).collect();
+    make_friends(o, &pairs)?;
+    let mut net = Net::new(o.target).map_err(|e| e.to_string())?;
+    // Connections 0..k are the users, k..2k their friends.
+    login_all(&mut net, o, &users)?;
+    login_all(&mut net, o, &friends)?;
+
+    // Each friend writes once while its user is online: the seq the user will hold.
+    let conv_of: Vec<String> = pairs
+        .iter()
+        .map(|&(a, b)| format!("p_{}_{}", a.min(b), a.max(b)))
+        .collect();
+    let mut held = vec![0u64; k];
+    let send = |out: &mut net::Out, c: usize, to: u64, n: usize| {
+        out.text(
+            c,
+            &format!(
+                "{{\"cmd\":\"send\",\"req_id\":{n},\"chat_type\":0,\"to_id\":{to},\"msg_type\":0,\"msg\":\"missed {n}\"}}"
+            ),
+        );
+    };
+    for (i, user) in users.iter().enumerate() {
+        send(&mut net.out, k + i, user.0, 0);
+    }
+    let mut have = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while have < k {
+        net.step(Duration::from_millis(10), &mut |_, c, ev| {
+            if let Ev::Text(t) = ev {
+                if c < k && t.starts_with("{\"cmd\":\"message\"") {
+                    if let Some(seq) = number_after(t, "\"seq\":") {
+                        if held[c] == 0 {
+                            have += 1;
+                        }
+                        held[c] = held[c].max(seq);
+                    }
+                }
+            }
+        })?;
+        if Instant::now() > deadline {
+            return Err(format!("only {have} of {k} users got the first message"));
+        }
+    }
+
+    // The users drop at once; their friends write `missed` messages each, all acknowledged.
+    for c in 0..k {
+        net.close(c);
+    }
+    let mut sent = vec![0usize; k];
+    let mut acked = 0usize;
+    let window = o.inflight.min(o.missed.max(1));
+    for i in 0..k {
+        while sent[i] < window.min(o.missed) {
+            sent[i] += 1;
+            send(&mut net.out, k + i, users[i].0, sent[i]);
+        }
+    }
+    let total = k * o.missed;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked < total {
+        net.step(Duration::from_millis(10), &mut |out, c, ev| {
+            if let Ev::Text(t) = ev {
+                if c >= k && t.starts_with("{\"cmd\":\"send\"") {
+                    if !t.contains("\"code\":200") {
+                        return;
+                    }
+                    acked += 1;
+                    let i = c - k;
+                    if sent[i] < o.missed {
+                        sent[i] += 1;
+                        send(out, c, users[i].0, sent[i]);
+                    }
+                }
+            }
+        })?;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {acked} of {total} missed messages acknowledged"
+            ));
+        }
+    }
+
+    // Everyone reconnects at once: auth, `conversations`, then `sync` until nothing is missing.
+    let started = Instant::now();
+    let first_new = 2 * k;
+    for (_, token) in &users {
+        net.connect(o.target, &format!("/ws?token={token}"))
+            .map_err(|e| format!("connect: {e}"))?;
+    }
+    let mut state = vec![Recovery::Away; k];
+    let mut target = vec![0u64; k];
+    let mut took = Latencies::new();
+    let (mut done, mut synced, mut syncs) = (0usize, 0u64, 0u64);
+    let mut failure = None;
+    let deadline = started + Duration::from_secs(120);
+    while done < k {
+        net.step(Duration::from_millis(10), &mut |out, c, ev| {
+            if c < first_new {
+                return;
+            }
+            let i = c - first_new;
+            match ev {
+                Ev::Open => state[i] = Recovery::Authing,
+                Ev::Text(t) => {
+                    let v: Value = match serde_json::from_str(t) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            failure.get_or_insert(format!("bad JSON from the server: {e}"));
+                            return;
+                        }
+                    };
+                    if v["code"].is_number() && v["code"] != 200 {
+                        failure.get_or_insert(format!("refused: {t}"));
+                        return;
+                    }
+                    let sync = |out: &mut net::Out, after: u64| {
+                        out.text(
+                            c,
+                            &format!(
+                                "{{\"cmd\":\"sync\",\"conv_id\":\"{}\",\"after_seq\":{after},\"limit\":200}}",
+                                conv_of[i]
+                            ),
+                        )
+                    };
+                    match (v["cmd"].as_str(), state[i]) {
+                        (Some("auth"), Recovery::Authing) => {
+                            state[i] = Recovery::Listing;
+                            out.text(c, "{\"cmd\":\"conversations\"}");
+                        }
+                        (Some("conversations"), Recovery::Listing) => {
+                            let last_seq = v["data"]["conversations"]
+                                .as_array()
+                                .and_then(|cs| cs.iter().find(|x| x["conv_id"] == conv_of[i].as_str()))
+                                .and_then(|x| x["last_seq"].as_u64())
+                                .unwrap_or(0);
+                            target[i] = last_seq;
+                            if last_seq <= held[i] {
+                                failure.get_or_insert(format!(
+                                    "{} lists last_seq {last_seq}, not above the held {}",
+                                    conv_of[i], held[i]
+                                ));
+                                return;
+                            }
+                            state[i] = Recovery::Syncing;
+                            syncs += 1;
+                            sync(out, held[i]);
+                        }
+                        (Some("sync"), Recovery::Syncing) => {
+                            for m in v["data"]["messages"].as_array().into_iter().flatten() {
+                                let seq = m["seq"].as_u64().unwrap_or(0);
+                                if seq == held[i] + 1 {
+                                    held[i] = seq;
+                                    synced += 1;
+                                }
+                            }
+                            if held[i] >= target[i] {
+                                state[i] = Recovery::Done;
+                                done += 1;
+                                took.record(nanos_since(started));
+                            } else if v["data"]["has_more"] == true {
+                                syncs += 1;
+                                sync(out, held[i]);
+                            } else {
+                                failure.get_or_insert(format!(
+                                    "{}: sync stopped at seq {} of {}",
+                                    conv_of[i], held[i], target[i]
+                                ));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        })?;
+        if let Some(f) = failure.take() {
+            return Err(f);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {done} of {k} users recovered in 120 s"));
+        }
+    }
+    let full = started.elapsed();
+    Ok(format!(
+        "reconnect: {k} users, {} missed messages each: all recovered in {:.3} s ({} messages in {} syncs, {:.0} messages/s); per user {}",
+        o.missed,
+        full.as_secs_f64(),
+        synced,
+        syncs,
+        synced as f64 / full.as_secs_f64(),
+        took.summary()
     ))
 }
 

@@ -1,10 +1,11 @@
 //! The load generator's client side: many WebSocket connections on one mio `Poll`, spread over
-//! several 127.x.y.z source addresses (each gives another 64k ports), frames decoded with our own
+//! several 127.1.x.y source addresses (each gives another 28k ports), frames decoded with our own
 //! codec in client mode, every send masked. Output is queued per connection and written once per
 //! loop iteration, like the server does, so the generator is not the bottleneck it measures.
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::io::FromRawFd;
@@ -12,10 +13,16 @@ use std::time::{Duration, Instant};
 use wxchat::ws::{self, Event, OpCode};
 
 /// Connections per source address before the next one is used.
-const PER_SOURCE: usize = 50_000;
+const PER_SOURCE: usize = 25_000;
+
+/// Connections being set up (TCP connect + upgrade) at once; the rest wait their turn. Tens of
+/// thousands of SYNs at once overflow the listener's queues, and the dropped ones wait out
+/// TCP's retransmission back-off, which measures the kernel, not the server.
+const MAX_STARTING: usize = 2_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
+    Queued,
     Connecting,
     Handshake,
     Open,
@@ -23,7 +30,9 @@ enum State {
 }
 
 struct Io {
-    stream: TcpStream,
+    /// None while queued.
+    stream: Option<TcpStream>,
+    target: SocketAddrV4,
     state: State,
     inbuf: Vec<u8>,
     decoder: ws::Decoder,
@@ -86,6 +95,8 @@ pub struct Net {
     path_of: Vec<String>,
     pub open: usize,
     pub closed: usize,
+    queued: VecDeque<usize>,
+    starting: usize,
 }
 
 /// A non-blocking connect from `source` (port chosen by the kernel).
@@ -110,6 +121,16 @@ fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> io::Result<TcpStream>
             sin_zero: [0; 8],
         };
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // The port is chosen at connect time, per destination, so ports still in TIME_WAIT from
+        // an earlier run do not exhaust a source address (IP_BIND_ADDRESS_NO_PORT).
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
         let src = sockaddr(SocketAddrV4::new(source, 0));
         if libc::bind(fd, &src as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(io::Error::last_os_error());
@@ -143,31 +164,23 @@ impl Net {
             path_of: Vec::new(),
             open: 0,
             closed: 0,
+            queued: VecDeque::new(),
+            starting: 0,
         })
     }
 
-    /// Starts the next connection to `target` + `path` (the upgrade follows by itself).
+    /// Adds a connection to `target` + `path`; it is started when fewer than [`MAX_STARTING`]
+    /// others are being set up, and the upgrade follows by itself.
     pub fn connect(&mut self, target: SocketAddr, path: &str) -> io::Result<usize> {
         let SocketAddr::V4(v4) = target else {
             return Err(io::Error::other("IPv4 targets only"));
         };
         let c = self.io.len();
-        // 127.0.1.1, 127.0.1.2, ... for loopback targets; the target's own address otherwise.
-        let source = if v4.ip().is_loopback() {
-            let n = (c / PER_SOURCE) as u32 + 1;
-            Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 0)) + n)
-        } else {
-            Ipv4Addr::UNSPECIFIED
-        };
-        let mut stream = connect_from(source, v4)?;
-        self.poll.registry().register(
-            &mut stream,
-            Token(c),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        self.queued.push_back(c);
         self.io.push(Io {
-            stream,
-            state: State::Connecting,
+            stream: None,
+            target: v4,
+            state: State::Queued,
             inbuf: Vec::new(),
             decoder: ws::Decoder::client(ws::Limits {
                 max_frame_bytes: 16 << 20,
@@ -181,14 +194,57 @@ impl Net {
         Ok(c)
     }
 
+    /// Drops connection `c` on purpose (no `Closed` event) and frees its buffers.
+    pub fn close(&mut self, c: usize) {
+        self.drop_conn(c);
+        self.io[c].inbuf = Vec::new();
+        self.out.bufs[c] = Vec::new();
+    }
+
+    /// Starts queued connections while there is room.
+    fn start_queued(&mut self) -> io::Result<()> {
+        while self.starting < MAX_STARTING {
+            let Some(c) = self.queued.pop_front() else {
+                break;
+            };
+            let io = &mut self.io[c];
+            if io.state != State::Queued {
+                continue;
+            }
+            // For loopback targets, a few addresses of 127.1.0.0/16 of this process's own (by its
+            // pid), so the TIME_WAIT ports an earlier run left behind are not in the way.
+            let source = if io.target.ip().is_loopback() {
+                let base =
+                    u32::from(Ipv4Addr::new(127, 1, 0, 0)) + (std::process::id() % 8_000) * 8;
+                Ipv4Addr::from(base + (c / PER_SOURCE) as u32)
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            };
+            let mut stream = connect_from(source, io.target)?;
+            self.poll.registry().register(
+                &mut stream,
+                Token(c),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            io.stream = Some(stream);
+            io.state = State::Connecting;
+            self.starting += 1;
+        }
+        Ok(())
+    }
+
     /// Closes a connection abruptly.
     fn drop_conn(&mut self, c: usize) {
         let io = &mut self.io[c];
         if io.state != State::Closed {
-            let _ = self.poll.registry().deregister(&mut io.stream);
-            let _ = io.stream.shutdown(std::net::Shutdown::Both);
-            if io.state == State::Open {
-                self.open -= 1;
+            if let Some(stream) = io.stream.as_mut() {
+                let _ = self.poll.registry().deregister(stream);
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+            match io.state {
+                State::Open => self.open -= 1,
+                State::Connecting | State::Handshake => self.starting -= 1,
+                State::Queued | State::Closed => {}
             }
             io.state = State::Closed;
             self.closed += 1;
@@ -202,6 +258,7 @@ impl Net {
         timeout: Duration,
         handler: &mut dyn FnMut(&mut Out, usize, Ev<'_>),
     ) -> io::Result<()> {
+        self.start_queued()?;
         if !self.out.dirty.is_empty() {
             self.flush();
         }
@@ -292,7 +349,10 @@ impl Net {
 
     fn read(&mut self, c: usize, handler: &mut dyn FnMut(&mut Out, usize, Ev<'_>)) {
         loop {
-            let n = match self.io[c].stream.read(&mut self.scratch) {
+            let Some(stream) = self.io[c].stream.as_mut() else {
+                return;
+            };
+            let n = match stream.read(&mut self.scratch) {
                 Ok(0) => return self.fail(c, "closed by the server", handler),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -312,6 +372,7 @@ impl Net {
                 io.inbuf.drain(..end + 4);
                 io.state = State::Open;
                 self.open += 1;
+                self.starting -= 1;
                 handler(&mut self.out, c, Ev::Open);
             }
             let io = &mut self.io[c];
@@ -354,10 +415,13 @@ impl Net {
             if io.state == State::Closed || io.state == State::Connecting || !io.writable {
                 continue;
             }
+            let Some(stream) = io.stream.as_mut() else {
+                continue;
+            };
             let buf = &mut self.out.bufs[c];
             let mut written = 0;
             while written < buf.len() {
-                match io.stream.write(&buf[written..]) {
+                match stream.write(&buf[written..]) {
                     Ok(0) => break,
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
