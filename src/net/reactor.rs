@@ -115,6 +115,8 @@ struct Conn {
     decoder: ws::Decoder,
     /// The socket may have more to read (edge-triggered readiness memo).
     readable: bool,
+    /// The peer's FIN (or an error) was reported: read until it shows, short reads or not.
+    peer_shut: bool,
     /// The last write hit WouldBlock; wait for the WRITABLE edge.
     write_blocked: bool,
     in_dirty: bool,
@@ -362,6 +364,9 @@ impl<C: Send + 'static> Reactor<C> {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             conn.readable = true;
                         }
+                        if event.is_read_closed() || event.is_error() {
+                            conn.peer_shut = true;
+                        }
                         let mut flush = false;
                         if event.is_writable() || event.is_write_closed() {
                             conn.write_blocked = false;
@@ -550,6 +555,7 @@ impl<C: Send + 'static> Reactor<C> {
                         out: OutQueue::default(),
                         decoder: ws::Decoder::default(),
                         readable: true,
+                        peer_shut: false,
                         write_blocked: false,
                         in_dirty: false,
                         in_ready: false,
@@ -644,6 +650,13 @@ impl<C: Send + 'static> Reactor<C> {
                 Ok(n) => {
                     conn.last_read = self.core.now;
                     conn.ping_sent = None;
+                    // A short read emptied the socket: whatever arrives next raises a new edge,
+                    // so the read that would only say EAGAIN (one syscall per message in
+                    // request/response traffic) is skipped. A FIN already reported is read to
+                    // the end instead, since no further edge would announce it.
+                    if n < READ_CHUNK && !conn.peer_shut {
+                        conn.readable = false;
+                    }
                     return Ok(Some(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

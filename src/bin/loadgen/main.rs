@@ -19,6 +19,7 @@ usage: loadgen SCENARIO [OPTIONS]
 Scenarios:
   echo       raw WebSocket echo against any server's echo endpoint
                --path /echo  --mode firehose|pingpong  --inflight 32 (firehose)
+               --rate N: N messages/s in total, round robin (latency at a given load)
   p2p        pairs of users chatting (friend chat, persisted); acked and delivered per second
              and send-to-deliver latency
                --pairs 50  --rate 0 (messages/s in total; 0 = flat out)  --inflight 16
@@ -28,9 +29,10 @@ Scenarios:
   reconnect  --connections users, each with a friend; the users drop at once, each friend sends
              --missed messages, the users reconnect at once and `sync`; time to full recovery
                --missed 20
-  idle       N authenticated chat connections held; server memory per connection (read from
-             the admin listener's /status)
-               --admin 127.0.0.1:9502  --hold 2
+  idle       N authenticated chat connections held (--mode echo: plain connections to --path);
+             server memory per connection, read from the admin listener's /status, or with
+             --pid from /proc/PID/status (any server on this machine)
+               --admin 127.0.0.1:9502  --pid 0  --hold 2
 
 Common options:
   --target 127.0.0.1:9501   the server (loopback addresses only)
@@ -58,6 +60,7 @@ struct Opts {
     senders: usize,
     missed: usize,
     rate_given: bool,
+    pid: u32,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -74,7 +77,7 @@ fn parse() -> Result<Opts, String> {
         seconds: 10,
         size: 64,
         path: "/echo".into(),
-        mode: "firehose".into(),
+        mode: String::new(),
         inflight: 32,
         pairs: 50,
         rate: 0,
@@ -85,6 +88,7 @@ fn parse() -> Result<Opts, String> {
         senders: 4,
         missed: 20,
         rate_given: false,
+        pid: 0,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -111,6 +115,7 @@ fn parse() -> Result<Opts, String> {
             "--missed" => o.missed = num(&value)? as usize,
             "--api-key" => o.api_key = value,
             "--hold" => o.hold = num(&value)?,
+            "--pid" => o.pid = num(&value)? as u32,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -180,50 +185,94 @@ fn open_all(
 
 fn echo(o: &Opts) -> Result<String, String> {
     let pingpong = match o.mode.as_str() {
-        "firehose" => false,
+        "firehose" | "" => false,
         "pingpong" => true,
         m => return Err(format!("--mode {m}: firehose or pingpong")),
     };
+    let paced = o.rate_given && o.rate > 0;
     let inflight = if pingpong { 1 } else { o.inflight };
     let mut net = Net::new(o.target).map_err(|e| e.to_string())?;
     open_all(&mut net, o, o.connections, &|_| o.path.clone())?;
     let epoch = Instant::now();
     let mut payload = vec![b'x'; o.size.max(8)];
-    for c in 0..o.connections {
-        for _ in 0..inflight {
-            payload[..8].copy_from_slice(&nanos_since(epoch).to_be_bytes());
-            net.out.send(c, OpCode::Binary, &payload);
+    let mut in_flight = vec![0usize; o.connections];
+    if !paced {
+        for c in 0..o.connections {
+            for _ in 0..inflight {
+                payload[..8].copy_from_slice(&nanos_since(epoch).to_be_bytes());
+                net.out.send(c, OpCode::Binary, &payload);
+            }
         }
     }
     let warm_until = epoch + Duration::from_secs(1);
     let end = warm_until + Duration::from_secs(o.seconds);
     let mut lat = Latencies::new();
     let mut received = 0u64;
+    let (mut budget, mut last, mut next) = (0f64, Instant::now(), 0usize);
     while Instant::now() < end {
+        let now = Instant::now();
         let now_ns = nanos_since(epoch);
-        let measuring = Instant::now() >= warm_until;
-        net.step(Duration::from_millis(10), &mut |out, c, ev| {
-            if let Ev::Binary(b) = ev {
-                if b.len() < 8 {
-                    return;
+        let measuring = now >= warm_until;
+        if paced {
+            // Round robin, skipping connections with `inflight` unanswered.
+            budget = (budget + o.rate as f64 * now.duration_since(last).as_secs_f64())
+                .min(o.rate as f64);
+            let mut skipped = 0;
+            while budget >= 1.0 && skipped < o.connections {
+                let c = next;
+                next = (next + 1) % o.connections;
+                if in_flight[c] >= inflight {
+                    skipped += 1;
+                    continue;
                 }
-                if measuring {
-                    let mut t = [0u8; 8];
-                    t.copy_from_slice(&b[..8]);
-                    lat.record(now_ns.saturating_sub(u64::from_be_bytes(t)));
-                    received += 1;
-                }
+                skipped = 0;
                 payload[..8].copy_from_slice(&now_ns.to_be_bytes());
-                out.send(c, OpCode::Binary, &payload);
+                net.out.send(c, OpCode::Binary, &payload);
+                in_flight[c] += 1;
+                budget -= 1.0;
             }
-        })?;
+            last = now;
+        }
+        net.step(
+            Duration::from_millis(if paced { 1 } else { 10 }),
+            &mut |out, c, ev| {
+                if let Ev::Binary(b) = ev {
+                    if b.len() < 8 {
+                        return;
+                    }
+                    let now_ns = nanos_since(epoch);
+                    if measuring {
+                        let mut t = [0u8; 8];
+                        t.copy_from_slice(&b[..8]);
+                        lat.record(now_ns.saturating_sub(u64::from_be_bytes(t)));
+                        received += 1;
+                    }
+                    if paced {
+                        in_flight[c] = in_flight[c].saturating_sub(1);
+                    } else {
+                        payload[..8].copy_from_slice(&now_ns.to_be_bytes());
+                        out.send(c, OpCode::Binary, &payload);
+                    }
+                }
+            },
+        )?;
     }
     Ok(format!(
-        "echo {}: {} connections, {} B, {} in flight each: {:.0} msg/s; latency {}",
-        o.mode,
+        "echo {}: {} connections, {} B, {}: {:.0} msg/s; latency {}",
+        if paced {
+            "paced"
+        } else if pingpong {
+            "pingpong"
+        } else {
+            "firehose"
+        },
         o.connections,
         o.size.max(8),
-        inflight,
+        if paced {
+            format!("{} msg/s offered", o.rate)
+        } else {
+            format!("{inflight} in flight each")
+        },
         received as f64 / o.seconds as f64,
         lat.summary()
     ))
@@ -862,23 +911,56 @@ fn server_rss(o: &Opts) -> Result<u64, String> {
     v["rss_bytes"].as_u64().ok_or_else(|| "no rss_bytes".into())
 }
 
+/// VmRSS of a process on this machine.
+fn proc_rss(pid: u32) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
 fn idle(o: &Opts) -> Result<String, String> {
-    let users = create_users(o, "idle-", o.connections)?;
-    let before = server_rss(o)?;
+    let echo = match o.mode.as_str() {
+        "echo" => true,
+        "chat" | "" => false,
+        m => return Err(format!("--mode {m}: chat or echo")),
+    };
+    let users = if echo {
+        Vec::new()
+    } else {
+        create_users(o, "idle-", o.connections)?
+    };
+    let rss = || {
+        if o.pid != 0 {
+            proc_rss(o.pid)
+        } else {
+            server_rss(o)
+        }
+    };
+    let before = rss()?;
     let mut net = Net::new(o.target).map_err(|e| e.to_string())?;
     let started = Instant::now();
-    login_all(&mut net, o, &users)?;
+    if echo {
+        open_all(&mut net, o, o.connections, &|_| o.path.clone())?;
+    } else {
+        login_all(&mut net, o, &users)?;
+    }
     let took = started.elapsed();
     // Let the server settle (buffers released after the handshake), then measure.
     let hold_until = Instant::now() + Duration::from_secs(o.hold);
     while Instant::now() < hold_until {
         net.step(Duration::from_millis(100), &mut |_, _, _| {})?;
     }
-    let after = server_rss(o)?;
+    let after = rss()?;
     let per = after.saturating_sub(before) as f64 / o.connections as f64;
     Ok(format!(
-        "idle: {} authenticated chat connections opened in {:.1} s; server RSS {:.1} MiB -> {:.1} MiB: {:.2} KiB per connection",
+        "idle: {} {} connections opened in {:.1} s; server RSS {:.1} MiB -> {:.1} MiB: {:.2} KiB per connection",
         o.connections,
+        if echo { "echo" } else { "authenticated chat" },
         took.as_secs_f64(),
         before as f64 / 1048576.0,
         after as f64 / 1048576.0,

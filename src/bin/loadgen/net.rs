@@ -197,6 +197,7 @@ impl Net {
     /// Drops connection `c` on purpose (no `Closed` event) and frees its buffers.
     pub fn close(&mut self, c: usize) {
         self.drop_conn(c);
+        self.io[c].stream = None;
         self.io[c].inbuf = Vec::new();
         self.out.bufs[c] = Vec::new();
     }
