@@ -109,7 +109,12 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("b.db"), false).unwrap());
         let rate = run(store, n, max_batch);
-        println!("sqlite (synchronous=normal): {n} messages, {rate:.0} msg/s");
+        let size = |f: &str| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len() >> 20);
+        println!(
+            "sqlite (synchronous=normal): {n} messages, {rate:.0} msg/s (database {} MiB, WAL {} MiB)",
+            size("b.db"),
+            size("b.db-wal")
+        );
     }
     if only.is_none() || only == Some("mysql") {
         with_mysql(|url| {

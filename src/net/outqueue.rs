@@ -39,6 +39,10 @@ pub enum Flush {
 
 #[derive(Default)]
 pub struct OutQueue {
+    /// The whole queue when it holds just one shared frame, the common case of a fan-out to
+    /// idle connections: queued by reference, so a recipient costs no allocation and no copy.
+    /// When it is set, `chunks` is empty.
+    lone: Option<Frame>,
     chunks: VecDeque<Chunk>,
     /// Bytes of the head chunk already written.
     head_off: usize,
@@ -61,8 +65,15 @@ impl OutQueue {
         self.append_owned(data.len(), |v| v.extend_from_slice(data));
     }
 
-    /// Appends a shared frame: copied when small, referenced when large.
+    /// Appends a shared frame: referenced when it is all there is to send or when large, copied
+    /// (coalesced with its neighbours) otherwise.
     pub fn push_frame(&mut self, frame: &Frame) {
+        if self.bytes == 0 && self.chunks.is_empty() {
+            self.bytes = frame.len();
+            self.lone = Some(frame.clone());
+            return;
+        }
+        self.unlone();
         if frame.len() <= COPY_SHARED_MAX {
             self.push_bytes(frame.bytes());
         } else {
@@ -84,6 +95,7 @@ impl OutQueue {
     /// Runs `fill` (which appends exactly `extra` bytes) on the owned tail chunk, starting a new
     /// chunk when the tail is shared or full.
     fn append_owned(&mut self, extra: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        self.unlone();
         self.bytes += extra;
         if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
             if v.len() + extra <= COALESCE_MAX {
@@ -96,9 +108,25 @@ impl OutQueue {
         self.chunks.push_back(Chunk::Owned(v));
     }
 
+    /// A second thing to send: the lone frame becomes the head chunk (copied when small, so
+    /// what follows can be coalesced with it). What of it was written stays in `head_off`.
+    fn unlone(&mut self) {
+        let Some(frame) = self.lone.take() else {
+            return;
+        };
+        if frame.len() <= COPY_SHARED_MAX {
+            let mut v = Vec::with_capacity(frame.len().max(256));
+            v.extend_from_slice(frame.bytes());
+            self.chunks.push_back(Chunk::Owned(v));
+        } else {
+            self.chunks.push_back(Chunk::Shared(frame));
+        }
+    }
+
     /// Drops everything not yet started, keeping a partially written head chunk so the byte
     /// stream stays well-formed (used before a forced close frame).
     pub fn truncate_unstarted(&mut self) {
+        self.unlone();
         let keep = if self.head_off > 0 { 1 } else { 0 };
         self.chunks.truncate(keep);
         self.bytes = self
@@ -112,6 +140,22 @@ impl OutQueue {
 
     /// Writes as much as the socket takes, in `writev` batches.
     pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<Flush> {
+        while let Some(frame) = &self.lone {
+            match w.write(&frame.bytes()[self.head_off..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.bytes -= n;
+                    self.head_off += n;
+                    if self.bytes == 0 {
+                        self.lone = None;
+                        self.head_off = 0;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         while self.bytes > 0 {
             let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -153,6 +197,7 @@ impl OutQueue {
     /// Frees the queue's memory once it is empty.
     fn release(&mut self) {
         if self.bytes == 0 {
+            self.lone = None;
             self.chunks = VecDeque::new();
             self.head_off = 0;
         }
@@ -209,6 +254,49 @@ mod tests {
         assert_eq!(w.out, expect);
         assert!(q.is_empty());
         assert_eq!(q.chunks.capacity(), 0, "memory released when drained");
+    }
+
+    #[test]
+    fn a_lone_frame_is_referenced_then_joins_what_follows() {
+        let mut q = OutQueue::default();
+        let small = Frame::text(b"hello");
+        q.push_frame(&small);
+        assert!(
+            q.lone.is_some() && q.chunks.capacity() == 0,
+            "no allocation"
+        );
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 3,
+            budget: 3,
+        };
+        assert_eq!(q.write_to(&mut w).unwrap(), Flush::Blocked);
+        // A forced close keeps the half-written frame whole.
+        let mut t = OutQueue::default();
+        t.push_frame(&small);
+        t.head_off = 2;
+        t.bytes -= 2;
+        t.truncate_unstarted();
+        assert_eq!(t.len(), small.len() - 2);
+        // Something else queued behind the half-written frame: both go out in order.
+        q.push_ws(crate::ws::OpCode::Text, b"next");
+        assert!(q.lone.is_none());
+        assert_eq!(q.chunks.len(), 1, "coalesced");
+        w.budget = 100;
+        assert_eq!(q.write_to(&mut w).unwrap(), Flush::Done);
+        let mut expected = small.bytes().to_vec();
+        expected.extend_from_slice(&crate::ws::frame(crate::ws::OpCode::Text, b"next"));
+        assert_eq!(w.out, expected);
+        assert!(q.is_empty() && q.lone.is_none());
+
+        // A large lone frame stays shared when more follows.
+        let big = Frame::binary(&[9u8; 4000]);
+        q.push_frame(&big);
+        q.push_frame(&small);
+        assert!(matches!(q.chunks.front(), Some(Chunk::Shared(_))));
+        assert_eq!(q.len(), big.len() + small.len());
+        q.truncate_unstarted();
+        assert!(q.is_empty() && q.chunks.capacity() == 0);
     }
 
     #[test]

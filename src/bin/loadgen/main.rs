@@ -481,12 +481,17 @@ fn p2p(o: &Opts) -> Result<String, String> {
     let (mut acked, mut delivered, mut refused) = (0u64, 0u64, 0u64);
     let mut budget = 0f64;
     let mut last = Instant::now();
+    // Client message ids unique to this run: users are reused across runs (same app_uid), and
+    // a resent id is acknowledged as a duplicate without being stored or delivered again.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let send = |out: &mut net::Out, c: usize, req: &mut u64, to: u64, now_ns: u64| {
         *req += 1;
         out.text(
             c,
             &format!(
-                "{{\"cmd\":\"send\",\"req_id\":{req},\"chat_type\":0,\"to_id\":{to},\"msg_type\":0,\"msg\":\"t{now_ns} {pad}\",\"client_msg_id\":\"{c}-{req}\"}}"
+                "{{\"cmd\":\"send\",\"req_id\":{req},\"chat_type\":0,\"to_id\":{to},\"msg_type\":0,\"msg\":\"t{now_ns} {pad}\",\"client_msg_id\":\"{run}-{c}-{req}\"}}"
             ),
         );
     };
