@@ -120,13 +120,6 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
-                // Lowest priority: checkpoints use the time the reactor and the persister leave
-                // (the three may share one core), and a checkpoint that falls behind is caught
-                // up by the writer's own. Failure only costs that preference.
-                // SAFETY: setpriority on this thread's own id; no memory is involved.
-                unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-                }
                 // Until the store is dropped (the sender with it).
                 while woken.recv().is_ok() {
                     let started = thread_cpu_time();
