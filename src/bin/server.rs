@@ -15,7 +15,7 @@ use wxchat::config::{self, Config};
 use wxchat::pidfile::{self, Status};
 use wxchat::server::Server;
 
-/// mimalloc: the chat path allocates a few small objects per message on the reactor and the
+/// jemalloc: the chat path allocates a few small objects per message on the reactor and the
 /// persister threads, and glibc's allocator spent a fifth of the reactor's time on them.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -69,7 +69,7 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating when needed) and migrates the database file.
     pub fn open(path: &Path, synchronous_full: bool) -> StoreResult<SqliteStore> {
-        let store = SqliteStore {
+        let mut store = SqliteStore {
             path: path.to_path_buf(),
             synchronous_full,
             readers: Mutex::new(Vec::new()),
@@ -82,11 +82,8 @@ impl SqliteStore {
             checkpointer: None,
         };
         store.migrate()?;
-        let checkpointer = Self::start_checkpointer(path, synchronous_full)?;
-        Ok(SqliteStore {
-            checkpointer: Some(checkpointer),
-            ..store
-        })
+        store.checkpointer = Some(Self::start_checkpointer(path, synchronous_full)?);
+        Ok(store)
     }
 
     /// The persister's connection: a page cache large enough that a batch's index pages stay in

@@ -204,7 +204,8 @@ impl Decoder {
     /// cannot begin valid UTF-8. `end`: the message is complete, so an unfinished sequence fails.
     fn check_utf8(&mut self, end: bool) -> Result<(), Error> {
         let rest = &self.data[self.validated..];
-        // SIMD validation: Chinese text (3-byte sequences) validates ~5x faster than with std.
+        // SIMD validation: Chinese text (3-byte sequences) validates ~11x faster than with std
+        // (benches/micro.rs).
         match simdutf8::compat::from_utf8(rest) {
             Ok(_) => {
                 self.validated = self.data.len();
