@@ -16,6 +16,10 @@ use wxchat::wechat::crypto::{self, MsgCrypt};
 use wxchat::wechat::message;
 use wxchat::ws::{self, Decoder, Event, OpCode};
 
+/// The server's allocator, so that the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// How long each benchmark is measured (after a warm-up of a fifth of that).
 const MEASURE: Duration = Duration::from_millis(1500);
 
