@@ -222,3 +222,90 @@ fn unreachable_or_unknown_backends_stop_the_start() {
         assert!(!sub.join("data").join("wxchat.db").exists(), "case {i}");
     }
 }
+
+/// The server started with a soft open-file limit of 256 (as low as a distribution's 1,024,
+/// lower still), `max_connections` as given; returns the soft and hard limits it then runs
+/// with, read from /proc, and what it logged.
+fn limits_of_a_server_started_low(max_connections: u64) -> (u64, u64, String) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("[server]\nmax_connections = {max_connections}\n"),
+    );
+    let mut cmd = Command::new(server_bin());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut r = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            r.rlim_cur = 256;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = ChildServer(cmd.spawn().expect("spawn server"));
+    let pid_file = dir.path().join("data").join("server.pid");
+    wait_for("the server's pid file", || {
+        read_pid_file(&pid_file).is_some_and(|(pid, _)| pid == child.id())
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut numbers = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    let (soft, hard) = (numbers.next().unwrap(), numbers.next().unwrap());
+    signal(child.id(), libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    (soft, hard, log)
+}
+
+#[test]
+fn the_open_file_limit_is_raised_to_what_max_connections_needs() {
+    let hard = wxchat::net::fd_limit::current().unwrap().hard;
+    let wanted = 1000 + wxchat::net::fd_limit::RESERVED;
+    assert!(
+        hard > 256,
+        "this machine's hard limit ({hard}) leaves nothing to test"
+    );
+    let (soft, got_hard, log) = limits_of_a_server_started_low(1000);
+    assert_eq!(got_hard, hard, "the hard limit is left alone");
+    assert_eq!(soft, wanted.min(hard), "{log}");
+    assert!(!log.contains("open-file limit is"), "{log}");
+}
+
+#[test]
+fn a_hard_limit_below_max_connections_is_reported() {
+    let hard = wxchat::net::fd_limit::current().unwrap().hard;
+    // More connections than any hard limit allows.
+    let (soft, _, log) = limits_of_a_server_started_low(1 << 40);
+    assert_eq!(soft, hard, "the soft limit goes as far as the hard one");
+    assert!(
+        log.contains("open-file limit is") && log.contains("LimitNOFILE"),
+        "{log}"
+    );
+}

@@ -6,6 +6,7 @@
 //! ([`reactor`]) is the real backend; [`memory`] drives a handler deterministically in unit tests.
 //! Chat code depends only on this module's types, so another backend would not touch it.
 
+pub mod fd_limit;
 pub mod memory;
 pub mod outqueue;
 pub mod reactor;

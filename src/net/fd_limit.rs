@@ -1,0 +1,68 @@
+//! The process's open-file limit. Every connection is a file descriptor, and distributions start
+//! programs with a soft limit of 1,024 (the hard limit is usually far higher): left there, the
+//! server would stop accepting at about a thousand connections, whatever `max_connections` says.
+//! So at start the soft limit is raised as far as the server can use it, within the hard limit
+//! (which only the operator can raise: systemd `LimitNOFILE=`, `ulimit -Hn`).
+
+/// Descriptors wanted beyond the client connections: listeners, the database file and its WAL,
+/// pooled MySQL and Redis connections, the log, outbound HTTPS calls.
+pub const RESERVED: u64 = 1024;
+
+/// The limits in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The current limits.
+pub fn current() -> std::io::Result<Limits> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Limits {
+        soft: r.rlim_cur,
+        hard: r.rlim_max,
+    })
+}
+
+/// Raises the soft limit to `wanted`, or to the hard limit when that is lower; never lowers it.
+/// Returns the limits in force afterwards.
+pub fn raise_to(wanted: u64) -> std::io::Result<Limits> {
+    let now = current()?;
+    let target = wanted.min(now.hard);
+    if now.soft >= target {
+        return Ok(now);
+    }
+    let r = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: now.hard,
+    };
+    // SAFETY: setrlimit reads one rlimit we own; a soft limit within the hard one needs no
+    // privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    current()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only what cannot disturb other tests in this process: asking for no more than the soft
+    /// limit changes nothing. (Raising is tested on the binary, in tests/cli.rs.)
+    #[test]
+    fn asking_for_less_than_the_soft_limit_changes_nothing() {
+        let before = current().unwrap();
+        assert!(before.soft <= before.hard);
+        assert_eq!(raise_to(before.soft.saturating_sub(1)).unwrap(), before);
+        assert_eq!(raise_to(0).unwrap(), before);
+        assert_eq!(current().unwrap(), before);
+    }
+}
