@@ -139,6 +139,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Every connection is a descriptor: take all the hard limit allows (often the soft limit is
+    // 1,024, below the scenarios' connection counts).
+    if let Err(e) = wxchat::net::fd_limit::raise_to(u64::MAX) {
+        eprintln!("loadgen: cannot raise the open-file limit: {e}");
+    }
     let result = match o.scenario.as_str() {
         "echo" => echo(&o),
         "p2p" => p2p(&o),
