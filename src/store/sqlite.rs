@@ -5,7 +5,7 @@
 
 use super::*;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -61,8 +61,9 @@ struct Writer {
     /// Last seq per conversation (authoritative while the process lives: one writer).
     last_seq: HashMap<String, u64>,
     next_msg_id: Option<u64>,
-    /// (user, conversation) pairs known to have a read cursor row.
-    cursors: HashSet<(u64, String)>,
+    /// The users of each conversation known to have a read cursor row (looked up by `&str`,
+    /// without building a key per message).
+    cursors: HashMap<String, Vec<u64>>,
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -80,7 +81,7 @@ impl SqliteStore {
                 conn: Self::connect_writer(path, synchronous_full)?,
                 last_seq: HashMap::new(),
                 next_msg_id: None,
-                cursors: HashSet::new(),
+                cursors: HashMap::new(),
             })),
             checkpointer: None,
         };
@@ -419,8 +420,9 @@ impl Writer {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(unavailable)?;
         let mut out = Vec::with_capacity(batch.len());
-        // Seqs and ids handed out in this batch; kept only if the commit succeeds.
-        let mut seqs: HashMap<String, u64> = HashMap::new();
+        // Seqs and ids handed out in this batch; kept only if the commit succeeds. The batch's
+        // own bookkeeping borrows its keys from the batch: no allocation per message.
+        let mut seqs: HashMap<&str, u64> = HashMap::new();
         let mut msg_id = match *next_msg_id {
             Some(id) => id,
             None => {
@@ -431,8 +433,8 @@ impl Writer {
             }
         };
         let mut batch_dupes: HashMap<(u64, &str), usize> = HashMap::new();
-        let mut new_cursors: Vec<(u64, String)> = Vec::new();
-        let mut sender_reads: HashMap<(u64, String), u64> = HashMap::new();
+        let mut new_cursors: Vec<(u64, &str)> = Vec::new();
+        let mut sender_reads: HashMap<(u64, &str), u64> = HashMap::new();
         {
             let mut find_dup = tx
                 .prepare_cached(&format!(
@@ -468,7 +470,10 @@ impl Writer {
                         continue;
                     }
                 }
-                let prev = match seqs.get(&m.conv_id).or_else(|| last_seq.get(&m.conv_id)) {
+                let prev = match seqs
+                    .get(m.conv_id.as_str())
+                    .or_else(|| last_seq.get(&m.conv_id))
+                {
                     Some(s) => *s,
                     None => get_seq
                         .query_row(params![m.conv_id], |r| r.get::<_, i64>(0))
@@ -509,7 +514,7 @@ impl Writer {
                 if let Some(cmid) = m.client_msg_id.as_deref() {
                     batch_dupes.insert((m.from_id, cmid), out.len());
                 }
-                seqs.insert(m.conv_id.clone(), seq);
+                seqs.insert(&m.conv_id, seq);
                 msg_id += 1;
                 // Both sides of a one-to-one conversation list it from its first message on.
                 let members: &[u64] = if m.chat_type == 1 {
@@ -518,15 +523,19 @@ impl Writer {
                     &[m.from_id, m.to_id]
                 };
                 for &uid in members {
-                    let key = (uid, m.conv_id.clone());
-                    if uid != 0 && !cursors.contains(&key) {
+                    // (A second message of a new conversation in the same batch inserts again;
+                    // the row is there and the insert is ignored.)
+                    let known = cursors
+                        .get(&m.conv_id)
+                        .is_some_and(|users| users.contains(&uid));
+                    if uid != 0 && !known {
                         add_cursor
                             .execute(params![uid as i64, m.conv_id])
                             .map_err(unavailable)?;
-                        new_cursors.push(key);
+                        new_cursors.push((uid, &m.conv_id));
                     }
                 }
-                sender_reads.insert((m.from_id, m.conv_id.clone()), seq);
+                sender_reads.insert((m.from_id, &m.conv_id), seq);
                 out.push(Appended {
                     message: StoredMessage {
                         msg_id: id,
@@ -578,9 +587,21 @@ impl Writer {
             }
         }
         tx.commit().map_err(unavailable)?;
-        last_seq.extend(seqs);
+        for (conv, seq) in seqs {
+            match last_seq.get_mut(conv) {
+                Some(last) => *last = seq,
+                None => {
+                    last_seq.insert(conv.to_owned(), seq);
+                }
+            }
+        }
         *next_msg_id = Some(msg_id);
-        cursors.extend(new_cursors);
+        for (uid, conv) in new_cursors {
+            let users = cursors.entry(conv.to_owned()).or_default();
+            if !users.contains(&uid) {
+                users.push(uid);
+            }
+        }
         Ok(out)
     }
 }
