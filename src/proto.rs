@@ -3,6 +3,7 @@
 
 use crate::store::{StoreError, StoredMessage};
 use serde_json::{json, Map, Value};
+use std::fmt::Write;
 
 /// Reply codes (the `code` field). 200 is success; the others mirror HTTP's meanings.
 pub mod code {
@@ -133,10 +134,11 @@ impl Command {
 pub fn ok_raw(cmd: &str, req_id: &Option<Value>, data: &str) -> String {
     let mut s = String::with_capacity(data.len() + 64);
     s.push_str("{\"cmd\":");
-    s.push_str(&Value::from(cmd).to_string());
+    push_json_str(&mut s, cmd);
     if let Some(id) = req_id {
         s.push_str(",\"req_id\":");
-        s.push_str(&id.to_string());
+        // A string or a number (parse_command refuses anything else); Display writes JSON.
+        let _ = write!(s, "{id}");
     }
     s.push_str(",\"code\":200,\"data\":");
     s.push_str(data);
@@ -165,29 +167,33 @@ pub fn push(cmd: &str, data: &Value) -> String {
 /// A stored message as JSON (its body embedded as stored, not re-encoded).
 pub fn message_json(m: &StoredMessage) -> String {
     let mut s = String::with_capacity(m.body.len() + 160);
-    s.push_str("{\"msg_id\":");
-    s.push_str(&m.msg_id.to_string());
-    s.push_str(",\"conv_id\":");
-    s.push_str(&Value::from(m.conv_id.as_str()).to_string());
-    s.push_str(&format!(
+    write_message_json(&mut s, m);
+    s
+}
+
+/// Appends a stored message as JSON, written straight into `s` (once per message on the hot
+/// path: no intermediate strings).
+fn write_message_json(s: &mut String, m: &StoredMessage) {
+    let _ = write!(s, "{{\"msg_id\":{},\"conv_id\":", m.msg_id);
+    push_json_str(s, &m.conv_id);
+    let _ = write!(
+        s,
         ",\"seq\":{},\"chat_type\":{},\"from_id\":{},\"to_id\":{},\"msg_type\":{},\"msg\":",
         m.seq, m.chat_type, m.from_id, m.to_id, m.msg_type
-    ));
+    );
     s.push_str(&m.body);
-    s.push_str(",\"time\":");
-    s.push_str(&m.created_at.to_string());
-    s.push('}');
-    s
+    let _ = write!(s, ",\"time\":{}}}", m.created_at);
 }
 
 /// A JSON array of messages.
 pub fn messages_json(ms: &[StoredMessage]) -> String {
-    let mut s = String::from("[");
+    let mut s = String::with_capacity(2 + ms.iter().map(|m| m.body.len() + 161).sum::<usize>());
+    s.push('[');
     for (i, m) in ms.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&message_json(m));
+        write_message_json(&mut s, m);
     }
     s.push(']');
     s
@@ -195,12 +201,39 @@ pub fn messages_json(ms: &[StoredMessage]) -> String {
 
 /// The push every recipient of a new message gets, serialised once per message.
 pub fn message_push(m: &StoredMessage) -> String {
-    let body = message_json(m);
-    let mut s = String::with_capacity(body.len() + 24);
+    let mut s = String::with_capacity(m.body.len() + 184);
     s.push_str("{\"cmd\":\"message\",\"data\":");
-    s.push_str(&body);
+    write_message_json(&mut s, m);
     s.push('}');
     s
+}
+
+/// The data of a `send` ack: `{"conv_id","duplicate","msg_id","seq","time"}` (the order
+/// serde_json's map gave it before it was written by hand).
+pub fn ack_json(m: &StoredMessage, duplicate: bool) -> String {
+    let mut s = String::with_capacity(m.conv_id.len() + 96);
+    s.push_str("{\"conv_id\":");
+    push_json_str(&mut s, &m.conv_id);
+    let _ = write!(
+        s,
+        ",\"duplicate\":{duplicate},\"msg_id\":{},\"seq\":{},\"time\":{}}}",
+        m.msg_id, m.seq, m.created_at
+    );
+    s
+}
+
+/// Appends `v` as a JSON string. Ids and command names need no escaping, and are copied as
+/// they are; anything else goes through serde_json.
+fn push_json_str(s: &mut String, v: &str) {
+    if v.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        s.push('"');
+        s.push_str(v);
+        s.push('"');
+    } else {
+        let _ = write!(s, "{}", Value::from(v));
+    }
 }
 
 /// Chat types (online_chat's numbering).
@@ -411,6 +444,59 @@ mod tests {
     use super::*;
 
     const L: BodyLimits = BodyLimits { max_text_bytes: 10 };
+
+    fn stored(conv_id: &str, body: &str) -> StoredMessage {
+        StoredMessage {
+            msg_id: 9_007_199_254_740_993,
+            conv_id: conv_id.into(),
+            seq: 42,
+            chat_type: 1,
+            from_id: 7,
+            to_id: u64::MAX,
+            msg_type: 3,
+            body: body.into(),
+            created_at: -5,
+        }
+    }
+
+    /// The hand-written encoders say exactly what serde_json says, escapes included.
+    #[test]
+    fn hand_written_message_ack_and_reply_json_match_serde_json() {
+        for conv in ["p_1_2", "g_\"x\\y\u{1}", "会话_\u{7f}", ""] {
+            let m = stored(conv, r#"{"content":"hi \"there\""}"#);
+            let expected = json!({
+                "msg_id": m.msg_id, "conv_id": m.conv_id, "seq": m.seq,
+                "chat_type": m.chat_type, "from_id": m.from_id, "to_id": m.to_id,
+                "msg_type": m.msg_type, "msg": {"content": "hi \"there\""},
+                "time": m.created_at,
+            });
+            let got: Value = serde_json::from_str(&message_json(&m)).unwrap();
+            assert_eq!(got, expected);
+            let push: Value = serde_json::from_str(&message_push(&m)).unwrap();
+            assert_eq!(push, json!({"cmd": "message", "data": expected}));
+            let list: Value =
+                serde_json::from_str(&messages_json(&[m.clone(), m.clone()])).unwrap();
+            assert_eq!(list, json!([expected, expected]));
+            for duplicate in [false, true] {
+                let ack = json!({ "msg_id": m.msg_id, "conv_id": m.conv_id, "seq": m.seq,
+                                  "time": m.created_at, "duplicate": duplicate });
+                // Byte for byte what serde_json's map printed, key order included.
+                assert_eq!(ack_json(&m, duplicate), ack.to_string());
+            }
+            let mut s = String::new();
+            push_json_str(&mut s, conv);
+            assert_eq!(s, Value::from(conv).to_string());
+        }
+        assert_eq!(messages_json(&[]), "[]");
+        for id in [None, Some(json!(7)), Some(json!("r-\"1\""))] {
+            let mut expected = json!({"cmd": "se\"nd", "code": 200, "data": {"a": 1}});
+            if let Some(id) = &id {
+                expected["req_id"] = id.clone();
+            }
+            let got: Value = serde_json::from_str(&ok_raw("se\"nd", &id, r#"{"a":1}"#)).unwrap();
+            assert_eq!(got, expected);
+        }
+    }
 
     #[test]
     fn commands_parse_and_replies_echo_req_id() {

@@ -651,8 +651,8 @@ fn cmd_send(
         _ => return Err(bad("client_msg_id must be a string of 1-64 bytes")),
     };
     let mt = u8::try_from(mt).map_err(|_| bad("unknown msg_type"))?;
-    let msg = cmd.fields.get("msg").cloned().unwrap_or(Value::Null);
-    let body = proto::validate_body(mt, &msg, &app.chat.body_limits)?;
+    let msg = cmd.fields.get("msg").unwrap_or(&Value::Null);
+    let body = proto::validate_body(mt, msg, &app.chat.body_limits)?;
     let base = NewMessage {
         conv_id: String::new(),
         chat_type: 0,
@@ -861,7 +861,7 @@ fn acked(
         }
     };
     if let Some(p) = p {
-        p.reply_ok(ctx, &ack_data(&a.message, a.duplicate));
+        p.reply_raw(ctx, &proto::ack_json(&a.message, a.duplicate));
         METRICS
             .ack_seconds
             .observe_duration(ctx.now().saturating_duration_since(p.at));
