@@ -31,11 +31,21 @@ pub fn current() -> std::io::Result<Limits> {
     })
 }
 
-/// Raises the soft limit to `wanted`, or to the hard limit when that is lower; never lowers it.
-/// Returns the limits in force afterwards.
+/// The highest soft limit this process can set: the hard limit, and never above the kernel's
+/// `fs.nr_open` (a hard limit of "unlimited" still stops there).
+pub fn ceiling() -> std::io::Result<u64> {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    Ok(current()?.hard.min(nr_open))
+}
+
+/// Raises the soft limit to `wanted`, or as far as `ceiling()` allows when that is lower; never
+/// lowers it. Returns the limits in force afterwards.
 pub fn raise_to(wanted: u64) -> std::io::Result<Limits> {
     let now = current()?;
-    let target = wanted.min(now.hard);
+    let target = wanted.min(ceiling()?);
     if now.soft >= target {
         return Ok(now);
     }
@@ -61,6 +71,7 @@ mod tests {
     fn asking_for_less_than_the_soft_limit_changes_nothing() {
         let before = current().unwrap();
         assert!(before.soft <= before.hard);
+        assert!(ceiling().unwrap() <= before.hard && ceiling().unwrap() >= before.soft);
         assert_eq!(raise_to(before.soft.saturating_sub(1)).unwrap(), before);
         assert_eq!(raise_to(0).unwrap(), before);
         assert_eq!(current().unwrap(), before);

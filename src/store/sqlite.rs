@@ -145,11 +145,8 @@ impl SqliteStore {
                     std::thread::sleep(rest.max(CHECKPOINT_MIN_GAP));
                 }
                 // Last one on a clean shutdown, so the WAL left behind is small.
-                let _ = (checkpointer.conn).query_row(
-                    "PRAGMA wal_checkpoint(TRUNCATE)",
-                    [],
-                    |_| Ok(()),
-                );
+                let truncate = "PRAGMA wal_checkpoint(TRUNCATE)";
+                let _ = checkpointer.conn.query_row(truncate, [], |_| Ok(()));
             })
             .map_err(|e| StoreError::unavailable(format!("checkpoint thread: {e}")))?;
         Ok(wake)
