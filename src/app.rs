@@ -829,6 +829,15 @@ impl App {
     }
 }
 
+impl Drop for App {
+    /// Every queued message is committed, then the store is closed (nothing else writes by
+    /// then: the reactor has stopped, and graceful shutdown waited for in-flight jobs).
+    fn drop(&mut self) {
+        self.persister.finish();
+        self.backends.store.close();
+    }
+}
+
 impl Handler for App {
     type Completion = Completion;
 

@@ -110,6 +110,9 @@ impl Server {
         let result = reactor
             .run(&mut app)
             .map_err(|e| format!("event loop failed: {e}"));
+        // The last commits and the store's close happen while the pid file still says a server
+        // owns this data directory.
+        drop(app);
         if let Some(lock) = pid_lock {
             lock.remove();
         }

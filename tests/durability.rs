@@ -173,3 +173,63 @@ fn survives_kill_9(backend_toml: &str) {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+/// After a clean stop the database file alone holds every acknowledged message: the WAL has
+/// been folded into it, so copying that one file is a complete backup.
+#[test]
+fn a_clean_stop_leaves_every_message_in_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[api]\nkey = \"k\"\n[chat]\nmax_msgs_per_sec = 0\n",
+    );
+    let data = dir.path().join("data");
+    let (mut child, addr) = spawn_foreground(&config, &data);
+    let a = api(addr, "user", json!({"app_uid": "a"}));
+    let b = api(addr, "user", json!({"app_uid": "b"}));
+    let (a_uid, b_uid) = (a["uid"].as_u64().unwrap(), b["uid"].as_u64().unwrap());
+    api(
+        addr,
+        "friend_add",
+        json!({"uid": a_uid, "friend_id": b_uid}),
+    );
+    let mut c = WsClient::connect(addr, &format!("/ws?token={}", a["token"].as_str().unwrap()));
+    assert_eq!(c.recv_json()["code"], 200);
+    // In windows of 50, under the per-connection limit of requests in flight.
+    let sent = 300u64;
+    for window in 0..sent / 50 {
+        for n in window * 50..(window + 1) * 50 {
+            c.send_text(
+                &json!({"cmd":"send","req_id":n,"chat_type":0,"to_id":b_uid,"msg_type":0,
+                        "msg":format!("m{n}"),"client_msg_id":format!("c{n}")})
+                .to_string(),
+            );
+        }
+        let mut acked = 0;
+        while acked < 50 {
+            let v = c.recv_json();
+            if v["cmd"] == "send" {
+                assert_eq!(v["code"], 200, "{v}");
+                acked += 1;
+            }
+        }
+    }
+    drop(c);
+    // SAFETY: SIGTERM to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+
+    let wal = data.join("wxchat.db-wal");
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(wal_len, 0, "the log is empty after a clean stop");
+    let copy = dir.path().join("backup.db");
+    std::fs::copy(data.join("wxchat.db"), &copy).unwrap();
+    let db = rusqlite::Connection::open(&copy).unwrap();
+    let stored: i64 = db
+        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        stored as u64, sent,
+        "the database file alone holds every message"
+    );
+}

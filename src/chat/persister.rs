@@ -89,13 +89,19 @@ impl<C: Send + 'static> Persister<C> {
     }
 }
 
-impl<C> Drop for Persister<C> {
-    /// Writes everything queued, then stops.
-    fn drop(&mut self) {
+impl<C> Persister<C> {
+    /// Writes everything queued, then stops; later submits are refused (Busy).
+    pub fn finish(&mut self) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl<C> Drop for Persister<C> {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

@@ -260,6 +260,11 @@ pub trait Store: Send + Sync + 'static {
     /// Appends messages in one transaction: assigns each conversation's next seqs and message
     /// ids, returns the stored original for a repeated (from_id, client_msg_id). All or nothing.
     fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>>;
+
+    /// A clean shutdown, after the persister's last commit: leave the data complete in its
+    /// main files (the embedded store folds its WAL into the database file, so a copy of that
+    /// one file is a full backup). The store may still be used afterwards.
+    fn close(&self) {}
     /// Messages with seq > after_seq, oldest first.
     fn sync(&self, conv_id: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<StoredMessage>>;
     /// Messages with seq < before_seq (0 = from the newest), newest first.

@@ -1313,6 +1313,22 @@ impl Store for SqliteStore {
         result
     }
 
+    /// Folds the whole WAL into the database file and empties it: after a clean stop the `.db`
+    /// file alone holds everything (a backup may copy just that file), and the next start has no
+    /// log to read.
+    fn close(&self) {
+        let w = self.lock_writer();
+        match w
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+            Ok(0) => {}
+            Ok(_) => log::warn!("store: the sqlite log could not be emptied (a reader was busy)"),
+            Err(e) => log::warn!("store: final sqlite checkpoint failed: {e}"),
+        }
+    }
+
     fn sync(&self, conv_id: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<StoredMessage>> {
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(&format!(
