@@ -204,7 +204,7 @@ fn utf8(r: &Runner) {
 }
 
 fn commands(r: &Runner) {
-    let send = r#"{"cmd":"send","req_id":1234,"chat_type":0,"to":100023,"msg_type":0,"client_msg_id":"c-8f1e2a","msg":{"text":"明天下午三点开会，记得带上报告"}}"#;
+    let send = r#"{"cmd":"send","req_id":1234,"chat_type":0,"to_id":100023,"msg_type":0,"client_msg_id":"c-8f1e2a","msg":{"text":"明天下午三点开会，记得带上报告"}}"#;
     r.bench(
         "command decode send (text msg)",
         1,
@@ -212,7 +212,17 @@ fn commands(r: &Runner) {
         || {
             let c = wxchat::proto::parse_command(black_box(send)).expect("command");
             assert_eq!(c.cmd, "send");
-            black_box(c.u64("to").expect("to"));
+            black_box(c.u64("to_id").expect("to_id"));
+        },
+    );
+    r.bench(
+        "typed send decode (the hot path)",
+        1,
+        send.len() as u64,
+        || {
+            let (_, args) = wxchat::proto::parse_send(black_box(send)).expect("a plain send");
+            assert_eq!(args.to_id, 100_023);
+            black_box(args);
         },
     );
     let sync = r#"{"cmd":"sync","req_id":"r7","conv_id":"p_100_100023","after_seq":4711}"#;

@@ -18,7 +18,7 @@ use crate::cluster::bus::{Envelope, Target};
 use crate::config::Config;
 use crate::http::Request;
 use crate::net::{ConnId, Ctx, Frame, Message, TimerId};
-use crate::proto::{self, chat_type, close, code, Command, ConvRef};
+use crate::proto::{self, chat_type, close, code, Command, ConvRef, SendArgs};
 use crate::store::{self, Appended, Backends, NewMessage, Profile, StoreError, StoreResult};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -429,6 +429,22 @@ pub fn on_message(
     conn: ConnId,
     message: Message<'_>,
 ) {
+    // The hot command first: a plain `send` skips the general decoder's map of every field.
+    if let Message::Text(text) = &message {
+        if let Some((req_id, args)) = proto::parse_send(text) {
+            let p = Pending {
+                conn,
+                cmd: "send".into(),
+                req_id,
+                at: ctx.now(),
+            };
+            if let Some(uid) = admit(app, ctx, &p) {
+                let result = cmd_send(app, ctx, &p, uid, SendInput::Decoded(args));
+                p.reply_if_err(ctx, result);
+            }
+            return;
+        }
+    }
     let Some(cmd) = crate::app::command_of(ctx, conn, message) else {
         return;
     };
@@ -449,27 +465,11 @@ pub fn on_message(
         }
         return;
     }
-    let Some(session) = app.chat.sessions.get_mut(&conn) else {
+    let Some(uid) = admit(app, ctx, &p) else {
         return;
     };
-    let Some(uid) = session.uid else {
-        p.reply_err(ctx, code::UNAUTHORIZED, "authenticate first");
-        return;
-    };
-    if session.visitor && !VISITOR_COMMANDS.contains(&cmd.cmd.as_str()) {
-        p.reply_err(
-            ctx,
-            code::FORBIDDEN,
-            "visitors may only use customer service: log in first",
-        );
-        return;
-    }
-    if session.pending >= app.config.chat.max_pending_per_conn {
-        p.reply_err(ctx, code::UNAVAILABLE, "too many requests in flight, retry");
-        return;
-    }
     let result = match cmd.cmd.as_str() {
-        "send" => cmd_send(app, ctx, &p, uid, &cmd),
+        "send" => cmd_send(app, ctx, &p, uid, SendInput::Command(&cmd)),
         "sync" => cmd_page(app, ctx, &p, uid, &cmd, true),
         "history" => cmd_page(app, ctx, &p, uid, &cmd, false),
         "conversations" => cmd_conversations(app, ctx, &p, uid),
@@ -498,6 +498,29 @@ pub fn on_message(
 }
 
 type CmdResult = Result<(), (u16, String)>;
+
+/// The checks every command after `auth` passes: an authenticated session, a command visitors
+/// may use, room for one more request in flight. Returns the user, or None once refused.
+fn admit(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending) -> Option<u64> {
+    let session = app.chat.sessions.get_mut(&p.conn)?;
+    let Some(uid) = session.uid else {
+        p.reply_err(ctx, code::UNAUTHORIZED, "authenticate first");
+        return None;
+    };
+    if session.visitor && !VISITOR_COMMANDS.contains(&p.cmd.as_str()) {
+        p.reply_err(
+            ctx,
+            code::FORBIDDEN,
+            "visitors may only use customer service: log in first",
+        );
+        return None;
+    }
+    if session.pending >= app.config.chat.max_pending_per_conn {
+        p.reply_err(ctx, code::UNAVAILABLE, "too many requests in flight, retry");
+        return None;
+    }
+    Some(uid)
+}
 
 /// What an anonymous visitor may do (besides `ping` and `auth`).
 const VISITOR_COMMANDS: &[&str] = &[
@@ -610,12 +633,55 @@ fn with_conv_access(
     }
 }
 
+/// Where a send's fields come from.
+enum SendInput<'a> {
+    /// The hot path's typed decode (`proto::parse_send`): every field present and well-formed.
+    Decoded(SendArgs),
+    /// The general decoder's command, whose fields are checked here.
+    Command(&'a Command),
+}
+
+/// A general command's send fields, checked in the order their errors are reported.
+fn send_args(app: &App, p: &Pending, cmd: &Command) -> Result<SendArgs, (u16, String)> {
+    let chat_type = cmd.u64("chat_type").map_err(bad)?;
+    refuse_visitor(app, p, chat_type)?;
+    let to_id = cmd.u64("to_id").map_err(bad)?;
+    let msg_type = cmd.u64("msg_type").map_err(bad)?;
+    let client_msg_id = match cmd.fields.get("client_msg_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => return Err(bad("client_msg_id must be a string of 1-64 bytes")),
+    };
+    let msg = cmd.fields.get("msg").cloned().unwrap_or(Value::Null);
+    Ok(SendArgs {
+        chat_type,
+        to_id,
+        msg_type,
+        client_msg_id,
+        msg,
+    })
+}
+
+/// Visitors write to customer service only.
+fn refuse_visitor(app: &App, p: &Pending, chat_type: u64) -> CmdResult {
+    if chat_type != u64::from(chat_type::SERVICE)
+        && app.chat.sessions.get(&p.conn).is_some_and(|s| s.visitor)
+    {
+        return Err((
+            code::FORBIDDEN,
+            "visitors may only write to customer service (chat_type 2)".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn cmd_send(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
     uid: u64,
-    cmd: &Command,
+    input: SendInput<'_>,
 ) -> CmdResult {
     // Rate limit per connection, one-second windows.
     let limit = app.config.chat.max_msgs_per_sec;
@@ -633,26 +699,16 @@ fn cmd_send(
             ));
         }
     }
-    let ct = cmd.u64("chat_type").map_err(bad)?;
-    if ct != u64::from(chat_type::SERVICE)
-        && app.chat.sessions.get(&p.conn).is_some_and(|s| s.visitor)
-    {
-        return Err((
-            code::FORBIDDEN,
-            "visitors may only write to customer service (chat_type 2)".into(),
-        ));
-    }
-    let to_id = cmd.u64("to_id").map_err(bad)?;
-    let mt = cmd.u64("msg_type").map_err(bad)?;
-    let client_msg_id = match cmd.fields.get("client_msg_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => return Err(bad("client_msg_id must be a string of 1-64 bytes")),
+    let args = match input {
+        SendInput::Decoded(args) => {
+            refuse_visitor(app, p, args.chat_type)?;
+            args
+        }
+        SendInput::Command(cmd) => send_args(app, p, cmd)?,
     };
-    let mt = u8::try_from(mt).map_err(|_| bad("unknown msg_type"))?;
-    let msg = cmd.fields.get("msg").unwrap_or(&Value::Null);
-    let body = proto::validate_body(mt, msg, &app.chat.body_limits)?;
+    let (ct, to_id, client_msg_id) = (args.chat_type, args.to_id, args.client_msg_id);
+    let mt = u8::try_from(args.msg_type).map_err(|_| bad("unknown msg_type"))?;
+    let body = proto::validate_body(mt, &args.msg, &app.chat.body_limits)?;
     let base = NewMessage {
         conv_id: String::new(),
         chat_type: 0,
