@@ -71,16 +71,32 @@ pub fn parse_command(text: &str) -> Result<Command, &'static str> {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => s,
         _ => return Err("missing \"cmd\""),
     };
-    let req_id = match fields.remove("req_id") {
-        None | Some(Value::Null) => None,
-        Some(v @ (Value::String(_) | Value::Number(_))) => Some(v),
-        Some(_) => return Err("\"req_id\" must be a string or a number"),
-    };
+    let req_id = req_id_of(fields.remove("req_id"))?;
     Ok(Command {
         cmd,
         req_id,
         fields,
     })
+}
+
+/// `req_id` as both decoders read it: absent or null is none; a string or a number is echoed.
+fn req_id_of(v: Option<Value>) -> Result<Option<Value>, &'static str> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ (Value::String(_) | Value::Number(_))) => Ok(Some(v)),
+        Some(_) => Err("\"req_id\" must be a string or a number"),
+    }
+}
+
+/// A send's `client_msg_id` as both decoders read it: absent or null is none; a string of 1-64
+/// bytes, or a number (as its text).
+pub fn client_msg_id_of(v: Option<Value>) -> Result<Option<String>, &'static str> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err("client_msg_id must be a string of 1-64 bytes"),
+    }
 }
 
 /// The fields of a `send`.
@@ -140,24 +156,13 @@ pub fn parse_send(text: &str) -> Option<(Option<Value>, SendArgs)> {
     if f.cmd != "send" {
         return None;
     }
-    let req_id = match f.req_id {
-        None => None,
-        Some(v @ (Value::String(_) | Value::Number(_))) => Some(v),
-        Some(_) => return None,
-    };
-    let client_msg_id = match f.client_msg_id {
-        None => None,
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => Some(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => return None,
-    };
     Some((
-        req_id,
+        req_id_of(f.req_id).ok()?,
         SendArgs {
             chat_type: f.chat_type?.0,
             to_id: f.to_id?.0,
             msg_type: f.msg_type?.0,
-            client_msg_id,
+            client_msg_id: client_msg_id_of(f.client_msg_id).ok()?,
             msg: f.msg.unwrap_or(Value::Null),
         },
     ))
@@ -546,12 +551,7 @@ mod tests {
         if c.cmd != "send" {
             return None;
         }
-        let client_msg_id = match c.fields.get("client_msg_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => return None,
-        };
+        let client_msg_id = client_msg_id_of(c.fields.get("client_msg_id").cloned()).ok()?;
         let args = SendArgs {
             chat_type: c.u64("chat_type").ok()?,
             to_id: c.u64("to_id").ok()?,

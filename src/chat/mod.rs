@@ -647,12 +647,8 @@ fn send_args(app: &App, p: &Pending, cmd: &Command) -> Result<SendArgs, (u16, St
     refuse_visitor(app, p, chat_type)?;
     let to_id = cmd.u64("to_id").map_err(bad)?;
     let msg_type = cmd.u64("msg_type").map_err(bad)?;
-    let client_msg_id = match cmd.fields.get("client_msg_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => return Err(bad("client_msg_id must be a string of 1-64 bytes")),
-    };
+    let client_msg_id =
+        proto::client_msg_id_of(cmd.fields.get("client_msg_id").cloned()).map_err(bad)?;
     let msg = cmd.fields.get("msg").cloned().unwrap_or(Value::Null);
     Ok(SendArgs {
         chat_type,

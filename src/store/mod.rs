@@ -265,6 +265,7 @@ pub trait Store: Send + Sync + 'static {
     /// main files (the embedded store folds its WAL into the database file, so a copy of that
     /// one file is a full backup). The store may still be used afterwards.
     fn close(&self) {}
+
     /// Messages with seq > after_seq, oldest first.
     fn sync(&self, conv_id: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<StoredMessage>>;
     /// Messages with seq < before_seq (0 = from the newest), newest first.
