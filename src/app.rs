@@ -78,6 +78,7 @@ enum Route {
     Upload,
     File,
     Me,
+    UpdateMe,
     Logout,
     WxLogin,
     WxDecrypt,
@@ -153,6 +154,7 @@ impl App {
         routes.add("POST", "/api/upload", Route::Upload);
         routes.add("GET", "/files/{name}", Route::File);
         routes.add("GET", "/api/me", Route::Me);
+        routes.add("POST", "/api/me", Route::UpdateMe);
         routes.add("POST", "/api/logout", Route::Logout);
         routes.add("POST", "/api/wx/login", Route::WxLogin);
         routes.add("POST", "/api/wx/decrypt", Route::WxDecrypt);
@@ -357,14 +359,24 @@ impl App {
         )
     }
 
-    /// The online_chat-compatible signed login.
+    /// The online_chat-compatible signed login (protocol-spec 3.1).
     fn do_login(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) -> Reply {
         let params = match req.body_params() {
             Ok(p) => p,
             Err(why) => return Reply::Now(api_error(code::BAD_REQUEST, why)),
         };
+        // PHP keeps the last of a repeated form field, this layer the first: a signed field
+        // given twice could be read one way and signed the other, so it is refused.
+        for field in auth::DOLOGIN_SIGNED_FIELDS.iter().chain(&["sign"]) {
+            if params.iter().filter(|(k, _)| k == field).count() > 1 {
+                return Reply::Now(api_error(
+                    code::BAD_REQUEST,
+                    &format!("field {field} given more than once"),
+                ));
+            }
+        }
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        let Some(sign) = get("sign") else {
+        let Some(sign) = get("sign").map(str::to_ascii_lowercase) else {
             return Reply::Now(api_error(code::BAD_REQUEST, "missing field: sign"));
         };
         for field in ["app_uid", "time"] {
@@ -375,14 +387,9 @@ impl App {
                 ));
             }
         }
-        let unsigned: Vec<(String, String)> = params
-            .iter()
-            .filter(|(k, _)| k != "sign")
-            .cloned()
-            .collect();
-        let expected = auth::dologin_sign(&unsigned, &self.secrets.sign_key);
+        let expected = auth::dologin_sign(&params, &self.secrets.sign_key);
         let limiter = self.login_limiter(ctx, conn, req);
-        if !auth::constant_time_eq(expected.as_bytes(), sign.to_ascii_lowercase().as_bytes()) {
+        if !auth::constant_time_eq(expected.as_bytes(), sign.as_bytes()) {
             let Some(limiter) = limiter else {
                 return Reply::Now(api_error(code::UNAUTHORIZED, "bad sign"));
             };
@@ -405,22 +412,18 @@ impl App {
             };
         }
         let now_s = store::now_ms() / 1000;
+        let window = self.config.auth.time_window_s;
         match get("time").and_then(|t| t.parse::<i64>().ok()) {
-            Some(t) if (now_s - t).unsigned_abs() <= self.config.auth.time_window_s => {}
+            Some(t) if (now_s - t).unsigned_abs() <= window => {}
             Some(_) => {
                 return Reply::Now(api_error(code::UNAUTHORIZED, "stale time: check the clock"))
             }
             None => return Reply::Now(api_error(code::BAD_REQUEST, "time must be Unix seconds")),
         }
         let user_type = match get("user_type").filter(|s| !s.is_empty()) {
-            Some(t) => match t.parse::<i64>() {
-                Ok(v @ 0..=2) => Some(v),
-                _ => {
-                    return Reply::Now(api_error(
-                        code::BAD_REQUEST,
-                        "user_type must be 0 (user), 1 (agent) or 2 (consultant)",
-                    ))
-                }
+            Some(t) => match crate::profile::user_type(t) {
+                Ok(v) => Some(v),
+                Err(why) => return Reply::Now(api_error(code::BAD_REQUEST, &why)),
             },
             None => None,
         };
@@ -428,10 +431,9 @@ impl App {
         if app_uid.len() > 64 {
             return Reply::Now(api_error(code::BAD_REQUEST, "app_uid over 64 bytes"));
         }
-        let profile = Profile {
-            name: get("name").map(String::from),
-            head_img: get("head_img").map(String::from),
-            user_type,
+        let profile = match profile_of(get("name"), get("head_img"), user_type) {
+            Ok(p) => p,
+            Err(why) => return Reply::Now(api_error(code::BAD_REQUEST, &why)),
         };
         let visitor_token = get("visitor_token")
             .filter(|t| !t.is_empty())
@@ -442,7 +444,24 @@ impl App {
         {
             return Reply::Now(api_error(code::BAD_REQUEST, "malformed visitor_token"));
         }
-        self.issue_token_for(ctx, conn, app_uid, profile, limiter, visitor_token);
+        let peer = ctx.peer_addr(conn).map(|a| a.ip());
+        let login = DoLogin {
+            app_uid,
+            profile,
+            limiter,
+            visitor_token,
+            // A signature is good for its whole time window either side of `time`: remember it
+            // that long (and a second more).
+            replay: ReplayGuard {
+                key: format!("dologin_sign:{sign}"),
+                ttl: std::time::Duration::from_secs(window.saturating_mul(2).saturating_add(1)),
+            },
+            is_mobile: crate::http::is_mobile(req.header_str("user-agent")),
+            secure_cookie: peer.is_some_and(|ip| {
+                crate::http::came_over_tls(ip, req, &self.config.http.trusted_proxies)
+            }),
+        };
+        self.issue_token_for(ctx, conn, login);
         Reply::Later
     }
 
@@ -469,54 +488,80 @@ impl App {
         })
     }
 
-    /// doLogin: creates or updates the user and answers with a new token, after converting the
-    /// visitor whose `visitor_token` came along (the outcome is in `data.visitor`).
-    fn issue_token_for(
-        &mut self,
-        ctx: &mut dyn Ctx<Completion>,
-        conn: ConnId,
-        app_uid: String,
-        profile: Profile,
-        limiter: Option<LoginLimiter>,
-        visitor_token: Option<String>,
-    ) {
+    /// doLogin: refuses a replayed signature, creates or updates the user and answers with a
+    /// new token (and the token cookie), after converting the visitor whose `visitor_token`
+    /// came along (the outcome is in `data.visitor`).
+    fn issue_token_for(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, login: DoLogin) {
         let ttl = self.config.auth.token_ttl_s;
-        let work = move |b: &Backends| -> Result<Value, (u16, String)> {
+        let DoLogin {
+            app_uid,
+            profile,
+            limiter,
+            visitor_token,
+            replay,
+            is_mobile,
+            secure_cookie,
+        } = login;
+        let work = move |b: &Backends| -> Result<Issued, (u16, String)> {
+            let failed = |e: StoreError| (crate::proto::store_code(&e), e.to_string());
             if let Some(l) = &limiter {
-                let failures = b
-                    .cache
-                    .peek_window(&l.key)
-                    .map_err(|e| (crate::proto::store_code(&e), e.to_string()))?;
+                let failures = b.cache.peek_window(&l.key).map_err(failed)?;
                 if failures >= l.max {
                     return Err((code::RATE_LIMITED, TOO_MANY_FAILURES.into()));
                 }
             }
-            issue_token(b, &app_uid, &profile, true, ttl)
-                .map_err(|e| (crate::proto::store_code(&e), e.to_string()))
-        };
-        let then =
-            move |app: &mut App, ctx: &mut dyn Ctx<Completion>, r: Result<Value, (u16, String)>| {
-                let logged_in = |data: &Value| {
-                    Response::json(
-                        200,
-                        &json!({ "code": 200, "msg": "login ok", "data": data }),
-                    )
-                };
-                match (r, visitor_token) {
-                    (Ok(mut data), Some(vt)) => {
-                        let uid = data["uid"].as_u64().unwrap_or_default();
-                        crate::chat::visitor::convert(app, ctx, &vt, uid, move |app, ctx, r| {
-                            data["visitor"] = match r {
-                                Ok(v) => v,
-                                Err((c, m)) => json!({ "code": c, "msg": m }),
-                            };
-                            app.respond_login(ctx, conn, "dologin", logged_in(&data));
-                        });
-                    }
-                    (Ok(data), None) => app.respond_login(ctx, conn, "dologin", logged_in(&data)),
-                    (Err((c, m)), _) => app.respond_login(ctx, conn, "dologin", api_error(c, &m)),
-                }
+            // First use of this signature wins (SET NX in Redis, so across processes).
+            let Some(claim) = b.cache.try_lock(&replay.key, replay.ttl).map_err(failed)? else {
+                return Err((
+                    code::UNAUTHORIZED,
+                    "sign already used: sign each login afresh".into(),
+                ));
             };
+            issue_token(b, &app_uid, &profile, true, ttl).map_err(|e| {
+                // Nothing was issued: the same signed request may be retried.
+                let _ = b.cache.unlock(&replay.key, &claim);
+                failed(e)
+            })
+        };
+        let then = move |app: &mut App,
+                         ctx: &mut dyn Ctx<Completion>,
+                         r: Result<Issued, (u16, String)>| {
+            let logged_in = move |data: &Value| {
+                let mut resp = Response::json(
+                    200,
+                    &json!({ "code": 200, "msg": "login ok", "data": data }),
+                );
+                if let Some(token) = data["token"].as_str() {
+                    resp = resp.with_header("Set-Cookie", &token_cookie(token, ttl, secure_cookie));
+                }
+                resp
+            };
+            let Issued {
+                mut data,
+                user,
+                profile_changed,
+            } = match r {
+                Ok(issued) => issued,
+                Err((c, m)) => return app.respond_login(ctx, conn, "dologin", api_error(c, &m)),
+            };
+            data["is_mobile"] = json!(u8::from(is_mobile));
+            if profile_changed {
+                crate::chat::profile::changed(app, ctx, &user);
+            }
+            match visitor_token {
+                Some(vt) => {
+                    let uid = user.uid;
+                    crate::chat::visitor::convert(app, ctx, &vt, uid, move |app, ctx, r| {
+                        data["visitor"] = match r {
+                            Ok(v) => v,
+                            Err((c, m)) => json!({ "code": c, "msg": m }),
+                        };
+                        app.respond_login(ctx, conn, "dologin", logged_in(&data));
+                    });
+                }
+                None => app.respond_login(ctx, conn, "dologin", logged_in(&data)),
+            }
+        };
         if !self.job(ctx, work, then) {
             self.respond_login(
                 ctx,
@@ -680,23 +725,103 @@ impl App {
     }
 }
 
-/// Creates or updates the user with this business id and issues a token:
-/// `{"uid","token","expires_in","is_new"}` (doLogin and the server API's `user`).
+/// A token just issued: the reply's `data` (`{"uid","token","expires_in","is_new"}`), the user,
+/// and whether the login changed their name or avatar (their contacts are then told).
+pub struct Issued {
+    pub data: Value,
+    pub user: crate::store::User,
+    pub profile_changed: bool,
+}
+
+/// Creates or updates the user with this business id and issues a token (doLogin and the
+/// server API's `user`). The name and avatar are set apart from the upsert, so that a change
+/// is known and can be pushed.
 pub fn issue_token(
     b: &Backends,
     app_uid: &str,
     profile: &Profile,
     login: bool,
     ttl_s: u64,
-) -> Result<Value, StoreError> {
+) -> Result<Issued, StoreError> {
     let token = auth::new_token().map_err(StoreError::Unavailable)?;
-    let (user, created) = b.upsert_app_user(app_uid, profile, login)?;
+    let kind = Profile {
+        user_type: profile.user_type,
+        ..Profile::default()
+    };
+    let (mut user, created) = b.upsert_app_user(app_uid, &kind, login)?;
+    let mut profile_changed = false;
+    if profile.name.is_some() || profile.head_img.is_some() {
+        if let Some((after, changed)) = b.update_profile(
+            user.uid,
+            profile.name.as_deref(),
+            profile.head_img.as_deref(),
+        )? {
+            user = after;
+            profile_changed = changed && !created;
+        }
+    }
     b.tokens.put(&auth::token_hash(&token), user.uid, ttl_s)?;
-    Ok(json!({ "uid": user.uid, "token": token, "expires_in": ttl_s, "is_new": created }))
+    Ok(Issued {
+        data: json!({ "uid": user.uid, "token": token, "expires_in": ttl_s, "is_new": created }),
+        user,
+        profile_changed,
+    })
 }
 
-/// The token of a request: `Authorization: Bearer`, else a `token` query or form parameter.
-pub fn request_token(req: &Request) -> Option<String> {
+/// The server API's `user` by wxchat uid: sets the name and avatar given and issues a token.
+/// NotFound when there is no such user.
+pub fn issue_token_for_uid(
+    b: &Backends,
+    uid: u64,
+    profile: &Profile,
+    ttl_s: u64,
+) -> Result<Issued, StoreError> {
+    let token = auth::new_token().map_err(StoreError::Unavailable)?;
+    let (user, changed) = b
+        .update_profile(uid, profile.name.as_deref(), profile.head_img.as_deref())?
+        .ok_or(StoreError::NotFound("user"))?;
+    b.tokens.put(&auth::token_hash(&token), user.uid, ttl_s)?;
+    Ok(Issued {
+        data: json!({ "uid": user.uid, "token": token, "expires_in": ttl_s, "is_new": false }),
+        user,
+        profile_changed: changed,
+    })
+}
+
+/// `name` and `head_img` as given (None when absent), checked by the shared profile rules.
+pub fn profile_of(
+    name: Option<&str>,
+    head_img: Option<&str>,
+    user_type: Option<i64>,
+) -> Result<Profile, String> {
+    Ok(Profile {
+        name: name.map(crate::profile::name).transpose()?,
+        head_img: head_img.map(crate::profile::head_img).transpose()?,
+        user_type,
+    })
+}
+
+/// The cookie a browser that logged in through doLogin keeps its token in, so that a page on
+/// the same site opens the chat WebSocket with no token handling (protocol-spec 3.1).
+pub const TOKEN_COOKIE: &str = "wxchat_token";
+
+/// `Set-Cookie` for a token: script cannot read it (HttpOnly), other sites' pages do not send
+/// it with their requests (SameSite=Lax), and it travels over TLS only when the login did.
+fn token_cookie(token: &str, ttl_s: u64, secure: bool) -> String {
+    format!(
+        "{TOKEN_COOKIE}={token}; Path=/; Max-Age={ttl_s}; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` that removes the token cookie (logout).
+fn cleared_token_cookie() -> String {
+    format!("{TOKEN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")
+}
+
+/// The token of a request: `Authorization: Bearer`, else a `token` query or form parameter,
+/// else the doLogin cookie (see [`cookie_token`]).
+pub fn request_token(req: &Request, allowed_origins: &[String]) -> Option<String> {
     req.header_str("authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string())
@@ -709,6 +834,32 @@ pub fn request_token(req: &Request) -> Option<String> {
                 .map(|(_, v)| v)
         })
         .filter(|t| auth::token_well_formed(t))
+        .or_else(|| cookie_token(req, allowed_origins))
+}
+
+/// The token in the doLogin cookie, when the request may use it. A browser attaches cookies
+/// to requests that other sites' pages make too (cross-site WebSocket hijacking, CSRF), so the
+/// cookie counts only when the request carries no `Origin` (not a page: curl, an app), or the
+/// `Origin` is this site (its host is the `Host` the request was sent to), or `[ws]
+/// allowed_origins` lists it. SameSite=Lax already keeps the cookie off most cross-site
+/// requests; this check does not depend on the browser honouring it.
+pub fn cookie_token(req: &Request, allowed_origins: &[String]) -> Option<String> {
+    let token = req
+        .cookie(TOKEN_COOKIE)
+        .filter(|t| auth::token_well_formed(t))?;
+    let allowed = match req.header_str("origin") {
+        None => true,
+        Some(origin) => {
+            let authority = origin
+                .split_once("://")
+                .map_or("", |(_, rest)| rest.trim_end_matches('/'));
+            let same_site = req
+                .header_str("host")
+                .is_some_and(|host| !authority.is_empty() && host.eq_ignore_ascii_case(authority));
+            same_site || allowed_origins.iter().any(|o| o == origin)
+        }
+    };
+    allowed.then(|| token.to_string())
 }
 
 /// HTTP 401 in the shape mini-program front ends expect from a WeChat-style backend.
@@ -717,6 +868,25 @@ pub fn not_logged_in() -> Response {
         401,
         &json!({ "errcode": 40001, "errmsg": "user not logged in" }),
     )
+}
+
+/// A doLogin whose signature and fields were checked, on its way to a worker.
+struct DoLogin {
+    app_uid: String,
+    profile: Profile,
+    limiter: Option<LoginLimiter>,
+    visitor_token: Option<String>,
+    replay: ReplayGuard,
+    /// online_chat's `data.is_mobile`, from the User-Agent.
+    is_mobile: bool,
+    /// The login came over TLS (through a trusted proxy): the cookie gets `Secure`.
+    secure_cookie: bool,
+}
+
+/// A used signature, remembered in the shared cache for as long as it could be accepted.
+struct ReplayGuard {
+    key: String,
+    ttl: std::time::Duration,
 }
 
 /// Failed logins counted per client address (`[auth] login_failures_per_ip`).
@@ -748,6 +918,24 @@ pub fn command_of(
     conn: ConnId,
     message: Message<'_>,
 ) -> Option<crate::proto::Command> {
+    decode_with(ctx, conn, message, crate::proto::parse_command)
+}
+
+/// As [`command_of`], with the chat endpoint's decoder (which also reads online_chat's frames).
+pub fn chat_command_of(
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    message: Message<'_>,
+) -> Option<crate::proto::Command> {
+    decode_with(ctx, conn, message, crate::proto::parse_chat_command)
+}
+
+fn decode_with(
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    message: Message<'_>,
+    parse: fn(&str) -> Result<crate::proto::Command, &'static str>,
+) -> Option<crate::proto::Command> {
     let Message::Text(text) = message else {
         ctx.send_text(
             conn,
@@ -760,7 +948,7 @@ pub fn command_of(
         );
         return None;
     };
-    match crate::proto::parse_command(text) {
+    match parse(text) {
         Ok(c) => Some(c),
         Err(why) => {
             ctx.send_text(
@@ -785,7 +973,7 @@ pub fn api_ok(data: Value) -> Response {
 impl App {
     /// `GET /api/me`: the user a token belongs to.
     fn me(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) -> Reply {
-        let Some(token) = request_token(req) else {
+        let Some(token) = request_token(req, &self.config.ws.allowed_origins) else {
             return Reply::Now(not_logged_in());
         };
         let hash = auth::token_hash(&token);
@@ -807,19 +995,75 @@ impl App {
         later_or_busy(ok)
     }
 
-    /// `POST /api/logout`: revokes the token (its open WebSockets stay until they close; it
-    /// cannot authenticate again).
+    /// `POST /api/me`: the caller sets their own `name` and/or `head_img` (JSON or form); the
+    /// reply is the user afterwards, and a change is pushed to their contacts (`profile`).
+    fn update_me(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) -> Reply {
+        let Some(token) = request_token(req, &self.config.ws.allowed_origins) else {
+            return Reply::Now(not_logged_in());
+        };
+        let fields = match req.body_params() {
+            Ok(f) => f,
+            Err(why) => return Reply::Now(api_error(code::BAD_REQUEST, why)),
+        };
+        let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if get("name").is_none() && get("head_img").is_none() {
+            return Reply::Now(api_error(
+                code::BAD_REQUEST,
+                "nothing to change: send name and/or head_img",
+            ));
+        }
+        let profile = match profile_of(get("name"), get("head_img"), None) {
+            Ok(p) => p,
+            Err(why) => return Reply::Now(api_error(code::BAD_REQUEST, &why)),
+        };
+        let hash = auth::token_hash(&token);
+        let ok = self.job(
+            ctx,
+            move |b| match b.tokens.user(&hash)? {
+                Some(uid) => {
+                    b.update_profile(uid, profile.name.as_deref(), profile.head_img.as_deref())
+                }
+                None => Ok(None),
+            },
+            move |app, ctx, r| {
+                let resp = match r {
+                    Ok(Some((user, changed))) => {
+                        if changed {
+                            crate::chat::profile::changed(app, ctx, &user);
+                        }
+                        api_ok(json!(user))
+                    }
+                    Ok(None) => not_logged_in(),
+                    Err(e) => api_error(crate::proto::store_code(&e), &e.to_string()),
+                };
+                ctx.respond(conn, resp);
+            },
+        );
+        later_or_busy(ok)
+    }
+
+    /// `POST /api/logout`: revokes the token, closes the WebSockets it opened (4003, on every
+    /// process) and clears the token cookie.
     fn logout(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) -> Reply {
-        let Some(token) = request_token(req) else {
+        let Some(token) = request_token(req, &self.config.ws.allowed_origins) else {
             return Reply::Now(not_logged_in());
         };
         let hash = auth::token_hash(&token);
         let ok = self.job(
             ctx,
-            move |b| b.tokens.revoke(&hash),
-            move |_app, ctx, r| {
+            move |b| -> StoreResult<Option<u64>> {
+                let uid = b.tokens.user(&hash)?;
+                b.tokens.revoke(&hash)?;
+                Ok(uid)
+            },
+            move |app, ctx, r| {
                 let resp = match r {
-                    Ok(()) => api_ok(json!({})),
+                    Ok(uid) => {
+                        if let Some(uid) = uid {
+                            crate::chat::token_revoked(app, ctx, uid, hash);
+                        }
+                        api_ok(json!({})).with_header("Set-Cookie", &cleared_token_cookie())
+                    }
                     Err(e) => api_error(crate::proto::store_code(&e), &e.to_string()),
                 };
                 ctx.respond(conn, resp);
@@ -862,6 +1106,7 @@ impl Handler for App {
                 }
                 Route::Health => Reply::Now(self.health(ctx)),
                 Route::Me => self.me(ctx, conn, &req),
+                Route::UpdateMe => self.update_me(ctx, conn, &req),
                 Route::Logout => self.logout(ctx, conn, &req),
                 Route::WxLogin => {
                     let reply = crate::wechat::login::login(self, ctx, conn, &req);

@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod logger;
 pub mod net;
 pub mod pidfile;
+pub mod profile;
 pub mod proto;
 pub mod server;
 pub mod store;

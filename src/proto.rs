@@ -79,6 +79,30 @@ pub fn parse_command(text: &str) -> Result<Command, &'static str> {
     })
 }
 
+/// A chat frame: a command ([`parse_command`]), or online_chat's send frame, which names no
+/// `cmd`: `{"chat_type":0,"to_id":10000,"access_token":"..","msg_type":0,"msg":".."}`. An
+/// object with no `cmd` that has `chat_type`, `to_id`, `msg_type` and `msg` is a `send`.
+pub fn parse_chat_command(text: &str) -> Result<Command, &'static str> {
+    let value: Value = serde_json::from_str(text).map_err(|_| "not valid JSON")?;
+    let Value::Object(mut fields) = value else {
+        return Err("a command must be a JSON object");
+    };
+    let cmd = match fields.remove("cmd") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => s,
+        None if ONLINE_CHAT_SEND.iter().all(|k| fields.contains_key(*k)) => "send".to_string(),
+        _ => return Err("missing \"cmd\""),
+    };
+    let req_id = req_id_of(fields.remove("req_id"))?;
+    Ok(Command {
+        cmd,
+        req_id,
+        fields,
+    })
+}
+
+/// The fields that make a frame without `cmd` online_chat's send.
+const ONLINE_CHAT_SEND: &[&str] = &["chat_type", "to_id", "msg_type", "msg"];
+
 /// `req_id` as both decoders read it: absent or null is none; a string or a number is echoed.
 fn req_id_of(v: Option<Value>) -> Result<Option<Value>, &'static str> {
     match v {
@@ -122,6 +146,8 @@ struct SendFrame<'a> {
     msg_type: Option<Uint>,
     client_msg_id: Option<Value>,
     msg: Option<Value>,
+    /// online_chat's per-frame token: such a frame takes the general path, which checks it.
+    access_token: Option<serde::de::IgnoredAny>,
 }
 
 /// A non-negative integer as `Command::u64` reads one: a JSON integer, or a string of digits.
@@ -153,7 +179,7 @@ impl<'de> serde::Deserialize<'de> for Uint {
 /// decoder then answers those, with its own error messages, so this path never decides an error.
 pub fn parse_send(text: &str) -> Option<(Option<Value>, SendArgs)> {
     let f: SendFrame = serde_json::from_str(text).ok()?;
-    if f.cmd != "send" {
+    if f.cmd != "send" || f.access_token.is_some() {
         return None;
     }
     Some((
@@ -442,8 +468,18 @@ pub fn validate_body(
             Ok(Value::from(clean).to_string())
         }
         msg_type::IMAGE | msg_type::VOICE | msg_type::VIDEO | msg_type::FILE => {
-            let Some(obj) = msg.as_object() else {
-                return bad("a media message's \"msg\" is an object with a \"url\"");
+            // online_chat's form: `msg` is the URL itself, and the metadata that only the object
+            // form carries (a voice's duration, a file's name and size) is optional.
+            let from_url;
+            let (obj, plain) = match msg {
+                Value::Object(o) => (o, false),
+                Value::String(url) => {
+                    from_url = Map::from_iter([("url".to_string(), Value::from(url.as_str()))]);
+                    (&from_url, true)
+                }
+                _ => {
+                    return bad("a media message's \"msg\" is its URL or an object with a \"url\"")
+                }
             };
             let url = match obj.get("url").and_then(Value::as_str) {
                 Some(u) if valid_url(u) => u,
@@ -462,7 +498,7 @@ pub fn validate_body(
                     Some(v) if v.as_u64().is_some() => {
                         out.insert((*name).into(), v.clone());
                     }
-                    Some(Value::Null) | None if !required.contains(name) => {}
+                    Some(Value::Null) | None if plain || !required.contains(name) => {}
                     _ => return bad(&format!("\"{name}\" must be a non-negative integer")),
                 }
             }
@@ -475,7 +511,7 @@ pub fn validate_body(
                     _ => return bad(&format!("\"{name}\" must be a string of at most 512 bytes")),
                 }
             }
-            if msg_type == msg_type::FILE && !out.contains_key("name") {
+            if msg_type == msg_type::FILE && !plain && !out.contains_key("name") {
                 return bad("a file message needs \"name\"");
             }
             Ok(Value::Object(out).to_string())

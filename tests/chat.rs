@@ -12,3 +12,4 @@ fn backend() -> (String, Box<dyn std::any::Any>) {
 }
 
 include!("support/chat_cases.rs");
+include!("support/online_chat_cases.rs");

@@ -74,6 +74,66 @@ fn first_login_creates_the_user_second_finds_it_and_the_token_chats() {
     assert_eq!(next_push(&mut b, "message")["data"]["msg"], "你好");
 }
 
+fn me(addr: SocketAddr, token: &str) -> Value {
+    let r = http_raw(
+        addr,
+        format!("GET /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["data"].clone()
+}
+
+#[test]
+fn the_mini_programs_user_info_names_the_user_and_reaches_friends() {
+    let fake = FakeWechat::start();
+    let s = TestServer::start(&config(&fake));
+    // As the usual tutorials send it: `wx.getUserProfile`'s userInfo next to the code.
+    let info = json!({"nickName": "小明", "avatarUrl": "https://thirdwx.qlogo.cn/mmopen/x/132",
+        "gender": 1, "city": "Shenzhen", "province": "Guangdong", "country": "China", "language": "zh_CN"});
+    let r = wx_login(s.addr, json!({ "code": "ok-openid-p1", "userInfo": info }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d = r.json()["data"].clone();
+    let (uid, token) = (
+        d["uid"].as_u64().unwrap(),
+        d["token"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(me(s.addr, &token)["name"], "小明");
+    assert_eq!(
+        me(s.addr, &token)["head_img"],
+        "https://thirdwx.qlogo.cn/mmopen/x/132"
+    );
+    // A friend online learns of a later change; WeChat's anonymous "微信用户" never overwrites.
+    let friend = wx_login(s.addr, json!({ "code": "ok-openid-p2" })).json()["data"].clone();
+    let r = server_api(
+        s.addr,
+        API_KEY,
+        "friend_add",
+        &json!({"uid": uid, "friend_id": friend["uid"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut f = ws_login(s.addr, friend["token"].as_str().unwrap());
+    let r = wx_login(
+        s.addr,
+        json!({ "code": "ok-openid-p1", "userInfo": {"nickName": "微信用户"} }),
+    );
+    assert_eq!(
+        me(s.addr, r.json()["data"]["token"].as_str().unwrap())["name"],
+        "小明"
+    );
+    // Flat fields in a form, as some front ends post them.
+    let form = "code=ok-openid-p1&nickName=%E5%B0%8F%E7%BA%A2&avatarUrl=https%3A%2F%2Fthirdwx.qlogo.cn%2Fy%2F132";
+    let r = http_raw(
+        s.addr,
+        format!("POST /api/wx/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}", form.len()).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let push = next_push(&mut f, "profile")["data"].clone();
+    assert_eq!(
+        push,
+        json!({"uid": uid, "name": "小红", "head_img": "https://thirdwx.qlogo.cn/y/132"})
+    );
+}
+
 #[test]
 fn wechat_errors_map_to_clear_replies() {
     let fake = FakeWechat::start();

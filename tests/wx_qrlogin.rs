@@ -151,6 +151,29 @@ fn scan_logs_the_browser_in_once_and_the_token_chats() {
 }
 
 #[test]
+fn a_scan_takes_the_wechat_nickname_when_wechat_gives_one() {
+    let fake = FakeWechat::start();
+    let s = TestServer::start(&config(&fake, ""));
+    let p = pusher();
+    let (mut browser, ticket, _) = open_browser(s.addr, &fake);
+    let event = scan_event("subscribe", "oa-old-nick-Lily", &ticket, now());
+    let r = p.safe(s.addr, Format::Xml, &event);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reply = p.open_reply(&r.text());
+    assert_eq!(
+        reply.get("Content"),
+        Some("Lily，登录成功！这是你第1次登录")
+    );
+    let ok = browser.recv_json();
+    assert_eq!(ok["message_type"], "scan_success", "{ok}");
+    assert_eq!(ok["user"]["name"], "Lily");
+    assert_eq!(
+        ok["user"]["head_img"],
+        "https://thirdwx.qlogo.cn/mmopen/Lily/132"
+    );
+}
+
+#[test]
 fn an_unscanned_code_expires_and_unknown_accounts_are_refused() {
     let fake = FakeWechat::start();
     let s = TestServer::start(&config(&fake, "[wechat]\nqr_expire_s = 1\n"));

@@ -7,6 +7,7 @@ pub mod desk;
 pub mod office_hours;
 pub mod persister;
 pub mod presence;
+pub mod profile;
 pub mod service_desk;
 pub mod visitor;
 
@@ -19,7 +20,7 @@ use crate::config::Config;
 use crate::http::Request;
 use crate::net::{ConnId, Ctx, Frame, Message, TimerId};
 use crate::proto::{self, chat_type, close, code, Command, ConvRef, SendArgs};
-use crate::store::{self, Appended, Backends, NewMessage, Profile, StoreError, StoreResult};
+use crate::store::{self, Appended, Backends, NewMessage, StoreError, StoreResult};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub const USER_TYPE_AGENT: i64 = 1;
 pub const USER_TYPE_CONSULTANT: i64 = 2;
 pub use crate::store::{USER_TYPE_CONVERTED, USER_TYPE_VISITOR};
 
+/// Bytes of frames a connection may send while its authentication is under way.
+const MAX_WAITING_BYTES: usize = 64 * 1024;
+
 /// Most messages one `sync` / `history` returns.
 const MAX_PAGE: u64 = 200;
 
@@ -40,6 +44,12 @@ struct Session {
     /// An anonymous visitor's connection: customer-service commands only.
     visitor: bool,
     authenticating: bool,
+    /// The SHA-256 of the token this connection authenticated with: online_chat frames carry a
+    /// token each (`access_token`), compared with this; logout closes the connections it names.
+    token_hash: Option<[u8; 32]>,
+    /// Frames that arrived while the connection was authenticating, run once it is done
+    /// (at most `MAX_WAITING_BYTES`).
+    waiting: Vec<String>,
     auth_timer: Option<TimerId>,
     /// Store requests in flight for this connection.
     pending: usize,
@@ -177,13 +187,20 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
             uid: None,
             visitor: false,
             authenticating: false,
+            token_hash: None,
+            waiting: Vec::new(),
             auth_timer: Some(timer),
             pending: 0,
             rate_window: ctx.now(),
             rate_count: 0,
         },
     );
-    if let Some(token) = req.query_param("token") {
+    // The token on the URL, else the doLogin cookie of a page of this site (app::cookie_token
+    // says when a cookie may count).
+    let token = req
+        .query_param("token")
+        .or_else(|| crate::app::cookie_token(req, &app.config.ws.allowed_origins));
+    if let Some(token) = token {
         let p = Pending {
             conn,
             cmd: "auth".into(),
@@ -306,6 +323,9 @@ pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelop
         Target::Kick(uid) => {
             kick_local(app, ctx, uid);
         }
+        Target::Logout(uid, hash) => {
+            close_token_local(app, ctx, uid, &hash);
+        }
         Target::Qr(ticket) => {
             crate::wechat::qrlogin::deliver(app, ctx, &ticket, &env.payload);
         }
@@ -319,6 +339,31 @@ fn kick_local(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64) -> usize {
         ctx.close(*c, close::KICKED, "kicked");
     }
     conns.len()
+}
+
+/// A token was revoked (logout): its connections close with 4003 here and, with the bus, on
+/// every other process.
+pub fn token_revoked(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64, hash: [u8; 32]) {
+    let hex = auth::hex(&hash);
+    close_token_local(app, ctx, uid, &hex);
+    if let Some(bus) = &app.bus {
+        bus.publish(Target::Logout(uid, hex), "");
+    }
+}
+
+/// Closes the user's connections on this process that this token (SHA-256, hex) authenticated.
+fn close_token_local(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64, hash_hex: &str) {
+    for c in app.chat.conns_of(uid) {
+        let opened_by_it = app
+            .chat
+            .sessions
+            .get(c)
+            .and_then(|s| s.token_hash)
+            .is_some_and(|h| auth::hex(&h) == hash_hex);
+        if opened_by_it {
+            ctx.close(*c, close::KICKED, "logged out");
+        }
+    }
 }
 
 /// What a token's authentication loads.
@@ -338,8 +383,8 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
         return;
     }
     if !auth::token_well_formed(&token) {
-        p.reply_err(ctx, code::UNAUTHORIZED, "bad or expired token");
-        ctx.close(p.conn, close::AUTH_FAILED, "authentication failed");
+        session.waiting.clear();
+        auth_failed(app, ctx, &p);
         return;
     }
     session.authenticating = true;
@@ -379,6 +424,8 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                 consults,
             })) => {
                 session.uid = Some(uid);
+                session.token_hash = Some(hash);
+                let waiting = std::mem::take(&mut session.waiting);
                 session.visitor = user_type == USER_TYPE_VISITOR;
                 METRICS.login("token", true);
                 let conn = p.conn;
@@ -402,25 +449,131 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                     push_presence(app, ctx, uid, true);
                     presence::came_online(app, ctx, uid);
                 }
+                for text in waiting {
+                    on_message(app, ctx, conn, Message::Text(&text));
+                }
             }
             Ok(None) => {
-                METRICS.login("token", false);
-                let conn = p.conn;
-                app.admin.emit(ctx, Topic::Connection, || {
-                    json!({ "event": "auth_failed", "conn": conn.to_string(), "reason": "bad or expired token" })
-                });
-                p.reply_err(ctx, code::UNAUTHORIZED, "bad or expired token");
-                ctx.close(p.conn, close::AUTH_FAILED, "authentication failed");
+                session.waiting.clear();
+                auth_failed(app, ctx, &p);
             }
-            Err(e) => p.reply_store_err(ctx, &e),
+            Err(e) => {
+                // The frames that waited are answered: the client retries them.
+                for text in std::mem::take(&mut session.waiting) {
+                    if let Ok(cmd) = proto::parse_chat_command(&text) {
+                        let msg = format!("{e}; retry");
+                        let c = proto::store_code(&e);
+                        ctx.send_text(p.conn, &proto::fail(&cmd.cmd, &cmd.req_id, c, &msg));
+                    }
+                }
+                p.reply_store_err(ctx, &e)
+            }
         }
     };
     if !app.job(ctx, work, then) {
         if let Some(s) = app.chat.sessions.get_mut(&conn) {
             s.authenticating = false;
+            s.waiting.clear();
         }
         busy.reply_err(ctx, code::UNAVAILABLE, "server busy, retry");
     }
+}
+
+/// A token that authenticates nobody, malformed or unknown: counted, published on the
+/// `connection` topic, answered with 401, and the connection closed with 4001.
+fn auth_failed(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending) {
+    METRICS.login("token", false);
+    let conn = p.conn;
+    app.admin.emit(ctx, Topic::Connection, || {
+        json!({ "event": "auth_failed", "conn": conn.to_string(), "reason": "bad or expired token" })
+    });
+    p.reply_err(ctx, code::UNAUTHORIZED, "bad or expired token");
+    ctx.close(p.conn, close::AUTH_FAILED, "authentication failed");
+}
+
+/// Keeps a frame until the connection's authentication finishes (then it runs as if it had
+/// just arrived). Past `MAX_WAITING_BYTES` the frame is refused with 503.
+fn wait_for_auth(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, text: &str) {
+    let Some(session) = app.chat.sessions.get_mut(&conn) else {
+        return;
+    };
+    let held: usize = session.waiting.iter().map(String::len).sum();
+    if held + text.len() > MAX_WAITING_BYTES {
+        let (cmd, req_id) = proto::parse_chat_command(text)
+            .map(|c| (c.cmd, c.req_id))
+            .unwrap_or_else(|_| ("error".into(), None));
+        ctx.send_text(
+            conn,
+            &proto::fail(
+                &cmd,
+                &req_id,
+                code::UNAVAILABLE,
+                "authentication in progress: too many frames waiting, retry",
+            ),
+        );
+        return;
+    }
+    session.waiting.push(text.to_string());
+}
+
+/// What to do with a frame's `access_token` (online_chat sends its token in every frame).
+enum TokenCheck {
+    /// The connection's own token: go on.
+    Same,
+    /// Handled: held for the authentication it started, or refused.
+    Handled,
+    /// Another well-formed token: it must be this user's (checked on a worker).
+    Other { uid: u64, hash: [u8; 32] },
+}
+
+/// online_chat's `access_token` in a frame: it authenticates a connection that is not yet
+/// authenticated (the frame runs afterwards); on an authenticated connection it must belong to
+/// the connection's user, or the command is refused with 401 and nothing is done.
+fn check_access_token(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    token: &Value,
+    text: &str,
+) -> TokenCheck {
+    let Some(session) = app.chat.sessions.get_mut(&p.conn) else {
+        return TokenCheck::Handled;
+    };
+    let Some(token) = token.as_str() else {
+        p.reply_err(ctx, code::BAD_REQUEST, "access_token must be a string");
+        return TokenCheck::Handled;
+    };
+    let Some(uid) = session.uid else {
+        let start = !session.authenticating;
+        wait_for_auth(app, ctx, p.conn, text);
+        if start {
+            let auth = Pending {
+                conn: p.conn,
+                cmd: "auth".into(),
+                req_id: None,
+                at: p.at,
+            };
+            authenticate(app, ctx, auth, token.to_string());
+        }
+        return TokenCheck::Handled;
+    };
+    let hash = auth::token_hash(token);
+    if session.token_hash == Some(hash) {
+        return TokenCheck::Same;
+    }
+    if !auth::token_well_formed(token) {
+        refuse_token(ctx, p);
+        return TokenCheck::Handled;
+    }
+    TokenCheck::Other { uid, hash }
+}
+
+fn refuse_token(ctx: &mut dyn Ctx<Completion>, p: &Pending) {
+    p.reply_err(
+        ctx,
+        code::UNAUTHORIZED,
+        "access_token does not belong to this connection's user",
+    );
 }
 
 pub fn on_message(
@@ -438,14 +591,22 @@ pub fn on_message(
                 req_id,
                 at: ctx.now(),
             };
-            if let Some(uid) = admit(app, ctx, &p) {
-                let result = cmd_send(app, ctx, &p, uid, SendInput::Decoded(args));
-                p.reply_if_err(ctx, result);
+            match admit(app, ctx, &p) {
+                Admit::Yes(uid) => {
+                    let result = cmd_send(app, ctx, &p, uid, SendInput::Decoded(args));
+                    p.reply_if_err(ctx, result);
+                }
+                Admit::Authenticating => wait_for_auth(app, ctx, conn, text),
+                Admit::Refused => {}
             }
             return;
         }
     }
-    let Some(cmd) = crate::app::command_of(ctx, conn, message) else {
+    let text = match &message {
+        Message::Text(t) => *t,
+        Message::Binary(_) => "",
+    };
+    let Some(mut cmd) = crate::app::chat_command_of(ctx, conn, message) else {
         return;
     };
     let p = Pending {
@@ -465,31 +626,59 @@ pub fn on_message(
         }
         return;
     }
-    let Some(uid) = admit(app, ctx, &p) else {
-        return;
-    };
+    if let Some(token) = cmd.fields.remove("access_token") {
+        match check_access_token(app, ctx, &p, &token, text) {
+            TokenCheck::Same => {}
+            TokenCheck::Handled => return,
+            TokenCheck::Other { uid, hash } => {
+                // Another token: the same user's (another device's login) is fine.
+                let r = conn_job(
+                    app,
+                    ctx,
+                    &p,
+                    move |b| b.tokens.user(&hash),
+                    move |app, ctx, p, r| match r {
+                        Ok(Some(owner)) if owner == uid => run_command(app, ctx, p, uid, &cmd),
+                        Ok(_) => refuse_token(ctx, p),
+                        Err(e) => p.reply_store_err(ctx, &e),
+                    },
+                );
+                p.reply_if_err(ctx, r);
+                return;
+            }
+        }
+    }
+    match admit(app, ctx, &p) {
+        Admit::Yes(uid) => run_command(app, ctx, &p, uid, &cmd),
+        Admit::Authenticating => wait_for_auth(app, ctx, conn, text),
+        Admit::Refused => {}
+    }
+}
+
+/// Runs an admitted command of an authenticated user.
+fn run_command(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u64, cmd: &Command) {
     let result = match cmd.cmd.as_str() {
-        "send" => cmd_send(app, ctx, &p, uid, SendInput::Command(&cmd)),
-        "sync" => cmd_page(app, ctx, &p, uid, &cmd, true),
-        "history" => cmd_page(app, ctx, &p, uid, &cmd, false),
-        "conversations" => cmd_conversations(app, ctx, &p, uid),
-        "read" => cmd_read(app, ctx, &p, uid, &cmd),
-        "typing" => cmd_typing(app, ctx, &p, uid, &cmd),
-        "recall" => cmd_recall(app, ctx, &p, uid, &cmd),
-        "read_count" => cmd_read_count(app, ctx, &p, uid, &cmd),
-        "presence" => cmd_presence(app, ctx, &p, uid, &cmd),
-        "friends" => cmd_friends(app, ctx, &p, uid),
-        "friend_request" => cmd_friend_request(app, ctx, &p, uid, &cmd),
-        "friend_accept" => cmd_friend_accept(app, ctx, &p, uid, &cmd),
-        "friend_requests" => cmd_friend_requests(app, ctx, &p, uid),
-        "friend_remove" => cmd_friend_remove(app, ctx, &p, uid, &cmd),
-        "groups" => cmd_groups(app, ctx, &p, uid),
-        "group_create" => cmd_group_create(app, ctx, &p, uid, &cmd),
-        "group_members" => cmd_group_members(app, ctx, &p, uid, &cmd),
-        "group_invite" => cmd_group_invite(app, ctx, &p, uid, &cmd),
-        "group_leave" => cmd_group_leave(app, ctx, &p, uid, &cmd),
+        "send" => cmd_send(app, ctx, p, uid, SendInput::Command(cmd)),
+        "sync" => cmd_page(app, ctx, p, uid, cmd, true),
+        "history" => cmd_page(app, ctx, p, uid, cmd, false),
+        "conversations" => cmd_conversations(app, ctx, p, uid),
+        "read" => cmd_read(app, ctx, p, uid, cmd),
+        "typing" => cmd_typing(app, ctx, p, uid, cmd),
+        "recall" => cmd_recall(app, ctx, p, uid, cmd),
+        "read_count" => cmd_read_count(app, ctx, p, uid, cmd),
+        "presence" => cmd_presence(app, ctx, p, uid, cmd),
+        "friends" => cmd_friends(app, ctx, p, uid),
+        "friend_request" => cmd_friend_request(app, ctx, p, uid, cmd),
+        "friend_accept" => cmd_friend_accept(app, ctx, p, uid, cmd),
+        "friend_requests" => cmd_friend_requests(app, ctx, p, uid),
+        "friend_remove" => cmd_friend_remove(app, ctx, p, uid, cmd),
+        "groups" => cmd_groups(app, ctx, p, uid),
+        "group_create" => cmd_group_create(app, ctx, p, uid, cmd),
+        "group_members" => cmd_group_members(app, ctx, p, uid, cmd),
+        "group_invite" => cmd_group_invite(app, ctx, p, uid, cmd),
+        "group_leave" => cmd_group_leave(app, ctx, p, uid, cmd),
         "service_status" | "service_accept" | "service_transfer" | "service_close"
-        | "service_rate" | "service_info" => service_desk::command(app, ctx, &p, uid, &cmd),
+        | "service_rate" | "service_info" => service_desk::command(app, ctx, p, uid, cmd),
         _ => Err((code::BAD_REQUEST, format!("unknown cmd {:?}", cmd.cmd))),
     };
     if let Err((c, m)) = result {
@@ -499,13 +688,28 @@ pub fn on_message(
 
 type CmdResult = Result<(), (u16, String)>;
 
+/// Whether a command may run.
+enum Admit {
+    /// Yes, as this user.
+    Yes(u64),
+    /// Not yet: the connection's authentication is under way (the frame waits for it).
+    Authenticating,
+    /// No, and the reply has been sent.
+    Refused,
+}
+
 /// The checks every command after `auth` passes: an authenticated session, a command visitors
-/// may use, room for one more request in flight. Returns the user, or None once refused.
-fn admit(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending) -> Option<u64> {
-    let session = app.chat.sessions.get_mut(&p.conn)?;
+/// may use, room for one more request in flight.
+fn admit(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending) -> Admit {
+    let Some(session) = app.chat.sessions.get_mut(&p.conn) else {
+        return Admit::Refused;
+    };
     let Some(uid) = session.uid else {
+        if session.authenticating {
+            return Admit::Authenticating;
+        }
         p.reply_err(ctx, code::UNAUTHORIZED, "authenticate first");
-        return None;
+        return Admit::Refused;
     };
     if session.visitor && !VISITOR_COMMANDS.contains(&p.cmd.as_str()) {
         p.reply_err(
@@ -513,13 +717,13 @@ fn admit(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending) -> Option<u6
             code::FORBIDDEN,
             "visitors may only use customer service: log in first",
         );
-        return None;
+        return Admit::Refused;
     }
     if session.pending >= app.config.chat.max_pending_per_conn {
         p.reply_err(ctx, code::UNAVAILABLE, "too many requests in flight, retry");
-        return None;
+        return Admit::Refused;
     }
-    Some(uid)
+    Admit::Yes(uid)
 }
 
 /// What an anonymous visitor may do (besides `ping` and `auth`).
@@ -1062,6 +1266,16 @@ fn cmd_page(
     })
 }
 
+/// The other side of a conversation whose profile its line shows: the friend of a one-to-one
+/// chat, the customer of a service conversation seen by an agent.
+fn peer_of(conv_id: &str, uid: u64) -> Option<u64> {
+    match proto::parse_conv(conv_id)? {
+        ConvRef::Friend(a, b) => Some(if a == uid { b } else { a }),
+        ConvRef::Service(c) if c != uid => Some(c),
+        _ => None,
+    }
+}
+
 fn cmd_conversations(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
@@ -1072,20 +1286,34 @@ fn cmd_conversations(
         app,
         ctx,
         p,
-        move |s| s.conversations(uid, 500),
-        |_app, ctx, p, r| match r {
-            Ok(list) => {
+        move |s| -> StoreResult<(Vec<store::ConversationSummary>, HashMap<u64, store::User>)> {
+            let list = s.conversations(uid, 500)?;
+            let mut peers: Vec<u64> = list
+                .iter()
+                .filter_map(|c| peer_of(&c.conv_id, uid))
+                .collect();
+            peers.sort_unstable();
+            peers.dedup();
+            let users = s.users(&peers)?.into_iter().map(|u| (u.uid, u)).collect();
+            Ok((list, users))
+        },
+        move |_app, ctx, p, r| match r {
+            Ok((list, users)) => {
                 let items: Vec<String> = list
                 .iter()
                 .map(|c| {
+                    let peer = peer_of(&c.conv_id, uid)
+                        .and_then(|u| users.get(&u))
+                        .map_or_else(|| "null".to_string(), |u| profile::view(u).to_string());
                     format!(
-                        "{{\"conv_id\":{},\"chat_type\":{},\"last_seq\":{},\"read_seq\":{},\"unread\":{},\"last\":{}}}",
+                        "{{\"conv_id\":{},\"chat_type\":{},\"last_seq\":{},\"read_seq\":{},\"unread\":{},\"last\":{},\"peer\":{}}}",
                         Value::from(c.conv_id.as_str()),
                         c.chat_type,
                         c.last_seq,
                         c.read_seq,
                         c.last_seq - c.read_seq,
-                        c.last.as_ref().map_or_else(|| "null".to_string(), proto::message_json)
+                        c.last.as_ref().map_or_else(|| "null".to_string(), proto::message_json),
+                        peer
                     )
                 })
                 .collect();
@@ -1740,6 +1968,48 @@ pub fn server_api(
             consult::server_api(app, ctx, conn, action, &body)
         }
         "user" => {
+            let text = |name: &str| -> Result<Option<String>, (u16, String)> {
+                match body.get(name) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    Some(_) => Err(bad(format!("\"{name}\" must be a string"))),
+                }
+            };
+            let user_type = match body.get("user_type") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => {
+                    Some(crate::profile::user_type(&n.to_string()).map_err(bad)?)
+                }
+                Some(Value::String(s)) => Some(crate::profile::user_type(s).map_err(bad)?),
+                Some(_) => return Err(bad(crate::profile::user_type("").unwrap_err())),
+            };
+            let profile = crate::app::profile_of(
+                text("name")?.as_deref(),
+                text("head_img")?.as_deref(),
+                user_type,
+            )
+            .map_err(bad)?;
+            let ttl = app.config.auth.token_ttl_s;
+            let issued = |app: &mut App, ctx: &mut dyn Ctx<Completion>, i: crate::app::Issued| {
+                if i.profile_changed {
+                    profile::changed(app, ctx, &i.user);
+                }
+                i.data
+            };
+            // A user known by wxchat's uid (a WeChat user has no app_uid) is updated in place.
+            if body.get("uid").is_some_and(|v| !v.is_null()) {
+                let uid = field_u64(&body, "uid")?;
+                if profile.user_type.is_some() {
+                    return Err(bad("user_type is set by app_uid only"));
+                }
+                return Ok(respond_job(
+                    app,
+                    ctx,
+                    conn,
+                    move |s| crate::app::issue_token_for_uid(s, uid, &profile, ttl),
+                    issued,
+                ));
+            }
             let app_uid = body.get("app_uid").and_then(|v| match v {
                 Value::String(s) => Some(s.clone()),
                 Value::Number(n) => Some(n.to_string()),
@@ -1747,32 +2017,13 @@ pub fn server_api(
             });
             let app_uid = app_uid
                 .filter(|s| !s.is_empty() && s.len() <= 64)
-                .ok_or_else(|| bad("missing app_uid"))?;
-            let profile = Profile {
-                name: body.get("name").and_then(Value::as_str).map(String::from),
-                head_img: body
-                    .get("head_img")
-                    .and_then(Value::as_str)
-                    .map(String::from),
-                user_type: match body.get("user_type") {
-                    None | Some(Value::Null) => None,
-                    Some(v) => match v.as_i64() {
-                        Some(t @ 0..=2) => Some(t),
-                        _ => {
-                            return Err(bad(
-                                "user_type must be 0 (user), 1 (agent) or 2 (consultant)",
-                            ))
-                        }
-                    },
-                },
-            };
-            let ttl = app.config.auth.token_ttl_s;
+                .ok_or_else(|| bad("missing app_uid (or uid)"))?;
             Ok(respond_job(
                 app,
                 ctx,
                 conn,
                 move |s| crate::app::issue_token(s, &app_uid, &profile, false, ttl),
-                |_, _, v| v,
+                issued,
             ))
         }
         "send" => {

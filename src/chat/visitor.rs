@@ -100,7 +100,7 @@ pub fn convert_request(
     conn: ConnId,
     req: &Request,
 ) -> Reply {
-    let Some(token) = request_token(req) else {
+    let Some(token) = request_token(req, &app.config.ws.allowed_origins) else {
         return Reply::Now(crate::app::not_logged_in());
     };
     let visitor_token = req.body_params().ok().and_then(|p| {

@@ -31,6 +31,9 @@ pub enum Target {
     Kick(u64),
     /// The browser waiting on this QR login ticket (`/ws/qrlogin`).
     Qr(String),
+    /// Not a push: a token was revoked (logout); close the connections of this user that it
+    /// authenticated. The token's SHA-256 in hex (never the token itself).
+    Logout(u64, String),
 }
 
 /// A push from another process.
@@ -51,6 +54,7 @@ impl Envelope {
             }
             Target::Kick(uid) => format!("k:{uid}"),
             Target::Qr(ticket) => format!("q:{ticket}"),
+            Target::Logout(uid, hash) => format!("l:{uid}:{hash}"),
         };
         format!("{}\t{target}\t{}", self.origin, self.payload)
     }
@@ -69,6 +73,9 @@ impl Envelope {
             Target::Users(uids?)
         } else if let Some(t) = target.strip_prefix("q:") {
             Target::Qr(t.to_string())
+        } else if let Some(l) = target.strip_prefix("l:") {
+            let (uid, hash) = l.split_once(':')?;
+            Target::Logout(uid.parse().ok()?, hash.to_string())
         } else if let Some(k) = target.strip_prefix("k:") {
             Target::Kick(k.parse().ok()?)
         } else {
@@ -286,6 +293,7 @@ mod tests {
             Target::Users(vec![1, 22, 333]),
             Target::Kick(4),
             Target::Qr("9f86d081884c7d65".into()),
+            Target::Logout(7, "ab".repeat(32)),
         ] {
             let e = Envelope {
                 origin: "n1".into(),
@@ -297,6 +305,7 @@ mod tests {
         assert_eq!(Envelope::decode(b"n1\tx:1\t{}"), None);
         assert_eq!(Envelope::decode(b"n1\tu:1,x\t{}"), None);
         assert_eq!(Envelope::decode(b"n1"), None);
+        assert_eq!(Envelope::decode(b"n1\tl:7\t"), None);
         assert_eq!(Envelope::decode(&[0xff, b'\t']), None);
     }
 }

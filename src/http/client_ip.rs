@@ -4,12 +4,15 @@
 use super::Request;
 use std::net::IpAddr;
 
+fn is_trusted(peer: IpAddr, trusted: &[String]) -> bool {
+    trusted
+        .iter()
+        .any(|t| t.parse::<IpAddr>().is_ok_and(|t| t == peer))
+}
+
 /// `X-Real-IP`, else the last `X-Forwarded-For` entry, when `peer` is a trusted proxy.
 pub fn client_ip(peer: IpAddr, req: &Request, trusted: &[String]) -> IpAddr {
-    let is_trusted = trusted
-        .iter()
-        .any(|t| t.parse::<IpAddr>().is_ok_and(|t| t == peer));
-    if !is_trusted {
+    if !is_trusted(peer, trusted) {
         return peer;
     }
     let named = req
@@ -22,6 +25,23 @@ pub fn client_ip(peer: IpAddr, req: &Request, trusted: &[String]) -> IpAddr {
                 .and_then(|v| v.trim().parse::<IpAddr>().ok())
         });
     named.unwrap_or(peer)
+}
+
+/// The client reached the proxy over TLS: a trusted proxy says `X-Forwarded-Proto: https` (the
+/// last entry, the one it added) or `X-Forwarded-Ssl: on`. The server itself never terminates
+/// TLS, so nothing else can say so.
+pub fn came_over_tls(peer: IpAddr, req: &Request, trusted: &[String]) -> bool {
+    if !is_trusted(peer, trusted) {
+        return false;
+    }
+    let proto = req
+        .header_str("x-forwarded-proto")
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+    proto
+        || req
+            .header_str("x-forwarded-ssl")
+            .is_some_and(|v| v.eq_ignore_ascii_case("on"))
 }
 
 #[cfg(test)]
@@ -61,5 +81,26 @@ mod tests {
         let r = req(&[("X-Real-IP", "not an ip")]);
         assert_eq!(client_ip(local, &r, &trusted), local);
         assert_eq!(client_ip(local, &req(&[]), &trusted), local);
+    }
+
+    #[test]
+    fn only_trusted_peers_say_tls() {
+        let trusted = vec!["127.0.0.1".to_string()];
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let outsider: IpAddr = "203.0.113.9".parse().unwrap();
+        let r = req(&[("X-Forwarded-Proto", "https")]);
+        assert!(came_over_tls(local, &r, &trusted));
+        assert!(!came_over_tls(outsider, &r, &trusted));
+        assert!(!came_over_tls(
+            local,
+            &req(&[("X-Forwarded-Proto", "http")]),
+            &trusted
+        ));
+        assert!(came_over_tls(
+            local,
+            &req(&[("X-Forwarded-Ssl", "on")]),
+            &trusted
+        ));
+        assert!(!came_over_tls(local, &req(&[]), &trusted));
     }
 }

@@ -5,11 +5,13 @@ mod client_ip;
 mod request;
 mod response;
 mod router;
+mod user_agent;
 
-pub use client_ip::client_ip;
+pub use client_ip::{came_over_tls, client_ip};
 pub use request::{parse_request, url_decode, url_encode, Limits, Request};
 pub use response::{reason_phrase, Response};
 pub use router::{RouteMatch, Router};
+pub use user_agent::is_mobile;
 
 use std::fmt;
 

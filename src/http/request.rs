@@ -183,6 +183,20 @@ impl Request {
             .map(|(_, v)| v)
     }
 
+    /// The value of the cookie `name` from the `Cookie` headers (RFC 6265: `a=b; c=d`, and a
+    /// browser may split them over several headers). None when absent or empty.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.trim().trim_matches('"'))
+            .filter(|v| !v.is_empty())
+    }
+
     /// Content type without parameters, lowercase.
     fn media_type(&self) -> String {
         self.header_str("content-type")

@@ -181,6 +181,16 @@ pub trait Store: Send + Sync + 'static {
     fn user(&self, uid: u64) -> StoreResult<Option<User>>;
     /// The subset of `uids` that exist.
     fn existing_users(&self, uids: &[u64]) -> StoreResult<Vec<u64>>;
+    /// The users among `uids` that exist, in no particular order.
+    fn users(&self, uids: &[u64]) -> StoreResult<Vec<User>>;
+    /// Sets the user's name and/or avatar (None keeps the field): the user afterwards and
+    /// whether anything changed, or None when there is no such user.
+    fn update_profile(
+        &self,
+        uid: u64,
+        name: Option<&str>,
+        head_img: Option<&str>,
+    ) -> StoreResult<Option<(User, bool)>>;
 
     /// Finds or creates the user of a WeChat identity (an identity of another app with the same
     /// unionid makes it the same user), records the session key, counts a login when `login`

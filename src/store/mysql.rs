@@ -820,6 +820,58 @@ impl Store for MysqlStore {
         })
     }
 
+    fn users(&self, uids: &[u64]) -> StoreResult<Vec<User>> {
+        self.run(|c| {
+            let mut found = Vec::with_capacity(uids.len());
+            let mut done = 0;
+            for size in chunk_sizes(uids.len()) {
+                let sql = format!(
+                    "SELECT {USER_COLS} FROM users WHERE id IN ({})",
+                    placeholders(size, "?")
+                );
+                let params: Vec<::mysql::Value> = uids[done..done + size]
+                    .iter()
+                    .map(|u| (*u).into())
+                    .collect();
+                found.extend(c.exec(sql, params)?.into_iter().map(user_of));
+                done += size;
+            }
+            Ok(found)
+        })
+    }
+
+    fn update_profile(
+        &self,
+        uid: u64,
+        name: Option<&str>,
+        head_img: Option<&str>,
+    ) -> StoreResult<Option<(User, bool)>> {
+        self.tx(|tx| {
+            let Some(before) = tx
+                .exec_first(
+                    format!("SELECT {USER_COLS} FROM users WHERE id = ? FOR UPDATE"),
+                    (uid,),
+                )?
+                .map(user_of)
+            else {
+                return Ok(None);
+            };
+            let changed = name.is_some_and(|n| n != before.name)
+                || head_img.is_some_and(|h| h != before.head_img);
+            if !changed {
+                return Ok(Some((before, false)));
+            }
+            tx.exec_drop(
+                "UPDATE users SET name = COALESCE(?, name), head_img = COALESCE(?, head_img) WHERE id = ?",
+                (name, head_img, uid),
+            )?;
+            let after = self
+                .user_in(tx, uid)?
+                .ok_or(Fail::Store(StoreError::NotFound("user")))?;
+            Ok(Some((after, true)))
+        })
+    }
+
     fn wechat_login(&self, id: &WechatIdentity, login: bool) -> StoreResult<(User, bool)> {
         let now = now_ms();
         // A concurrent first login of the same identity or unionid meets a unique key, and the

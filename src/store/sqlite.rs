@@ -683,6 +683,52 @@ impl Store for SqliteStore {
         })
     }
 
+    fn users(&self, uids: &[u64]) -> StoreResult<Vec<User>> {
+        self.with_conn(|c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))?;
+            let mut found = Vec::with_capacity(uids.len());
+            for &uid in uids {
+                if let Some(u) = stmt.query_row(params![uid as i64], user_row).optional()? {
+                    found.push(u);
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn update_profile(
+        &self,
+        uid: u64,
+        name: Option<&str>,
+        head_img: Option<&str>,
+    ) -> StoreResult<Option<(User, bool)>> {
+        self.with_tx(|tx| {
+            let select = format!("SELECT {USER_COLS} FROM users WHERE id = ?1");
+            let Some(before) = tx
+                .query_row(&select, params![uid as i64], user_row)
+                .optional()
+                .map_err(unavailable)?
+            else {
+                return Ok(None);
+            };
+            let changed = name.is_some_and(|n| n != before.name)
+                || head_img.is_some_and(|h| h != before.head_img);
+            if !changed {
+                return Ok(Some((before, false)));
+            }
+            tx.execute(
+                "UPDATE users SET name = COALESCE(?2, name), head_img = COALESCE(?3, head_img) WHERE id = ?1",
+                params![uid as i64, name, head_img],
+            )
+            .map_err(unavailable)?;
+            let after = tx
+                .query_row(&select, params![uid as i64], user_row)
+                .map_err(unavailable)?;
+            Ok(Some((after, true)))
+        })
+    }
+
     fn wechat_login(&self, id: &WechatIdentity, login: bool) -> StoreResult<(User, bool)> {
         let now = now_ms();
         self.with_tx(|tx| {

@@ -31,6 +31,44 @@ fn fields(req: &Request) -> Result<Vec<(String, String)>, &'static str> {
     req.body_params()
 }
 
+/// The name WeChat gives every user who has not chosen to share theirs (`getUserProfile` since
+/// 2022): never stored over a real name.
+const ANONYMOUS_NICKNAME: &str = "微信用户";
+
+/// A WeChat nickname and avatar as profile fields: each kept when it passes the profile rules
+/// (an unusable one is dropped, never failing the login), the anonymous placeholder dropped.
+pub fn wechat_profile(
+    nickname: Option<&str>,
+    avatar: Option<&str>,
+) -> (Option<String>, Option<String>) {
+    let name = nickname
+        .and_then(|n| crate::profile::name(n).ok())
+        .filter(|n| !n.is_empty() && n != ANONYMOUS_NICKNAME);
+    let head_img = avatar
+        .and_then(|a| crate::profile::head_img(a).ok())
+        .filter(|a| !a.is_empty());
+    (name, head_img)
+}
+
+/// The profile a mini-program sent with its login: `userInfo` (what `wx.getUserProfile` /
+/// `wx.getUserInfo` return, as an object or its JSON text) or flat `nickName` / `avatarUrl`.
+fn sent_profile(req: &Request, fields: &[(String, String)]) -> (Option<String>, Option<String>) {
+    let from_json = req
+        .json::<Value>()
+        .ok()
+        .and_then(|v| v.get("userInfo").cloned());
+    let info = from_json
+        .or_else(|| field(fields, "userInfo").and_then(|t| serde_json::from_str::<Value>(t).ok()));
+    let pick = |name: &str| -> Option<String> {
+        info.as_ref()
+            .and_then(|i| i.get(name))
+            .and_then(Value::as_str)
+            .or_else(|| field(fields, name))
+            .map(String::from)
+    };
+    wechat_profile(pick("nickName").as_deref(), pick("avatarUrl").as_deref())
+}
+
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields
         .iter()
@@ -122,9 +160,10 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
         Ok(a) => a,
         Err(resp) => return Reply::Now(resp),
     };
+    let (name, head_img) = sent_profile(req, &fields);
     let client = app.wx.clone();
     let ttl = app.config.auth.token_ttl_s;
-    let work = move |b: &crate::store::Backends| -> Result<Value, (u16, String, Option<i64>)> {
+    let work = move |b: &crate::store::Backends| -> Result<_, (u16, String, Option<i64>)> {
         let session = client.code_to_session(&wx_app, &js_code).map_err(|e| {
             let f = wx_failure(&e);
             log::warn!("wx login ({}): {e}", wx_app.name);
@@ -141,18 +180,33 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
                 true,
             )
             .map_err(|e| store_failure(&e))?;
+        let mut changed_profile = None;
+        if name.is_some() || head_img.is_some() {
+            let updated = b
+                .update_profile(user.uid, name.as_deref(), head_img.as_deref())
+                .map_err(|e| store_failure(&e))?;
+            if let Some((after, changed)) = updated {
+                changed_profile = (changed && !created).then(|| after.clone());
+            }
+        }
         let token = auth::new_token().map_err(|e| (code::INTERNAL, e, None))?;
         b.tokens
             .put(&auth::token_hash(&token), user.uid, ttl)
             .map_err(|e| store_failure(&e))?;
-        Ok(json!({ "uid": user.uid, "token": token, "expires_in": ttl, "is_new": created }))
+        let data = json!({ "uid": user.uid, "token": token, "expires_in": ttl, "is_new": created });
+        Ok((data, changed_profile))
     };
     let ok = app.job(ctx, work, move |app, ctx, r| {
         let resp = match r {
-            Ok(data) => Response::json(
-                200,
-                &json!({ "code": 200, "msg": "login ok", "data": data }),
-            ),
+            Ok((data, changed_profile)) => {
+                if let Some(user) = changed_profile {
+                    crate::chat::profile::changed(app, ctx, &user);
+                }
+                Response::json(
+                    200,
+                    &json!({ "code": 200, "msg": "login ok", "data": data }),
+                )
+            }
             Err((status, msg, errcode)) => failure(status, &msg, errcode),
         };
         app.respond_login(ctx, conn, "wx", resp);
@@ -161,7 +215,7 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
 }
 
 pub fn decrypt(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) -> Reply {
-    let Some(token) = request_token(req) else {
+    let Some(token) = request_token(req, &app.config.ws.allowed_origins) else {
         return Reply::Now(not_logged_in());
     };
     let fields = match fields(req) {

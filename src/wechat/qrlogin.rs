@@ -208,6 +208,8 @@ struct Scanned {
     user: User,
     token: String,
     created: bool,
+    /// The nickname or avatar from `user/info` changed the user's profile.
+    profile_changed: bool,
 }
 
 /// Claims the ticket and logs the user in (worker side). None: unknown, expired or used ticket,
@@ -244,7 +246,7 @@ fn claim_and_login(
                 log::info!("wechat {}: user/info unavailable: {e}", wx_app.name);
                 UserInfo::default()
             });
-        let (user, created) = b.wechat_login(
+        let (mut user, created) = b.wechat_login(
             &WechatIdentity {
                 appid: wx_app.appid.clone(),
                 openid: openid.to_string(),
@@ -253,12 +255,27 @@ fn claim_and_login(
             },
             true,
         )?;
+        // WeChat stopped returning nicknames in 2021; accounts that still get one use it.
+        let (name, head_img) = crate::wechat::login::wechat_profile(
+            info.nickname.as_deref(),
+            info.headimgurl.as_deref(),
+        );
+        let mut profile_changed = false;
+        if name.is_some() || head_img.is_some() {
+            if let Some((after, changed)) =
+                b.update_profile(user.uid, name.as_deref(), head_img.as_deref())?
+            {
+                user = after;
+                profile_changed = changed && !created;
+            }
+        }
         let token = auth::new_token().map_err(crate::store::StoreError::Unavailable)?;
         b.tokens.put(&auth::token_hash(&token), user.uid, ttl)?;
         Ok(Scanned {
             user,
             token,
             created,
+            profile_changed,
         })
     })();
     match result {
@@ -327,6 +344,9 @@ pub fn on_scan(
         }
         match r {
             Ok(Some(s)) => {
+                if s.profile_changed {
+                    crate::chat::profile::changed(app, ctx, &s.user);
+                }
                 let payload = json!({
                     "message_type": "scan_success",
                     "user": s.user,

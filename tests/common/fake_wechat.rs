@@ -277,9 +277,16 @@ fn serve(mut s: TcpStream, state: &Mutex<State>, served: &AtomicU64) {
             }
         }
         "/cgi-bin/user/info" => {
-            // `<openid>-u-<unionid>` carries a unionid; `nouser-...` is not a follower.
+            // `<openid>-u-<unionid>` carries a unionid; `nouser-...` is not a follower;
+            // `...-nick-<name>` is an old account that still gets nicknames and avatars.
             let openid = q.get("openid").cloned().unwrap_or_default();
             match openid.split_once("-u-") {
+                _ if openid.contains("-nick-") => {
+                    let nick = openid.split_once("-nick-").map_or("", |(_, n)| n);
+                    format!(
+                        r#"{{"subscribe":1,"openid":"{openid}","nickname":"{nick}","headimgurl":"https://thirdwx.qlogo.cn/mmopen/{nick}/132"}}"#
+                    )
+                }
                 Some((_, union)) => {
                     format!(r#"{{"subscribe":1,"openid":"{openid}","unionid":"{union}"}}"#)
                 }

@@ -107,8 +107,13 @@ fn signed_dologin_creates_then_finds_the_user() {
     assert_eq!(j["data"]["is_new"], true);
     assert_eq!(j["data"]["expires_in"], 604800);
     let uid = j["data"]["uid"].as_u64().unwrap();
-    // The online_chat path works too, and finds the same user.
-    let r = post("/index.php/online_chat/chat/doLogin", &body);
+    // The online_chat path works too, and finds the same user (signed afresh: a signature is
+    // good for one login).
+    let mut again = params.clone();
+    again[4].1 = (now.parse::<u64>().unwrap() - 1).to_string();
+    let again_sign = wxchat::auth::dologin_sign(&again, SIGN_KEY);
+    let again_body = body.replace(&now, &again[4].1).replace(&sign, &again_sign);
+    let r = post("/index.php/online_chat/chat/doLogin", &again_body);
     let j = r.json();
     assert_eq!(
         (j["data"]["uid"].as_u64(), j["data"]["is_new"].as_bool()),
