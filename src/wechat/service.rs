@@ -226,18 +226,21 @@ fn explain(e: &WxError) -> Undelivered {
     }
 }
 
-/// The message types WeChat's `custom/send` cannot carry: what to call them and what the agent
-/// can send instead. Checked before any WeChat call, so the agent learns what is wrong with the
-/// message rather than that WeChat failed.
-fn not_carried(mt: u8) -> Option<(&'static str, &'static str)> {
-    match mt {
-        msg_type::TEXT | msg_type::IMAGE | msg_type::LINK | msg_type::MINIPROGRAM_PAGE => None,
-        msg_type::VOICE => Some(("voice", "send text instead")),
-        msg_type::VIDEO => Some(("short video", "send a link or image instead")),
-        msg_type::RICH_TEXT => Some(("rich text", "send plain text instead")),
-        msg_type::FILE => Some(("files", "send a link instead")),
-        _ => Some(("this message type", "send text, an image or a link instead")),
-    }
+/// A message type WeChat's `custom/send` cannot carry, refused before any WeChat call: the agent
+/// learns what is wrong with the message and what to send instead, rather than that WeChat
+/// failed.
+fn not_carried(mt: u8) -> Undelivered {
+    let (what, instead) = match mt {
+        msg_type::VOICE => ("voice", "send text instead"),
+        msg_type::VIDEO => ("short video", "send a link or image instead"),
+        msg_type::RICH_TEXT => ("rich text", "send plain text instead"),
+        msg_type::FILE => ("files", "send a link instead"),
+        _ => ("this message type", "send text, an image or a link instead"),
+    };
+    Undelivered::new(
+        code::UNSUPPORTED_TYPE,
+        format!("WeChat customer service cannot carry {what} (msg_type {mt}); {instead}"),
+    )
 }
 
 /// What goes to WeChat for one stored message, worked out before any WeChat call.
@@ -259,15 +262,6 @@ fn prepare(
     openid: &str,
     m: &StoredMessage,
 ) -> Result<Outgoing, Undelivered> {
-    if let Some((what, instead)) = not_carried(m.msg_type) {
-        return Err(Undelivered::new(
-            code::UNSUPPORTED_TYPE,
-            format!(
-                "WeChat customer service cannot carry {what} (msg_type {}); {instead}",
-                m.msg_type
-            ),
-        ));
-    }
     let body: Value = serde_json::from_str(&m.body).unwrap_or(Value::Null);
     let s = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
     Ok(match m.msg_type {
@@ -301,11 +295,11 @@ fn prepare(
             "touser": openid, "msgtype": "link",
             "link": { "title": s("title"), "description": s("description"), "url": s("url"), "thumb_url": s("thumb_url") },
         })),
-        // not_carried let only the types above and this one through.
-        _ => Outgoing::Ready(json!({
+        msg_type::MINIPROGRAM_PAGE => Outgoing::Ready(json!({
             "touser": openid, "msgtype": "miniprogrampage",
             "miniprogrampage": { "title": s("title"), "pagepath": s("pagepath"), "thumb_media_id": s("thumb_media_id") },
         })),
+        other => return Err(not_carried(other)),
     })
 }
 
