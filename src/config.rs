@@ -355,7 +355,7 @@ pub struct ChatConfig {
     pub allow_strangers: bool,
     /// Messages per second one connection may send (429 above); 0 = unlimited.
     pub max_msgs_per_sec: u32,
-    /// An unauthenticated WebSocket is closed (4001) after this many seconds.
+    /// An unauthenticated WebSocket is closed (4002) after this many seconds.
     pub auth_timeout_s: u64,
     /// A sender may recall a message this long after sending it.
     pub recall_window_s: u64,

@@ -120,6 +120,11 @@ impl PidLock {
         self.file.sync_all()
     }
 
+    /// The pid file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Removes the file (while still holding the lock) at a clean exit.
     pub fn remove(self) {
         let _ = std::fs::remove_file(&self.path);

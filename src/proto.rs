@@ -22,10 +22,14 @@ pub mod code {
     pub const GONE: u16 = 410;
     /// A body over its size limit.
     pub const TOO_LARGE: u16 = 413;
+    /// A message type the destination cannot carry (WeChat customer service: voice, video...).
+    pub const UNSUPPORTED_TYPE: u16 = 415;
     /// Over `[chat] max_msgs_per_sec`.
     pub const RATE_LIMITED: u16 = 429;
     /// A bug on our side.
     pub const INTERNAL: u16 = 500;
+    /// WeChat refused a call or could not be reached.
+    pub const BAD_GATEWAY: u16 = 502;
     /// Storage down or the server too busy: retry later (with the same client_msg_id).
     pub const UNAVAILABLE: u16 = 503;
 }

@@ -50,26 +50,38 @@ impl Server {
         })
     }
 
-    /// Takes the data directory's pid lock and records pid and address in it.
-    pub fn lock_pid_file(&mut self, config: &Config) -> Result<(), String> {
-        let path = config.pid_file();
-        if let Ok(pidfile::Status::Stale { pid }) = pidfile::probe(&path) {
-            log::warn!(
-                "removing stale pid file {} (pid {} is gone)",
-                path.display(),
-                pid.map_or_else(|| "?".into(), |p| p.to_string())
-            );
-        }
-        let mut lock = pidfile::acquire(&path)?;
-        let admin = self.admin_addr().map(|a| a.to_string());
-        lock.write(
+    /// The binary's start, as the one owner of the data directory: its pid lock first, so a
+    /// second server on it is told "already running on this data directory" before it raises
+    /// limits, binds a port the first one holds, or opens the store; then the open-file limit,
+    /// `bind`, the signal handlers, and pid and addresses written into the pid file (last: its
+    /// content tells scripts the server is up and may be signalled). A failure after the lock
+    /// removes the pid file again, so it never outlives a start that did not happen.
+    pub fn bind_exclusive(config: Config) -> Result<Server, String> {
+        let mut lock = lock_data_dir(&config)?;
+        raise_open_file_limit(&config);
+        let started = Server::bind(config).and_then(|mut server| {
+            server.handle_signals()?;
+            Ok(server)
+        });
+        let mut server = match started {
+            Ok(s) => s,
+            Err(e) => {
+                lock.remove();
+                return Err(e);
+            }
+        };
+        let admin = server.admin_addr().map(|a| a.to_string());
+        if let Err(e) = lock.write(
             std::process::id(),
-            &self.local_addr().to_string(),
+            &server.local_addr().to_string(),
             admin.as_deref(),
-        )
-        .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
-        self.pid_lock = Some(lock);
-        Ok(())
+        ) {
+            let msg = format!("cannot write pid file {}: {e}", lock.path().display());
+            lock.remove();
+            return Err(msg);
+        }
+        server.pid_lock = Some(lock);
+        Ok(server)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -166,6 +178,47 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.stop_inner();
+    }
+}
+
+/// Creates the data directory and takes its pid lock (an empty pid file until the server is
+/// up), reporting a pid file a crashed server left behind.
+fn lock_data_dir(config: &Config) -> Result<PidLock, String> {
+    std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
+        format!(
+            "cannot create data_dir {}: {e}",
+            config.server.data_dir.display()
+        )
+    })?;
+    let path = config.pid_file();
+    if let Ok(pidfile::Status::Stale { pid }) = pidfile::probe(&path) {
+        log::warn!(
+            "removing stale pid file {} (pid {} is gone)",
+            path.display(),
+            pid.map_or_else(|| "?".into(), |p| p.to_string())
+        );
+    }
+    pidfile::acquire(&path)
+}
+
+/// One descriptor per connection: the soft limit (often 1,024) goes up to what
+/// `max_connections` needs, as far as the hard limit allows. Said once, and only when it falls
+/// short: as a warning when the operator chose `max_connections`, at info with the default,
+/// which is a ceiling rather than a load anyone asked for.
+fn raise_open_file_limit(config: &Config) {
+    use crate::net::fd_limit;
+    let max = config.server.max_connections as u64;
+    match fd_limit::raise_to(max.saturating_add(fd_limit::RESERVED)) {
+        Ok(l) => match fd_limit::shortfall(max, l) {
+            Some(line)
+                if config.server.max_connections != Config::default().server.max_connections =>
+            {
+                log::warn!("{line}")
+            }
+            Some(line) => log::info!("{line}"),
+            None => log::debug!("open-file limit {} (hard {})", l.soft, l.hard),
+        },
+        Err(e) => log::warn!("cannot read or raise the open-file limit: {e}"),
     }
 }
 

@@ -112,7 +112,10 @@ const TYPES: &[(&str, &str)] = &[
     ("bin", "application/octet-stream"),
 ];
 
-/// The storage extension for an upload, from its declared type or its file name.
+/// The storage extension for an upload: from its declared type when that is a listed type, else
+/// from its file name when that has a listed extension, else `bin`. `application/octet-stream`
+/// says nothing about the file (curl sends it for every `-F file=@v.amr`), so it does not
+/// outrank a name; a specific listed type does (a PNG named `x.jpg` is a PNG).
 pub fn extension_for(content_type: Option<&str>, filename: Option<&str>) -> &'static str {
     let by_type = content_type.and_then(|ct| {
         let media = ct.split(';').next().unwrap_or("").trim();
@@ -120,6 +123,7 @@ pub fn extension_for(content_type: Option<&str>, filename: Option<&str>) -> &'st
             .iter()
             .find(|(_, t)| t.split(';').next() == Some(media))
             .map(|(e, _)| *e)
+            .filter(|e| *e != "bin")
     });
     let by_name = filename
         .and_then(|f| f.rsplit_once('.'))
@@ -206,6 +210,23 @@ mod tests {
         assert_eq!(extension_for(Some("image/png"), None), "png");
         assert_eq!(extension_for(None, Some("a.JPEG")), "jpg");
         assert_eq!(extension_for(Some("text/html"), Some("x.html")), "bin");
+        // A generic or unlisted type gives way to a listed file name (curl -F file=@v.amr).
+        assert_eq!(
+            extension_for(Some("application/octet-stream"), Some("v.amr")),
+            "amr"
+        );
+        assert_eq!(extension_for(None, Some("v.AMR")), "amr");
+        assert_eq!(
+            extension_for(Some("audio/x-whatever"), Some("v.silk")),
+            "silk"
+        );
+        assert_eq!(
+            extension_for(Some("application/octet-stream"), Some("v.exe")),
+            "bin"
+        );
+        assert_eq!(extension_for(Some("application/octet-stream"), None), "bin");
+        // A specific listed type wins over the name.
+        assert_eq!(extension_for(Some("image/png"), Some("x.jpg")), "png");
         assert_eq!(content_type_of("bin"), Some("application/octet-stream"));
         let h = "a".repeat(64);
         assert_eq!(

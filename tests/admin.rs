@@ -164,6 +164,49 @@ fn topics_reach_the_subscribers_whose_filters_match() {
 }
 
 #[test]
+fn a_uid_filter_never_matches_a_group_with_the_same_number() {
+    let s = server("");
+    // An outsider first, so the first group's id is an existing user's uid (both count from 1).
+    let (outsider, _) = api_user(s.addr, API_KEY, "outsider");
+    let (a, ta) = api_user(s.addr, API_KEY, "a");
+    let (b, _) = api_user(s.addr, API_KEY, "b");
+    let mut ca = ws_login(s.addr, &ta);
+    let r = ws_request(
+        &mut ca,
+        json!({"cmd":"group_create","req_id":1,"name":"team","members":[b]}),
+    );
+    assert_eq!(r["code"], 200, "{r}");
+    let g = r["data"]["group"]["group_id"].as_u64().unwrap();
+    assert_eq!(g, outsider, "the case needs a group numbered like a user");
+
+    let mut about_outsider = subscribe(s.admin, &[&format!("message;uid={outsider}")]);
+    let mut about_sender = subscribe(s.admin, &[&format!("message;uid={a}")]);
+    let mut about_group = subscribe(s.admin, &[&format!("message;group_id={g}")]);
+    let r = ws_request(
+        &mut ca,
+        json!({"cmd":"send","req_id":2,"chat_type":1,"to_id":g,"msg_type":0,"msg":"hi team","client_msg_id":"g1"}),
+    );
+    assert_eq!(r["code"], 200, "{r}");
+    let m = r["data"]["msg_id"].as_u64().unwrap();
+
+    // The event was queued before the ack: the outsider's ping reply would come after it.
+    assert_nothing_before_ping(&mut about_outsider);
+    for sub in [&mut about_sender, &mut about_group] {
+        let e = next_event(sub);
+        assert_eq!(e["msg_id"].as_u64(), Some(m), "{e}");
+        assert_eq!(
+            (
+                e["from_id"].as_u64(),
+                e["group_id"].as_u64(),
+                e.get("to_id")
+            ),
+            (Some(a), Some(g), None),
+            "a group message names its group as group_id: {e}"
+        );
+    }
+}
+
+#[test]
 fn message_bodies_only_when_configured() {
     let s = server("[admin]\nmessage_bodies = true\n");
     let (a, ta) = api_user(s.addr, API_KEY, "a");

@@ -108,6 +108,43 @@ fn busy_port_is_a_clear_error() {
     let (code, _, err) = run_cli(&config, &["daemon"]);
     assert_eq!(code, 1);
     assert!(err.contains("already in use"), "{err}");
+    // The pid lock taken before the bind goes with the failed start: no stale file is left.
+    let pid_file = dir.path().join("data").join("server.pid");
+    assert!(
+        !pid_file.exists(),
+        "a failed start left {}",
+        pid_file.display()
+    );
+}
+
+#[test]
+fn a_second_run_on_the_same_data_directory_and_port_says_already_running() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let data = dir.path().join("data");
+    let (first, addr) = spawn_foreground(&config, &data);
+    // Same config, so the same port too: the data directory is what it must report.
+    let (code, _, err) = run_cli(&config, &["run"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("already running on this data directory")
+            && err.contains(&first.id().to_string())
+            && !err.contains("already in use"),
+        "{err}"
+    );
+    // The refused start left the running server and its pid file alone.
+    assert_eq!(
+        read_pid_file(&data.join("server.pid")),
+        Some((first.id(), addr))
+    );
+    assert_eq!(http_get(addr, "/healthz").status, 200);
 }
 
 #[test]
@@ -224,15 +261,17 @@ fn unreachable_or_unknown_backends_stop_the_start() {
 }
 
 /// The server started with a soft open-file limit of 256 (as low as a distribution's 1,024,
-/// lower still), `max_connections` as given; returns the soft and hard limits it then runs
-/// with, read from /proc, and what it logged.
-fn limits_of_a_server_started_low(max_connections: u64) -> (u64, u64, String) {
+/// lower still), `max_connections` as given (None: the default); returns the soft and hard
+/// limits it then runs with, read from /proc, and what it logged.
+fn limits_of_a_server_started_low(max_connections: Option<u64>) -> (u64, u64, String) {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        &format!("[server]\nmax_connections = {max_connections}\n"),
+        &max_connections.map_or_else(String::new, |m| {
+            format!("[server]\nmax_connections = {m}\n")
+        }),
     );
     let mut cmd = Command::new(server_bin());
     cmd.arg("run")
@@ -293,20 +332,60 @@ fn the_open_file_limit_is_raised_to_what_max_connections_needs() {
         ceiling > 256,
         "this machine's limit ({ceiling}) leaves nothing to test"
     );
-    let (soft, got_hard, log) = limits_of_a_server_started_low(1000);
+    let (soft, got_hard, log) = limits_of_a_server_started_low(Some(1000));
     assert_eq!(got_hard, hard, "the hard limit is left alone");
     assert_eq!(soft, wanted.min(ceiling), "{log}");
-    assert!(!log.contains("open-file limit is"), "{log}");
+    if ceiling >= wanted {
+        // Enough for max_connections: not a word about it (at the info level of the test).
+        assert!(!log.contains("open-file limit"), "{log}");
+    }
 }
 
 #[test]
-fn a_hard_limit_below_max_connections_is_reported() {
-    let ceiling = wxchat::net::fd_limit::ceiling().unwrap();
+fn a_hard_limit_below_max_connections_is_reported_once_with_what_fits() {
+    use wxchat::net::fd_limit::{ceiling, RESERVED};
+    let ceiling = ceiling().unwrap();
     // More connections than any hard limit allows.
-    let (soft, _, log) = limits_of_a_server_started_low(1 << 40);
+    let max: u64 = 1 << 40;
+    let (soft, _, log) = limits_of_a_server_started_low(Some(max));
     assert_eq!(soft, ceiling, "the soft limit goes as far as it can");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("open-file limit"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    let fits = ceiling.saturating_sub(RESERVED);
     assert!(
-        log.contains("open-file limit is") && log.contains("LimitNOFILE"),
+        lines[0].contains(" WARN ")
+            && lines[0].contains(&format!("allows about {fits} connections"))
+            && lines[0].contains(&format!("max_connections = {max}"))
+            && lines[0].contains("LimitNOFILE"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_default_max_connections_out_of_reach_is_one_info_line_not_a_warning() {
+    use wxchat::net::fd_limit::{ceiling, RESERVED};
+    let ceiling = ceiling().unwrap();
+    let max = wxchat::config::Config::default().server.max_connections as u64;
+    let (_, _, log) = limits_of_a_server_started_low(None);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("open-file limit"))
+        .collect();
+    if ceiling >= max + RESERVED {
+        assert!(lines.is_empty(), "{log}");
+        return;
+    }
+    // The default is a ceiling nobody asked for: the figure is worth a line, not a warning.
+    assert_eq!(lines.len(), 1, "{log}");
+    let fits = ceiling.saturating_sub(RESERVED);
+    assert!(
+        lines[0].contains(" INFO ")
+            && lines[0].contains(&format!(
+                "allows about {fits} connections of [server] max_connections = {max}"
+            )),
         "{log}"
     );
 }

@@ -34,8 +34,15 @@ struct Sub {
 
 impl Sub {
     fn start(args: &[&str]) -> Sub {
-        let mut child = Command::new(subscriber_bin())
-            .args(args)
+        Sub::spawn(Command::new(subscriber_bin()).args(args))
+    }
+
+    fn start_with_env(args: &[&str], cwd: &std::path::Path, env: &[(&str, &str)]) -> Sub {
+        Sub::spawn(&mut subscriber_with_env(args, cwd, env))
+    }
+
+    fn spawn(cmd: &mut Command) -> Sub {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -98,6 +105,18 @@ impl Drop for Sub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `subscriber` in `cwd` with only `env` of the WXCHAT_* variables (the test's own, such as
+/// WXCHAT_TEST_MYSQL_URL, would be unknown configuration variables to it).
+fn subscriber_with_env(args: &[&str], cwd: &std::path::Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(subscriber_bin());
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WXCHAT_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    cmd
 }
 
 fn send(addr: std::net::SocketAddr, token: &str, to: u64, req: u64, text: &str) -> u64 {
@@ -223,4 +242,64 @@ fn subscriber_says_clearly_when_nothing_answers_or_it_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("401") && err.contains("--token"), "{err}");
+}
+
+#[test]
+fn subscriber_takes_the_admin_listener_and_token_from_the_environment() {
+    let s = TestServer::start("[admin]\ntoken = \"0123456789abcdef\"\n");
+    let admin = s.admin.to_string();
+    // No --host and no server.toml in the working directory: only the environment names the
+    // listener (the built-in default, 127.0.0.1:9502, is not it).
+    let empty = tempfile::tempdir().unwrap();
+    let sub = Sub::start_with_env(
+        &["message"],
+        empty.path(),
+        &[
+            ("WXCHAT_ADMIN_LISTEN", &admin),
+            ("WXCHAT_ADMIN_TOKEN", "0123456789abcdef"),
+        ],
+    );
+    let line = sub.stderr_line(
+        "a subscription at the listener the environment names",
+        "subscriber:",
+    );
+    assert!(
+        line.contains("subscribed to message") && line.contains(&admin),
+        "{line}"
+    );
+    assert!(sub.interrupt().success());
+
+    // The environment wins over a config file too, for the listener and for the token (a token
+    // that is sent must be right even from loopback, so the wrong one shows it was used).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[admin]\nlisten = \"127.0.0.1:{}\"\n", free_port()),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let sub = Sub::start_with_env(
+        &["--config", config, "message"],
+        dir.path(),
+        &[("WXCHAT_ADMIN_LISTEN", &admin)],
+    );
+    sub.stderr_line(
+        "a subscription despite the config's listener",
+        "subscribed to message",
+    );
+    assert!(sub.interrupt().success());
+    let out = subscriber_with_env(
+        &["--config", config, "message"],
+        dir.path(),
+        &[
+            ("WXCHAT_ADMIN_LISTEN", &admin),
+            ("WXCHAT_ADMIN_TOKEN", "wrong-token-wrong-token"),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&admin) && err.contains("401"), "{err}");
 }

@@ -390,6 +390,67 @@ fn agent_replies_go_out_through_custom_send_with_wechat_errors_reported() {
     assert_eq!(fake.calls("/cgi-bin/message/custom/send"), 5);
 }
 
+#[test]
+fn a_type_wechat_cannot_carry_is_reported_as_such_before_any_wechat_call() {
+    let fake = FakeWechat::start();
+    let s = TestServer::start(&config(&fake, ""));
+    let (_, mut agent) = agent(s.addr, "agent-5");
+    success(&pusher("mp").plain(s.addr, &text_push(Format::Xml, "o-c5", "6001", "video?")));
+    let customer = next_push(&mut agent, "message")["data"]["from_id"]
+        .as_u64()
+        .unwrap();
+
+    let send = |agent: &mut WsClient, id: u64, msg_type: u64, msg: Value| {
+        let r = ws_request(
+            agent,
+            json!({"cmd":"send","req_id":id,"chat_type":2,"to_id":customer,"msg_type":msg_type,"msg":msg}),
+        );
+        assert_eq!(r["code"], 200, "stored all the same: {r}");
+        let d = next_push(agent, "wx_delivery")["data"].clone();
+        assert_eq!(
+            (d["msg_id"].clone(), d["ok"].as_bool()),
+            (r["data"]["msg_id"].clone(), Some(false)),
+            "{d}"
+        );
+        d
+    };
+    // A short video: the agent is told WeChat cannot carry it and what to send instead, with
+    // code 415, not that WeChat is unreachable.
+    let d = send(&mut agent, 1, 3, json!({"url":"/files/v.mp4","duration":5}));
+    assert_eq!(
+        (d["code"].as_u64(), d["msg"].as_str()),
+        (
+            Some(415),
+            Some("WeChat customer service cannot carry short video (msg_type 3); send a link or image instead")
+        ),
+        "{d}"
+    );
+    assert!(d.get("errcode").is_none(), "WeChat said nothing: {d}");
+    let d = send(&mut agent, 2, 2, json!({"url":"/files/v.amr","duration":3}));
+    assert_eq!(d["code"].as_u64(), Some(415), "{d}");
+    assert!(
+        d["msg"].as_str().unwrap().contains("voice (msg_type 2)"),
+        "{d}"
+    );
+    // An image that is not one of our uploads is the message's fault too.
+    let d = send(
+        &mut agent,
+        3,
+        1,
+        json!({"url":"https://elsewhere.example/a.png"}),
+    );
+    assert_eq!(d["code"].as_u64(), Some(400), "{d}");
+    assert!(d["msg"].as_str().unwrap().contains("upload"), "{d}");
+    // None of them cost a WeChat call, not even an access_token.
+    for path in [
+        "/cgi-bin/stable_token",
+        "/cgi-bin/media/upload",
+        "/cgi-bin/message/custom/send",
+    ] {
+        assert_eq!(fake.calls(path), 0, "{path}");
+    }
+}
+
 /// A fresh token of an existing user (the server API `user` updates and logs in).
 fn agent_token(addr: SocketAddr, app_uid: &str) -> String {
     let r = server_api(addr, API_KEY, "user", &json!({ "app_uid": app_uid }));

@@ -3,8 +3,10 @@
 //!
 //! A spec is a topic (or `all`) followed by `;key=value` conditions, all of which must hold. A
 //! value may list alternatives: `uid=1,2`. `uid` matches an event's `uid`, `from_id` or `to_id`
-//! (so `all;uid=1` is everything about user 1); any other key matches the event field of that
-//! name. An event without the field does not match. A subscriber's specs are alternatives.
+//! (so `all;uid=1` is everything about user 1); these fields only ever hold users (a group
+//! message names its group as `group_id`), so a uid never matches a group. Any other key matches
+//! the event field of that name. An event without the field does not match. A subscriber's specs
+//! are alternatives.
 
 use serde_json::{Map, Value};
 
@@ -225,6 +227,14 @@ mod tests {
         assert!(s.matches(Topic::Connection, &conn));
         let other = fields(json!({"from_id": 2, "to_id": 3}));
         assert!(!s.matches(Topic::Message, &other));
+        // A group message names its group apart from users: uid=1 is not group 1, but its
+        // sender, and group_id follows the group.
+        let to_group_1 = fields(json!({"from_id": 2, "group_id": 1, "chat_type": 1}));
+        assert!(!s.matches(Topic::Message, &to_group_1));
+        let from_me = fields(json!({"from_id": 1, "group_id": 5, "chat_type": 1}));
+        assert!(s.matches(Topic::Message, &from_me));
+        let group = Subscription::parse("message;group_id=1").unwrap();
+        assert!(group.matches(Topic::Message, &to_group_1));
         // serverInfo has no uid: a uid filter excludes it.
         assert!(!s.matches(Topic::ServerInfo, &fields(json!({"connections": 1}))));
     }
@@ -232,7 +242,7 @@ mod tests {
     #[test]
     fn all_conditions_must_hold_and_values_are_alternatives() {
         let s = Subscription::parse("message;uid=1,7;chat_type=1").unwrap();
-        let group = fields(json!({"from_id": 7, "to_id": 40, "chat_type": 1}));
+        let group = fields(json!({"from_id": 7, "group_id": 40, "chat_type": 1}));
         assert!(s.matches(Topic::Message, &group));
         let friend = fields(json!({"from_id": 7, "to_id": 2, "chat_type": 0}));
         assert!(!s.matches(Topic::Message, &friend));

@@ -126,38 +126,9 @@ fn init_logging(config: &Config, file: Option<PathBuf>) -> Result<(), String> {
     wxchat::logger::init(level, file).map_err(|e| format!("cannot open the log: {e}"))
 }
 
-fn start(config: &Config) -> Result<Server, String> {
-    raise_open_file_limit(config);
-    let mut server = Server::bind(config.clone())?;
-    // Signals first: the pid file tells scripts (and tests) the server is up and may be
-    // signalled, so SIGTERM/SIGINT must already be handled when it appears.
-    server.handle_signals()?;
-    server.lock_pid_file(config)?;
-    Ok(server)
-}
-
-/// One descriptor per connection: the soft limit (often 1,024) goes up to what `max_connections`
-/// needs, as far as the hard limit allows; short of that, the operator is told.
-fn raise_open_file_limit(config: &Config) {
-    use wxchat::net::fd_limit;
-    let wanted = config.server.max_connections as u64 + fd_limit::RESERVED;
-    match fd_limit::raise_to(wanted) {
-        Ok(l) if l.soft < wanted => log::warn!(
-            "open-file limit is {} (hard limit {}): about {} connections fit, not \
-             [server] max_connections = {}; raise the hard limit (systemd LimitNOFILE=, ulimit -Hn)",
-            l.soft,
-            l.hard,
-            l.soft.saturating_sub(fd_limit::RESERVED),
-            config.server.max_connections
-        ),
-        Ok(l) => log::info!("open-file limit {} (hard {})", l.soft, l.hard),
-        Err(e) => log::warn!("cannot read or raise the open-file limit: {e}"),
-    }
-}
-
 fn run_foreground(config: Config) -> Result<(), String> {
     init_logging(&config, None)?;
-    let server = start(&config)?;
+    let server = Server::bind_exclusive(config)?;
     server.run()
 }
 
@@ -226,7 +197,7 @@ fn daemon(config: Config) -> Result<(), String> {
 fn daemon_child(config: &Config, report: &mut std::fs::File) -> Result<(), String> {
     redirect_stdio()?;
     init_logging(config, Some(config.log_file()))?;
-    let server = start(config)?;
+    let server = Server::bind_exclusive(config.clone())?;
     let addr = server.local_addr();
     report
         .write_all(format!("ok {addr}").as_bytes())

@@ -17,13 +17,14 @@ Prints a running wxchat server's info topics as they happen.
           narrowed by conditions: 'message;uid=1;chat_type=1', 'all;uid=1,2'.
           Several topics are alternatives. Default: all.
 
-  --host HOST:PORT  the admin listener (default: [admin] listen of the config, else
-                    127.0.0.1:9502)
+  --host HOST:PORT  the admin listener (default: $WXCHAT_ADMIN_LISTEN, else [admin] listen
+                    of the config, else 127.0.0.1:9502)
   --token TOKEN     the admin token, needed from another machine (default: $WXCHAT_ADMIN_TOKEN,
                     else [admin] token of the config)
   --json            one JSON object per line instead of the readable format
   --config FILE     read [admin] listen and token from this server config (default:
-                    ./server.toml when present)
+                    ./server.toml when present); WXCHAT_* variables override it as they do
+                    for the server
 
 Reconnects with backoff when the server restarts; Ctrl-C stops.
 ";
@@ -79,16 +80,16 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Host and token: flags, then the environment, then the server's config, then the defaults.
+/// Host and token: flags, then the environment (`WXCHAT_ADMIN_*`, applied by `Config::load`), then
+/// the server's config, then the defaults.
 fn target(args: &Args) -> Result<(String, Option<String>), String> {
     let path = args.config.clone().or_else(|| {
         let p = std::path::PathBuf::from("server.toml");
         p.exists().then_some(p)
     });
-    let config = match &path {
-        Some(p) => Config::load(Some(p)).map_err(|e| format!("bad config: {e}"))?,
-        None => Config::default(),
-    };
+    // Loaded like the server's, WXCHAT_* overrides included even without a file, so
+    // `WXCHAT_ADMIN_LISTEN` / `WXCHAT_ADMIN_TOKEN` name the same listener the server opened.
+    let config = Config::load(path.as_deref()).map_err(|e| format!("bad config: {e}"))?;
     let host = match &args.host {
         Some(h) => h.clone(),
         None if config.admin.listen.is_empty() => {
@@ -99,7 +100,6 @@ fn target(args: &Args) -> Result<(String, Option<String>), String> {
     let token = args
         .token
         .clone()
-        .or_else(|| std::env::var("WXCHAT_ADMIN_TOKEN").ok())
         .or_else(|| Some(config.admin.token.clone()))
         .filter(|t| !t.is_empty());
     Ok((host, token))

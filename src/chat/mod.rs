@@ -1153,7 +1153,9 @@ fn fan_out(
 }
 
 /// The `message` info topic's event: ids, conversation, sender, receiver, type and size; the
-/// body only when `[admin] message_bodies` is on.
+/// body only when `[admin] message_bodies` is on. A group message's `to_id` is the group, so it
+/// goes out as `group_id`: `to_id` stays a user, and a subscriber's `uid=` (which matches `to_id`)
+/// never picks up a group that happens to share a user's number.
 fn message_event(m: &store::StoredMessage, with_body: bool) -> Value {
     let mut v = json!({
         "msg_id": m.msg_id,
@@ -1162,10 +1164,15 @@ fn message_event(m: &store::StoredMessage, with_body: bool) -> Value {
         "chat_type": m.chat_type,
         "msg_type": m.msg_type,
         "from_id": m.from_id,
-        "to_id": m.to_id,
         "size": m.body.len(),
         "created_at": m.created_at,
     });
+    let to = if m.chat_type == proto::chat_type::GROUP {
+        "group_id"
+    } else {
+        "to_id"
+    };
+    v[to] = json!(m.to_id);
     if with_body {
         v["body"] = Value::String(m.body.clone());
     }

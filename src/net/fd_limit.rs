@@ -61,9 +61,57 @@ pub fn raise_to(wanted: u64) -> std::io::Result<Limits> {
     current()
 }
 
+/// What the limits in force leave of `max_connections`: None when they suffice, else the one
+/// line for the operator, with the number of connections that will actually fit and the hard
+/// limit that would reach `max_connections`.
+pub fn shortfall(max_connections: u64, limits: Limits) -> Option<String> {
+    let wanted = max_connections.saturating_add(RESERVED);
+    if limits.soft >= wanted {
+        return None;
+    }
+    // The soft limit is normally the hard one by now; when it is lower, the kernel's
+    // fs.nr_open (or a failed raise) stopped it, and that is the figure that counts.
+    let by = if limits.soft < limits.hard {
+        format!("soft limit {} (hard {})", limits.soft, limits.hard)
+    } else {
+        format!("hard limit {}", limits.hard)
+    };
+    Some(format!(
+        "open-file limit: {by} allows about {} connections of [server] max_connections = \
+         {max_connections}; raise LimitNOFILE= (systemd) or ulimit -Hn to {wanted} to reach \
+         {max_connections}",
+        limits.soft.saturating_sub(RESERVED),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shortfall_names_the_connections_that_fit() {
+        let l = |soft, hard| Limits { soft, hard };
+        assert_eq!(shortfall(1000, l(2024, 2024)), None);
+        assert_eq!(shortfall(1000, l(4096, 1 << 20)), None);
+        assert_eq!(
+            shortfall(100_000, l(20_000, 20_000)).as_deref(),
+            Some(
+                "open-file limit: hard limit 20000 allows about 18976 connections of \
+                 [server] max_connections = 100000; raise LimitNOFILE= (systemd) or ulimit -Hn \
+                 to 101024 to reach 100000"
+            )
+        );
+        let capped = shortfall(100_000, l(65_536, u64::MAX)).unwrap();
+        assert!(
+            capped.contains("soft limit 65536 (hard 18446744073709551615) allows about 64512"),
+            "{capped}"
+        );
+        // Below the reserve: nothing is promised, and nothing underflows.
+        assert!(shortfall(10, l(256, 256))
+            .unwrap()
+            .contains("about 0 connections"));
+        assert!(shortfall(u64::MAX, l(256, 256)).is_some());
+    }
 
     /// Only what cannot disturb other tests in this process: asking for no more than the soft
     /// limit changes nothing. (Raising is tested on the binary, in tests/cli.rs.)

@@ -12,7 +12,7 @@ use crate::app::{App, Completion};
 use crate::config::WechatApp;
 use crate::http::Response;
 use crate::net::{ConnId, Ctx, Reply};
-use crate::proto::{self, chat_type, msg_type};
+use crate::proto::{self, chat_type, code, msg_type};
 use crate::store::{self, Backends, NewMessage, StoreResult, StoredMessage, WechatIdentity};
 use crate::wechat::api::WxError;
 use crate::wechat::callback::{Push, Replier};
@@ -187,10 +187,22 @@ fn mini_apps(app: &App) -> Vec<WechatApp> {
         .collect()
 }
 
-/// Why a message could not be handed to WeChat.
+/// Why a message could not be handed to WeChat: the `wx_delivery` push's `code` (as in replies:
+/// 4xx = the message, 5xx = WeChat or us), WeChat's `errcode` when it answered, and what to do.
 struct Undelivered {
+    code: u16,
     errcode: Option<i64>,
     msg: String,
+}
+
+impl Undelivered {
+    fn new(code: u16, msg: impl Into<String>) -> Undelivered {
+        Undelivered {
+            code,
+            errcode: None,
+            msg: msg.into(),
+        }
+    }
 }
 
 fn explain(e: &WxError) -> Undelivered {
@@ -204,60 +216,116 @@ fn explain(e: &WxError) -> Undelivered {
                 _ => "WeChat refused the message",
             };
             Undelivered {
+                code: code::BAD_GATEWAY,
                 errcode: Some(*errcode),
                 msg: format!("{what} (errcode {errcode}: {errmsg})"),
             }
         }
-        other => Undelivered {
-            errcode: None,
-            msg: other.to_string(),
-        },
+        WxError::Unreachable(_) => Undelivered::new(code::BAD_GATEWAY, e.to_string()),
+        WxError::Cache(_) => Undelivered::new(code::UNAVAILABLE, e.to_string()),
     }
 }
 
-/// The `custom/send` payload of a stored message (uploading a local image first).
-fn payload_for(
+/// A message type WeChat's `custom/send` cannot carry, refused before any WeChat call: the agent
+/// learns what is wrong with the message and what to send instead, rather than that WeChat
+/// failed.
+fn not_carried(mt: u8) -> Undelivered {
+    let (what, instead) = match mt {
+        msg_type::VOICE => ("voice", "send text instead"),
+        msg_type::VIDEO => ("short video", "send a link or image instead"),
+        msg_type::RICH_TEXT => ("rich text", "send plain text instead"),
+        msg_type::FILE => ("files", "send a link instead"),
+        _ => ("this message type", "send text, an image or a link instead"),
+    };
+    Undelivered::new(
+        code::UNSUPPORTED_TYPE,
+        format!("WeChat customer service cannot carry {what} (msg_type {mt}); {instead}"),
+    )
+}
+
+/// What goes to WeChat for one stored message, worked out before any WeChat call.
+enum Outgoing {
+    /// A `custom/send` payload as it stands.
+    Ready(Value),
+    /// An uploaded image: `media/upload` first, then `custom/send` with its media_id.
+    Image {
+        name: String,
+        content_type: &'static str,
+        data: Vec<u8>,
+    },
+}
+
+/// Checks a stored message against what WeChat customer service carries and gathers what the
+/// call needs (an image's bytes). Every refusal here is about the message, not WeChat.
+fn prepare(
     data_dir: &std::path::Path,
-    client: &crate::wechat::api::Client,
-    wx_app: &WechatApp,
-    token: &str,
     openid: &str,
     m: &StoredMessage,
-) -> Result<Value, WxError> {
+) -> Result<Outgoing, Undelivered> {
     let body: Value = serde_json::from_str(&m.body).unwrap_or(Value::Null);
     let s = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
-    let unsupported =
-        |what: &str| WxError::Unreachable(format!("{what} cannot be sent to a WeChat user"));
     Ok(match m.msg_type {
-        msg_type::TEXT => {
-            json!({ "touser": openid, "msgtype": "text", "text": { "content": body.as_str().unwrap_or_default() } })
-        }
+        msg_type::TEXT => Outgoing::Ready(
+            json!({ "touser": openid, "msgtype": "text", "text": { "content": body.as_str().unwrap_or_default() } }),
+        ),
         msg_type::IMAGE => {
             let url = s("url");
             let Some((hash, ext)) = url
                 .strip_prefix("/files/")
                 .and_then(crate::upload::parse_file_name)
             else {
-                return Err(unsupported("an image that is not an uploaded file"));
+                return Err(Undelivered::new(
+                    code::BAD_REQUEST,
+                    "WeChat customer service takes only images uploaded here (POST /api/upload); upload it first",
+                ));
             };
             let data = crate::upload::read_file(data_dir, hash, ext)
-                .map_err(|e| WxError::Unreachable(format!("cannot read the image: {e}")))?
-                .ok_or_else(|| WxError::Unreachable("the image file is gone".into()))?;
-            let ct = crate::upload::content_type_of(ext).unwrap_or("application/octet-stream");
-            let media_id =
-                client.media_upload(wx_app, token, "image", &format!("{hash}.{ext}"), ct, &data)?;
-            json!({ "touser": openid, "msgtype": "image", "image": { "media_id": media_id } })
+                .map_err(|e| {
+                    Undelivered::new(code::INTERNAL, format!("cannot read the image: {e}"))
+                })?
+                .ok_or_else(|| Undelivered::new(code::NOT_FOUND, "the image file is gone"))?;
+            Outgoing::Image {
+                name: format!("{hash}.{ext}"),
+                content_type: crate::upload::content_type_of(ext)
+                    .unwrap_or("application/octet-stream"),
+                data,
+            }
         }
-        msg_type::LINK => json!({
+        msg_type::LINK => Outgoing::Ready(json!({
             "touser": openid, "msgtype": "link",
             "link": { "title": s("title"), "description": s("description"), "url": s("url"), "thumb_url": s("thumb_url") },
-        }),
-        msg_type::MINIPROGRAM_PAGE => json!({
+        })),
+        msg_type::MINIPROGRAM_PAGE => Outgoing::Ready(json!({
             "touser": openid, "msgtype": "miniprogrampage",
             "miniprogrampage": { "title": s("title"), "pagepath": s("pagepath"), "thumb_media_id": s("thumb_media_id") },
-        }),
-        _ => return Err(unsupported("this message type")),
+        })),
+        other => return Err(not_carried(other)),
     })
+}
+
+/// The WeChat calls for a prepared message (inside `AccessTokens::call`, so a stale token is
+/// refreshed and the whole send retried).
+fn deliver(
+    client: &crate::wechat::api::Client,
+    wx_app: &WechatApp,
+    token: &str,
+    openid: &str,
+    out: &Outgoing,
+) -> Result<(), WxError> {
+    let payload = match out {
+        Outgoing::Ready(p) => std::borrow::Cow::Borrowed(p),
+        Outgoing::Image {
+            name,
+            content_type,
+            data,
+        } => {
+            let media_id = client.media_upload(wx_app, token, "image", name, content_type, data)?;
+            std::borrow::Cow::Owned(
+                json!({ "touser": openid, "msgtype": "image", "image": { "media_id": media_id } }),
+            )
+        }
+    };
+    client.custom_send(wx_app, token, &payload)
 }
 
 fn send_next(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
@@ -279,20 +347,18 @@ fn send_next(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
     let work = move |b: &Backends| -> Option<Result<(), Undelivered>> {
         let route = match b.cs_route(customer) {
             Ok(r) => r?,
-            Err(e) => {
-                return Some(Err(Undelivered {
-                    errcode: None,
-                    msg: e.to_string(),
-                }))
-            }
+            Err(e) => return Some(Err(Undelivered::new(code::UNAVAILABLE, e.to_string()))),
         };
         let (appid, openid) = route;
         let wx_app = apps.iter().find(|a| a.appid == appid)?;
+        let out = match prepare(&data_dir, &openid, &msg) {
+            Ok(out) => out,
+            Err(u) => return Some(Err(u)),
+        };
         Some(
             tokens
                 .call(wx_app, |token| {
-                    let payload = payload_for(&data_dir, &client, wx_app, token, &openid, &msg)?;
-                    client.custom_send(wx_app, token, &payload)
+                    deliver(&client, wx_app, token, &openid, &out)
                 })
                 .map_err(|e| {
                     log::info!("wechat {}: custom/send: {e}", wx_app.name);
@@ -310,6 +376,7 @@ fn send_next(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
             let mut data =
                 json!({ "msg_id": msg_id, "conv_id": conv_id, "seq": seq, "ok": result.is_ok() });
             if let Err(u) = result {
+                data["code"] = json!(u.code);
                 data["msg"] = json!(u.msg);
                 if let Some(c) = u.errcode {
                     data["errcode"] = json!(c);
@@ -326,7 +393,7 @@ fn send_next(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
         if let Some(q) = app.service_outbox.queues.get_mut(&customer) {
             q.pop_front();
         }
-        let data = json!({ "msg_id": m.msg_id, "conv_id": m.conv_id, "seq": m.seq, "ok": false, "msg": "server busy: not sent to WeChat" });
+        let data = json!({ "msg_id": m.msg_id, "conv_id": m.conv_id, "seq": m.seq, "ok": false, "code": code::UNAVAILABLE, "msg": "server busy: not sent to WeChat" });
         crate::chat::push_to_users(app, ctx, &[m.from_id], &proto::push("wx_delivery", &data));
     }
 }
@@ -355,4 +422,93 @@ pub fn typing(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
         },
         |_, _, ()| {},
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(mt: u8, body: Value) -> StoredMessage {
+        StoredMessage {
+            msg_id: 1,
+            conv_id: "s_7".into(),
+            seq: 1,
+            chat_type: chat_type::SERVICE,
+            from_id: 3,
+            to_id: 7,
+            msg_type: mt,
+            body: body.to_string(),
+            created_at: 0,
+        }
+    }
+
+    fn refusal(mt: u8, body: Value) -> (u16, String) {
+        let dir = tempfile::tempdir().unwrap();
+        match prepare(dir.path(), "o-7", &stored(mt, body)) {
+            Ok(_) => panic!("msg_type {mt} was prepared for WeChat"),
+            Err(u) => (u.code, u.msg),
+        }
+    }
+
+    #[test]
+    fn types_wechat_cannot_carry_say_so_and_what_to_send_instead() {
+        assert_eq!(
+            refusal(msg_type::VIDEO, json!({"url": "/files/v.mp4"})),
+            (
+                code::UNSUPPORTED_TYPE,
+                "WeChat customer service cannot carry short video (msg_type 3); send a link or image instead".into()
+            )
+        );
+        for (mt, what) in [
+            (msg_type::VOICE, "voice (msg_type 2)"),
+            (msg_type::RICH_TEXT, "rich text (msg_type 4)"),
+            (msg_type::FILE, "files (msg_type 5)"),
+            (msg_type::RECALL, "this message type (msg_type 100)"),
+        ] {
+            let (c, msg) = refusal(mt, json!({}));
+            assert_eq!(c, code::UNSUPPORTED_TYPE);
+            assert!(msg.contains(what) && msg.contains("instead"), "{msg}");
+        }
+        let (c, msg) = refusal(msg_type::IMAGE, json!({"url": "https://x.example/a.png"}));
+        assert_eq!(c, code::BAD_REQUEST, "{msg}");
+        let (c, _) = refusal(
+            msg_type::IMAGE,
+            json!({"url": format!("/files/{}.png", "a".repeat(64))}),
+        );
+        assert_eq!(c, code::NOT_FOUND);
+    }
+
+    #[test]
+    fn carried_types_become_custom_send_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let Ok(Outgoing::Ready(p)) =
+            prepare(dir.path(), "o-7", &stored(msg_type::TEXT, json!("hi")))
+        else {
+            panic!("text is carried");
+        };
+        assert_eq!(
+            p,
+            json!({"touser":"o-7","msgtype":"text","text":{"content":"hi"}})
+        );
+        let name = crate::upload::store_file(dir.path(), b"png bytes", "png").unwrap();
+        let image = stored(msg_type::IMAGE, json!({ "url": format!("/files/{name}") }));
+        let Ok(Outgoing::Image {
+            content_type, data, ..
+        }) = prepare(dir.path(), "o-7", &image)
+        else {
+            panic!("an uploaded image is carried");
+        };
+        assert_eq!(
+            (content_type, data.as_slice()),
+            ("image/png", &b"png bytes"[..])
+        );
+        let link = stored(
+            msg_type::LINK,
+            json!({"title": "t", "url": "https://x.example"}),
+        );
+        let Ok(Outgoing::Ready(p)) = prepare(dir.path(), "o-7", &link) else {
+            panic!("a link is carried");
+        };
+        assert_eq!(p["link"]["url"], "https://x.example");
+    }
 }

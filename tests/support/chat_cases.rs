@@ -587,6 +587,44 @@ fn recall_within_the_window() {
 }
 
 #[test]
+fn upload_takes_a_listed_file_name_extension_over_a_generic_type() {
+    let s = start("");
+    let (_, ta) = user(&s, "a");
+    // As `curl -F file=@v.amr` sends it: application/octet-stream, the type of anything.
+    let boundary = "curlBoundary42";
+    let amr: &[u8] = b"#!AMR\n\x3c\x55\x00";
+    let mut body = Vec::new();
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"v.amr\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+    body.extend_from_slice(amr);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut raw = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {ta}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let r = http_raw(s.addr, &raw);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let url = r.json()["data"]["url"].as_str().unwrap().to_string();
+    assert!(url.ends_with(".amr"), "{url}");
+    let got = http_get(s.addr, &url);
+    assert_eq!(got.header("Content-Type"), Some("audio/amr"));
+    assert_eq!(got.body, amr);
+    // The same for a raw body named by ?name=, and an unlisted name still gives .bin.
+    for (name, ext) in [("v.amr", ".amr"), ("v.exe", ".bin")] {
+        let mut raw = format!(
+            "POST /api/upload?name={name} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {ta}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            amr.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(amr);
+        let r = http_raw(s.addr, &raw);
+        let url = r.json()["data"]["url"].as_str().unwrap().to_string();
+        assert!(url.ends_with(ext), "{name}: {url}");
+    }
+}
+
+#[test]
 fn upload_multipart_and_raw_then_serve_back() {
     let s = start("[upload]\nmax_bytes = 2000\n");
     let (a, ta) = user(&s, "a");
