@@ -648,7 +648,7 @@ impl App {
                     (
                         file.data.to_vec(),
                         ext,
-                        file.content_type.clone().unwrap_or_default(),
+                        served_type(ext, file.content_type.as_deref()),
                     )
                 }
                 None => {
@@ -656,7 +656,8 @@ impl App {
                         Some(&content_type),
                         req.query_param("name").as_deref(),
                     );
-                    (req.body, ext, content_type.clone())
+                    let mime = served_type(ext, Some(&content_type));
+                    (req.body, ext, mime)
                 }
             };
         if data.is_empty() {
@@ -731,6 +732,15 @@ pub struct Issued {
     pub data: Value,
     pub user: crate::store::User,
     pub profile_changed: bool,
+}
+
+/// The `mime` an upload reply reports: the type the file will be served with (a `curl -F
+/// file=@v.amr` part declares `application/octet-stream` but is stored and served as `audio/amr`);
+/// the declared type only for `.bin`, which is served as an attachment.
+fn served_type(ext: &str, declared: Option<&str>) -> String {
+    crate::upload::content_type_of(ext)
+        .map(String::from)
+        .unwrap_or_else(|| declared.unwrap_or_default().to_string())
 }
 
 /// Creates or updates the user with this business id and issues a token (doLogin and the

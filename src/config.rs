@@ -500,6 +500,9 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 const ENV_PREFIX: &str = "WXCHAT_";
+/// The test suite's own variables (`WXCHAT_TEST_MYSQL_URL`, ...): not configuration, so a
+/// developer who exported them can still run the server.
+const TEST_ENV_PREFIX: &str = "WXCHAT_TEST_";
 
 impl Config {
     /// Loads `path` (or only defaults when `None`), applies the process environment, validates.
@@ -525,7 +528,7 @@ impl Config {
             .map_err(|e| ConfigError(format!("internal: defaults do not serialise: {e}")))?;
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !k.starts_with(TEST_ENV_PREFIX))
             .collect();
         overrides.sort();
         for (name, value) in overrides {
@@ -921,6 +924,8 @@ mod tests {
         assert!(e.0.contains("WXCHAT_SERVER_MAX_CONNECTIONS"), "{e}");
         let e = parse("", &[("WXCHAT_SERVER_NOPE", "1")]).unwrap_err();
         assert!(e.0.contains("WXCHAT_SERVER_NOPE"), "{e}");
+        // The test suite's variables are not configuration.
+        assert!(parse("", &[("WXCHAT_TEST_MYSQL_URL", "mysql://x")]).is_ok());
     }
 
     #[test]

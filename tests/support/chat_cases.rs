@@ -607,6 +607,8 @@ fn upload_takes_a_listed_file_name_extension_over_a_generic_type() {
     assert_eq!(r.status, 200, "{}", r.text());
     let url = r.json()["data"]["url"].as_str().unwrap().to_string();
     assert!(url.ends_with(".amr"), "{url}");
+    // The reply names the type the file is served with, not the generic one declared.
+    assert_eq!(r.json()["data"]["mime"], "audio/amr");
     let got = http_get(s.addr, &url);
     assert_eq!(got.header("Content-Type"), Some("audio/amr"));
     assert_eq!(got.body, amr);
