@@ -4,6 +4,7 @@
 
 pub mod consult;
 pub mod desk;
+pub mod membership;
 pub mod office_hours;
 pub mod persister;
 pub mod presence;
@@ -1031,6 +1032,11 @@ fn cmd_page(
         cmd.u64_or("before_seq", 0).map_err(bad)?
     };
     let conv = conv_id.clone();
+    // A group member added later reads from their join on (unless the group shows its history).
+    let group = match proto::parse_conv(&conv_id) {
+        Some(ConvRef::Group(g)) => Some(g),
+        _ => None,
+    };
     with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, _| {
         let conv = conv_id.clone();
         let r = conn_job(
@@ -1038,10 +1044,16 @@ fn cmd_page(
             ctx,
             p,
             move |s| {
+                let floor = match group {
+                    Some(g) => s.group_history_floor(g, uid)?,
+                    None => 0,
+                };
                 if forward {
-                    s.sync(&conv, cursor, limit + 1)
+                    s.sync(&conv, membership::sync_after(cursor, floor), limit + 1)
                 } else {
-                    s.history(&conv, cursor, limit + 1)
+                    let mut page = s.history(&conv, cursor, limit + 1)?;
+                    membership::trim_history(&mut page, floor);
+                    Ok(page)
                 }
             },
             move |_app, ctx, p, r| match r {
@@ -1114,10 +1126,12 @@ fn cmd_read(
             p,
             move |s| s.mark_read(uid, &conv, seq),
             move |app, ctx, p, r| match r {
-                Ok(read_seq) => {
+                Ok(store::ReadMark { read_seq, moved }) => {
                     p.reply_ok(ctx, &json!({ "conv_id": conv_id, "read_seq": read_seq }));
-                    // One-to-one: the peer sees the receipt. Groups: counted (read_count).
-                    if members.len() == 2 && conv_id.starts_with("p_") {
+                    // One-to-one: the peer sees the receipt, once per move of the cursor (a
+                    // repeated or backward read tells them nothing new). Groups: counted
+                    // (read_count).
+                    if moved && members.len() == 2 && conv_id.starts_with("p_") {
                         let payload = proto::push(
                             "read",
                             &json!({ "conv_id": conv_id, "uid": uid, "seq": read_seq }),
@@ -1495,6 +1509,7 @@ fn create_group(
     owner: u64,
     name: String,
     members: Vec<u64>,
+    history_for_new_members: bool,
     done: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, Result<Value, (u16, String)>) + Send + 'static,
 ) -> bool {
     let max = app.config.chat.max_group_members;
@@ -1518,7 +1533,7 @@ fn create_group(
                 return Err((code::NOT_FOUND, "some of those users do not exist".into()));
             }
             let g = s
-                .create_group(owner, &name, &wanted)
+                .create_group(owner, &name, &wanted, history_for_new_members)
                 .map_err(|e| (proto::store_code(&e), e.to_string()))?;
             Ok((g, wanted))
         },
@@ -1547,11 +1562,21 @@ fn cmd_group_create(
         return Err(bad("name must be 1-128 bytes"));
     }
     let members = cmd.u64_list("members").map_err(bad)?;
+    let history =
+        membership::history_option(cmd.fields.get("history_for_new_members")).map_err(bad)?;
     let p2 = p.clone();
-    if create_group(app, ctx, uid, name, members, move |_app, ctx, r| match r {
-        Ok(v) => p2.reply_ok(ctx, &v),
-        Err((c, m)) => p2.reply_err(ctx, c, &m),
-    }) {
+    if create_group(
+        app,
+        ctx,
+        uid,
+        name,
+        members,
+        history,
+        move |_app, ctx, r| match r {
+            Ok(v) => p2.reply_ok(ctx, &v),
+            Err((c, m)) => p2.reply_err(ctx, c, &m),
+        },
+    ) {
         Ok(())
     } else {
         Err((code::UNAVAILABLE, "server busy, retry".into()))
@@ -1651,8 +1676,7 @@ fn notify_membership(
         move |s| s.group_members(gid),
         move |app, ctx, r| {
             if let Ok(Some(members)) = r {
-                let mut notify = members.clone();
-                notify.extend(uids.iter().copied());
+                let notify = membership::audience(&members, &uids);
                 app.chat.groups.insert(gid, Arc::new(members));
                 push_group_event(app, ctx, gid, event, &uids, &notify);
             }
@@ -1831,15 +1855,25 @@ pub fn server_api(
                 return Err(bad("name must be 1-128 bytes"));
             }
             let members = field_list(&body, "members")?;
-            if create_group(app, ctx, owner, name, members, move |_app, ctx, r| {
-                ctx.respond(
-                    conn,
-                    match r {
-                        Ok(v) => api_ok(v),
-                        Err((c, m)) => api_error(c, &m),
-                    },
-                )
-            }) {
+            let history =
+                membership::history_option(body.get("history_for_new_members")).map_err(bad)?;
+            if create_group(
+                app,
+                ctx,
+                owner,
+                name,
+                members,
+                history,
+                move |_app, ctx, r| {
+                    ctx.respond(
+                        conn,
+                        match r {
+                            Ok(v) => api_ok(v),
+                            Err((c, m)) => api_error(c, &m),
+                        },
+                    )
+                },
+            ) {
                 Ok(Reply::Later)
             } else {
                 Err((code::UNAVAILABLE, "server busy, retry".into()))

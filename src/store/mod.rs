@@ -156,6 +156,17 @@ pub struct Group {
     pub name: String,
     pub owner_id: u64,
     pub created_at: i64,
+    /// Members added after the creation may read the messages from before they joined
+    /// (false: they read from their join on; the founding members always read everything).
+    pub history_for_new_members: bool,
+}
+
+/// A read cursor after `mark_read`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadMark {
+    pub read_seq: u64,
+    /// The call moved the cursor (a receipt is worth pushing).
+    pub moved: bool,
 }
 
 /// One line of a user's conversation list.
@@ -214,6 +225,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A new anonymous visitor (`user_type` 3).
     fn create_visitor(&self) -> StoreResult<User>;
+    /// Deletes up to `limit` anonymous visitors idle since before `idle_before` (ms): created
+    /// (or last logged in) before it, no message in their service conversation since, and no
+    /// open service session. With each go their tokens and their conversation `s_<uid>`
+    /// (messages, its row, every read cursor on it); their closed service sessions stay, as the
+    /// desk's record. Returns the uids deleted (fewer than `limit`: nothing more to do now).
+    fn purge_idle_visitors(&self, idle_before: i64, limit: u32) -> StoreResult<Vec<u64>>;
     /// The visitor became `uid`: marked converted (`user_type` 4, their tokens no longer
     /// authenticate) and their service sessions now belong to `uid` (an open one is closed when
     /// `uid` has one open already). NotFound / Conflict when `visitor` is not a visitor.
@@ -249,11 +266,23 @@ pub trait Store: Send + Sync + 'static {
     /// Pending requests to `uid`: (from, note, created_at).
     fn friend_requests(&self, uid: u64) -> StoreResult<Vec<(u64, String, i64)>>;
 
-    fn create_group(&self, owner: u64, name: &str, members: &[u64]) -> StoreResult<Group>;
+    /// A group with its founding members (who read its whole history, joining at seq 0).
+    fn create_group(
+        &self,
+        owner: u64,
+        name: &str,
+        members: &[u64],
+        history_for_new_members: bool,
+    ) -> StoreResult<Group>;
     fn group(&self, gid: u64) -> StoreResult<Option<Group>>;
     /// Member ids, or None when the group does not exist.
     fn group_members(&self, gid: u64) -> StoreResult<Option<Vec<u64>>>;
+    /// Adds members, recording the group conversation's last seq as each one's join seq
+    /// (members already in keep theirs).
     fn add_group_members(&self, gid: u64, uids: &[u64]) -> StoreResult<()>;
+    /// The last seq of the group conversation that `uid` may not read: their join seq when the
+    /// group keeps its history from new members, else 0 (also for founders and non-members).
+    fn group_history_floor(&self, gid: u64, uid: u64) -> StoreResult<u64>;
     fn remove_group_member(&self, gid: u64, uid: u64) -> StoreResult<()>;
     fn groups_of(&self, uid: u64) -> StoreResult<Vec<Group>>;
 
@@ -280,8 +309,10 @@ pub trait Store: Send + Sync + 'static {
     fn blank_message(&self, msg_id: u64) -> StoreResult<()>;
     /// The user's conversations, most recently active first.
     fn conversations(&self, uid: u64, limit: u32) -> StoreResult<Vec<ConversationSummary>>;
-    /// Moves the read cursor forward (never back); returns the cursor after the call.
-    fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<u64>;
+    /// Moves the read cursor forward (never back), no further than the conversation's last
+    /// seq (a cursor past it would hide the messages still to come); returns the cursor after
+    /// the call and whether it moved.
+    fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<ReadMark>;
     /// Members of `conv_id` whose read cursor is at least `seq`.
     fn read_count(&self, conv_id: &str, seq: u64) -> StoreResult<u64>;
 }
