@@ -715,6 +715,25 @@ fn consultations_run_down_by_deltas_extend_and_end(f: Fixture) {
     assert_eq!(s2.consultation(999_999).unwrap(), None);
 }
 
+fn consultations_end_on_demand_and_extend_again(f: Fixture) {
+    let s = &f.store;
+    let c = s.create_consultation(1, 2, 60_000).unwrap();
+    s.use_consultation_time(&[(c.id, 5_000, false)]).unwrap();
+    let e = s.end_consultation(c.id).unwrap();
+    assert_eq!((e.remaining_ms, e.total_ms, e.ended), (0, 60_000, true));
+    assert!(s.active_consultations(1).unwrap().is_empty());
+    // Twice is the same; a save arriving afterwards leaves it at zero.
+    assert_eq!(s.end_consultation(c.id).unwrap().remaining_ms, 0);
+    s.use_consultation_time(&[(c.id, 1_000, false)]).unwrap();
+    assert_eq!(s.consultation(c.id).unwrap().unwrap().remaining_ms, 0);
+    let x = s.extend_consultation(c.id, 10_000).unwrap();
+    assert_eq!((x.remaining_ms, x.ended), (10_000, false));
+    assert_eq!(
+        s.end_consultation(999_999),
+        Err(StoreError::NotFound("consultation"))
+    );
+}
+
 macro_rules! suite {
     ([$($backend:ident),*] $tests:tt) => {
         $( suite!(@one $backend $tests); )*
@@ -750,4 +769,5 @@ suite!([sqlite, mysql] [
     service_sessions_open_once_assign_close_and_rate,
     visitors_convert_once_and_hand_over_their_sessions,
     consultations_run_down_by_deltas_extend_and_end,
+    consultations_end_on_demand_and_extend_again,
 ]);

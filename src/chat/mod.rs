@@ -403,6 +403,7 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                     push_presence(app, ctx, uid, true);
                     presence::came_online(app, ctx, uid);
                 }
+                consult::connected(app, ctx, p.conn, uid);
             }
             Ok(None) => {
                 METRICS.login("token", false);
@@ -491,6 +492,7 @@ pub fn on_message(
         "group_leave" => cmd_group_leave(app, ctx, &p, uid, &cmd),
         "service_status" | "service_accept" | "service_transfer" | "service_close"
         | "service_rate" | "service_info" => service_desk::command(app, ctx, &p, uid, &cmd),
+        "consult_get" => consult::command(app, ctx, &p, uid, &cmd),
         _ => Err((code::BAD_REQUEST, format!("unknown cmd {:?}", cmd.cmd))),
     };
     if let Err((c, m)) = result {
@@ -1760,7 +1762,7 @@ pub fn server_api(
 ) -> crate::net::Reply {
     use crate::net::Reply;
     let result: Result<Reply, (u16, String)> = (|| match action {
-        "consult_create" | "consult_extend" | "consult_get" => {
+        "consult_create" | "consult_extend" | "consult_get" | "consult_end" => {
             consult::server_api(app, ctx, conn, action, &body)
         }
         "user" => {

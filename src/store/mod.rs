@@ -244,6 +244,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Consultation>;
     /// Adds time (an ended consultation becomes active again).
     fn extend_consultation(&self, id: u64, extra_ms: u64) -> StoreResult<Consultation>;
+    /// Ends it now (server API `consult_end`): no time left, ended; an extension reopens it.
+    fn end_consultation(&self, id: u64) -> StoreResult<Consultation>;
     fn consultation(&self, id: u64) -> StoreResult<Option<Consultation>>;
     /// The user's active consultations, as user or as consultant.
     fn active_consultations(&self, uid: u64) -> StoreResult<Vec<Consultation>>;

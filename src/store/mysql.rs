@@ -1091,6 +1091,18 @@ impl Store for MysqlStore {
         })
     }
 
+    fn end_consultation(&self, id: u64) -> StoreResult<Consultation> {
+        let now = now_ms();
+        self.tx(|tx| {
+            tx.exec_drop(
+                "UPDATE consultations SET remaining_ms = 0, state = 1,
+                 ended_at = COALESCE(ended_at, ?), updated_at = ? WHERE id = ?",
+                (now, now, id),
+            )?;
+            consult_by_id(tx, id)?.ok_or(Fail::Store(StoreError::NotFound("consultation")))
+        })
+    }
+
     fn consultation(&self, id: u64) -> StoreResult<Option<Consultation>> {
         self.run(|c| consult_by_id(c, id))
     }

@@ -1056,6 +1056,25 @@ impl Store for SqliteStore {
         })
     }
 
+    fn end_consultation(&self, id: u64) -> StoreResult<Consultation> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE consultations SET remaining_ms = 0, state = 1,
+                     ended_at = COALESCE(ended_at, ?2), updated_at = ?2 WHERE id = ?1",
+                    params![id as i64, now],
+                )
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NotFound("consultation"));
+            }
+            consult_by_id(tx, id)
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound("consultation"))
+        })
+    }
+
     fn consultation(&self, id: u64) -> StoreResult<Option<Consultation>> {
         self.with_conn(|c| consult_by_id(c, id))
     }
