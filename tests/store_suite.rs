@@ -284,6 +284,24 @@ fn new_group_members_read_from_their_join(f: Fixture) {
     s.add_group_members(closed.group_id, &[3]).unwrap();
     let s2 = (f.reopen)();
     assert_eq!(s2.group_history_floor(closed.group_id, 3).unwrap(), 5);
+    // Listed without the message from before the join; the open group's is shown.
+    let listed = s2.conversations(3, 10).unwrap();
+    let last = |gid: u64| {
+        listed
+            .iter()
+            .find(|c| c.conv_id == format!("g_{gid}"))
+            .map(|c| (c.last_seq, c.last.as_ref().map(|m| m.seq)))
+    };
+    assert_eq!(last(closed.group_id), Some((5, None)));
+    assert_eq!(last(open.group_id), Some((4, Some(4))));
+    assert_eq!(
+        s2.conversations(1, 10).unwrap()[0]
+            .last
+            .as_ref()
+            .map(|m| m.seq),
+        Some(5),
+        "a founder sees it"
+    );
     let listed: Vec<bool> = s2
         .groups_of(3)
         .unwrap()

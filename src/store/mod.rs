@@ -319,6 +319,35 @@ pub trait Store: Send + Sync + 'static {
     fn read_count(&self, conv_id: &str, seq: u64) -> StoreResult<u64>;
 }
 
+/// The SQL both stores use for `conversations`' floors: the groups in which `uid` (the one
+/// parameter) may not read what came before their join, with their join seq.
+pub(crate) const GROUP_FLOORS_SQL: &str =
+    "SELECT m.group_id, m.join_seq FROM group_members m JOIN `groups` g ON g.id = m.group_id
+     WHERE m.user_id = ? AND m.join_seq > 0 AND g.history_for_new_members = 0";
+
+/// A conversation list without the last message of the groups whose history is hidden from
+/// the user (a member who joined after it): `sync` and `history` would not serve it either.
+pub(crate) fn hide_before_join(list: &mut [ConversationSummary], floors: &[(u64, u64)]) {
+    if floors.is_empty() {
+        return;
+    }
+    for c in list.iter_mut() {
+        let Some(gid) = c
+            .conv_id
+            .strip_prefix("g_")
+            .and_then(|g| g.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if floors
+            .iter()
+            .any(|(g, floor)| *g == gid && c.last_seq <= *floor)
+        {
+            c.last = None;
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -341,5 +370,43 @@ impl std::ops::Deref for Backends {
     type Target = dyn Store;
     fn deref(&self) -> &(dyn Store + 'static) {
         &*self.store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(conv_id: &str, last_seq: u64) -> ConversationSummary {
+        ConversationSummary {
+            conv_id: conv_id.into(),
+            chat_type: 1,
+            last_seq,
+            read_seq: last_seq,
+            last: Some(StoredMessage {
+                msg_id: 1,
+                conv_id: conv_id.into(),
+                seq: last_seq,
+                chat_type: 1,
+                from_id: 1,
+                to_id: 1,
+                msg_type: 0,
+                body: "\"x\"".into(),
+                created_at: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_group_message_from_before_the_join_is_not_listed() {
+        let mut list = vec![
+            summary("g_7", 5),
+            summary("g_8", 6),
+            summary("g_9", 5),
+            summary("p_1_2", 3),
+        ];
+        hide_before_join(&mut list, &[(7, 5), (8, 5), (77, 9)]);
+        let shown: Vec<bool> = list.iter().map(|c| c.last.is_some()).collect();
+        assert_eq!(shown, vec![false, true, true, true]);
     }
 }

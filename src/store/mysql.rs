@@ -1542,6 +1542,8 @@ impl Store for MysqlStore {
                     last,
                 });
             }
+            let floors: Vec<(u64, u64)> = c.exec(GROUP_FLOORS_SQL, (uid,))?;
+            hide_before_join(&mut out, &floors);
             Ok(out)
         })
     }

@@ -1508,6 +1508,13 @@ impl Store for SqliteStore {
                     last: last_msg,
                 });
             }
+            let floors: Vec<(u64, u64)> = c
+                .prepare_cached(GROUP_FLOORS_SQL)?
+                .query_map(params![uid as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            hide_before_join(&mut out, &floors);
             Ok(out)
         })
     }

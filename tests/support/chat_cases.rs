@@ -957,6 +957,13 @@ fn new_group_members_read_from_their_join_unless_the_group_shows_its_history() {
         &mut alice,
         json!({"cmd":"group_invite","req_id":2,"group_id":closed,"uids":[c]}),
     );
+    let list = request(&mut carol, json!({"cmd":"conversations","req_id":30}));
+    let c0 = &list["data"]["conversations"][0];
+    assert_eq!(
+        (c0["last_seq"].as_u64(), c0["unread"].as_u64(), &c0["last"]),
+        (Some(3), Some(0), &Value::Null),
+        "{list}"
+    );
     assert_eq!(group_page(&mut carol, 3, "sync", closed), Vec::<u64>::new());
     assert_eq!(group_page(&mut carol, 4, "history", closed), Vec::<u64>::new());
     assert_eq!(group_send(&mut bob, 5, closed), 4);
