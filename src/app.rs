@@ -1287,6 +1287,8 @@ impl Handler for App {
 
     fn on_start(&mut self, ctx: &mut dyn Ctx<Completion>) {
         crate::admin::Admin::start(self, ctx);
+        // The periodic purge of idle visitors ([service] visitor_purge_after_s).
+        crate::chat::visitor::start_purge(self, ctx);
     }
 
     fn on_shutdown(&mut self, ctx: &mut dyn Ctx<Completion>) {

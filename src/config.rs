@@ -85,6 +85,10 @@ pub struct ServiceConfig {
     pub visitor_ttl_s: u64,
     /// Visitor identities one client IP may create per minute (429 above); 0 = unlimited.
     pub visitors_per_ip_per_min: u64,
+    /// Anonymous visitors idle this long (no login and no message in their conversation) are
+    /// deleted with their conversation by a periodic purge; 0 = never. At least
+    /// `visitor_ttl_s`, so that no live token outlives its visitor.
+    pub visitor_purge_after_s: u64,
 }
 
 impl Default for ServiceConfig {
@@ -101,6 +105,7 @@ impl Default for ServiceConfig {
             ask_rating: true,
             visitor_ttl_s: 86_400,
             visitors_per_ip_per_min: 10,
+            visitor_purge_after_s: 30 * 86_400,
         }
     }
 }
@@ -582,6 +587,10 @@ impl Config {
         if self.service.max_sessions_per_agent == 0 {
             return err("[service] max_sessions_per_agent must be at least 1");
         }
+        let purge = self.service.visitor_purge_after_s;
+        if purge != 0 && purge < self.service.visitor_ttl_s {
+            return err("[service] visitor_purge_after_s must be 0 (off) or at least visitor_ttl_s: a visitor's token must not outlive the visitor");
+        }
         if !self.admin.listen.is_empty() {
             let Ok(addr) = self.admin.listen.parse::<std::net::SocketAddr>() else {
                 return err(&format!(
@@ -943,6 +952,16 @@ mod tests {
         )
         .is_ok());
         assert!(parse("[admin]\nlisten = \"\"\n", &[]).is_ok());
+        // Visitors are purged only once their tokens have expired.
+        let e = parse(
+            "[service]\nvisitor_ttl_s = 100\nvisitor_purge_after_s = 99\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.0.contains("visitor_purge_after_s"), "{e}");
+        for ok in ["visitor_purge_after_s = 100", "visitor_purge_after_s = 0"] {
+            assert!(parse(&format!("[service]\nvisitor_ttl_s = 100\n{ok}\n"), &[]).is_ok());
+        }
     }
 
     #[test]

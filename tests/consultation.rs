@@ -233,3 +233,121 @@ fn remaining_time_survives_a_kill_within_a_few_seconds() {
         Some(stored_s)
     );
 }
+
+#[test]
+fn a_side_connecting_alone_learns_the_state_asks_for_it_and_the_backend_ends_it() {
+    let s = TestServer::start(&format!("[api]\nkey = \"{API_KEY}\"\n{FAST}"));
+    let (u, u_token) = api_user(s.addr, API_KEY, "patient");
+    let (c, c_token) = api_user(s.addr, API_KEY, "doctor");
+    let (_, x_token) = api_user(s.addr, API_KEY, "outsider");
+    let created = api(
+        s.addr,
+        "consult_create",
+        json!({ "user": u, "consultant": c, "seconds": 600 }),
+    );
+    let id = created["consult_id"].as_u64().unwrap();
+
+    // The user connects while the consultant is away: told where things stand at once.
+    let mut uc = ws_login(s.addr, &u_token);
+    let st = consult_push(&mut uc);
+    assert_eq!(
+        st,
+        json!({ "consult_id": id, "event": "state", "remaining_s": 600, "total_s": 600,
+                "running": false, "ended": false })
+    );
+    // ...and may ask at any time; others may not.
+    let get = json!({ "cmd": "consult_get", "req_id": 1, "consult_id": id });
+    let r = ws_request(&mut uc, get.clone());
+    assert_eq!(r["code"], 200, "{r}");
+    assert_eq!(
+        (
+            r["data"]["consult_id"].as_u64(),
+            r["data"]["conv_id"].as_str(),
+            r["data"]["user"].as_u64(),
+            r["data"]["consultant"].as_u64(),
+            r["data"]["remaining_s"].as_u64(),
+            r["data"]["running"].as_bool(),
+            r["data"]["ended"].as_bool()
+        ),
+        (
+            Some(id),
+            Some(format!("c_{id}").as_str()),
+            Some(u),
+            Some(c),
+            Some(600),
+            Some(false),
+            Some(false)
+        )
+    );
+    let mut xc = ws_login(s.addr, &x_token);
+    assert_eq!(ws_request(&mut xc, get.clone())["code"], 403);
+    let r = ws_request(
+        &mut xc,
+        json!({ "cmd": "consult_get", "req_id": 2, "consult_id": 999_999 }),
+    );
+    assert_eq!(r["code"], 404);
+    let r = ws_request(&mut xc, json!({ "cmd": "consult_get", "req_id": 3 }));
+    assert_eq!(r["code"], 400);
+
+    // The consultant arrives: both run, and the newcomer's state says so.
+    let mut cc = ws_login(s.addr, &c_token);
+    assert_eq!(consult_push(&mut cc)["event"], "running");
+    let st = consult_push(&mut cc);
+    assert_eq!(
+        (
+            st["event"].as_str(),
+            st["running"].as_bool(),
+            st["ended"].as_bool()
+        ),
+        (Some("state"), Some(true), Some(false))
+    );
+    consult_event(&mut uc, "running");
+    let r = ws_request(&mut cc, get.clone());
+    assert_eq!(r["data"]["running"], true, "{r}");
+
+    // The business backend ends it: both told, nothing left, messages refused until extended.
+    let e = api(s.addr, "consult_end", json!({ "consult_id": id }));
+    assert_eq!(
+        (
+            e["remaining_s"].as_u64(),
+            e["ended"].as_bool(),
+            e["running"].as_bool()
+        ),
+        (Some(0), Some(true), Some(false))
+    );
+    for side in [&mut uc, &mut cc] {
+        let p = consult_event(side, "ended");
+        assert_eq!(
+            (p["remaining_s"].as_u64(), p["total_s"].as_u64()),
+            (Some(0), Some(600))
+        );
+    }
+    assert_eq!(send(&mut uc, id, "还在吗")["code"], 410);
+    let r = ws_request(&mut uc, get.clone());
+    assert_eq!(
+        (
+            r["data"]["ended"].as_bool(),
+            r["data"]["remaining_s"].as_u64()
+        ),
+        (Some(true), Some(0))
+    );
+    let r = server_api(
+        s.addr,
+        API_KEY,
+        "consult_end",
+        &json!({ "consult_id": 999_999 }),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = server_api(s.addr, API_KEY, "consult_end", &json!({}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    // An extension reopens it.
+    let x = api(
+        s.addr,
+        "consult_extend",
+        json!({ "consult_id": id, "seconds": 30 }),
+    );
+    assert_eq!(
+        (x["remaining_s"].as_u64(), x["ended"].as_bool()),
+        (Some(30), Some(false))
+    );
+}

@@ -530,3 +530,69 @@ fn an_anonymous_visitor_is_served_then_converted_on_login() {
     let r = post_form(s.addr, "/api/service/visitor", "", "");
     assert_eq!(r.status, 429, "{}", r.text());
 }
+
+#[test]
+fn idle_visitors_are_purged_with_their_conversation() {
+    // Tokens live 3 s and idle visitors go after 3 s, looked for every second.
+    let s = TestServer::start(&format!(
+        "[api]\nkey = \"{API_KEY}\"\n[service]\nvisitor_ttl_s = 3\nvisitor_purge_after_s = 3\n"
+    ));
+    let visitor = || {
+        let r = post_form(s.addr, "/api/service/visitor", "", "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json()["data"].clone();
+        (
+            v["uid"].as_u64().unwrap(),
+            v["token"].as_str().unwrap().to_string(),
+        )
+    };
+    // `gone` writes, closes its session, and stays connected; `waiting` keeps a session open.
+    let (gone, gone_token) = visitor();
+    let (waiting, waiting_token) = visitor();
+    let mut g = ws_login(s.addr, &gone_token);
+    assert_eq!(say(&mut g, "有人吗")["code"], 200);
+    let r = cmd(&mut g, json!({ "cmd": "service_close", "req_id": 1 }));
+    assert_eq!(r["code"], 200, "{r}");
+    let mut w = ws_login(s.addr, &waiting_token);
+    assert_eq!(say(&mut w, "在吗")["code"], 200);
+
+    let db = rusqlite::Connection::open_with_flags(
+        s.dir.path().join("wxchat.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let count =
+        |sql: &str, id: u64| -> i64 { db.query_row(sql, [id as i64], |r| r.get(0)).unwrap() };
+    wait_for("the idle visitor to be purged", || {
+        count("SELECT COUNT(*) FROM users WHERE id = ?1", gone) == 0
+    });
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM messages WHERE conv_id = 's_' || ?1",
+            gone
+        ),
+        0,
+        "the conversation goes with the visitor"
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM service_sessions WHERE customer_id = ?1",
+            gone
+        ),
+        1,
+        "the closed session stays"
+    );
+    assert_eq!(g.ws.expect_close(), Some(4003));
+    // The visitor with an open session is kept, conversation and all.
+    assert_eq!(
+        count("SELECT COUNT(*) FROM users WHERE id = ?1", waiting),
+        1
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM messages WHERE conv_id = 's_' || ?1",
+            waiting
+        ),
+        1
+    );
+}

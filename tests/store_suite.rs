@@ -207,9 +207,9 @@ fn conversations_and_read_cursors(f: Fixture) {
     assert_eq!(c2[0].last.as_ref().map(|m| m.seq), Some(2));
     let c1 = s.conversations(u1.uid, 10).unwrap();
     assert_eq!(c1[0].read_seq, 2, "the sender has read what they sent");
-    assert_eq!(s.mark_read(u2.uid, &conv, 1).unwrap(), 1);
+    assert_eq!(s.mark_read(u2.uid, &conv, 1).unwrap().read_seq, 1);
     assert_eq!(
-        s.mark_read(u2.uid, &conv, 0).unwrap(),
+        s.mark_read(u2.uid, &conv, 0).unwrap().read_seq,
         1,
         "never moves back"
     );
@@ -217,7 +217,7 @@ fn conversations_and_read_cursors(f: Fixture) {
     assert_eq!(s.read_count(&conv, 2).unwrap(), 1);
 
     // A newer conversation comes first; a group without messages is listed with chat_type 1.
-    let g = s.create_group(u1.uid, "g", &[u2.uid]).unwrap();
+    let g = s.create_group(u1.uid, "g", &[u2.uid], false).unwrap();
     let other = format!("p_{}_{}", u1.uid, u2.uid + 100);
     let mut later = msg(&other, u1.uid, u2.uid + 100, None);
     later.created_at = 50;
@@ -233,9 +233,143 @@ fn conversations_and_read_cursors(f: Fixture) {
     assert_eq!(s.conversations(u1.uid, 1).unwrap().len(), 1, "limit");
 }
 
+fn read_cursors_stop_at_the_last_seq_and_say_when_they_move(f: Fixture) {
+    let s = &f.store;
+    let conv = "p_1_2";
+    s.append_batch(&[msg(conv, 1, 2, None), msg(conv, 1, 2, None)])
+        .unwrap();
+    let seqs = |r: wxchat::store::ReadMark| (r.read_seq, r.moved);
+    // Past the end: clamped to the last seq, so later messages still count as unread.
+    assert_eq!(seqs(s.mark_read(2, conv, 999).unwrap()), (2, true));
+    s.append_batch(&[msg(conv, 1, 2, None), msg(conv, 1, 2, None)])
+        .unwrap();
+    let c = s.conversations(2, 10).unwrap();
+    assert_eq!((c[0].last_seq, c[0].read_seq), (4, 2), "two unread");
+    // Repeated and backward reads move nothing.
+    assert_eq!(seqs(s.mark_read(2, conv, 2).unwrap()), (2, false));
+    assert_eq!(seqs(s.mark_read(2, conv, 1).unwrap()), (2, false));
+    assert_eq!(seqs(s.mark_read(2, conv, 3).unwrap()), (3, true));
+    assert_eq!(seqs(s.mark_read(2, conv, 50).unwrap()), (4, true));
+    assert_eq!(seqs(s.mark_read(2, conv, 50).unwrap()), (4, false));
+    // A conversation without messages: the cursor stays at 0.
+    assert_eq!(seqs(s.mark_read(2, "p_2_3", 5).unwrap()), (0, false));
+}
+
+fn new_group_members_read_from_their_join(f: Fixture) {
+    let s = &f.store;
+    let closed = s.create_group(1, "closed", &[2], false).unwrap();
+    let open = s.create_group(1, "open", &[2], true).unwrap();
+    assert!(!closed.history_for_new_members);
+    assert!(open.history_for_new_members);
+    assert_eq!(s.group(open.group_id).unwrap(), Some(open.clone()));
+    for g in [&closed, &open] {
+        let batch: Vec<NewMessage> = (1..=3).map(|n| group_msg(g.group_id, 1, n)).collect();
+        s.append_batch(&batch).unwrap();
+        s.add_group_members(g.group_id, &[3]).unwrap();
+        s.append_batch(&[group_msg(g.group_id, 3, 4)]).unwrap();
+        // Re-adding a member keeps their join seq.
+        s.add_group_members(g.group_id, &[3]).unwrap();
+    }
+    // Founders see everything; the newcomer of the closed group from seq 3 on; the open
+    // group shows its history; strangers and unknown groups have no floor.
+    assert_eq!(s.group_history_floor(closed.group_id, 1).unwrap(), 0);
+    assert_eq!(s.group_history_floor(closed.group_id, 2).unwrap(), 0);
+    assert_eq!(s.group_history_floor(closed.group_id, 3).unwrap(), 3);
+    assert_eq!(s.group_history_floor(open.group_id, 3).unwrap(), 0);
+    assert_eq!(s.group_history_floor(closed.group_id, 9).unwrap(), 0);
+    assert_eq!(s.group_history_floor(999_999, 3).unwrap(), 0);
+    // Leaving and coming back: the floor is the new join.
+    s.remove_group_member(closed.group_id, 3).unwrap();
+    s.append_batch(&[group_msg(closed.group_id, 1, 5)]).unwrap();
+    s.add_group_members(closed.group_id, &[3]).unwrap();
+    let s2 = (f.reopen)();
+    assert_eq!(s2.group_history_floor(closed.group_id, 3).unwrap(), 5);
+    // Listed without the message from before the join; the open group's is shown.
+    let listed = s2.conversations(3, 10).unwrap();
+    let last = |gid: u64| {
+        listed
+            .iter()
+            .find(|c| c.conv_id == format!("g_{gid}"))
+            .map(|c| (c.last_seq, c.last.as_ref().map(|m| m.seq)))
+    };
+    assert_eq!(last(closed.group_id), Some((5, None)));
+    assert_eq!(last(open.group_id), Some((4, Some(4))));
+    assert_eq!(
+        s2.conversations(1, 10).unwrap()[0]
+            .last
+            .as_ref()
+            .map(|m| m.seq),
+        Some(5),
+        "a founder sees it"
+    );
+    let listed: Vec<bool> = s2
+        .groups_of(3)
+        .unwrap()
+        .iter()
+        .map(|g| g.history_for_new_members)
+        .collect();
+    assert_eq!(listed, vec![false, true]);
+}
+
+fn idle_visitors_are_purged_in_batches(f: Fixture) {
+    let s = &f.store;
+    let (member, _) = s.upsert_app_user("m", &Profile::default(), true).unwrap();
+    let old: Vec<u64> = (0..3).map(|_| s.create_visitor().unwrap().uid).collect();
+    let talked = s.create_visitor().unwrap().uid;
+    let waiting = s.create_visitor().unwrap().uid;
+    let converted = s.create_visitor().unwrap().uid;
+    s.convert_visitor(converted, member.uid).unwrap();
+    // Every visitor so far was created before `cutoff`.
+    let cutoff = wxchat::store::now_ms() + 1;
+    let fresh = {
+        // Created after the cutoff: its creation time is at least the cutoff's.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while wxchat::store::now_ms() < cutoff + 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock stands still"
+            );
+            std::thread::yield_now();
+        }
+        s.create_visitor().unwrap().uid
+    };
+    // `talked` wrote after the cutoff; `waiting` has an open session.
+    let conv = format!("s_{talked}");
+    let mut m = msg(&conv, talked, 0, None);
+    m.chat_type = 2;
+    m.created_at = cutoff + 10;
+    s.append_batch(&[m]).unwrap();
+    let mut old_msg = msg(&format!("s_{}", old[0]), old[0], 0, None);
+    old_msg.chat_type = 2;
+    s.append_batch(&[old_msg]).unwrap();
+    s.open_service_session(waiting).unwrap();
+    // One closed session of a purged visitor: kept.
+    s.open_service_session(old[1]).unwrap();
+    s.close_service_session(old[1]).unwrap();
+    s.put_token(&[7u8; 32], old[2], i64::MAX).unwrap();
+
+    let first = s.purge_idle_visitors(cutoff, 2).unwrap();
+    let second = s.purge_idle_visitors(cutoff, 2).unwrap();
+    assert_eq!(first.len(), 2, "a full batch");
+    let mut purged: Vec<u64> = first.into_iter().chain(second).collect();
+    purged.sort_unstable();
+    assert_eq!(purged, old, "the idle visitors only");
+    assert!(s.purge_idle_visitors(cutoff, 2).unwrap().is_empty());
+    for uid in &old {
+        assert_eq!(s.user(*uid).unwrap(), None);
+    }
+    assert!(s.sync(&format!("s_{}", old[0]), 0, 10).unwrap().is_empty());
+    assert_eq!(s.token_user(&[7u8; 32], 0).unwrap(), None);
+    for kept in [talked, waiting, converted, fresh, member.uid] {
+        assert!(s.user(kept).unwrap().is_some(), "{kept} kept");
+    }
+    assert_eq!(s.sync(&conv, 0, 10).unwrap().len(), 1);
+    assert_eq!(s.open_service_sessions().unwrap().len(), 1);
+}
+
 fn group_cursors_follow_membership(f: Fixture) {
     let s = &f.store;
-    let g = s.create_group(1, "g", &[2, 3]).unwrap();
+    let g = s.create_group(1, "g", &[2, 3], false).unwrap();
     let conv = format!("g_{}", g.group_id);
     s.append_batch(&[group_msg(g.group_id, 1, 1), group_msg(g.group_id, 2, 2)])
         .unwrap();
@@ -296,7 +430,7 @@ fn users_friends_groups(f: Fixture) {
     s.remove_friendship(2, 1).unwrap();
     assert!(s.friends(1).unwrap().is_empty());
 
-    let g = s.create_group(1, "群 🎉", &[2, 3, 1]).unwrap();
+    let g = s.create_group(1, "群 🎉", &[2, 3, 1], false).unwrap();
     assert_eq!(s.group(g.group_id).unwrap(), Some(g.clone()));
     assert_eq!(g.name, "群 🎉");
     assert_eq!(s.group_members(g.group_id).unwrap(), Some(vec![1, 2, 3]));
@@ -599,6 +733,25 @@ fn consultations_run_down_by_deltas_extend_and_end(f: Fixture) {
     assert_eq!(s2.consultation(999_999).unwrap(), None);
 }
 
+fn consultations_end_on_demand_and_extend_again(f: Fixture) {
+    let s = &f.store;
+    let c = s.create_consultation(1, 2, 60_000).unwrap();
+    s.use_consultation_time(&[(c.id, 5_000, false)]).unwrap();
+    let e = s.end_consultation(c.id).unwrap();
+    assert_eq!((e.remaining_ms, e.total_ms, e.ended), (0, 60_000, true));
+    assert!(s.active_consultations(1).unwrap().is_empty());
+    // Twice is the same; a save arriving afterwards leaves it at zero.
+    assert_eq!(s.end_consultation(c.id).unwrap().remaining_ms, 0);
+    s.use_consultation_time(&[(c.id, 1_000, false)]).unwrap();
+    assert_eq!(s.consultation(c.id).unwrap().unwrap().remaining_ms, 0);
+    let x = s.extend_consultation(c.id, 10_000).unwrap();
+    assert_eq!((x.remaining_ms, x.ended), (10_000, false));
+    assert_eq!(
+        s.end_consultation(999_999),
+        Err(StoreError::NotFound("consultation"))
+    );
+}
+
 macro_rules! suite {
     ([$($backend:ident),*] $tests:tt) => {
         $( suite!(@one $backend $tests); )*
@@ -621,6 +774,9 @@ suite!([sqlite, mysql] [
     large_batches_with_duplicates_keep_order,
     concurrent_appends_keep_seqs_unique_and_gap_free,
     conversations_and_read_cursors,
+    read_cursors_stop_at_the_last_seq_and_say_when_they_move,
+    new_group_members_read_from_their_join,
+    idle_visitors_are_purged_in_batches,
     group_cursors_follow_membership,
     users_friends_groups,
     friend_requests,
@@ -631,4 +787,5 @@ suite!([sqlite, mysql] [
     service_sessions_open_once_assign_close_and_rate,
     visitors_convert_once_and_hand_over_their_sessions,
     consultations_run_down_by_deltas_extend_and_end,
+    consultations_end_on_demand_and_extend_again,
 ]);

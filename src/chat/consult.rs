@@ -10,6 +10,7 @@
 use super::{bad, conn_job, push_users, CmdResult, Pending};
 use crate::app::{api_ok, App, AppTimer, Completion};
 use crate::net::{ConnId, Ctx, Reply};
+use crate::proto::Command;
 use crate::proto::{self, code};
 use crate::store::{Consultation, StoreError};
 use serde_json::{json, Value};
@@ -39,6 +40,17 @@ struct Live {
 impl Live {
     fn sides(&self) -> [u64; 2] {
         [self.user, self.consultant]
+    }
+
+    /// The remaining time at `now` (without settling), and whether it runs.
+    fn remaining_at(&self, now: Instant) -> (u64, bool) {
+        match self.since {
+            Some(since) => {
+                let run = now.saturating_duration_since(since).as_millis() as u64;
+                (self.remaining_ms.saturating_sub(run), true)
+            }
+            None => (self.remaining_ms, false),
+        }
     }
 
     /// Brings `remaining_ms` up to `now` (running consultations).
@@ -138,6 +150,79 @@ fn warned_at(app: &App, remaining_ms: u64) -> Vec<u64> {
         .map(|s| s * 1000)
         .filter(|t| *t >= remaining_ms)
         .collect()
+}
+
+/// A connection of `uid` authenticated (after `load` and `came_online`): it is told the state
+/// of each of the user's active consultations, so a side that arrives while the other is away
+/// knows where it stands (the other events reach only connections that are open then).
+pub fn connected(app: &App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, uid: u64) {
+    let now = ctx.now();
+    let mut ids = app.chat.consults.of(uid);
+    ids.sort_unstable();
+    for id in ids {
+        let Some(l) = app.chat.consults.live.get(&id) else {
+            continue;
+        };
+        let (remaining_ms, running) = l.remaining_at(now);
+        let payload = proto::push(
+            "consult",
+            &json!({ "consult_id": id, "event": "state", "remaining_s": secs(remaining_ms),
+                     "total_s": secs(l.total_ms), "running": running, "ended": l.ended }),
+        );
+        ctx.send_text(conn, &payload);
+    }
+}
+
+/// The client command `consult_get {consult_id}`: the consultation's figures, for its two
+/// sides only (as the server API's `consult_get`).
+pub(super) fn command(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    cmd: &Command,
+) -> CmdResult {
+    let id = cmd.u64("consult_id").map_err(bad)?;
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |b| b.consultation(id),
+        move |app, ctx, p, r| match r {
+            Ok(Some(c)) if c.user == uid || c.consultant == uid => {
+                let data = view(app, ctx, &c);
+                p.reply_ok(ctx, &data);
+            }
+            Ok(Some(_)) => p.reply_err(ctx, code::FORBIDDEN, "not your consultation"),
+            Ok(None) => p.reply_err(ctx, code::NOT_FOUND, "no such consultation"),
+            Err(e) => p.reply_store_err(ctx, &e),
+        },
+    )
+}
+
+/// The server API ended a consultation (stored already): the live copy, if any, stops with
+/// nothing left, and both sides get `ended`.
+fn ended_by_api(app: &mut App, ctx: &mut dyn Ctx<Completion>, c: &Consultation) {
+    let timer = app.chat.consults.live.get_mut(&c.id).and_then(|l| {
+        l.since = None;
+        l.remaining_ms = 0;
+        // The store holds zero now; what was used since the last save no longer matters.
+        l.unsaved_ms = 0;
+        l.ended = true;
+        l.timer.take()
+    });
+    if let Some(t) = timer {
+        app.cancel(ctx, t);
+    }
+    if app.chat.consults.live.contains_key(&c.id) {
+        push(app, ctx, c.id, "ended");
+    } else {
+        let payload = proto::push(
+            "consult",
+            &json!({ "consult_id": c.id, "event": "ended", "remaining_s": 0, "total_s": secs(c.total_ms) }),
+        );
+        push_users(app, ctx, &[c.user, c.consultant], &payload);
+    }
 }
 
 /// A user's first connection here authenticated: their consultations may start.
@@ -388,15 +473,8 @@ pub(super) fn check_open(app: &App, id: u64) -> CmdResult {
 fn view(app: &App, ctx: &dyn Ctx<Completion>, c: &Consultation) -> Value {
     let (remaining_ms, total_ms, ended, running) = match app.chat.consults.live.get(&c.id) {
         Some(l) => {
-            let run = l.since.map_or(0, |s| {
-                ctx.now().saturating_duration_since(s).as_millis() as u64
-            });
-            (
-                l.remaining_ms.saturating_sub(run),
-                l.total_ms,
-                l.ended,
-                l.since.is_some(),
-            )
+            let (remaining_ms, running) = l.remaining_at(ctx.now());
+            (remaining_ms, l.total_ms, l.ended, running)
         }
         None => (c.remaining_ms, c.total_ms, c.ended, false),
     };
@@ -422,7 +500,7 @@ fn field(body: &Value, name: &str) -> Result<u64, (u16, String)> {
 }
 
 /// Server API: `consult_create {user, consultant, seconds}`, `consult_extend {consult_id,
-/// seconds}`, `consult_get {consult_id}`.
+/// seconds}`, `consult_get {consult_id}`, `consult_end {consult_id}`.
 pub fn server_api(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
@@ -502,6 +580,21 @@ pub fn server_api(
                                 evaluate(app, ctx, id);
                             }
                         }
+                        let data = view(app, ctx, &c);
+                        ctx.respond(conn, api_ok(data));
+                    }
+                    Err(e) => ctx.respond(conn, store_err(&e)),
+                },
+            )
+        }
+        "consult_end" => {
+            let id = field(body, "consult_id")?;
+            app.job(
+                ctx,
+                move |b| b.end_consultation(id),
+                move |app, ctx, r| match r {
+                    Ok(c) => {
+                        ended_by_api(app, ctx, &c);
                         let data = view(app, ctx, &c);
                         ctx.respond(conn, api_ok(data));
                     }

@@ -4,6 +4,7 @@
 
 pub mod consult;
 pub mod desk;
+pub mod membership;
 pub mod office_hours;
 pub mod persister;
 pub mod presence;
@@ -449,6 +450,7 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                     push_presence(app, ctx, uid, true);
                     presence::came_online(app, ctx, uid);
                 }
+                consult::connected(app, ctx, p.conn, uid);
                 for text in waiting {
                     on_message(app, ctx, conn, Message::Text(&text));
                 }
@@ -679,6 +681,7 @@ fn run_command(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u
         "group_leave" => cmd_group_leave(app, ctx, p, uid, cmd),
         "service_status" | "service_accept" | "service_transfer" | "service_close"
         | "service_rate" | "service_info" => service_desk::command(app, ctx, p, uid, cmd),
+        "consult_get" => consult::command(app, ctx, p, uid, cmd),
         _ => Err((code::BAD_REQUEST, format!("unknown cmd {:?}", cmd.cmd))),
     };
     if let Err((c, m)) = result {
@@ -1242,6 +1245,11 @@ fn cmd_page(
         cmd.u64_or("before_seq", 0).map_err(bad)?
     };
     let conv = conv_id.clone();
+    // A group member added later reads from their join on (unless the group shows its history).
+    let group = match proto::parse_conv(&conv_id) {
+        Some(ConvRef::Group(g)) => Some(g),
+        _ => None,
+    };
     with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, _| {
         let conv = conv_id.clone();
         let r = conn_job(
@@ -1249,10 +1257,16 @@ fn cmd_page(
             ctx,
             p,
             move |s| {
+                let floor = match group {
+                    Some(g) => s.group_history_floor(g, uid)?,
+                    None => 0,
+                };
                 if forward {
-                    s.sync(&conv, cursor, limit + 1)
+                    s.sync(&conv, membership::sync_after(cursor, floor), limit + 1)
                 } else {
-                    s.history(&conv, cursor, limit + 1)
+                    let mut page = s.history(&conv, cursor, limit + 1)?;
+                    membership::trim_history(&mut page, floor);
+                    Ok(page)
                 }
             },
             move |_app, ctx, p, r| match r {
@@ -1349,10 +1363,12 @@ fn cmd_read(
             p,
             move |s| s.mark_read(uid, &conv, seq),
             move |app, ctx, p, r| match r {
-                Ok(read_seq) => {
+                Ok(store::ReadMark { read_seq, moved }) => {
                     p.reply_ok(ctx, &json!({ "conv_id": conv_id, "read_seq": read_seq }));
-                    // One-to-one: the peer sees the receipt. Groups: counted (read_count).
-                    if members.len() == 2 && conv_id.starts_with("p_") {
+                    // One-to-one: the peer sees the receipt, once per move of the cursor (a
+                    // repeated or backward read tells them nothing new). Groups: counted
+                    // (read_count).
+                    if moved && members.len() == 2 && conv_id.starts_with("p_") {
                         let payload = proto::push(
                             "read",
                             &json!({ "conv_id": conv_id, "uid": uid, "seq": read_seq }),
@@ -1730,6 +1746,7 @@ fn create_group(
     owner: u64,
     name: String,
     members: Vec<u64>,
+    history_for_new_members: bool,
     done: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, Result<Value, (u16, String)>) + Send + 'static,
 ) -> bool {
     let max = app.config.chat.max_group_members;
@@ -1753,7 +1770,7 @@ fn create_group(
                 return Err((code::NOT_FOUND, "some of those users do not exist".into()));
             }
             let g = s
-                .create_group(owner, &name, &wanted)
+                .create_group(owner, &name, &wanted, history_for_new_members)
                 .map_err(|e| (proto::store_code(&e), e.to_string()))?;
             Ok((g, wanted))
         },
@@ -1782,11 +1799,21 @@ fn cmd_group_create(
         return Err(bad("name must be 1-128 bytes"));
     }
     let members = cmd.u64_list("members").map_err(bad)?;
+    let history =
+        membership::history_option(cmd.fields.get("history_for_new_members")).map_err(bad)?;
     let p2 = p.clone();
-    if create_group(app, ctx, uid, name, members, move |_app, ctx, r| match r {
-        Ok(v) => p2.reply_ok(ctx, &v),
-        Err((c, m)) => p2.reply_err(ctx, c, &m),
-    }) {
+    if create_group(
+        app,
+        ctx,
+        uid,
+        name,
+        members,
+        history,
+        move |_app, ctx, r| match r {
+            Ok(v) => p2.reply_ok(ctx, &v),
+            Err((c, m)) => p2.reply_err(ctx, c, &m),
+        },
+    ) {
         Ok(())
     } else {
         Err((code::UNAVAILABLE, "server busy, retry".into()))
@@ -1886,8 +1913,7 @@ fn notify_membership(
         move |s| s.group_members(gid),
         move |app, ctx, r| {
             if let Ok(Some(members)) = r {
-                let mut notify = members.clone();
-                notify.extend(uids.iter().copied());
+                let notify = membership::audience(&members, &uids);
                 app.chat.groups.insert(gid, Arc::new(members));
                 push_group_event(app, ctx, gid, event, &uids, &notify);
             }
@@ -1971,7 +1997,7 @@ pub fn server_api(
 ) -> crate::net::Reply {
     use crate::net::Reply;
     let result: Result<Reply, (u16, String)> = (|| match action {
-        "consult_create" | "consult_extend" | "consult_get" => {
+        "consult_create" | "consult_extend" | "consult_get" | "consult_end" => {
             consult::server_api(app, ctx, conn, action, &body)
         }
         "user" => {
@@ -2089,15 +2115,25 @@ pub fn server_api(
                 return Err(bad("name must be 1-128 bytes"));
             }
             let members = field_list(&body, "members")?;
-            if create_group(app, ctx, owner, name, members, move |_app, ctx, r| {
-                ctx.respond(
-                    conn,
-                    match r {
-                        Ok(v) => api_ok(v),
-                        Err((c, m)) => api_error(c, &m),
-                    },
-                )
-            }) {
+            let history =
+                membership::history_option(body.get("history_for_new_members")).map_err(bad)?;
+            if create_group(
+                app,
+                ctx,
+                owner,
+                name,
+                members,
+                history,
+                move |_app, ctx, r| {
+                    ctx.respond(
+                        conn,
+                        match r {
+                            Ok(v) => api_ok(v),
+                            Err((c, m)) => api_error(c, &m),
+                        },
+                    )
+                },
+            ) {
                 Ok(Reply::Later)
             } else {
                 Err((code::UNAVAILABLE, "server busy, retry".into()))

@@ -16,6 +16,7 @@ use crate::store::{self, NewMessage, StoredMessage, USER_TYPE_VISITOR};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Most messages a conversion carries over (a visitor's conversation is short).
 const MAX_COPIED: usize = 2_000;
@@ -279,5 +280,100 @@ fn finish(
     });
     if !submitted {
         done.call(app, ctx, Err(busy()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The purge of idle visitors ([service] visitor_purge_after_s): a timer on the reactor, the
+// deletes on a worker, in batches.
+
+/// Visitors deleted by one job (one transaction): small enough to keep the store's write lock
+/// short, large enough to catch up quickly after a long pause.
+const PURGE_BATCH: u32 = 500;
+
+/// Between two full batches: the other jobs get the workers in between.
+const PURGE_NEXT_BATCH: Duration = Duration::from_millis(10);
+
+/// How often the purge looks: a quarter of the idle age (a visitor goes at most a quarter late),
+/// at least every second and at most every hour.
+fn purge_every(purge_after_s: u64) -> Duration {
+    Duration::from_secs((purge_after_s / 4).clamp(1, 3_600))
+}
+
+/// When the next purge job runs after one deleted `deleted` visitors.
+fn purge_next(deleted: usize, every: Duration) -> Duration {
+    if deleted >= PURGE_BATCH as usize {
+        PURGE_NEXT_BATCH
+    } else {
+        every
+    }
+}
+
+/// The reactor started: the purge runs periodically unless it is off.
+pub fn start_purge(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    let after_s = app.config.service.visitor_purge_after_s;
+    if after_s > 0 {
+        app.after(ctx, purge_every(after_s), purge);
+    }
+}
+
+fn purge(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    let after_s = app.config.service.visitor_purge_after_s;
+    let every = purge_every(after_s);
+    let idle_ms = i64::try_from(after_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let submitted = app.job(
+        ctx,
+        move |b| b.purge_idle_visitors(store::now_ms().saturating_sub(idle_ms), PURGE_BATCH),
+        move |app, ctx, r| {
+            let next = match r {
+                Ok(uids) => {
+                    if !uids.is_empty() {
+                        log::info!("visitors: {} idle visitors purged", uids.len());
+                    }
+                    // A connection opened before the token expired may still be up.
+                    for uid in &uids {
+                        for c in app.chat.conns_of(*uid).to_vec() {
+                            ctx.close(c, close::KICKED, "visitor purged");
+                        }
+                        if let Some(bus) = &app.bus {
+                            bus.publish(crate::cluster::bus::Target::Kick(*uid), "");
+                        }
+                    }
+                    purge_next(uids.len(), every)
+                }
+                Err(e) => {
+                    log::warn!(
+                        "visitors: purge failed, retried in {}s: {e}",
+                        every.as_secs()
+                    );
+                    every
+                }
+            };
+            app.after(ctx, next, purge);
+        },
+    );
+    if !submitted {
+        log::warn!("visitors: purge postponed, the workers are busy");
+        app.after(ctx, every, purge);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_looks_every_quarter_of_the_age_within_bounds() {
+        assert_eq!(purge_every(30 * 86_400), Duration::from_secs(3_600));
+        assert_eq!(purge_every(4_000), Duration::from_secs(1_000));
+        assert_eq!(purge_every(2), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn full_batches_are_followed_at_once() {
+        let every = Duration::from_secs(60);
+        assert_eq!(purge_next(PURGE_BATCH as usize, every), PURGE_NEXT_BATCH);
+        assert_eq!(purge_next(PURGE_BATCH as usize - 1, every), every);
+        assert_eq!(purge_next(0, every), every);
     }
 }

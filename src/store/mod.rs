@@ -156,6 +156,17 @@ pub struct Group {
     pub name: String,
     pub owner_id: u64,
     pub created_at: i64,
+    /// Members added after the creation may read the messages from before they joined
+    /// (false: they read from their join on; the founding members always read everything).
+    pub history_for_new_members: bool,
+}
+
+/// A read cursor after `mark_read`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadMark {
+    pub read_seq: u64,
+    /// The call moved the cursor (a receipt is worth pushing).
+    pub moved: bool,
 }
 
 /// One line of a user's conversation list.
@@ -224,6 +235,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A new anonymous visitor (`user_type` 3).
     fn create_visitor(&self) -> StoreResult<User>;
+    /// Deletes up to `limit` anonymous visitors idle since before `idle_before` (ms): created
+    /// (or last logged in) before it, no message in their service conversation since, and no
+    /// open service session. With each go their tokens and their conversation `s_<uid>`
+    /// (messages, its row, every read cursor on it); their closed service sessions stay, as the
+    /// desk's record. Returns the uids deleted (fewer than `limit`: nothing more to do now).
+    fn purge_idle_visitors(&self, idle_before: i64, limit: u32) -> StoreResult<Vec<u64>>;
     /// The visitor became `uid`: marked converted (`user_type` 4, their tokens no longer
     /// authenticate) and their service sessions now belong to `uid` (an open one is closed when
     /// `uid` has one open already). NotFound / Conflict when `visitor` is not a visitor.
@@ -237,6 +254,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Consultation>;
     /// Adds time (an ended consultation becomes active again).
     fn extend_consultation(&self, id: u64, extra_ms: u64) -> StoreResult<Consultation>;
+    /// Ends it now (server API `consult_end`): no time left, ended; an extension reopens it.
+    fn end_consultation(&self, id: u64) -> StoreResult<Consultation>;
     fn consultation(&self, id: u64) -> StoreResult<Option<Consultation>>;
     /// The user's active consultations, as user or as consultant.
     fn active_consultations(&self, uid: u64) -> StoreResult<Vec<Consultation>>;
@@ -259,11 +278,23 @@ pub trait Store: Send + Sync + 'static {
     /// Pending requests to `uid`: (from, note, created_at).
     fn friend_requests(&self, uid: u64) -> StoreResult<Vec<(u64, String, i64)>>;
 
-    fn create_group(&self, owner: u64, name: &str, members: &[u64]) -> StoreResult<Group>;
+    /// A group with its founding members (who read its whole history, joining at seq 0).
+    fn create_group(
+        &self,
+        owner: u64,
+        name: &str,
+        members: &[u64],
+        history_for_new_members: bool,
+    ) -> StoreResult<Group>;
     fn group(&self, gid: u64) -> StoreResult<Option<Group>>;
     /// Member ids, or None when the group does not exist.
     fn group_members(&self, gid: u64) -> StoreResult<Option<Vec<u64>>>;
+    /// Adds members, recording the group conversation's last seq as each one's join seq
+    /// (members already in keep theirs).
     fn add_group_members(&self, gid: u64, uids: &[u64]) -> StoreResult<()>;
+    /// The last seq of the group conversation that `uid` may not read: their join seq when the
+    /// group keeps its history from new members, else 0 (also for founders and non-members).
+    fn group_history_floor(&self, gid: u64, uid: u64) -> StoreResult<u64>;
     fn remove_group_member(&self, gid: u64, uid: u64) -> StoreResult<()>;
     fn groups_of(&self, uid: u64) -> StoreResult<Vec<Group>>;
 
@@ -290,10 +321,41 @@ pub trait Store: Send + Sync + 'static {
     fn blank_message(&self, msg_id: u64) -> StoreResult<()>;
     /// The user's conversations, most recently active first.
     fn conversations(&self, uid: u64, limit: u32) -> StoreResult<Vec<ConversationSummary>>;
-    /// Moves the read cursor forward (never back); returns the cursor after the call.
-    fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<u64>;
+    /// Moves the read cursor forward (never back), no further than the conversation's last
+    /// seq (a cursor past it would hide the messages still to come); returns the cursor after
+    /// the call and whether it moved.
+    fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<ReadMark>;
     /// Members of `conv_id` whose read cursor is at least `seq`.
     fn read_count(&self, conv_id: &str, seq: u64) -> StoreResult<u64>;
+}
+
+/// The SQL both stores use for `conversations`' floors: the groups in which `uid` (the one
+/// parameter) may not read what came before their join, with their join seq.
+pub(crate) const GROUP_FLOORS_SQL: &str =
+    "SELECT m.group_id, m.join_seq FROM group_members m JOIN `groups` g ON g.id = m.group_id
+     WHERE m.user_id = ? AND m.join_seq > 0 AND g.history_for_new_members = 0";
+
+/// A conversation list without the last message of the groups whose history is hidden from
+/// the user (a member who joined after it): `sync` and `history` would not serve it either.
+pub(crate) fn hide_before_join(list: &mut [ConversationSummary], floors: &[(u64, u64)]) {
+    if floors.is_empty() {
+        return;
+    }
+    for c in list.iter_mut() {
+        let Some(gid) = c
+            .conv_id
+            .strip_prefix("g_")
+            .and_then(|g| g.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if floors
+            .iter()
+            .any(|(g, floor)| *g == gid && c.last_seq <= *floor)
+        {
+            c.last = None;
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -318,5 +380,43 @@ impl std::ops::Deref for Backends {
     type Target = dyn Store;
     fn deref(&self) -> &(dyn Store + 'static) {
         &*self.store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(conv_id: &str, last_seq: u64) -> ConversationSummary {
+        ConversationSummary {
+            conv_id: conv_id.into(),
+            chat_type: 1,
+            last_seq,
+            read_seq: last_seq,
+            last: Some(StoredMessage {
+                msg_id: 1,
+                conv_id: conv_id.into(),
+                seq: last_seq,
+                chat_type: 1,
+                from_id: 1,
+                to_id: 1,
+                msg_type: 0,
+                body: "\"x\"".into(),
+                created_at: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_group_message_from_before_the_join_is_not_listed() {
+        let mut list = vec![
+            summary("g_7", 5),
+            summary("g_8", 6),
+            summary("g_9", 5),
+            summary("p_1_2", 3),
+        ];
+        hide_before_join(&mut list, &[(7, 5), (8, 5), (77, 9)]);
+        let shown: Vec<bool> = list.iter().map(|c| c.last.is_some()).collect();
+        assert_eq!(shown, vec![false, true, true, true]);
     }
 }

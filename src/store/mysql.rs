@@ -27,6 +27,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/mysql/003_wx_cs_routes.sql"),
     include_str!("../../sql/mysql/004_service_sessions.sql"),
     include_str!("../../sql/mysql/005_consultations.sql"),
+    include_str!("../../sql/mysql/006_group_join_seq.sql"),
+    include_str!("../../sql/mysql/007_visitor_purge.sql"),
 ];
 
 /// Row counts used for multi-row statements: a batch of n rows is sent as a few chunks of these
@@ -296,12 +298,16 @@ fn col<T: FromValue>(row: &Row, i: usize) -> Res<T> {
     }
 }
 
-fn group_of((group_id, name, owner_id, created_at): (u64, String, u64, i64)) -> Group {
+/// The columns `group_of` reads.
+const GROUP_COLS: &str = "g.id, g.name, g.owner_id, g.created_at, g.history_for_new_members";
+
+fn group_of((group_id, name, owner_id, created_at, history): (u64, String, u64, i64, u8)) -> Group {
     Group {
         group_id,
         name,
         owner_id,
         created_at,
+        history_for_new_members: history != 0,
     }
 }
 
@@ -480,20 +486,28 @@ fn join_group_conversation(tx: &mut Transaction<'_>, gid: u64, uids: &[u64]) -> 
     Ok(())
 }
 
-fn add_members_in(tx: &mut Transaction<'_>, gid: u64, uids: &[u64], owner: u64) -> Res<()> {
+/// Adds members who join at `join_seq` (0 at the creation, else the conversation's last seq).
+fn add_members_in(
+    tx: &mut Transaction<'_>,
+    gid: u64,
+    uids: &[u64],
+    owner: u64,
+    join_seq: u64,
+) -> Res<()> {
     let now = now_ms();
     let mut done = 0;
     for size in chunk_sizes(uids.len()) {
         let sql = format!(
-            "INSERT IGNORE INTO group_members (group_id, user_id, role, joined_at) VALUES {}",
-            placeholders(size, "(?,?,?,?)")
+            "INSERT IGNORE INTO group_members (group_id, user_id, role, joined_at, join_seq) VALUES {}",
+            placeholders(size, "(?,?,?,?,?)")
         );
-        let mut params: Vec<::mysql::Value> = Vec::with_capacity(size * 4);
+        let mut params: Vec<::mysql::Value> = Vec::with_capacity(size * 5);
         for uid in &uids[done..done + size] {
             params.push(gid.into());
             params.push((*uid).into());
             params.push(i64::from(*uid == owner).into());
             params.push(now.into());
+            params.push(join_seq.into());
         }
         tx.exec_drop(sql, params)?;
         done += size;
@@ -1028,6 +1042,39 @@ impl Store for MysqlStore {
         })
     }
 
+    fn purge_idle_visitors(&self, idle_before: i64, limit: u32) -> StoreResult<Vec<u64>> {
+        self.tx(|tx| {
+            let ids: Vec<u64> = tx.exec(
+                "SELECT u.id FROM users u
+                 LEFT JOIN conversations c ON c.conv_id = CONCAT('s_', u.id)
+                 WHERE u.user_type = ? AND u.last_login_at < ?
+                   AND COALESCE(c.updated_at, 0) < ?
+                   AND NOT EXISTS (SELECT 1 FROM service_sessions s
+                                   WHERE s.customer_id = u.id AND s.closed_at IS NULL)
+                 ORDER BY u.last_login_at, u.id LIMIT ?",
+                (USER_TYPE_VISITOR, idle_before, idle_before, limit),
+            )?;
+            for id in &ids {
+                let conv = format!("s_{id}");
+                for sql in [
+                    "DELETE FROM messages WHERE conv_id = ?",
+                    "DELETE FROM conversations WHERE conv_id = ?",
+                    "DELETE FROM read_cursors WHERE conv_id = ?",
+                ] {
+                    tx.exec_drop(sql, (&conv,))?;
+                }
+                for sql in [
+                    "DELETE FROM tokens WHERE user_id = ?",
+                    "DELETE FROM read_cursors WHERE user_id = ?",
+                    "DELETE FROM users WHERE id = ?",
+                ] {
+                    tx.exec_drop(sql, (id,))?;
+                }
+            }
+            Ok(ids)
+        })
+    }
+
     fn convert_visitor(&self, visitor: u64, uid: u64) -> StoreResult<()> {
         let now = now_ms();
         self.tx(|tx| {
@@ -1091,6 +1138,18 @@ impl Store for MysqlStore {
                 "UPDATE consultations SET total_ms = total_ms + ?, remaining_ms = remaining_ms + ?,
                  state = 0, ended_at = NULL, updated_at = ? WHERE id = ?",
                 (extra_ms, extra_ms, now, id),
+            )?;
+            consult_by_id(tx, id)?.ok_or(Fail::Store(StoreError::NotFound("consultation")))
+        })
+    }
+
+    fn end_consultation(&self, id: u64) -> StoreResult<Consultation> {
+        let now = now_ms();
+        self.tx(|tx| {
+            tx.exec_drop(
+                "UPDATE consultations SET remaining_ms = 0, state = 1,
+                 ended_at = COALESCE(ended_at, ?), updated_at = ? WHERE id = ?",
+                (now, now, id),
             )?;
             consult_by_id(tx, id)?.ok_or(Fail::Store(StoreError::NotFound("consultation")))
         })
@@ -1294,7 +1353,13 @@ impl Store for MysqlStore {
         })
     }
 
-    fn create_group(&self, owner: u64, name: &str, members: &[u64]) -> StoreResult<Group> {
+    fn create_group(
+        &self,
+        owner: u64,
+        name: &str,
+        members: &[u64],
+        history_for_new_members: bool,
+    ) -> StoreResult<Group> {
         let now = now_ms();
         let mut all: Vec<u64> = vec![owner];
         all.extend(members.iter().copied().filter(|m| *m != owner));
@@ -1302,16 +1367,18 @@ impl Store for MysqlStore {
         all.dedup();
         self.tx(|tx| {
             tx.exec_drop(
-                "INSERT INTO `groups` (name, owner_id, created_at) VALUES (?, ?, ?)",
-                (name, owner, now),
+                "INSERT INTO `groups` (name, owner_id, created_at, history_for_new_members)
+                 VALUES (?, ?, ?, ?)",
+                (name, owner, now, u8::from(history_for_new_members)),
             )?;
             let gid = tx.last_insert_id().unwrap_or(0);
-            add_members_in(tx, gid, &all, owner)?;
+            add_members_in(tx, gid, &all, owner, 0)?;
             Ok(Group {
                 group_id: gid,
                 name: name.to_string(),
                 owner_id: owner,
                 created_at: now,
+                history_for_new_members,
             })
         })
     }
@@ -1319,7 +1386,7 @@ impl Store for MysqlStore {
     fn group(&self, gid: u64) -> StoreResult<Option<Group>> {
         self.run(|c| {
             Ok(c.exec_first(
-                "SELECT id, name, owner_id, created_at FROM `groups` WHERE id = ?",
+                format!("SELECT {GROUP_COLS} FROM `groups` g WHERE g.id = ?"),
                 (gid,),
             )?
             .map(group_of))
@@ -1347,7 +1414,27 @@ impl Store for MysqlStore {
             if exists.is_none() {
                 return Err(Fail::Store(StoreError::NotFound("group")));
             }
-            add_members_in(tx, gid, uids, 0)
+            // Read under the persister's lock on the conversation row, so that a message
+            // committing meanwhile is either before the join (its seq is the join seq) or after.
+            let join_seq: u64 = tx
+                .exec_first(
+                    "SELECT last_seq FROM conversations WHERE conv_id = ? FOR UPDATE",
+                    (format!("g_{gid}"),),
+                )?
+                .unwrap_or(0);
+            add_members_in(tx, gid, uids, 0, join_seq)
+        })
+    }
+
+    fn group_history_floor(&self, gid: u64, uid: u64) -> StoreResult<u64> {
+        self.run(|c| {
+            Ok(c.exec_first(
+                "SELECT CASE WHEN g.history_for_new_members <> 0 THEN 0 ELSE m.join_seq END
+                 FROM group_members m JOIN `groups` g ON g.id = m.group_id
+                 WHERE m.group_id = ? AND m.user_id = ?",
+                (gid, uid),
+            )?
+            .unwrap_or(0))
         })
     }
 
@@ -1369,8 +1456,10 @@ impl Store for MysqlStore {
     fn groups_of(&self, uid: u64) -> StoreResult<Vec<Group>> {
         self.run(|c| {
             Ok(c.exec(
-                "SELECT g.id, g.name, g.owner_id, g.created_at FROM group_members m
-                 JOIN `groups` g ON g.id = m.group_id WHERE m.user_id = ? ORDER BY g.id",
+                format!(
+                    "SELECT {GROUP_COLS} FROM group_members m
+                     JOIN `groups` g ON g.id = m.group_id WHERE m.user_id = ? ORDER BY g.id"
+                ),
                 (uid,),
             )?
             .into_iter()
@@ -1505,23 +1594,42 @@ impl Store for MysqlStore {
                     last,
                 });
             }
+            let floors: Vec<(u64, u64)> = c.exec(GROUP_FLOORS_SQL, (uid,))?;
+            hide_before_join(&mut out, &floors);
             Ok(out)
         })
     }
 
-    fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<u64> {
+    fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<ReadMark> {
         self.tx(|tx| {
+            // Committed messages only: a seq being written now is not yet readable anyway.
+            let last: u64 = tx
+                .exec_first(
+                    "SELECT last_seq FROM conversations WHERE conv_id = ?",
+                    (conv_id,),
+                )?
+                .unwrap_or(0);
+            // Locks the cursor row, so that two reads at once decide "moved" one after the other.
+            let current: Option<u64> = tx.exec_first(
+                "SELECT read_seq FROM read_cursors WHERE user_id = ? AND conv_id = ? FOR UPDATE",
+                (uid, conv_id),
+            )?;
+            let wanted = seq.min(last);
+            if current.is_some_and(|c| c >= wanted) {
+                return Ok(ReadMark {
+                    read_seq: current.unwrap_or(wanted),
+                    moved: false,
+                });
+            }
             tx.exec_drop(
                 "INSERT INTO read_cursors (user_id, conv_id, read_seq) VALUES (?, ?, ?)
                  ON DUPLICATE KEY UPDATE read_seq = GREATEST(read_seq, VALUES(read_seq))",
-                (uid, conv_id, seq),
+                (uid, conv_id, wanted),
             )?;
-            Ok(tx
-                .exec_first(
-                    "SELECT read_seq FROM read_cursors WHERE user_id = ? AND conv_id = ?",
-                    (uid, conv_id),
-                )?
-                .unwrap_or(seq))
+            Ok(ReadMark {
+                read_seq: wanted,
+                moved: current.unwrap_or(0) < wanted,
+            })
         })
     }
 

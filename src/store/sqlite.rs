@@ -18,6 +18,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/sqlite/004_wx_cs_routes.sql"),
     include_str!("../../sql/sqlite/005_service_sessions.sql"),
     include_str!("../../sql/sqlite/006_consultations.sql"),
+    include_str!("../../sql/sqlite/007_group_join_seq.sql"),
+    include_str!("../../sql/sqlite/008_visitor_purge.sql"),
 ];
 
 pub struct SqliteStore {
@@ -389,8 +391,12 @@ fn group_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Group> {
         name: r.get(1)?,
         owner_id: r.get::<_, i64>(2)? as u64,
         created_at: r.get(3)?,
+        history_for_new_members: r.get::<_, i64>(4)? != 0,
     })
 }
+
+/// The columns `group_row` reads.
+const GROUP_COLS: &str = "g.id, g.name, g.owner_id, g.created_at, g.history_for_new_members";
 
 /// Creates read-cursor rows so a group conversation shows in its members' lists.
 fn join_group_conversation(tx: &Transaction, gid: u64, uids: &[u64]) -> rusqlite::Result<()> {
@@ -969,6 +975,50 @@ impl Store for SqliteStore {
         })
     }
 
+    fn purge_idle_visitors(&self, idle_before: i64, limit: u32) -> StoreResult<Vec<u64>> {
+        self.with_tx(|tx| {
+            let ids: Vec<i64> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT u.id FROM users u
+                         LEFT JOIN conversations c ON c.conv_id = 's_' || u.id
+                         WHERE u.user_type = ?1 AND u.last_login_at < ?2
+                           AND COALESCE(c.updated_at, 0) < ?2
+                           AND NOT EXISTS (SELECT 1 FROM service_sessions s
+                                           WHERE s.customer_id = u.id AND s.closed_at IS NULL)
+                         ORDER BY u.last_login_at, u.id LIMIT ?3",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![USER_TYPE_VISITOR, idle_before, limit], |r| r.get(0))
+                    .map_err(unavailable)?;
+                rows.collect::<Result<_, _>>().map_err(unavailable)?
+            };
+            for id in &ids {
+                let conv = format!("s_{id}");
+                for sql in [
+                    "DELETE FROM messages WHERE conv_id = ?1",
+                    "DELETE FROM conversations WHERE conv_id = ?1",
+                    "DELETE FROM read_cursors WHERE conv_id = ?1",
+                ] {
+                    tx.prepare_cached(sql)
+                        .and_then(|mut s| s.execute(params![conv]))
+                        .map_err(unavailable)?;
+                }
+                for sql in [
+                    "DELETE FROM tokens WHERE user_id = ?1",
+                    "DELETE FROM read_cursors WHERE user_id = ?1",
+                    "DELETE FROM users WHERE id = ?1",
+                ] {
+                    tx.prepare_cached(sql)
+                        .and_then(|mut s| s.execute(params![id]))
+                        .map_err(unavailable)?;
+                }
+            }
+            Ok(ids.into_iter().map(|v| v as u64).collect())
+        })
+    }
+
     fn convert_visitor(&self, visitor: u64, uid: u64) -> StoreResult<()> {
         let now = now_ms();
         self.with_tx(|tx| {
@@ -1041,6 +1091,25 @@ impl Store for SqliteStore {
                     "UPDATE consultations SET total_ms = total_ms + ?2, remaining_ms = remaining_ms + ?2,
                      state = 0, ended_at = NULL, updated_at = ?3 WHERE id = ?1",
                     params![id as i64, extra_ms as i64, now],
+                )
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::NotFound("consultation"));
+            }
+            consult_by_id(tx, id)
+                .map_err(unavailable)?
+                .ok_or(StoreError::NotFound("consultation"))
+        })
+    }
+
+    fn end_consultation(&self, id: u64) -> StoreResult<Consultation> {
+        let now = now_ms();
+        self.with_tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE consultations SET remaining_ms = 0, state = 1,
+                     ended_at = COALESCE(ended_at, ?2), updated_at = ?2 WHERE id = ?1",
+                    params![id as i64, now],
                 )
                 .map_err(unavailable)?;
             if n == 0 {
@@ -1222,12 +1291,19 @@ impl Store for SqliteStore {
         })
     }
 
-    fn create_group(&self, owner: u64, name: &str, members: &[u64]) -> StoreResult<Group> {
+    fn create_group(
+        &self,
+        owner: u64,
+        name: &str,
+        members: &[u64],
+        history_for_new_members: bool,
+    ) -> StoreResult<Group> {
         let now = now_ms();
         self.with_tx(|tx| {
             tx.execute(
-                "INSERT INTO groups (name, owner_id, created_at) VALUES (?1, ?2, ?3)",
-                params![name, owner as i64, now],
+                "INSERT INTO groups (name, owner_id, created_at, history_for_new_members)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![name, owner as i64, now, i64::from(history_for_new_members)],
             )
             .map_err(unavailable)?;
             let gid = tx.last_insert_rowid() as u64;
@@ -1257,6 +1333,7 @@ impl Store for SqliteStore {
                 name: name.to_string(),
                 owner_id: owner,
                 created_at: now,
+                history_for_new_members,
             })
         })
     }
@@ -1264,7 +1341,7 @@ impl Store for SqliteStore {
     fn group(&self, gid: u64) -> StoreResult<Option<Group>> {
         self.with_conn(|c| {
             c.query_row(
-                "SELECT id, name, owner_id, created_at FROM groups WHERE id = ?1",
+                &format!("SELECT {GROUP_COLS} FROM groups g WHERE g.id = ?1"),
                 params![gid as i64],
                 group_row,
             )
@@ -1301,18 +1378,36 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotFound("group"));
             }
             {
+                // The join seq is read in the write transaction: the persister's commits of
+                // this conversation are serialised with it, so it is exactly the last seq.
                 let mut add = tx
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO group_members (group_id, user_id, role, joined_at) VALUES (?1, ?2, 0, ?3)",
+                        "INSERT OR IGNORE INTO group_members (group_id, user_id, role, joined_at, join_seq)
+                         VALUES (?1, ?2, 0, ?3, COALESCE((SELECT last_seq FROM conversations WHERE conv_id = ?4), 0))",
                     )
                     .map_err(unavailable)?;
+                let conv = format!("g_{gid}");
                 for uid in uids {
-                    add.execute(params![gid as i64, *uid as i64, now])
+                    add.execute(params![gid as i64, *uid as i64, now, conv])
                         .map_err(unavailable)?;
                 }
             }
             join_group_conversation(tx, gid, uids).map_err(unavailable)?;
             Ok(())
+        })
+    }
+
+    fn group_history_floor(&self, gid: u64, uid: u64) -> StoreResult<u64> {
+        self.with_conn(|c| {
+            c.query_row(
+                "SELECT CASE WHEN g.history_for_new_members <> 0 THEN 0 ELSE m.join_seq END
+                 FROM group_members m JOIN groups g ON g.id = m.group_id
+                 WHERE m.group_id = ?1 AND m.user_id = ?2",
+                params![gid as i64, uid as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.map_or(0, |v| v.max(0) as u64))
         })
     }
 
@@ -1334,10 +1429,10 @@ impl Store for SqliteStore {
 
     fn groups_of(&self, uid: u64) -> StoreResult<Vec<Group>> {
         self.with_conn(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT g.id, g.name, g.owner_id, g.created_at FROM group_members m
-                 JOIN groups g ON g.id = m.group_id WHERE m.user_id = ?1 ORDER BY g.id",
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {GROUP_COLS} FROM group_members m
+                 JOIN groups g ON g.id = m.group_id WHERE m.user_id = ?1 ORDER BY g.id"
+            ))?;
             let rows = stmt.query_map(params![uid as i64], group_row)?;
             rows.collect()
         })
@@ -1459,25 +1554,54 @@ impl Store for SqliteStore {
                     last: last_msg,
                 });
             }
+            let floors: Vec<(u64, u64)> = c
+                .prepare_cached(GROUP_FLOORS_SQL)?
+                .query_map(params![uid as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            hide_before_join(&mut out, &floors);
             Ok(out)
         })
     }
 
-    fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<u64> {
+    fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<ReadMark> {
         self.with_tx(|tx| {
-            tx.execute(
-                "INSERT INTO read_cursors (user_id, conv_id, read_seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(user_id, conv_id) DO UPDATE SET read_seq = MAX(read_seq, excluded.read_seq)",
-                params![uid as i64, conv_id, seq as i64],
-            )
-            .map_err(unavailable)?;
-            tx.query_row(
-                "SELECT read_seq FROM read_cursors WHERE user_id = ?1 AND conv_id = ?2",
-                params![uid as i64, conv_id],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|v| v as u64)
-            .map_err(unavailable)
+            // The write transaction holds SQLite's write lock: the last seq cannot move under it.
+            let last: i64 = tx
+                .query_row(
+                    "SELECT last_seq FROM conversations WHERE conv_id = ?1",
+                    params![conv_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?
+                .unwrap_or(0);
+            let current: Option<i64> = tx
+                .query_row(
+                    "SELECT read_seq FROM read_cursors WHERE user_id = ?1 AND conv_id = ?2",
+                    params![uid as i64, conv_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let wanted = (seq.min(i64::MAX as u64) as i64).min(last);
+            let (read_seq, moved) = match current {
+                Some(c) if c >= wanted => (c, false),
+                _ => {
+                    tx.execute(
+                        "INSERT INTO read_cursors (user_id, conv_id, read_seq) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(user_id, conv_id) DO UPDATE SET read_seq = excluded.read_seq",
+                        params![uid as i64, conv_id, wanted],
+                    )
+                    .map_err(unavailable)?;
+                    (wanted, current.unwrap_or(0) < wanted)
+                }
+            };
+            Ok(ReadMark {
+                read_seq: read_seq.max(0) as u64,
+                moved,
+            })
         })
     }
 

@@ -843,3 +843,213 @@ fn me_and_logout() {
     assert_eq!(c.recv_json()["code"], 401);
     assert_eq!(c.expect_close(), Some(4001));
 }
+
+/// Every frame `c` receives until the reply to a `ping` sent now: what the server queued for
+/// the connection before it read the ping.
+fn frames_before_ping(c: &mut WsClient, req_id: u64) -> Vec<Value> {
+    c.send_text(&json!({"cmd":"ping","req_id":req_id}).to_string());
+    let mut got = Vec::new();
+    loop {
+        let v = c.recv_json();
+        if v["cmd"] == "ping" && v["req_id"] == req_id {
+            return got;
+        }
+        got.push(v);
+    }
+}
+
+#[test]
+fn read_receipts_stop_at_the_last_seq_and_are_pushed_when_the_cursor_moves() {
+    let s = start("");
+    let (a, ta) = user(&s, "a");
+    let (b, tb) = user(&s, "b");
+    befriend(&s, a, b);
+    let mut alice = login(&s, &ta);
+    let mut bob = login(&s, &tb);
+    let mut conv = String::new();
+    for i in 0..3 {
+        let r = send_text(&mut alice, i, b, "m", &format!("r{i}"));
+        conv = r["data"]["conv_id"].as_str().unwrap().to_string();
+    }
+    // A seq past the end reads up to the end, not beyond.
+    let r = request(
+        &mut bob,
+        json!({"cmd":"read","req_id":1,"conv_id":conv,"seq":999}),
+    );
+    assert_eq!(r["data"]["read_seq"], 3, "{r}");
+    assert_eq!(next_push(&mut alice, "read")["data"]["seq"], 3);
+    for i in 3..5 {
+        send_text(&mut alice, i, b, "later", &format!("r{i}"));
+    }
+    let list = request(&mut bob, json!({"cmd":"conversations","req_id":2}));
+    let c = &list["data"]["conversations"][0];
+    assert_eq!((c["last_seq"].as_u64(), c["unread"].as_u64()), (Some(5), Some(2)), "{c}");
+    // Repeated and backward reads reply with the cursor and push nothing; the next move does.
+    for (req_id, seq) in [(3, 3), (4, 1)] {
+        let r = request(
+            &mut bob,
+            json!({"cmd":"read","req_id":req_id,"conv_id":conv,"seq":seq}),
+        );
+        assert_eq!(r["data"]["read_seq"], 3);
+    }
+    request(
+        &mut bob,
+        json!({"cmd":"read","req_id":5,"conv_id":conv,"seq":5}),
+    );
+    let receipt = next_push(&mut alice, "read");
+    assert_eq!(receipt["data"]["seq"], 5, "no receipt for reads that moved nothing");
+    let r = request(
+        &mut bob,
+        json!({"cmd":"read","req_id":6,"conv_id":conv,"seq":5}),
+    );
+    assert_eq!(r["data"]["read_seq"], 5);
+    let extra: Vec<Value> = frames_before_ping(&mut alice, 7)
+        .into_iter()
+        .filter(|v| v["cmd"] == "read")
+        .collect();
+    assert!(extra.is_empty(), "{extra:?}");
+}
+
+#[test]
+fn an_added_member_is_told_once() {
+    let s = start("");
+    let (_a, ta) = user(&s, "a");
+    let (b, tb) = user(&s, "b");
+    let (c, tc) = user(&s, "c");
+    let mut alice = login(&s, &ta);
+    let mut bob = login(&s, &tb);
+    let mut carol = login(&s, &tc);
+    let g = request(
+        &mut alice,
+        json!({"cmd":"group_create","req_id":1,"name":"g","members":[]}),
+    );
+    let gid = g["data"]["group"]["group_id"].as_u64().unwrap();
+    // By a member's invite...
+    let r = request(
+        &mut alice,
+        json!({"cmd":"group_invite","req_id":2,"group_id":gid,"uids":[b]}),
+    );
+    assert_eq!(r["data"]["added"], json!([b]));
+    let ev = next_push(&mut bob, "group_event");
+    assert_eq!((ev["data"]["event"].as_str(), &ev["data"]["uids"]), (Some("joined"), &json!([b])));
+    let again: Vec<Value> = frames_before_ping(&mut bob, 3)
+        .into_iter()
+        .filter(|v| v["cmd"] == "group_event")
+        .collect();
+    assert!(again.is_empty(), "joined once: {again:?}");
+    // ...and by the server API.
+    let r = api(&s, "group_add", json!({"group_id": gid, "uids": [c]}));
+    assert_eq!(r.json()["data"]["added"], json!([c]), "{}", r.text());
+    assert_eq!(next_push(&mut carol, "group_event")["data"]["event"], "joined");
+    let again: Vec<Value> = frames_before_ping(&mut carol, 4)
+        .into_iter()
+        .filter(|v| v["cmd"] == "group_event")
+        .collect();
+    assert!(again.is_empty(), "joined once: {again:?}");
+    // The members already in hear of it once too.
+    let seen: Vec<Value> = frames_before_ping(&mut bob, 5)
+        .into_iter()
+        .filter(|v| v["cmd"] == "group_event")
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["data"]["uids"], json!([c]));
+}
+
+fn group_page(c: &mut WsClient, req_id: u64, cmd: &str, gid: u64) -> Vec<u64> {
+    let cursor = if cmd == "sync" { "after_seq" } else { "before_seq" };
+    let r = request(
+        c,
+        json!({"cmd":cmd,"req_id":req_id,"conv_id":format!("g_{gid}"),cursor:0,"limit":50}),
+    );
+    assert_eq!(r["code"], 200, "{r}");
+    r["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+fn group_send(c: &mut WsClient, req_id: u64, gid: u64) -> u64 {
+    let r = request(
+        c,
+        json!({"cmd":"send","req_id":req_id,"chat_type":1,"to_id":gid,"msg_type":0,"msg":"x"}),
+    );
+    assert_eq!(r["code"], 200, "{r}");
+    r["data"]["seq"].as_u64().unwrap()
+}
+
+#[test]
+fn new_group_members_read_from_their_join_unless_the_group_shows_its_history() {
+    let s = start("");
+    let (a, ta) = user(&s, "a");
+    let (b, tb) = user(&s, "b");
+    let (c, tc) = user(&s, "c");
+    let mut alice = login(&s, &ta);
+    let mut bob = login(&s, &tb);
+    let mut carol = login(&s, &tc);
+    // The default: history kept from new members.
+    let g = request(
+        &mut alice,
+        json!({"cmd":"group_create","req_id":1,"name":"closed","members":[b]}),
+    );
+    assert_eq!(g["data"]["group"]["history_for_new_members"], false, "{g}");
+    let closed = g["data"]["group"]["group_id"].as_u64().unwrap();
+    for i in 0..3 {
+        group_send(&mut alice, 10 + i, closed);
+    }
+    request(
+        &mut alice,
+        json!({"cmd":"group_invite","req_id":2,"group_id":closed,"uids":[c]}),
+    );
+    let list = request(&mut carol, json!({"cmd":"conversations","req_id":30}));
+    let c0 = &list["data"]["conversations"][0];
+    assert_eq!(
+        (c0["last_seq"].as_u64(), c0["unread"].as_u64(), &c0["last"]),
+        (Some(3), Some(0), &Value::Null),
+        "{list}"
+    );
+    assert_eq!(group_page(&mut carol, 3, "sync", closed), Vec::<u64>::new());
+    assert_eq!(group_page(&mut carol, 4, "history", closed), Vec::<u64>::new());
+    assert_eq!(group_send(&mut bob, 5, closed), 4);
+    assert_eq!(group_page(&mut carol, 6, "sync", closed), vec![4]);
+    assert_eq!(group_page(&mut carol, 7, "history", closed), vec![4]);
+    let r = request(
+        &mut carol,
+        json!({"cmd":"history","req_id":8,"conv_id":format!("g_{closed}"),"before_seq":4,"limit":50}),
+    );
+    assert_eq!((r["data"]["messages"].as_array().map(Vec::len), r["data"]["has_more"].as_bool()), (Some(0), Some(false)));
+    // The founders read everything.
+    assert_eq!(group_page(&mut bob, 9, "sync", closed), vec![1, 2, 3, 4]);
+    // A group created (server API) to show its history: a member added later reads it all.
+    let r = api(
+        &s,
+        "group_create",
+        json!({"owner_id": a, "name": "open", "members": [b], "history_for_new_members": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"]["group"]["history_for_new_members"], true);
+    let open = r.json()["data"]["group"]["group_id"].as_u64().unwrap();
+    group_send(&mut alice, 20, open);
+    group_send(&mut bob, 21, open);
+    assert_eq!(api(&s, "group_add", json!({"group_id": open, "uids": [c]})).status, 200);
+    assert_eq!(group_page(&mut carol, 22, "sync", open), vec![1, 2]);
+    assert_eq!(group_page(&mut carol, 23, "history", open), vec![2, 1]);
+    // The client command sets it too; a non-boolean is refused.
+    let g = request(
+        &mut alice,
+        json!({"cmd":"group_create","req_id":24,"name":"o2","members":[],"history_for_new_members":true}),
+    );
+    assert_eq!(g["data"]["group"]["history_for_new_members"], true, "{g}");
+    let g = request(
+        &mut alice,
+        json!({"cmd":"group_create","req_id":25,"name":"bad","members":[],"history_for_new_members":"yes"}),
+    );
+    assert_eq!(g["code"], 400);
+    let r = api(
+        &s,
+        "group_create",
+        json!({"owner_id": a, "name": "bad", "history_for_new_members": 1}),
+    );
+    assert_eq!(r.status, 400);
+}
