@@ -1459,14 +1459,21 @@ impl Store for SqliteStore {
     /// log to read.
     fn close(&self) {
         let w = self.lock_writer();
-        match w
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            }) {
-            Ok(0) => {}
-            Ok(_) => log::warn!("store: the sqlite log could not be emptied (a reader was busy)"),
-            Err(e) => log::warn!("store: final sqlite checkpoint failed: {e}"),
+        // The checkpoint thread or a worker's last read may still hold the log for a moment:
+        // try again for up to a second (this runs once, after the reactor has stopped).
+        for attempt in 0..50 {
+            match w
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                }) {
+                Ok(0) => return,
+                Ok(_) if attempt < 49 => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Ok(_) => {
+                    log::warn!("store: the sqlite log could not be emptied (a reader was busy)")
+                }
+                Err(e) => return log::warn!("store: final sqlite checkpoint failed: {e}"),
+            }
         }
     }
 
