@@ -86,6 +86,7 @@ enum Route {
     WxCallbackDefault,
     Visitor,
     VisitorConvert,
+    DemoLogin,
 }
 
 pub struct App {
@@ -118,6 +119,10 @@ pub struct App {
     pub service_outbox: crate::wechat::service::Outbox,
     timers: HashMap<u64, TimerFn>,
     next_timer: u64,
+    /// Users of `POST /api/demo/login` on this process (befriended with each other).
+    pub demo_users: Vec<u64>,
+    /// `[web] dir`, when the pages are served from a directory instead of the built-in copy.
+    web_dir: Option<std::path::PathBuf>,
 }
 
 impl App {
@@ -159,6 +164,7 @@ impl App {
         routes.add("POST", "/api/wx/login", Route::WxLogin);
         routes.add("POST", "/api/wx/decrypt", Route::WxDecrypt);
         routes.add("POST", "/api/service/visitor", Route::Visitor);
+        routes.add("POST", "/api/demo/login", Route::DemoLogin);
         routes.add(
             "POST",
             "/api/service/visitor/convert",
@@ -214,7 +220,12 @@ impl App {
             service_outbox: Default::default(),
             timers: HashMap::new(),
             next_timer: APP_TIMER_BASE,
+            demo_users: Vec::new(),
+            web_dir: None,
         };
+        if !app.config.web.dir.is_empty() {
+            app.web_dir = Some(std::path::PathBuf::from(&app.config.web.dir));
+        }
         if crate::chat::service_desk::restore(&mut app)? {
             // Runs first thing once the reactor is up.
             started.send(Completion::new(crate::chat::service_desk::start));
@@ -527,14 +538,8 @@ impl App {
                          ctx: &mut dyn Ctx<Completion>,
                          r: Result<Issued, (u16, String)>| {
             let logged_in = move |data: &Value| {
-                let mut resp = Response::json(
-                    200,
-                    &json!({ "code": 200, "msg": "login ok", "data": data }),
-                );
-                if let Some(token) = data["token"].as_str() {
-                    resp = resp.with_header("Set-Cookie", &token_cookie(token, ttl, secure_cookie));
-                }
-                resp
+                let token = data["token"].as_str().unwrap_or_default().to_string();
+                logged_in(data, &token, ttl, secure_cookie)
             };
             let Issued {
                 mut data,
@@ -692,6 +697,44 @@ impl App {
         later_or_busy(self.job(ctx, work, then))
     }
 
+    /// A GET or HEAD the pages may answer (`[web] enabled`).
+    fn serves_pages(&self, req: &Request) -> bool {
+        (req.method == "GET" || req.method == "HEAD") && self.config.web_enabled()
+    }
+
+    /// A page file: from the built-in copy at once, or read from `[web] dir` on a worker.
+    fn serve_page(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, path: &str) -> Reply {
+        let dir = self.web_dir.clone();
+        let Some(target) = crate::web::target(path, |p| crate::web::exists(dir.as_deref(), p))
+        else {
+            return Reply::Now(Response::error(404, "no such page"));
+        };
+        let file = match target {
+            crate::web::Target::Redirect(to) => return Reply::Now(crate::web::redirect(&to)),
+            crate::web::Target::File(f) => f,
+        };
+        let from_disk = dir
+            .as_deref()
+            .filter(|_| !file.starts_with("/sdk/"))
+            .and_then(|d| crate::web::file_in(d, &file));
+        let Some(disk_path) = from_disk else {
+            let body = crate::web::built_in(&file).unwrap_or_default().to_vec();
+            return Reply::Now(crate::web::response(&file, body));
+        };
+        let ok = self.job(
+            ctx,
+            move |_b| std::fs::read(&disk_path),
+            move |_app, ctx, r| {
+                let resp = match r {
+                    Ok(body) => crate::web::response(&file, body),
+                    Err(_) => Response::error(404, "no such page"),
+                };
+                ctx.respond(conn, resp);
+            },
+        );
+        later_or_busy(ok)
+    }
+
     /// `GET /files/<sha256>.<ext>`: read on a worker, served with the type of its extension.
     fn serve_file(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, name: &str) -> Reply {
         let Some((hash, ext)) = crate::upload::parse_file_name(name) else {
@@ -822,6 +865,15 @@ fn token_cookie(token: &str, ttl_s: u64, secure: bool) -> String {
         "{TOKEN_COOKIE}={token}; Path=/; Max-Age={ttl_s}; HttpOnly; SameSite=Lax{}",
         if secure { "; Secure" } else { "" }
     )
+}
+
+/// A login's reply: `{"code":200,"msg":"login ok","data":..}` with the token cookie.
+pub fn logged_in(data: &Value, token: &str, ttl_s: u64, secure: bool) -> Response {
+    Response::json(
+        200,
+        &json!({ "code": 200, "msg": "login ok", "data": data }),
+    )
+    .with_header("Set-Cookie", &token_cookie(token, ttl_s, secure))
 }
 
 /// The `Set-Cookie` that removes the token cookie (logout).
@@ -1145,6 +1197,10 @@ impl Handler for App {
                 Route::VisitorConvert => {
                     crate::chat::visitor::convert_request(self, ctx, conn, &req)
                 }
+                Route::DemoLogin => {
+                    let reply = crate::demo_login::login(self, ctx, conn, &req);
+                    self.refused_login(ctx, conn, "demo", reply)
+                }
                 Route::ServerApi => {
                     let action = params
                         .iter()
@@ -1154,6 +1210,9 @@ impl Handler for App {
                     self.server_api(ctx, conn, &req, &action)
                 }
             },
+            RouteMatch::NotFound if self.serves_pages(&req) => {
+                self.serve_page(ctx, conn, &req.path)
+            }
             RouteMatch::NotFound => Reply::Now(Response::error(404, "no such endpoint")),
             RouteMatch::MethodNotAllowed { allow } => Reply::Now(
                 Response::error(405, "method not allowed").with_header("Allow", &allow.join(", ")),

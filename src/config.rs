@@ -25,6 +25,57 @@ pub struct Config {
     pub service: ServiceConfig,
     pub consult: ConsultConfig,
     pub admin: AdminConfig,
+    pub web: WebConfig,
+}
+
+/// `[web]`: the pages the server serves (agent console, visitor widget, chat demo, QR login)
+/// and the JavaScript SDK they load.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// `auto` (serve them while `[server] listen` is a loopback address), `on` or `off`.
+    pub enabled: String,
+    /// Serve the pages from this directory instead of the copy built into the binary (for
+    /// working on them without rebuilding); empty = the built-in copy.
+    pub dir: String,
+    /// `POST /api/demo/login` hands out tokens without a business backend, for trying the pages
+    /// on a developer's machine. It exists only while this is on and the listener is loopback.
+    pub demo: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: "auto".into(),
+            dir: String::new(),
+            demo: true,
+        }
+    }
+}
+
+impl Config {
+    /// The client listener is on a loopback address (the pages and the demo login default to
+    /// on there only).
+    pub fn listener_is_loopback(&self) -> bool {
+        self.server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+    }
+
+    /// Whether the pages are served (`[web] enabled`).
+    pub fn web_enabled(&self) -> bool {
+        match self.web.enabled.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => self.listener_is_loopback(),
+        }
+    }
+
+    /// Whether `POST /api/demo/login` exists.
+    pub fn demo_login_enabled(&self) -> bool {
+        self.web.demo && self.web_enabled() && self.listener_is_loopback()
+    }
 }
 
 /// `[admin]`: the admin listener (info topics for `subscriber`, `/metrics`, `/status`).
@@ -570,6 +621,9 @@ impl Config {
         if !self.ws.path.starts_with('/') {
             return err("[ws] path must start with '/'");
         }
+        if !["auto", "on", "off"].contains(&self.web.enabled.as_str()) {
+            return err("[web] enabled must be \"auto\", \"on\" or \"off\"");
+        }
         if !self.ws.echo_path.is_empty() && !self.ws.echo_path.starts_with('/') {
             return err("[ws] echo_path must be empty or start with '/'");
         }
@@ -933,6 +987,12 @@ mod tests {
         assert!(e.0.contains("WXCHAT_SERVER_MAX_CONNECTIONS"), "{e}");
         let e = parse("", &[("WXCHAT_SERVER_NOPE", "1")]).unwrap_err();
         assert!(e.0.contains("WXCHAT_SERVER_NOPE"), "{e}");
+        let e = parse("[web]\nenabled = \"yes\"\n", &[]).unwrap_err();
+        assert!(e.0.contains("[web] enabled"), "{e}");
+        let public = parse("[server]\nlisten = \"0.0.0.0:9501\"\n", &[]).unwrap();
+        assert!(!public.web_enabled() && !public.demo_login_enabled());
+        let local = parse("", &[]).unwrap();
+        assert!(local.web_enabled() && local.demo_login_enabled());
         // The test suite's variables are not configuration.
         assert!(parse("", &[("WXCHAT_TEST_MYSQL_URL", "mysql://x")]).is_ok());
     }

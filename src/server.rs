@@ -119,6 +119,17 @@ impl Server {
                 .listener_addr(crate::admin::ADMIN_LISTENER)
                 .map_or_else(String::new, |a| format!(", admin on {a}"))
         );
+        if app.config.web_enabled() {
+            let a = reactor.local_addr();
+            log::info!(
+                "pages: http://{a}/ (agent console /agent/, chat demo /demo/, QR login /qrlogin/, visitor widget /widget.js){}",
+                if app.config.demo_login_enabled() {
+                    "; demo logins are on ([web] demo)"
+                } else {
+                    ""
+                }
+            );
+        }
         let result = reactor
             .run(&mut app)
             .map_err(|e| format!("event loop failed: {e}"));
