@@ -951,6 +951,13 @@ struct ReplayGuard {
     ttl: std::time::Duration,
 }
 
+/// Tells systemd's watchdog the reactor is alive, then again after `every`: sent from the
+/// loop itself, so a stuck loop stops the pings and systemd restarts the service.
+fn watchdog(app: &mut App, ctx: &mut dyn Ctx<Completion>, every: std::time::Duration) {
+    crate::sd_notify::notify("WATCHDOG=1");
+    app.after(ctx, every, move |app, ctx| watchdog(app, ctx, every));
+}
+
 /// Failed logins counted per client address (`[auth] login_failures_per_ip`).
 struct LoginLimiter {
     key: String,
@@ -1345,12 +1352,18 @@ impl Handler for App {
     }
 
     fn on_start(&mut self, ctx: &mut dyn Ctx<Completion>) {
+        // The listeners are open and the loop is about to run: ready for systemd (Type=notify).
+        crate::sd_notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+        if let Some(every) = crate::sd_notify::watchdog_interval() {
+            watchdog(self, ctx, every);
+        }
         crate::admin::Admin::start(self, ctx);
         // The periodic purge of idle visitors ([service] visitor_purge_after_s).
         crate::chat::visitor::start_purge(self, ctx);
     }
 
     fn on_shutdown(&mut self, ctx: &mut dyn Ctx<Completion>) {
+        crate::sd_notify::notify("STOPPING=1");
         crate::chat::on_shutdown(self, ctx);
     }
 

@@ -526,6 +526,12 @@ pub struct WsConfig {
     pub allowed_origins: Vec<String>,
     /// Subprotocols the server speaks, in preference order; empty = none.
     pub subprotocols: Vec<String>,
+    /// permessage-deflate (RFC 7692): `off`; `on` (accepted whenever offered, without context
+    /// takeover: idle connections hold no compression state); `context_takeover` (each
+    /// connection keeps its compressor and inflater, ~300 KiB, for better ratios).
+    pub permessage_deflate: String,
+    /// Frames with a smaller payload are sent uncompressed.
+    pub permessage_deflate_min_bytes: usize,
 }
 
 impl Default for WsConfig {
@@ -539,6 +545,8 @@ impl Default for WsConfig {
             handshake_timeout_s: 10,
             allowed_origins: Vec::new(),
             subprotocols: Vec::new(),
+            permessage_deflate: "on".into(),
+            permessage_deflate_min_bytes: 128,
         }
     }
 }
@@ -620,6 +628,9 @@ impl Config {
         }
         if !self.ws.path.starts_with('/') {
             return err("[ws] path must start with '/'");
+        }
+        if crate::ws::deflate::Mode::parse(&self.ws.permessage_deflate).is_none() {
+            return err("[ws] permessage_deflate must be \"off\", \"on\" or \"context_takeover\"");
         }
         if !["auto", "on", "off"].contains(&self.web.enabled.as_str()) {
             return err("[web] enabled must be \"auto\", \"on\" or \"off\"");

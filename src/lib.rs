@@ -20,6 +20,7 @@ pub mod net;
 pub mod pidfile;
 pub mod profile;
 pub mod proto;
+pub mod sd_notify;
 pub mod server;
 pub mod store;
 pub mod upload;

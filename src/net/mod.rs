@@ -34,32 +34,92 @@ impl fmt::Display for ConnId {
 }
 
 /// A complete, encoded WebSocket frame, shared between recipients: a broadcast is serialised once
-/// and every recipient's queue holds the same bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame(Arc<[u8]>);
+/// and every recipient's queue holds the same bytes. Its permessage-deflate form is made once
+/// too, the first time a recipient that negotiated stateless compression needs it.
+#[derive(Clone)]
+pub struct Frame(Arc<FrameData>);
+
+struct FrameData {
+    bytes: Box<[u8]>,
+    /// The compressed frame (None: too small, or compression would not shrink it).
+    deflated: std::sync::OnceLock<Option<Frame>>,
+}
 
 impl Frame {
+    fn from_vec(bytes: Vec<u8>) -> Frame {
+        Frame(Arc::new(FrameData {
+            bytes: bytes.into_boxed_slice(),
+            deflated: std::sync::OnceLock::new(),
+        }))
+    }
+
     /// A text frame carrying `payload`.
     pub fn text(payload: &[u8]) -> Frame {
-        Frame(crate::ws::frame(crate::ws::OpCode::Text, payload).into())
+        Frame::from_vec(crate::ws::frame(crate::ws::OpCode::Text, payload))
     }
 
     /// A binary frame carrying `payload`.
     pub fn binary(payload: &[u8]) -> Frame {
-        Frame(crate::ws::frame(crate::ws::OpCode::Binary, payload).into())
+        Frame::from_vec(crate::ws::frame(crate::ws::OpCode::Binary, payload))
     }
 
     /// The encoded frame bytes (header + payload).
     pub fn bytes(&self) -> &[u8] {
-        &self.0
+        &self.0.bytes
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.bytes.is_empty()
+    }
+
+    /// The frame compressed without context (RSV1 set), made on first use and shared by every
+    /// recipient; None when the payload is under `min_bytes` or would not shrink.
+    pub fn deflated(&self, min_bytes: usize) -> Option<&Frame> {
+        self.0
+            .deflated
+            .get_or_init(|| {
+                let (opcode, payload) = crate::ws::payload_of(&self.0.bytes)?;
+                let mut out = Vec::new();
+                deflate_payload(payload, min_bytes, &mut out, |p, o| {
+                    crate::ws::deflate::compress_stateless(p, o)
+                })?;
+                Some(Frame::from_vec(crate::ws::compressed_frame(opcode, &out)))
+            })
+            .as_ref()
+    }
+}
+
+/// Compresses `payload` into `out` with `compress` when it is at least `min_bytes` and the
+/// result is smaller; None otherwise (send it as it is).
+pub fn deflate_payload(
+    payload: &[u8],
+    min_bytes: usize,
+    out: &mut Vec<u8>,
+    compress: impl FnOnce(&[u8], &mut Vec<u8>),
+) -> Option<()> {
+    if payload.len() < min_bytes.max(1) {
+        return None;
+    }
+    out.clear();
+    compress(payload, out);
+    (out.len() < payload.len()).then_some(())
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Frame {}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Frame({} bytes)", self.len())
     }
 }
 
@@ -230,4 +290,30 @@ pub fn conn_prefix(conn: ConnId, uid: Option<u64>, peer: Option<SocketAddr>) -> 
     let uid = uid.map_or_else(|| "-".to_string(), |u| u.to_string());
     let peer = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
     format!("conn={conn} uid={uid} peer={peer}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_compressed_once_and_only_when_it_pays() {
+        let text = "the same chat words, the same chat words, ".repeat(10);
+        let f = Frame::text(text.as_bytes());
+        let shared = f.clone();
+        let first = f.deflated(128).expect("compressible") as *const Frame;
+        let again = shared.deflated(128).expect("cached") as *const Frame;
+        assert_eq!(first, again, "every recipient shares one compressed frame");
+        let z = f.deflated(128).unwrap();
+        assert_eq!(z.bytes()[0], 0xc1, "FIN + RSV1 + text");
+        let (_, payload) = crate::ws::payload_of(z.bytes()).unwrap();
+        let mut out = Vec::new();
+        crate::ws::deflate::inflate_stateless(payload, 1 << 20, &mut out).unwrap();
+        assert_eq!(out, text.as_bytes());
+        // Under the threshold, or incompressible: sent as it is.
+        assert!(Frame::text(b"short").deflated(128).is_none());
+        let mut noise = vec![0u8; 400];
+        getrandom::getrandom(&mut noise).unwrap();
+        assert!(Frame::binary(&noise).deflated(128).is_none());
+    }
 }

@@ -92,6 +92,17 @@ impl OutQueue {
         });
     }
 
+    /// Appends a permessage-deflate frame (RSV1 set) of an already compressed payload.
+    pub fn push_ws_compressed(&mut self, opcode: crate::ws::OpCode, compressed: &[u8]) {
+        let mut header = [0u8; 10];
+        let n = crate::ws::encode_header(opcode, compressed.len(), &mut header);
+        header[0] |= 0x40;
+        self.append_owned(n + compressed.len(), |v| {
+            v.extend_from_slice(&header[..n]);
+            v.extend_from_slice(compressed);
+        });
+    }
+
     /// Runs `fill` (which appends exactly `extra` bytes) on the owned tail chunk, starting a new
     /// chunk when the tail is shared or full.
     fn append_owned(&mut self, extra: usize, fill: impl FnOnce(&mut Vec<u8>)) {

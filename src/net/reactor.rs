@@ -62,6 +62,8 @@ pub struct ReactorConfig {
     pub ping_interval: Option<Duration>,
     pub allowed_origins: Vec<String>,
     pub subprotocols: Vec<String>,
+    pub deflate: ws::deflate::Mode,
+    pub deflate_min_bytes: usize,
 }
 
 impl ReactorConfig {
@@ -88,6 +90,10 @@ impl ReactorConfig {
                 .then(|| Duration::from_secs(c.ws.ping_interval_s)),
             allowed_origins: c.ws.allowed_origins.clone(),
             subprotocols: c.ws.subprotocols.clone(),
+            // Validated with the config.
+            deflate: ws::deflate::Mode::parse(&c.ws.permessage_deflate)
+                .unwrap_or(ws::deflate::Mode::Off),
+            deflate_min_bytes: c.ws.permessage_deflate_min_bytes,
         }
     }
 }
@@ -113,6 +119,8 @@ struct Conn {
     inbuf: Vec<u8>,
     out: OutQueue,
     decoder: ws::Decoder,
+    /// How frames to this peer are compressed (permessage-deflate).
+    deflate: DeflateOut,
     /// The socket may have more to read (edge-triggered readiness memo).
     readable: bool,
     /// The peer's FIN (or an error) was reported: read until it shows, short reads or not.
@@ -143,6 +151,29 @@ struct Conn {
     soft_since: Option<Instant>,
     /// The wheel entry currently in force for this connection.
     armed: Option<Instant>,
+}
+
+/// The sending side of permessage-deflate for one connection.
+enum DeflateOut {
+    /// Not negotiated.
+    Off,
+    /// Stateless with the default window: shared frames are compressed once for everyone.
+    Shared,
+    /// This connection's own compressor (context takeover, or a smaller window).
+    Own(Box<ws::deflate::Deflater>),
+}
+
+impl DeflateOut {
+    fn for_params(p: &ws::deflate::Params) -> DeflateOut {
+        if p.shares_compressed_frames() {
+            DeflateOut::Shared
+        } else {
+            DeflateOut::Own(Box::new(ws::deflate::Deflater::new(
+                p.server_max_window_bits,
+                !p.server_no_context_takeover,
+            )))
+        }
+    }
 }
 
 enum TimerEntry {
@@ -182,6 +213,8 @@ struct Core<C> {
     now: Instant,
     notifier: Notifier<C>,
     shutting_down: bool,
+    /// Where payloads are compressed before they are queued (reused between messages).
+    deflate_scratch: Vec<u8>,
 }
 
 /// One listening socket and its accept state.
@@ -246,6 +279,7 @@ impl<C: Send + 'static> Reactor<C> {
                 now,
                 notifier: Notifier::new(tx, Some(waker.clone())),
                 shutting_down: false,
+                deflate_scratch: Vec::new(),
             },
             completions: rx,
             scratch: vec![0; READ_CHUNK + 64],
@@ -554,6 +588,7 @@ impl<C: Send + 'static> Reactor<C> {
                         inbuf: Vec::new(),
                         out: OutQueue::default(),
                         decoder: ws::Decoder::default(),
+                        deflate: DeflateOut::Off,
                         readable: true,
                         peer_shut: false,
                         write_blocked: false,
@@ -904,6 +939,7 @@ impl<C: Send + 'static> Reactor<C> {
             let hs = ws::handshake::HandshakeConfig {
                 allowed_origins: &self.core.cfg.allowed_origins,
                 subprotocols: &self.core.cfg.subprotocols,
+                deflate: self.core.cfg.deflate,
             };
             let accepted = match ws::handshake::negotiate(
                 &request.method,
@@ -933,6 +969,11 @@ impl<C: Send + 'static> Reactor<C> {
                     conn.phase = Phase::Ws;
                     conn.opened = true;
                     conn.decoder = ws::Decoder::new(self.core.cfg.ws_limits);
+                    if let Some((params, _)) = &accepted.deflate {
+                        conn.decoder
+                            .enable_deflate(!params.client_no_context_takeover);
+                        conn.deflate = DeflateOut::for_params(params);
+                    }
                     conn.pending_input = !conn.inbuf.is_empty();
                     conn.last_read = self.core.now;
                     log::debug!(
@@ -1272,6 +1313,35 @@ impl<C> Core<C> {
         }
     }
 
+    /// Queues one data message, compressed when the connection negotiated it and it pays.
+    fn send_data(&mut self, conn: ConnId, opcode: OpCode, payload: &[u8]) -> bool {
+        let Some(key) = self.ws_target(conn) else {
+            return false;
+        };
+        let min = self.cfg.deflate_min_bytes;
+        let c = &mut self.conns[key];
+        let mut out = std::mem::take(&mut self.deflate_scratch);
+        let compressed = match &mut c.deflate {
+            DeflateOut::Off => None,
+            DeflateOut::Shared => super::deflate_payload(payload, min, &mut out, |p, o| {
+                ws::deflate::compress_stateless(p, o)
+            }),
+            DeflateOut::Own(d) => {
+                super::deflate_payload(payload, min, &mut out, |p, o| d.compress(p, o))
+            }
+        };
+        match compressed {
+            Some(()) => c.out.push_ws_compressed(opcode, &out),
+            None => c.out.push_ws(opcode, payload),
+        }
+        // The scratch buffer is kept for the next message unless a large one grew it.
+        if out.capacity() <= 64 * 1024 {
+            self.deflate_scratch = out;
+        }
+        self.after_queue(key);
+        true
+    }
+
     fn ws_target(&mut self, id: ConnId) -> Option<usize> {
         let c = self.conn(id)?;
         (c.phase == Phase::Ws && !c.close_sent).then_some(id.key as usize)
@@ -1283,27 +1353,34 @@ impl<C> Ctx<C> for Core<C> {
         let Some(key) = self.ws_target(conn) else {
             return false;
         };
-        self.conns[key].out.push_frame(frame);
+        let min = self.cfg.deflate_min_bytes;
+        let c = &mut self.conns[key];
+        match &mut c.deflate {
+            DeflateOut::Off => c.out.push_frame(frame),
+            // Compressed once, on the first recipient that needs it, then shared.
+            DeflateOut::Shared => c.out.push_frame(frame.deflated(min).unwrap_or(frame)),
+            DeflateOut::Own(d) => match ws::payload_of(frame.bytes()) {
+                Some((opcode, payload)) => {
+                    let mut out = std::mem::take(&mut self.deflate_scratch);
+                    match super::deflate_payload(payload, min, &mut out, |p, o| d.compress(p, o)) {
+                        Some(()) => c.out.push_ws_compressed(opcode, &out),
+                        None => c.out.push_frame(frame),
+                    }
+                    self.deflate_scratch = out;
+                }
+                None => c.out.push_frame(frame),
+            },
+        }
         self.after_queue(key);
         true
     }
 
     fn send_text(&mut self, conn: ConnId, text: &str) -> bool {
-        let Some(key) = self.ws_target(conn) else {
-            return false;
-        };
-        self.conns[key].out.push_ws(OpCode::Text, text.as_bytes());
-        self.after_queue(key);
-        true
+        self.send_data(conn, OpCode::Text, text.as_bytes())
     }
 
     fn send_binary(&mut self, conn: ConnId, data: &[u8]) -> bool {
-        let Some(key) = self.ws_target(conn) else {
-            return false;
-        };
-        self.conns[key].out.push_ws(OpCode::Binary, data);
-        self.after_queue(key);
-        true
+        self.send_data(conn, OpCode::Binary, data)
     }
 
     fn respond(&mut self, conn: ConnId, response: http::Response) {

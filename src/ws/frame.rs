@@ -1,6 +1,7 @@
 //! Frame decoding (client -> server, masked) and encoding (server -> client, unmasked); and, for
 //! wxchat's own clients (the `subscriber` CLI), the client side: unmasked frames in, masked out.
 
+use super::deflate::Inflater;
 use super::{Error, Event, Limits, OpCode};
 
 /// The frame being received when its payload spans several reads.
@@ -13,6 +14,28 @@ struct Partial {
     remaining: u64,
     /// Payload bytes already received (the mask offset).
     received: u64,
+    /// RSV1 on a message's first frame: its payload is compressed (permessage-deflate).
+    compressed: bool,
+}
+
+/// The decoder's side of permessage-deflate.
+enum Inflate {
+    /// Not negotiated: RSV1 is a protocol error.
+    Off,
+    /// Every message inflates on its own, with the thread's shared inflater.
+    Stateless,
+    /// The client keeps its context: this connection's own inflater (made on first use).
+    Takeover(Option<Box<Inflater>>),
+}
+
+impl std::fmt::Debug for Inflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Inflate::Off => "Off",
+            Inflate::Stateless => "Stateless",
+            Inflate::Takeover(_) => "Takeover",
+        })
+    }
 }
 
 /// Incremental server-side decoder. Complete single-frame messages are returned straight from the
@@ -35,6 +58,11 @@ pub struct Decoder {
     data_done: bool,
     /// A control frame's payload when it spans reads (<= 125 bytes).
     control: Vec<u8>,
+    inflate: Inflate,
+    /// The open message is compressed.
+    compressed: bool,
+    /// A compressed message, inflated (handed out from here).
+    inflated: Vec<u8>,
 }
 
 impl Default for Decoder {
@@ -58,7 +86,39 @@ impl Decoder {
             validated: 0,
             data_done: false,
             control: Vec::new(),
+            inflate: Inflate::Off,
+            compressed: false,
+            inflated: Vec::new(),
         }
+    }
+
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message. `client_takeover`:
+    /// the client keeps its compression context between messages, so this connection needs an
+    /// inflater of its own.
+    pub fn enable_deflate(&mut self, client_takeover: bool) {
+        self.inflate = if client_takeover {
+            Inflate::Takeover(None)
+        } else {
+            Inflate::Stateless
+        };
+    }
+
+    /// Inflates `compressed` into `self.inflated` and validates it as `kind`.
+    fn inflate_message(&mut self, kind: OpCode, compressed: &[u8]) -> Result<(), Error> {
+        let limit = self.limits.max_message_bytes;
+        let r = match &mut self.inflate {
+            Inflate::Takeover(own) => own
+                .get_or_insert_with(|| Box::new(Inflater::new(true)))
+                .inflate(compressed, limit, &mut self.inflated),
+            _ => super::deflate::inflate_stateless(compressed, limit, &mut self.inflated),
+        };
+        if let Err(e) = r {
+            return Err(self.fail(e));
+        }
+        if kind == OpCode::Text && simdutf8::basic::from_utf8(&self.inflated).is_err() {
+            return Err(self.fail(Error::InvalidUtf8));
+        }
+        Ok(())
     }
 
     /// A client-side decoder: the server's frames are unmasked, and a masked one is an error.
@@ -76,13 +136,14 @@ impl Decoder {
 
     /// Bytes held in the reassembly buffers.
     pub fn buffered_bytes(&self) -> usize {
-        self.data.len() + self.control.len()
+        self.data.len() + self.control.len() + self.inflated.len()
     }
 
     /// Releases buffer capacity when nothing is held.
     pub fn shrink(&mut self) {
         if !self.is_mid_message() {
             self.data = Vec::new();
+            self.inflated = Vec::new();
             self.control = Vec::new();
             self.validated = 0;
             self.data_done = false;
@@ -112,9 +173,13 @@ impl Decoder {
         if self.data_done {
             self.data_done = false;
             self.data.clear();
+            self.inflated.clear();
             self.validated = 0;
             if self.data.capacity() > KEEP_CAPACITY {
                 self.data = Vec::new();
+            }
+            if self.inflated.capacity() > KEEP_CAPACITY {
+                self.inflated = Vec::new();
             }
         }
         let mut pos = 0;
@@ -136,6 +201,11 @@ impl Decoder {
                 // Fast path: a whole unfragmented message in the caller's buffer, zero copy.
                 let payload = &mut input[header_len..header_len + len];
                 apply_mask(payload, partial.mask, 0);
+                if partial.compressed {
+                    self.inflate_message(partial.opcode, payload)?;
+                    self.data_done = true;
+                    return Ok((header_len + len, Some(self.inflated_event(partial.opcode))));
+                }
                 let event = if partial.opcode == OpCode::Text {
                     match simdutf8::basic::from_utf8(payload) {
                         Ok(s) => Event::Text(s),
@@ -150,6 +220,7 @@ impl Decoder {
                 self.control.clear();
             } else if partial.opcode != OpCode::Continuation {
                 self.message = Some(partial.opcode);
+                self.compressed = partial.compressed;
             }
             self.partial = Some(partial);
         }
@@ -167,7 +238,8 @@ impl Decoder {
             self.control.extend_from_slice(chunk);
         } else {
             self.data.extend_from_slice(chunk);
-            if self.message == Some(OpCode::Text) {
+            // A compressed text is validated once inflated.
+            if self.message == Some(OpCode::Text) && !self.compressed {
                 self.check_utf8(false)?;
             }
         }
@@ -189,6 +261,13 @@ impl Decoder {
         // The last fragment: hand out the whole message.
         let kind = self.message.take().unwrap_or(OpCode::Binary);
         self.data_done = true;
+        if std::mem::take(&mut self.compressed) {
+            let compressed = std::mem::take(&mut self.data);
+            let r = self.inflate_message(kind, &compressed);
+            self.data = compressed;
+            r?;
+            return Ok((pos, Some(self.inflated_event(kind))));
+        }
         if kind == OpCode::Text {
             self.check_utf8(true)?;
             // SAFETY: check_utf8(true) has just validated all of `data` (piece by piece as the
@@ -197,6 +276,16 @@ impl Decoder {
             Ok((pos, Some(Event::Text(text))))
         } else {
             Ok((pos, Some(Event::Binary(&self.data))))
+        }
+    }
+
+    /// The event of a message inflated into `self.inflated` (validated by `inflate_message`).
+    fn inflated_event(&self, kind: OpCode) -> Event<'_> {
+        if kind == OpCode::Text {
+            // SAFETY: inflate_message validated all of `inflated` as UTF-8 for a text message.
+            Event::Text(unsafe { std::str::from_utf8_unchecked(&self.inflated) })
+        } else {
+            Event::Binary(&self.inflated)
         }
     }
 
@@ -226,12 +315,16 @@ impl Decoder {
             return Ok(None);
         };
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
-            return Err(self.fail(Error::Protocol("reserved bits set without an extension")));
-        }
         let Some(opcode) = OpCode::from_u8(b0 & 0x0f) else {
             return Err(self.fail(Error::Protocol("unknown opcode")));
         };
+        // RSV1 is permessage-deflate's "compressed" bit, on a message's first frame only.
+        let rsv1 = b0 & 0x40 != 0;
+        let rsv1_ok = !matches!(self.inflate, Inflate::Off)
+            && matches!(opcode, OpCode::Text | OpCode::Binary);
+        if b0 & 0x30 != 0 || (rsv1 && !rsv1_ok) {
+            return Err(self.fail(Error::Protocol("reserved bits set without an extension")));
+        }
         let masked = b1 & 0x80 != 0;
         if masked != self.expect_masked {
             return Err(self.fail(Error::Protocol(if self.expect_masked {
@@ -307,6 +400,7 @@ impl Decoder {
                 mask,
                 remaining: len,
                 received: 0,
+                compressed: rsv1,
             },
         )))
     }
@@ -396,6 +490,25 @@ pub fn write_frame(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// A complete FIN frame whose payload is permessage-deflate compressed (RSV1 set).
+pub fn compressed_frame(opcode: OpCode, compressed: &[u8]) -> Vec<u8> {
+    let mut v = frame(opcode, compressed);
+    v[0] |= 0x40;
+    v
+}
+
+/// The opcode and payload of a complete, unmasked FIN frame this module encoded.
+pub fn payload_of(frame: &[u8]) -> Option<(OpCode, &[u8])> {
+    let (&b0, &b1) = (frame.first()?, frame.get(1)?);
+    let opcode = OpCode::from_u8(b0 & 0x0f)?;
+    let start = match b1 & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    Some((opcode, frame.get(start..)?))
+}
+
 /// A complete FIN frame.
 pub fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(payload.len() + 10);
@@ -475,7 +588,10 @@ mod tests {
 
     /// Feeds `bytes` in pieces of `step`, buffering leftovers as the server does.
     fn run(bytes: &[u8], step: usize, limits: Limits) -> Result<Vec<Ev>, Error> {
-        let mut d = Decoder::new(limits);
+        run_with(Decoder::new(limits), bytes, step)
+    }
+
+    fn run_with(mut d: Decoder, bytes: &[u8], step: usize) -> Result<Vec<Ev>, Error> {
         let mut out = Vec::new();
         let mut held: Vec<u8> = Vec::new();
         for piece in bytes.chunks(step.max(1)) {
@@ -521,6 +637,105 @@ mod tests {
             assert_eq!(run(bytes, step, LIMITS).unwrap(), whole, "step {step}");
         }
         whole
+    }
+
+    /// A compressed message as a client sends it: RSV1 on the first frame only, split into
+    /// fragments of `frag` bytes.
+    fn compressed(
+        opcode: u8,
+        payload: &[u8],
+        frag: usize,
+        takeover: &mut crate::ws::deflate::Deflater,
+    ) -> Vec<u8> {
+        let mut c = Vec::new();
+        takeover.compress(payload, &mut c);
+        let pieces: Vec<&[u8]> = c.chunks(frag.max(1)).collect();
+        let mut out = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let mut f = masked(
+                i + 1 == pieces.len(),
+                if i == 0 { opcode } else { 0 },
+                piece,
+            );
+            if i == 0 {
+                f[0] |= 0x40;
+            }
+            out.extend(f);
+        }
+        out
+    }
+
+    #[test]
+    fn rfc7692_compressed_messages_inflate_whole_or_fragmented() {
+        use crate::ws::deflate::Deflater;
+        let text = "你好，世界 hello hello hello hello".repeat(20);
+        for takeover in [false, true] {
+            let mut client = Deflater::new(15, takeover);
+            let mut bytes = Vec::new();
+            for frag in [10_000, 7, 1] {
+                bytes.extend(compressed(1, text.as_bytes(), frag, &mut client));
+            }
+            bytes.extend(compressed(2, &[1, 2, 3, 1, 2, 3, 1, 2, 3], 4, &mut client));
+            // A plain message between compressed ones.
+            bytes.extend(masked(true, 1, b"plain"));
+            for step in [bytes.len(), 1, 3, 64] {
+                let mut d = Decoder::new(LIMITS);
+                d.enable_deflate(takeover);
+                let evs = run_with(d, &bytes, step).unwrap();
+                assert_eq!(evs.len(), 5, "step {step}");
+                for e in &evs[..3] {
+                    assert_eq!(e, &Ev::Text(text.clone()));
+                }
+                assert_eq!(evs[3], Ev::Binary(vec![1, 2, 3, 1, 2, 3, 1, 2, 3]));
+                assert_eq!(evs[4], Ev::Text("plain".into()));
+            }
+        }
+    }
+
+    #[test]
+    fn rfc7692_rsv1_rules_bombs_and_bad_text() {
+        use crate::ws::deflate::Deflater;
+        let mut c = Deflater::new(15, false);
+        let hello = compressed(1, b"Hello", 100, &mut c);
+        // Not negotiated: RSV1 is a protocol error.
+        assert!(matches!(
+            run(&hello, hello.len(), LIMITS),
+            Err(Error::Protocol(_))
+        ));
+        let negotiated = || {
+            let mut d = Decoder::new(LIMITS);
+            d.enable_deflate(false);
+            d
+        };
+        assert_eq!(
+            run_with(negotiated(), &hello, 100).unwrap(),
+            vec![Ev::Text("Hello".into())]
+        );
+        // RSV1 on a control frame or a continuation frame is a protocol error.
+        let mut ping = masked(true, 9, b"x");
+        ping[0] |= 0x40;
+        assert!(matches!(
+            run_with(negotiated(), &ping, 100),
+            Err(Error::Protocol(_))
+        ));
+        let mut cont = masked(false, 1, b"a");
+        let mut second = masked(true, 0, b"b");
+        second[0] |= 0x40;
+        cont.extend(second);
+        assert!(matches!(
+            run_with(negotiated(), &cont, 100),
+            Err(Error::Protocol(_))
+        ));
+        // A small frame that inflates past the message limit: 1009.
+        let bomb = compressed(2, &vec![0u8; 2 << 20], 1 << 20, &mut c);
+        assert!(bomb.len() < 10_000);
+        assert!(matches!(
+            run_with(negotiated(), &bomb, bomb.len()),
+            Err(Error::TooBig { .. })
+        ));
+        // Compressed text that is not UTF-8: 1007.
+        let bad = compressed(1, &[0xff, 0xfe, 0xfd], 100, &mut c);
+        assert_eq!(run_with(negotiated(), &bad, 100), Err(Error::InvalidUtf8));
     }
 
     #[test]

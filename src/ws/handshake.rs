@@ -20,6 +20,8 @@ pub struct HandshakeConfig<'a> {
     pub allowed_origins: &'a [String],
     /// Subprotocols spoken, in preference order; empty = none.
     pub subprotocols: &'a [String],
+    /// What permessage-deflate offers are answered with.
+    pub deflate: super::deflate::Mode,
 }
 
 /// A valid upgrade: the accept key and the chosen subprotocol.
@@ -27,6 +29,8 @@ pub struct HandshakeConfig<'a> {
 pub struct Accepted {
     pub accept: String,
     pub protocol: Option<String>,
+    /// permessage-deflate as agreed, and the `Sec-WebSocket-Extensions` value answering it.
+    pub deflate: Option<(super::deflate::Params, String)>,
 }
 
 /// An invalid upgrade: the HTTP answer to give.
@@ -119,9 +123,12 @@ pub fn negotiate<N: AsRef<str>, V: AsRef<[u8]>>(
         .iter()
         .find(|p| offered.contains(&p.as_bytes()))
         .cloned();
+    let deflate =
+        super::deflate::negotiate(values(headers, "sec-websocket-extensions"), cfg.deflate);
     Ok(Accepted {
         accept: accept_key(key),
         protocol,
+        deflate,
     })
 }
 
@@ -134,6 +141,11 @@ pub fn response(accepted: &Accepted) -> Vec<u8> {
     if let Some(p) = &accepted.protocol {
         out.push_str("Sec-WebSocket-Protocol: ");
         out.push_str(p);
+        out.push_str("\r\n");
+    }
+    if let Some((_, ext)) = &accepted.deflate {
+        out.push_str("Sec-WebSocket-Extensions: ");
+        out.push_str(ext);
         out.push_str("\r\n");
     }
     out.push_str("\r\n");
@@ -159,6 +171,7 @@ mod tests {
     fn cfg<'a>(origins: &'a [String], protos: &'a [String]) -> HandshakeConfig<'a> {
         HandshakeConfig {
             allowed_origins: origins,
+            deflate: crate::ws::deflate::Mode::On,
             subprotocols: protos,
         }
     }
@@ -232,9 +245,36 @@ mod tests {
         let a = Accepted {
             accept: "x".into(),
             protocol: Some("wxchat.v2".into()),
+            deflate: None,
         };
         assert!(String::from_utf8(response(&a))
             .unwrap()
             .contains("Sec-WebSocket-Protocol: wxchat.v2\r\n"));
+    }
+
+    #[test]
+    fn permessage_deflate_is_answered_when_offered() {
+        let c = cfg(&[], &[]);
+        let mut h = base();
+        h.push((
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits",
+        ));
+        let a = negotiate("GET", 1, &h, &c).unwrap();
+        let text = String::from_utf8(response(&a)).unwrap();
+        assert!(
+            text.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+            "{text}"
+        );
+        assert!(
+            !String::from_utf8(response(&negotiate("GET", 1, &base(), &c).unwrap()))
+                .unwrap()
+                .contains("Extensions")
+        );
+        let off = HandshakeConfig {
+            deflate: crate::ws::deflate::Mode::Off,
+            ..cfg(&[], &[])
+        };
+        assert_eq!(negotiate("GET", 1, &h, &off).unwrap().deflate, None);
     }
 }

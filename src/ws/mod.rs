@@ -3,11 +3,13 @@
 //! panics on input and reserves memory only after checking declared lengths against the limits.
 //! See LIFECYCLE.md for the decoder states and the close handshake.
 
+pub mod deflate;
 mod frame;
 pub mod handshake;
 
 pub use frame::{
-    apply_mask, close_frame, encode_header, frame, masked_frame, write_frame, Decoder,
+    apply_mask, close_frame, compressed_frame, encode_header, frame, masked_frame, payload_of,
+    write_frame, Decoder,
 };
 
 use std::fmt;

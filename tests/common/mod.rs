@@ -252,6 +252,8 @@ pub struct WsFrame {
     pub fin: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
+    /// RSV1: a permessage-deflate compressed message.
+    pub rsv1: bool,
 }
 
 impl WsFrame {
@@ -459,6 +461,7 @@ pub fn decode_server_frame(buf: &[u8]) -> io::Result<Option<(WsFrame, usize)>> {
             fin,
             opcode,
             payload: buf[start..start + len].to_vec(),
+            rsv1: buf[0] & 0x40 != 0,
         },
         start + len,
     )))
