@@ -67,33 +67,26 @@ pub struct Command {
 
 /// Parses one text frame. Err: not a command at all (answered with `cmd: "error"`).
 pub fn parse_command(text: &str) -> Result<Command, &'static str> {
-    let value: Value = serde_json::from_str(text).map_err(|_| "not valid JSON")?;
-    let Value::Object(mut fields) = value else {
-        return Err("a command must be a JSON object");
-    };
-    let cmd = match fields.remove("cmd") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => s,
-        _ => return Err("missing \"cmd\""),
-    };
-    let req_id = req_id_of(fields.remove("req_id"))?;
-    Ok(Command {
-        cmd,
-        req_id,
-        fields,
-    })
+    decode_command(text, false)
 }
 
 /// A chat frame: a command ([`parse_command`]), or online_chat's send frame, which names no
 /// `cmd`: `{"chat_type":0,"to_id":10000,"access_token":"..","msg_type":0,"msg":".."}`. An
 /// object with no `cmd` that has `chat_type`, `to_id`, `msg_type` and `msg` is a `send`.
 pub fn parse_chat_command(text: &str) -> Result<Command, &'static str> {
+    decode_command(text, true)
+}
+
+fn decode_command(text: &str, online_chat_send: bool) -> Result<Command, &'static str> {
     let value: Value = serde_json::from_str(text).map_err(|_| "not valid JSON")?;
     let Value::Object(mut fields) = value else {
         return Err("a command must be a JSON object");
     };
     let cmd = match fields.remove("cmd") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => s,
-        None if ONLINE_CHAT_SEND.iter().all(|k| fields.contains_key(*k)) => "send".to_string(),
+        None if online_chat_send && ONLINE_CHAT_SEND.iter().all(|k| fields.contains_key(*k)) => {
+            "send".to_string()
+        }
         _ => return Err("missing \"cmd\""),
     };
     let req_id = req_id_of(fields.remove("req_id"))?;

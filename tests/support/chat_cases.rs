@@ -586,6 +586,17 @@ fn recall_within_the_window() {
     assert_eq!(r["code"], 409);
 }
 
+/// `POST` of `body` to an upload path with these headers (each ending in CRLF).
+fn upload(s: &TestServer, path: &str, headers: &str, body: &[u8]) -> HttpResponse {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    http_raw(s.addr, &raw)
+}
+
 #[test]
 fn upload_takes_a_listed_file_name_extension_over_a_generic_type() {
     let s = start("");
@@ -597,13 +608,12 @@ fn upload_takes_a_listed_file_name_extension_over_a_generic_type() {
     body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"v.amr\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
     body.extend_from_slice(amr);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let mut raw = format!(
-        "POST /api/upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {ta}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(&body);
-    let r = http_raw(s.addr, &raw);
+    let r = upload(
+        &s,
+        "/api/upload",
+        &format!("Authorization: Bearer {ta}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"),
+        &body,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let url = r.json()["data"]["url"].as_str().unwrap().to_string();
     assert!(url.ends_with(".amr"), "{url}");
@@ -614,13 +624,12 @@ fn upload_takes_a_listed_file_name_extension_over_a_generic_type() {
     assert_eq!(got.body, amr);
     // The same for a raw body named by ?name=, and an unlisted name still gives .bin.
     for (name, ext) in [("v.amr", ".amr"), ("v.exe", ".bin")] {
-        let mut raw = format!(
-            "POST /api/upload?name={name} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {ta}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-            amr.len()
-        )
-        .into_bytes();
-        raw.extend_from_slice(amr);
-        let r = http_raw(s.addr, &raw);
+        let r = upload(
+            &s,
+            &format!("/api/upload?name={name}"),
+            &format!("Authorization: Bearer {ta}\r\nContent-Type: application/octet-stream\r\n"),
+            amr,
+        );
         let url = r.json()["data"]["url"].as_str().unwrap().to_string();
         assert!(url.ends_with(ext), "{name}: {url}");
     }
