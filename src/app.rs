@@ -1262,12 +1262,15 @@ impl Handler for App {
         METRICS.ws_opened[endpoint.index()].inc();
         if endpoint != Endpoint::Subscriber {
             let peer = ctx.peer_addr(conn);
+            let trusted = &self.config.http.trusted_proxies;
             self.admin.emit(ctx, Topic::Connection, || {
                 json!({
                     "event": "open",
                     "conn": conn.to_string(),
                     "endpoint": endpoint.name(),
                     "peer": peer.map(|p| p.to_string()),
+                    // Behind nginx: the client's own address, as a trusted proxy names it.
+                    "client": peer.map(|p| crate::http::client_ip(p.ip(), req, trusted).to_string()),
                 })
             });
         }
