@@ -76,7 +76,62 @@ fn main() {
     utf8(&r);
     commands(&r);
     fan_out(&r);
+    compression(&r);
     wechat(&r);
+}
+
+/// permessage-deflate on a typical message push and a long one: the cost per message and the
+/// bytes saved (printed once, for BENCHMARKS.md).
+fn compression(r: &Runner) {
+    use wxchat::ws::deflate::{compress_stateless, inflate_stateless, Deflater};
+    let push = r#"{"cmd":"message","data":{"msg_id":1048576,"conv_id":"p_1001_1002","seq":4242,"chat_type":0,"from_id":1001,"to_id":1002,"msg_type":0,"msg":"明天下午三点在会议室开会，记得带上周的报表。","time":1764672000123}}"#;
+    let long = push.repeat(8);
+    for (name, payload) in [("push 1 msg", push.to_string()), ("history 8 msgs", long)] {
+        let mut z = Vec::new();
+        compress_stateless(payload.as_bytes(), &mut z);
+        if r.full {
+            println!(
+                "  deflate {name}: {} -> {} bytes ({:.0}%)",
+                payload.len(),
+                z.len(),
+                100.0 * z.len() as f64 / payload.len() as f64
+            );
+        }
+        let mut out = Vec::new();
+        r.bench(
+            &format!("deflate stateless, {name}"),
+            1,
+            payload.len() as u64,
+            || {
+                compress_stateless(black_box(payload.as_bytes()), &mut out);
+                black_box(&out);
+            },
+        );
+        r.bench(
+            &format!("inflate stateless, {name}"),
+            1,
+            payload.len() as u64,
+            || {
+                inflate_stateless(black_box(&z), 1 << 20, &mut out).expect("inflates");
+                assert_eq!(out.len(), payload.len());
+            },
+        );
+        let mut kept = Deflater::new(15, true);
+        r.bench(
+            &format!("deflate context takeover, {name}"),
+            1,
+            payload.len() as u64,
+            || {
+                kept.compress(black_box(payload.as_bytes()), &mut out);
+                out.clear();
+            },
+        );
+    }
+    // A shared frame is compressed once for all its recipients: the second call is a lookup.
+    let frame = Frame::text(push.as_bytes());
+    r.bench("shared frame deflated (cached)", 1, 0, || {
+        black_box(frame.deflated(128));
+    });
 }
 
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];

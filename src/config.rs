@@ -546,7 +546,7 @@ impl Default for WsConfig {
             allowed_origins: Vec::new(),
             subprotocols: Vec::new(),
             permessage_deflate: "on".into(),
-            permessage_deflate_min_bytes: 128,
+            permessage_deflate_min_bytes: 512,
         }
     }
 }

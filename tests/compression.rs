@@ -59,7 +59,7 @@ fn echo_negotiates_and_compresses_both_ways() {
         "{wire} of {}",
         long.len()
     );
-    // Small messages go out plain (below [ws] permessage_deflate_min_bytes), plain ones echo.
+    // Small messages go out plain (below [ws] permessage_deflate_min_bytes, 512), plain ones echo.
     send_compressed(&mut c, "hi", &mut d);
     assert_eq!(recv_text(&mut c, &mut i), ("hi".into(), false, 2));
     c.send_text("plain");
@@ -76,7 +76,7 @@ fn off_declines_and_context_takeover_keeps_the_context() {
     assert_eq!(c.response.header("sec-websocket-extensions"), None);
 
     let s = TestServer::start(
-        "[ws]\necho_path = \"/echo\"\npermessage_deflate = \"context_takeover\"\n",
+        "[ws]\necho_path = \"/echo\"\npermessage_deflate = \"context_takeover\"\npermessage_deflate_min_bytes = 128\n",
     );
     let (c, _) = WsClient::try_connect(
         s.addr,
