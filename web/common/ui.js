@@ -302,7 +302,7 @@ export class MessageList {
     const cls = system ? 'system' : mine ? 'mine' : 'theirs';
     const meta = h('div', { class: 'meta' },
       system ? 'System' : mine ? 'You' : this.opts.nameOf(m.from_id), ' · ', h('time', { datetime: new Date(m.time).toISOString() }, formatTime(m.time)));
-    if (mine && this.opts.status) meta.append(' · ', h('span', { class: 'status' }, this.opts.status(m)));
+    if (mine && this.opts.status) meta.append(h('span', { class: 'status' }, this.opts.status(m)));
     const li = h('li', { class: `msg ${cls} type-${m.msg_type}`, dataset: { seq: m.seq, msgId: m.msg_id } },
       h('div', { class: 'bubble' }, renderBody(m)), meta);
     if (mine && this.opts.onRecall && m.msg !== null && m.msg_type < 100) {

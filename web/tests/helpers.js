@@ -101,6 +101,8 @@ export async function launch() {
 /** A page that fails the test on uncaught errors and CSP violations (collected, asserted at the end). */
 export async function newPage(browser, { viewport } = {}) {
   const context = await browser.newContext({ viewport: viewport || { width: 1280, height: 800 } });
+  // Fail within seconds, not Playwright's 30 s: every wait here is for something local.
+  context.setDefaultTimeout(10000);
   const page = await context.newPage();
   page.problems = [];
   page.on('pageerror', (err) => page.problems.push(`pageerror: ${err.message}`));

@@ -1,0 +1,102 @@
+// The chat demo with two users in two browser contexts: friend chat with unread counts, names,
+// read receipts, typing, presence, uploads, recall, and a page reload in the middle (messages
+// sent meanwhile arrive once, history shows the earlier ones).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, launch, newPage, screenshot, waitText, testPng } from './helpers.js';
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launch();
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) await server.stop();
+});
+
+async function login(page, name) {
+  await page.goto(`${server.base}/demo/`);
+  await page.locator('#login-name').fill(name);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await waitText(page.locator('#conn'), 'Online');
+  return Number((await page.locator('#me-name').textContent()).match(/#(\d+)/)[1]);
+}
+
+/** The rows of a conversation holding `text`: exactly one is expected. */
+function rows(page, text) {
+  return page.locator('#messages li.msg').filter({ hasText: text });
+}
+
+test('two users chat; a reload in the middle loses and repeats nothing', async () => {
+  const ann = await newPage(browser);
+  const annUid = await login(ann, 'Ann');
+  // Ben on a phone-sized screen: one pane at a time.
+  const ben = await newPage(browser, { viewport: { width: 390, height: 844 } });
+  const benUid = await login(ben, 'Ben');
+  const conv = annUid < benUid ? `p_${annUid}_${benUid}` : `p_${benUid}_${annUid}`;
+
+  // Demo users are friends: Ben sees Ann, online.
+  const annItem = ben.locator(`[data-testid="friend-${annUid}"]`);
+  await waitText(annItem, 'online');
+  await annItem.click();
+  for (const text of ['hello 1', 'hello 2']) {
+    await ben.locator('#text').fill(text);
+    await ben.locator('#text').press('Enter');
+    await rows(ben, text).locator('.status').filter({ hasText: 'Sent' }).waitFor();
+  }
+
+  // Ann gets the conversation with two unread and Ben's name, opens it, reads it.
+  const convItem = ann.locator(`[data-testid="conv-${conv}"]`);
+  await waitText(convItem, 'Ben');
+  await waitText(convItem.locator('.badge'), '2');
+  await convItem.click();
+  await rows(ann, 'hello 2').waitFor();
+  await rows(ben, 'hello 2').locator('.status').filter({ hasText: 'Read' }).waitFor();
+  assert.equal(await convItem.locator('.badge').count(), 0, 'read: no unread badge');
+
+  // Typing shows on the other side.
+  await ann.locator('#text').fill('typing here');
+  await waitText(ben.locator('#typing'), 'Ann is typing');
+  await ann.locator('#text').press('Enter');
+  await rows(ben, 'typing here').waitFor();
+
+  // Ben leaves the page; Ann writes meanwhile; Ben comes back to the same conversation.
+  await ben.goto('about:blank');
+  await ann.locator('#text').fill('while you were away');
+  await ann.locator('#text').press('Enter');
+  await rows(ann, 'while you were away').locator('.status').waitFor();
+  await ben.goto(`${server.base}/demo/#${conv}`);
+  await waitText(ben.locator('#conn'), 'Online');
+  await rows(ben, 'while you were away').waitFor();
+  await rows(ben, 'hello 1').waitFor();
+  // And a plain reload.
+  await ben.reload();
+  await waitText(ben.locator('#conn'), 'Online');
+  await rows(ben, 'while you were away').waitFor();
+  await ann.locator('#text').fill('after the reload');
+  await ann.locator('#text').press('Enter');
+  await rows(ben, 'after the reload').waitFor();
+  for (const text of ['hello 1', 'hello 2', 'typing here', 'while you were away', 'after the reload']) {
+    assert.equal(await rows(ben, text).count(), 1, `"${text}" shown once after the reload`);
+  }
+
+  // An image from Ben, then Ben recalls "hello 2": Ann sees both.
+  await ben.locator('#file').setInputFiles({ name: 'pic.png', mimeType: 'image/png', buffer: testPng() });
+  await ann.locator('#messages .msg.theirs img.media-image').waitFor();
+  await rows(ben, 'hello 2').getByRole('button', { name: 'Recall' }).click();
+  await ann.locator('#messages li.msg .recalled').waitFor();
+  assert.equal(await rows(ann, 'hello 2').count(), 0);
+  await screenshot(ann, 'demo-desktop');
+  await screenshot(ben, 'demo-phone-390x844');
+
+  // Presence: Ben closes his page, Ann's list shows him offline.
+  await ben.context().close();
+  await waitText(ann.locator(`[data-testid="conv-${conv}"] .dot`).and(ann.locator('[title="offline"]')), '', 10000);
+
+  assert.deepEqual(ann.problems, []);
+});
