@@ -86,7 +86,7 @@ async function refreshDesk() {
     state.status = info.status === 'away' ? 'away' : 'available';
     $('status').value = state.status;
     state.waiting = info.waiting || [];
-    $('queue-count').textContent = String(info.queue_length || 0);
+    setQueueCount(info.queue_length || 0);
     $('session-count').textContent = `${(info.customers || []).length}/${info.max_sessions}`;
     const byConv = new Map(convs.map((c) => [c.conv_id, c]));
     for (const c of convs) if (c.peer && c.peer.uid) state.names.set(c.peer.uid, c.peer.name);
@@ -129,14 +129,14 @@ function onService(ev) {
   switch (ev.event) {
     case 'queue':
       state.waiting = ev.waiting || [];
-      $('queue-count').textContent = String(ev.length || 0);
+      setQueueCount(ev.length || 0);
       break;
     case 'assigned':
       state.customers.set(ev.customer, { uid: ev.customer, unread: 0, last: null });
       state.waiting = state.waiting.filter((u) => u !== ev.customer);
+      if (state.active && state.active.kind === 'waiting' && state.active.id === ev.customer) openService(ev.customer);
       notice(ev.from ? `Customer #${ev.customer} was transferred to you by #${ev.from}` : `New customer #${ev.customer}`);
       learnNames();
-      if (state.active && state.active.kind === 'waiting' && state.active.id === ev.customer) openService(ev.customer);
       break;
     case 'transferred':
     case 'requeued':
@@ -162,9 +162,10 @@ function onService(ev) {
       const old = state.customers.get(ev.visitor);
       state.customers.delete(ev.visitor);
       state.customers.set(ev.customer, { ...(old || { unread: 0 }), uid: ev.customer });
+      // Opening the conversation clears the status line: the notice comes after.
+      if (state.active && state.active.kind === 'service' && state.active.id === ev.visitor) openService(ev.customer);
       notice(`Visitor #${ev.visitor} logged in as user #${ev.customer}`);
       learnNames();
-      if (state.active && state.active.kind === 'service' && state.active.id === ev.visitor) openService(ev.customer);
       break;
     }
     default:
@@ -257,6 +258,11 @@ function onTyping(t) {
   clearTimeout(state.typingTimer);
   // A typing push is a hint with no "stopped" counterpart: it fades after a few seconds.
   state.typingTimer = setTimeout(() => { $('typing').textContent = ''; }, 4000);
+}
+
+function setQueueCount(n) {
+  $('queue-count').textContent = String(n);
+  $('queue-count').classList.toggle('zero', n === 0);
 }
 
 function notice(text) {

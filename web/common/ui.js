@@ -242,8 +242,9 @@ export class MessageList {
       this.newest = Math.max(this.newest, m.seq);
       return;
     }
+    let placeholder = null;
     if (m.client_msg_id && this.pending.has(m.client_msg_id)) {
-      this.pending.get(m.client_msg_id).remove();
+      placeholder = this.pending.get(m.client_msg_id);
       this.pending.delete(m.client_msg_id);
     }
     const stick = this.atBottom();
@@ -251,9 +252,15 @@ export class MessageList {
     const row = this.row(m);
     this.msgs.set(m.seq, m);
     this.rows.set(m.seq, row);
+    const later = [...this.rows.keys()].some((seq) => seq > m.seq);
     if (old) {
       old.replaceWith(row);
+      if (placeholder) placeholder.remove();
+    } else if (placeholder && !later) {
+      // Where the message was written: notes shown since (an agent joined) stay after it.
+      placeholder.replaceWith(row);
     } else {
+      if (placeholder) placeholder.remove();
       let before = null;
       for (const [seq, r] of this.rows) if (seq > m.seq && r !== row && (!before || seq < Number(before.dataset.seq))) before = r;
       if (before) this.el.insertBefore(row, before);

@@ -102,4 +102,52 @@ test('a visitor on another site is queued, served, sends an image, rates; the ag
 
   assert.deepEqual(visitor.problems, []);
   assert.deepEqual(agent.problems, []);
+  await visitor.context().close();
+  await agent.context().close();
+});
+
+test('a visitor who logs in on the host site becomes that user, on a phone; the agent follows', async () => {
+  const agent = await newPage(browser);
+  await agent.goto(`${server.base}/agent/`);
+  await agent.locator('#login-name').fill('Dora');
+  await agent.getByRole('button', { name: 'Log in as agent' }).click();
+  await waitText(agent.locator('#conn'), 'Online');
+
+  const visitor = await newPage(browser, { viewport: { width: 390, height: 844 } });
+  await visitor.goto(`http://localhost:${host.address().port}/`);
+  await visitor.locator('button[data-wxchat="button"]').click();
+  const frame = visitor.frameLocator('iframe[data-wxchat="frame"]');
+  await frame.locator('#text').fill('I have an account, actually');
+  await frame.locator('#text').press('Enter');
+  await waitText(frame.locator('#messages'), 'An agent joined the chat.');
+  const visitorItem = agent.locator('#sessions button.item').first();
+  await visitorItem.click();
+  await waitText(agent.locator('#messages .msg.theirs'), 'I have an account, actually');
+  await screenshot(visitor, 'widget-phone-390x844');
+
+  // The host site's backend logged the visitor in (here: a demo login) and hands the token
+  // to the widget; the conversation moves to that user.
+  const res = await fetch(`${server.base}/api/demo/login`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ name: 'Carol' }),
+  });
+  const carol = (await res.json()).data;
+  await visitor.evaluate((token) => window.WxChatWidget.login(token), carol.token);
+  await waitText(agent.locator('#chat-status'), `logged in as user #${carol.uid}`);
+  await agent.locator(`[data-testid="customer-${carol.uid}"]`).waitFor();
+  await waitText(agent.locator('#chat-info'), `uid ${carol.uid}`);
+  await waitText(agent.locator('#messages .msg.theirs'), 'I have an account, actually');
+
+  // The widget now chats as Carol, in the same session.
+  await waitText(frame.locator('#messages .msg.mine'), 'I have an account, actually');
+  await frame.locator('#text').fill('thanks, logged in now');
+  await frame.locator('#text').press('Enter');
+  await waitText(agent.locator('#messages .msg.theirs'), 'thanks, logged in now');
+  await waitText(agent.locator(`[data-testid="customer-${carol.uid}"]`), 'Carol');
+
+  assert.deepEqual(visitor.problems, []);
+  assert.deepEqual(agent.problems, []);
+  await visitor.context().close();
+  await agent.context().close();
 });
