@@ -1,7 +1,6 @@
 // The chat demo with two users in two browser contexts: friend chat with unread counts, names,
 // read receipts, typing, presence, uploads, recall, a group, history pages on scroll, and a page
-// reload in the middle (messages
-// sent meanwhile arrive once, history shows the earlier ones).
+// reload in the middle (messages sent meanwhile arrive once, history shows the earlier ones).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
