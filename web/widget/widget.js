@@ -30,9 +30,13 @@ const list = new MessageList($('messages'), {
   nameOf: () => 'Agent',
 });
 
+/** The embedding page's origin, learnt from the loader's 'wxchat:init'. */
+let hostOrigin = null;
+
 function toHost(msg) {
-  // The host page is whatever site embeds us: tell it only what a badge needs, never a token.
-  if (framed) window.parent.postMessage(msg, '*');
+  // Before the loader answered we only say 'ready' (to whoever frames us); afterwards, only to
+  // the origin that answered, so nothing reaches a page the parent navigated to since.
+  if (framed) window.parent.postMessage(msg, hostOrigin || '*');
 }
 
 /**
@@ -67,9 +71,11 @@ function saveVisitor(v) {
   if (local) {
     if (v) local.setItem(VISITOR_KEY, JSON.stringify(v));
     else local.removeItem(VISITOR_KEY);
-  } else {
+  } else if (hostOrigin) {
     hostVisitor = v;
     toHost({ type: 'wxchat:visitor', visitor: v });
+  } else {
+    hostVisitor = v; // no loader to keep it: this visit only
   }
 }
 
@@ -294,6 +300,7 @@ window.addEventListener('message', (e) => {
     state.visible = false;
   } else if (d.type === 'wxchat:init') {
     // The loader's answer to 'ready': what it kept for us in the host page's storage.
+    hostOrigin = e.origin;
     if (!local && d.visitor && d.visitor.token) hostVisitor = d.visitor;
     begin();
   } else if (d.type === 'wxchat:login' && typeof d.token === 'string') {
