@@ -22,11 +22,14 @@ const state = {
   loadingOlder: false,
   typingTimer: null,
   lastTypingSent: 0,
+  deliveries: new Map(), // msg_id -> "delivered to WeChat" / why not (wx_delivery)
 };
 
 const list = new MessageList($('messages'), {
   me: () => (state.me ? state.me.uid : 0),
   nameOf: (uid) => nameOf(uid),
+  // Replies to WeChat users leave through WeChat's customer-service API: its verdict per message.
+  status: (m) => state.deliveries.get(m.msg_id) || '',
 });
 
 function nameOf(uid) {
@@ -70,6 +73,11 @@ function connect(token) {
   chat.on('service', onService);
   chat.on('consult', onConsult);
   chat.on('typing', onTyping);
+  chat.on('wx_delivery', (d) => {
+    if (!d || !d.msg_id) return;
+    state.deliveries.set(d.msg_id, d.ok ? 'delivered to WeChat' : `not delivered to WeChat: ${d.msg || d.code}${d.errcode ? ` (errcode ${d.errcode})` : ''}`);
+    if (state.active && d.conv_id === state.active.conv) list.refreshStatus();
+  });
   chat.on('profile', (p) => {
     if (p && p.uid) state.names.set(p.uid, p.name);
     renderSide();

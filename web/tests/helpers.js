@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { deflateSync } from 'node:zlib';
+import http from 'node:http';
+import { createHash } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -175,4 +177,94 @@ export function testPng(width = 96, height = 64) {
     chunk('IDAT', deflateSync(Buffer.concat(rows))),
     chunk('IEND', Buffer.alloc(0)),
   ]);
+}
+
+export const WX_APPID = 'wx0123456789abcdef';
+export const WX_SECRET = 'fake-app-secret';
+
+/**
+ * A fake WeChat API (api.weixin.qq.com) answering the calls wxchat makes, as WeChat does:
+ * stable_token, qrcode/create (QR login), user/info, message/custom/send and typing (customer
+ * service). Records what it was sent; `nextScene()` resolves with the scene_str of the next QR
+ * code the server asks for.
+ */
+export async function startFakeWechat() {
+  const sceneWaiters = [];
+  const sent = []; // bodies of message/custom/send
+  const sentWaiters = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => { body += d; });
+    req.on('end', () => {
+      const url = new URL(req.url, 'http://x');
+      const json = (v) => {
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        res.end(JSON.stringify(v));
+      };
+      const b = req.method === 'POST' && body ? JSON.parse(body) : {};
+      switch (url.pathname) {
+        case '/cgi-bin/stable_token':
+          if (b.appid !== WX_APPID || b.secret !== WX_SECRET) return json({ errcode: 40125, errmsg: 'invalid appsecret' });
+          return json({ access_token: 'T', expires_in: 7200 });
+        case '/cgi-bin/qrcode/create': {
+          const scene = b.action_info.scene.scene_str;
+          json({ ticket: `gQ-${scene}`, expire_seconds: 120, url: `http://weixin.qq.com/q/${scene}` });
+          for (const w of sceneWaiters.splice(0)) w(scene);
+          return undefined;
+        }
+        case '/cgi-bin/user/info':
+          // An older account that still gets nicknames (protocol-spec 4.2).
+          return json({ subscribe: 1, openid: url.searchParams.get('openid'), nickname: 'Lily', headimgurl: 'https://thirdwx.qlogo.cn/mmopen/lily/132' });
+        case '/cgi-bin/message/custom/send':
+          json({ errcode: 0, errmsg: 'ok' });
+          sent.push(b);
+          for (const w of sentWaiters.splice(0)) w(b);
+          return undefined;
+        case '/cgi-bin/message/custom/typing':
+          return json({ errcode: 0, errmsg: 'ok' });
+        default:
+          res.writeHead(404);
+          res.end();
+          return undefined;
+      }
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    base: `http://127.0.0.1:${server.address().port}`,
+    sent,
+    nextScene: () => new Promise((r) => sceneWaiters.push(r)),
+    nextSent: () => new Promise((r) => sentWaiters.push(r)),
+    close: () => server.close(),
+  };
+}
+
+/** The `[[wechat.apps]]` table of an app on the fake, with a push token (plaintext pushes). */
+export function wechatAppToml(fake, name, kind, token) {
+  return `[[wechat.apps]]
+name = "${name}"
+kind = "${kind}"
+appid = "${WX_APPID}"
+secret = "${WX_SECRET}"
+token = "${token}"
+api_base = "${fake.base}"
+`;
+}
+
+/**
+ * Posts a WeChat message push (plaintext XML) to /wechat/<app>/callback, signed as in
+ * protocol-spec 4.1: signature = sha1(sort([token, timestamp, nonce]).join('')).
+ */
+export async function wechatPush(server, app, token, fields) {
+  const timestamp = String(Math.floor(Date.now() / 1000));
+  const nonce = String(Math.floor(Math.random() * 1e9));
+  const signature = createHash('sha1').update([token, timestamp, nonce].sort().join('')).digest('hex');
+  const xml = `<xml>${Object.entries({ CreateTime: timestamp, ...fields })
+    .map(([k, v]) => `<${k}><![CDATA[${v}]]></${k}>`).join('')}</xml>`;
+  const res = await fetch(`${server.base}/wechat/${app}/callback?signature=${signature}&timestamp=${timestamp}&nonce=${nonce}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'text/xml' },
+    body: xml,
+  });
+  return { status: res.status, text: await res.text() };
 }
