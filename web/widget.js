@@ -66,8 +66,6 @@
   frame.src = origin + '/widget/';
   frame.title = 'Customer service chat';
   frame.setAttribute('data-wxchat', 'frame');
-  // Uploads use a file picker inside the frame; nothing else is needed from the host.
-  frame.setAttribute('allow', 'clipboard-write');
   Object.assign(frame.style, {
     position: 'fixed', bottom: '88px', width: '370px', height: '560px',
     maxWidth: 'calc(100vw - 24px)', maxHeight: 'calc(100vh - 108px)', border: '0',

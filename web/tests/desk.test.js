@@ -34,7 +34,7 @@ async function setStatus(page, status) {
   await waitText(page.locator('#chat-status'), status === 'away' ? 'Away:' : 'Available for new customers');
 }
 
-test('away agents, accept from the queue, transfer, media types, a timed consultation', async () => {
+test('away agents, accept from the queue, transfer, media types, a timed consultation, unread counts', async () => {
   const alice = await agentLogin('Alice');
   const bob = await agentLogin('Bob');
   await setStatus(alice.page, 'away');
@@ -121,6 +121,17 @@ test('away agents, accept from the queue, transfer, media types, a timed consult
   await alice.page.locator('#text').fill('one more thing');
   await alice.page.locator('#text').press('Enter');
   await waitText(alice.page.locator('#messages li.failed'), 'not sent');
+
+  // Unread counts: Bob looks at the consultation while the customer writes again.
+  await bob.page.locator(`[data-testid="consult-${consult.consult_id}"]`).click();
+  await waitText(bob.page.locator('#chat-title'), `Consultation #${consult.consult_id}`);
+  await visitor.locator('#text').fill('still there?');
+  await visitor.locator('#text').press('Enter');
+  await waitText(bobsCustomer.locator('.badge'), '1');
+  await waitText(bobsCustomer.locator('.sub'), 'still there?');
+  await bobsCustomer.click();
+  await waitText(bob.page.locator('#messages .msg.theirs'), 'still there?');
+  assert.equal(await bobsCustomer.locator('.badge').count(), 0);
 
   for (const p of [alice.page, bob.page, visitor]) assert.deepEqual(p.problems, []);
 });

@@ -52,5 +52,14 @@ test('a WeChat user is served from the console; the reply is delivered through W
   assert.deepEqual(body, { touser: 'o-wx-user-1', msgtype: 'text', text: { content: 'It left the warehouse today' } });
   await waitText(agent.locator('#messages .msg.mine .status'), 'delivered to WeChat');
   await screenshot(agent, 'agent-wechat-customer');
+
+  // On a phone the console shows one pane at a time.
+  await agent.setViewportSize({ width: 390, height: 844 });
+  assert.equal(await agent.locator('nav.side').isVisible(), false);
+  await screenshot(agent, 'agent-phone-chat-390x844');
+  await agent.getByRole('button', { name: 'Back to the list' }).click();
+  await agent.locator('nav.side').waitFor();
+  assert.equal(await agent.locator('#chat').isVisible(), false);
+  await screenshot(agent, 'agent-phone-list-390x844');
   assert.deepEqual(agent.problems, []);
 });
