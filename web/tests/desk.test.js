@@ -57,7 +57,8 @@ test('away agents, accept from the queue, transfer, media types, a timed consult
   await alice.page.locator('#composer').waitFor();
   await waitText(visitor.locator('#messages'), 'An agent joined the chat.');
   await waitText(bob.page.locator('#queue'), 'Nobody is waiting');
-  const customerUid = Number(await alice.page.locator('#sessions button.item').first().getAttribute('data-testid').then((t) => t.split('-')[1]));
+  const testid = await alice.page.locator('#sessions button.item').first().getAttribute('data-testid');
+  const customerUid = Number(testid.replace('customer-', ''));
 
   // Bob becomes available; Alice transfers the customer to him.
   await setStatus(bob.page, 'available');

@@ -62,8 +62,12 @@ ${process.env.WXCHAT_WEB_DIR ? `[web]\ndir = ${JSON.stringify(process.env.WXCHAT
     stderr += d;
   });
   let exited = null;
+  // Should the test process itself die (Ctrl-C, a crash), the server goes with it.
+  const reap = () => proc.kill('SIGKILL');
+  process.once('exit', reap);
   proc.on('exit', (code, signal) => {
     exited = { code, signal };
+    process.off('exit', reap);
   });
   const stop = async () => {
     if (exited === null) {

@@ -64,3 +64,22 @@ test('the QR page logs in when the scan arrives, and the chat demo opens as that
   await waitText(page.locator('#me-name'), 'Lily');
   assert.deepEqual(page.problems, []);
 });
+
+test('an unscanned code expires; the page offers a new one', async () => {
+  const quick = await startServer(`[wechat]\ntimeout_ms = 3000\nqr_expire_s = 1\n${wechatAppToml(fake, 'oa', 'official', CALLBACK_TOKEN)}`);
+  try {
+    const page = await newPage(browser);
+    await page.goto(`${quick.base}/qrlogin/`);
+    await waitText(page.locator('#status'), 'The code expired.');
+    const next = fake.nextScene();
+    await page.getByRole('button', { name: 'Get a new code' }).click();
+    await next;
+    // The new code (also of one second) runs its course the same way.
+    await page.locator('#again').waitFor({ state: 'hidden' });
+    await waitText(page.locator('#status'), 'The code expired.');
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  } finally {
+    await quick.stop();
+  }
+});
