@@ -106,7 +106,7 @@ test('a visitor on another site is queued, served, sends an image, rates; the ag
   await agent.context().close();
 });
 
-test('a visitor who logs in on the host site becomes that user, on a phone; the agent follows', async () => {
+test('a visitor who logs in on the host site becomes that user, on a phone; the agent follows; unread badge', async () => {
   const agent = await newPage(browser);
   await agent.goto(`${server.base}/agent/`);
   await agent.locator('#login-name').fill('Dora');
@@ -145,6 +145,16 @@ test('a visitor who logs in on the host site becomes that user, on a phone; the 
   await frame.locator('#text').press('Enter');
   await waitText(agent.locator('#messages .msg.theirs'), 'thanks, logged in now');
   await waitText(agent.locator(`[data-testid="customer-${carol.uid}"]`), 'Carol');
+
+  // The box closed (Escape), a reply arrives: the host page's button shows it unread.
+  await frame.locator('#text').press('Escape');
+  const badge = visitor.locator('[data-wxchat="badge"]');
+  await agent.locator('#text').fill('a reply while the box is closed');
+  await agent.locator('#text').press('Enter');
+  await waitText(badge, '1');
+  await visitor.locator('button[data-wxchat="button"]').click();
+  await waitText(frame.locator('#messages .msg.theirs'), 'a reply while the box is closed');
+  await badge.waitFor({ state: 'hidden' });
 
   assert.deepEqual(visitor.problems, []);
   assert.deepEqual(agent.problems, []);

@@ -383,6 +383,10 @@ $('rate').addEventListener('submit', async (e) => {
 });
 
 $('minimize').addEventListener('click', () => toHost({ type: 'wxchat:minimize' }));
+document.addEventListener('keydown', (e) => {
+  // Escape closes the box, as it would a dialog (the loader gives the focus back to its button).
+  if (e.key === 'Escape' && framed) toHost({ type: 'wxchat:minimize' });
+});
 $('minimize').hidden = !framed;
 
 $('scroll').addEventListener('scroll', () => {
