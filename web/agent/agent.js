@@ -22,6 +22,7 @@ const state = {
   loadingOlder: false,
   typingTimer: null,
   lastTypingSent: 0,
+  maxSessions: 0, // [service] max_sessions_per_agent, from service_info
   deliveries: new Map(), // msg_id -> "delivered to WeChat" / why not (wx_delivery)
 };
 
@@ -95,7 +96,7 @@ async function refreshDesk() {
     $('status').value = state.status;
     state.waiting = info.waiting || [];
     setQueueCount(info.queue_length || 0);
-    $('session-count').textContent = `${(info.customers || []).length}/${info.max_sessions}`;
+    state.maxSessions = info.max_sessions;
     const byConv = new Map(convs.map((c) => [c.conv_id, c]));
     for (const c of convs) if (c.peer && c.peer.uid) state.names.set(c.peer.uid, c.peer.name);
     const keep = new Map();
@@ -142,7 +143,8 @@ function onService(ev) {
     case 'assigned':
       state.customers.set(ev.customer, { uid: ev.customer, unread: 0, last: null });
       state.waiting = state.waiting.filter((u) => u !== ev.customer);
-      if (state.active && state.active.kind === 'waiting' && state.active.id === ev.customer) openService(ev.customer);
+      // A customer we were looking at (waiting, or back after a closed session): reopen live.
+      if (state.active && ['waiting', 'ended'].includes(state.active.kind) && state.active.id === ev.customer) openService(ev.customer);
       notice(ev.from ? `Customer #${ev.customer} was transferred to you by #${ev.from}` : `New customer #${ev.customer}`);
       learnNames();
       break;
@@ -157,12 +159,12 @@ function onService(ev) {
       state.customers.delete(ev.customer);
       state.closed.unshift({ customer: ev.customer, session_id: ev.session_id, by: ev.by });
       if (state.active && state.active.kind === 'service' && state.active.id === ev.customer) {
-        endActive(`Session closed by the ${ev.by}. Waiting for the customer's rating…`);
+        endActive(`Session closed by the ${ev.by}.`);
       }
       break;
     }
     case 'rated': {
-      // Not in protocol-spec 2.10 as of this writing: see onRated.
+      // The customer rated a session this agent served (2.10 `rated`).
       onRated(ev);
       break;
     }
@@ -179,7 +181,6 @@ function onService(ev) {
     default:
       break;
   }
-  $('session-count').textContent = `${state.customers.size}`;
   renderSide();
 }
 
@@ -288,6 +289,7 @@ function item({ title, sub, badge, current, onclick, testid }) {
 
 function renderSide() {
   const a = state.active;
+  $('session-count').textContent = state.maxSessions ? `${state.customers.size}/${state.maxSessions}` : String(state.customers.size);
   $('queue').replaceChildren(...(state.waiting.length ? state.waiting.map((uid, i) => item({
     title: `${i + 1}. ${nameOf(uid)}`,
     sub: 'waiting',
