@@ -88,6 +88,11 @@ test('two users chat, a reload in the middle loses and repeats nothing, a group,
   // An image from Ben, then Ben recalls "hello 2": Ann sees both.
   await ben.locator('#file').setInputFiles({ name: 'pic.png', mimeType: 'image/png', buffer: testPng() });
   await ann.locator('#messages .msg.theirs img.media-image').waitFor();
+  // And a file: a download link with its name and size.
+  await ben.locator('#file').setInputFiles({ name: 'notes.pdf', mimeType: 'application/pdf', buffer: Buffer.from('%PDF-1.4\n%%EOF\n') });
+  const link = ann.locator('#messages .msg.theirs a.file');
+  await waitText(link, 'File: notes.pdf (15 B)');
+  assert.match(await link.getAttribute('href'), /^\/files\/[0-9a-f]{64}\.pdf$/);
   await rows(ben, 'hello 2').getByRole('button', { name: 'Recall' }).click();
   await ann.locator('#messages li.msg .recalled').waitFor();
   assert.equal(await rows(ann, 'hello 2').count(), 0);
