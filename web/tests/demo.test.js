@@ -19,8 +19,17 @@ after(async () => {
   if (server) await server.stop();
 });
 
-async function login(page, name) {
-  await page.goto(`${server.base}/demo/`);
+async function login(page, name, { viaIndex = false } = {}) {
+  if (viaIndex) {
+    // The index lists the pages; the demo is one click away.
+    await page.goto(`${server.base}/`);
+    await screenshot(page, 'index');
+    await page.getByRole('link', { name: 'Chat demo' }).click();
+    await page.waitForURL('**/demo/');
+  } else {
+    await page.goto(`${server.base}/demo/`);
+  }
+  await screenshot(page, 'demo-login');
   await page.locator('#login-name').fill(name);
   await page.getByRole('button', { name: 'Log in' }).click();
   await waitText(page.locator('#conn'), 'Online');
@@ -34,7 +43,7 @@ function rows(page, text) {
 
 test('two users chat, a reload in the middle loses and repeats nothing, a group, history on scroll', async () => {
   const ann = await newPage(browser);
-  const annUid = await login(ann, 'Ann');
+  const annUid = await login(ann, 'Ann', { viaIndex: true });
   // Ben on a phone-sized screen: one pane at a time.
   const ben = await newPage(browser, { viewport: { width: 390, height: 844 } });
   const benUid = await login(ben, 'Ben');

@@ -161,3 +161,16 @@ test('a visitor who logs in on the host site becomes that user, on a phone; the 
   await visitor.context().close();
   await agent.context().close();
 });
+
+test('the sample shop page of the index embeds the widget same-origin', async () => {
+  const page = await newPage(browser, { viewport: { width: 390, height: 844 } });
+  await page.goto(`${server.base}/`);
+  await page.getByRole('link', { name: 'Visitor widget' }).click();
+  await page.waitForURL('**/widget-demo/');
+  await page.locator('button[data-wxchat="button"]').click();
+  const frame = page.frameLocator('iframe[data-wxchat="frame"]');
+  await frame.locator('#text').waitFor();
+  await waitText(frame.locator('#state'), 'Ask us anything');
+  assert.deepEqual(page.problems, []);
+  await page.context().close();
+});
