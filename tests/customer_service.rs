@@ -281,6 +281,11 @@ fn least_loaded_assignment_queue_transfer_close_rating_and_accept() {
     );
     assert_eq!(rate(&mut cs[0].1, session_id, 9)["code"], 400);
     assert_eq!(rate(&mut cs[0].1, session_id, 5)["code"], 200);
+    // The agent who served the session is told the rating.
+    assert_eq!(
+        service_event(&mut a, "rated"),
+        json!({ "event": "rated", "customer": uid(&cs, 1), "session_id": session_id, "rating": 5, "comment": "耐心" })
+    );
     assert_eq!(rate(&mut cs[0].1, session_id, 3)["code"], 409);
     assert_eq!(rate(&mut a, session_id, 3)["code"], 403);
 

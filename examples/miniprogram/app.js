@@ -1,34 +1,48 @@
-// The app's one chat connection. WeChat allows five sockets per app; the SDK keeps one, closes
-// it when the app is hidden and reconnects (catching up) when it is shown.
+// One WxChat for the whole app (WeChat allows five sockets per app; the SDK keeps one), created
+// here and shared by the pages through getApp().chat(). The token is cached in storage so a
+// launch needs no login; when it expires the SDK asks getToken, which logs in again.
+
 const { WxChat, wxLogin } = require('wxchat-sdk');
 const config = require('./config');
 
-const TOKEN_KEY = 'wxchat_token';
+const TOKEN_KEY = 'wxchat-token';
 
 App({
-  globalData: { chat: null, uid: 0 },
+  _chat: null,
 
-  onLaunch() {
-    const chat = new WxChat({
-      url: config.wsUrl,
-      wx,
-      // A cached token skips a login per launch; getToken is asked when there is none and when
-      // it expired (a 401 or close 4001).
-      token: wx.getStorageSync(TOKEN_KEY) || undefined,
-      getToken: () => this.login(),
-    });
-    chat.on('state', (state) => {
-      if (state === 'connected') this.globalData.uid = chat.uid;
-    });
-    this.globalData.chat = chat;
+  /** The app's WxChat (created on first use). */
+  chat() {
+    if (!this._chat) {
+      this._chat = new WxChat({
+        url: config.wsUrl,
+        wx,
+        token: wx.getStorageSync(TOKEN_KEY) || undefined,
+        // No token yet, or it expired (close 4001): wx.login again.
+        getToken: () => this.login(),
+      });
+    }
+    return this._chat;
   },
 
-  /** wx.login -> POST /api/wx/login (with the profile the user shared, if any) -> a token. */
-  async login() {
-    const userInfo = wx.getStorageSync('userInfo') || undefined;
-    const r = await wxLogin({ wx, baseUrl: config.httpUrl, app: config.app, userInfo });
+  hasToken() {
+    return !!wx.getStorageSync(TOKEN_KEY);
+  },
+
+  /** wx.login + POST /api/wx/login (protocol-spec 3.5); resolves with the token. */
+  async login(userInfo) {
+    const r = await wxLogin({ wx, baseUrl: config.baseUrl, app: config.app, userInfo });
     wx.setStorageSync(TOKEN_KEY, r.token);
-    this.globalData.uid = r.uid;
+    if (this._chat) this._chat.setToken(r.token);
     return r.token;
+  },
+
+  token() {
+    return wx.getStorageSync(TOKEN_KEY) || null;
+  },
+
+  logout() {
+    wx.removeStorageSync(TOKEN_KEY);
+    if (this._chat) this._chat.close();
+    this._chat = null;
   },
 });

@@ -1,8 +1,10 @@
-// Where the wxchat server is (through nginx with TLS: mini-programs only open wss:// and
-// https:// URLs on the console's listed domains).
+// Where the wxchat server is. Mini-programs may only reach https:// and wss:// URLs on domains
+// listed in the console (开发管理 → 开发设置 → 服务器域名: request, socket, uploadFile and
+// downloadFile domains), so this is nginx in front of wxchat, not the server itself.
 module.exports = {
-  httpUrl: 'https://chat.example.com',
+  baseUrl: 'https://chat.example.com',
   wsUrl: 'wss://chat.example.com/ws',
-  // The [[wechat.apps]] name of this mini-program in the server's server.toml.
+  // The [[wechat.apps]] name of this mini-program in the server's config (may be left out when
+  // the server has only one mini-program).
   app: 'mp',
 };

@@ -71,6 +71,10 @@ pub struct ChatState {
     agents: HashSet<u64>,
     /// Customer-service sessions: who serves whom, who waits.
     desk: desk::Desk,
+    /// Session id -> the agent who served it, for sessions closed on this process and not yet
+    /// rated: the agent is told the rating (`rated`). Bounded; the oldest entries go first.
+    closed_by: HashMap<u64, u64>,
+    closed_order: std::collections::VecDeque<u64>,
     consults: consult::Consults,
     office_hours: office_hours::OfficeHours,
     /// Timer token -> the connection whose authentication deadline it is.
@@ -91,6 +95,8 @@ impl ChatState {
             groups: HashMap::new(),
             agents: HashSet::new(),
             desk: desk::Desk::new(),
+            closed_by: HashMap::new(),
+            closed_order: std::collections::VecDeque::new(),
             consults: consult::Consults::default(),
             // Validated with the config.
             office_hours: office_hours::OfficeHours::parse(

@@ -193,6 +193,22 @@ fn desk_error(e: DeskError) -> (u16, String) {
     (c, e.to_string())
 }
 
+/// Closed sessions remembered for the `rated` push to their agent (per process, best effort:
+/// the rating itself is stored either way).
+const CLOSED_REMEMBERED: usize = 4096;
+
+fn remember_closed(app: &mut App, session_id: u64, agent: u64) {
+    let c = &mut app.chat;
+    if c.closed_by.insert(session_id, agent).is_none() {
+        c.closed_order.push_back(session_id);
+    }
+    while c.closed_order.len() > CLOSED_REMEMBERED {
+        if let Some(old) = c.closed_order.pop_front() {
+            c.closed_by.remove(&old);
+        }
+    }
+}
+
 fn event(data: Value) -> String {
     proto::push("service", &data)
 }
@@ -360,13 +376,23 @@ pub(super) fn command(
             if comment.len() > 1024 {
                 return Err((code::TOO_LARGE, "comment over 1024 bytes".into()));
             }
+            let comment_sent = comment.clone();
             conn_job(
                 app,
                 ctx,
                 p,
                 move |b| b.rate_service_session(id, uid, rating, &comment),
-                move |_app, ctx, p, r| match r {
-                    Ok(()) => p.reply_ok(ctx, &json!({ "session_id": id, "rating": rating })),
+                move |app, ctx, p, r| match r {
+                    Ok(()) => {
+                        p.reply_ok(ctx, &json!({ "session_id": id, "rating": rating }));
+                        if let Some(agent) = app.chat.closed_by.remove(&id) {
+                            let rated = event(json!({
+                                "event": "rated", "customer": uid, "session_id": id,
+                                "rating": rating, "comment": comment_sent,
+                            }));
+                            push_users(app, ctx, &[agent], &rated);
+                        }
+                    }
                     Err(e) => p.reply_store_err(ctx, &e),
                 },
             )
@@ -405,6 +431,9 @@ fn close(
             let to_customer =
                 event(json!({ "event": "closed", "session_id": id, "by": by, "rate": ask }));
             push_users(app, ctx, &[customer], &to_customer);
+            if let (Some(agent), Some(id)) = (agent, id) {
+                remember_closed(app, id, agent);
+            }
             if let Some(agent) = agent {
                 let to_agent = event(
                     json!({ "event": "closed", "customer": customer, "session_id": id, "by": by }),
