@@ -1,0 +1,8 @@
+// wxchat-sdk: the public API. See README.md and index.d.ts.
+export { WxChat, httpBaseOf } from './client.js';
+export { WxChatError, PERMANENT_SEND_CODES } from './errors.js';
+export { fullJitter } from './backoff.js';
+export { memoryStorage, webStorage, miniProgramStorage } from './storage.js';
+export { webSocketTransport, socketTaskTransport } from './transport.js';
+export { wxLogin, createVisitor, convertVisitor, getMe, updateMe, logout, uploadFile, httpJson } from './http.js';
+export { QrLogin } from './qrlogin.js';
