@@ -55,7 +55,10 @@ export class TestServer {
       throw new Error(`no server binary at ${SERVER_BIN}: run cargo build --bin server or set WXCHAT_SERVER_BIN`);
     }
     this.writeConfig(listen);
-    const child = spawn(SERVER_BIN, ['run', '--config', this.configPath], { stdio: ['ignore', 'ignore', 'pipe'] });
+    // The server reads WXCHAT_* variables as configuration and refuses unknown ones, so the
+    // test's own (WXCHAT_SERVER_BIN) and a developer's must not reach it.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WXCHAT_')));
+    const child = spawn(SERVER_BIN, ['run', '--config', this.configPath], { stdio: ['ignore', 'ignore', 'pipe'], env });
     this.child = child;
     child.stderr.on('data', (d) => {
       this.stderr = (this.stderr + d.toString()).slice(-4000);
