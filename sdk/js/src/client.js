@@ -39,6 +39,9 @@ const DEFAULTS = {
   backoffBase: 500,
   backoffCap: 30000,
   syncLimit: 200,
+  // The server answers 503 past [chat] max_pending_per_conn (64) requests in flight on one
+  // connection; a long outbox after a day offline goes out in windows below that.
+  maxInflightSends: 32,
   storageKey: 'wxchat',
   initialSync: 'latest',
 };
@@ -234,7 +237,7 @@ export class WxChat extends Emitter {
     const promise = new Promise((resolve, reject) => this._waiters.set(id, { resolve, reject }));
     this._outbox.items.push(item);
     this._saveOutbox();
-    this._sendItem(item);
+    this._pumpOutbox();
     return promise;
   }
 
@@ -489,7 +492,7 @@ export class WxChat extends Emitter {
     this._saveSeqs();
     this._enter('connected');
     for (const w of this._connectWaiters.splice(0)) w.resolve();
-    for (const item of this._outbox.items) this._sendItem(item);
+    this._pumpOutbox();
     for (const entry of this._queue.splice(0)) this._dispatch(entry);
     for (const c of list) {
       const st = this._conv(c.conv_id);
@@ -679,6 +682,19 @@ export class WxChat extends Emitter {
     this._saveOutbox();
   }
 
+  /** Sends outbox entries in order, keeping at most maxInflightSends unanswered. */
+  _pumpOutbox() {
+    if (this.state !== 'connected') return;
+    let inflight = 0;
+    for (const item of this._outbox.items) if (item.sending) inflight++;
+    for (const item of this._outbox.items) {
+      if (inflight >= this.options.maxInflightSends) return;
+      if (item.sending || this._retryTimers.has(item.client_msg_id)) continue;
+      this._sendItem(item);
+      if (item.sending) inflight++;
+    }
+  }
+
   _sendItem(item) {
     if (this.state !== 'connected' || item.sending || this._retryTimers.has(item.client_msg_id)) return;
     const reqId = this._nextReqId();
@@ -698,6 +714,7 @@ export class WxChat extends Emitter {
         if (f.code === 200) this._acked(item, f.data);
         else if (PERMANENT_SEND_CODES.has(f.code)) this._dropItem(item, new WxChatError(f.code, f.msg || 'send failed', { cmd: 'send' }));
         else this._retryItem(item);
+        this._pumpOutbox();
       },
       onLost: () => {
         this._clock.clearTimeout(timer);
@@ -718,7 +735,7 @@ export class WxChat extends Emitter {
     const delay = fullJitter(item.attempts, this.options.backoffBase, this.options.backoffCap, this._random);
     const timer = this._clock.setTimeout(() => {
       this._retryTimers.delete(item.client_msg_id);
-      if (this._outbox.items.includes(item)) this._sendItem(item);
+      this._pumpOutbox();
     }, delay);
     this._retryTimers.set(item.client_msg_id, timer);
   }

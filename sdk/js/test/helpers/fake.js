@@ -70,6 +70,7 @@ export class FakeServer {
     this.hold = new Set(); // cmds whose replies are withheld
     this.replyOverride = null; // (frame, socket) -> reply object | undefined
     this.nextMsgId = 1000;
+    this.cookieUid = null; // a wxchat_token cookie on every upgrade: the uid it authenticates
   }
 
   /** The transport the WxChat under test uses. */
@@ -106,6 +107,9 @@ export class FakeServer {
       if (r !== undefined) return r;
     }
     const ok = (data) => ({ cmd: f.cmd, req_id: f.req_id, code: 200, data });
+    if (socket.uid === null && f.cmd !== 'auth' && f.cmd !== 'ping') {
+      return { cmd: f.cmd, req_id: f.req_id, code: 401, msg: 'authenticate first' };
+    }
     switch (f.cmd) {
       case 'auth': {
         const uid = this.tokens.get(f.token);
@@ -160,7 +164,14 @@ export class FakeSocket {
   }
   /** The server accepts the upgrade. */
   accept() {
+    // The server starts checking the upgrade's cookie before any frame can arrive; frames sent
+    // meanwhile wait for the check.
+    if (this.server.cookieUid !== null) this.uid = this.server.cookieUid;
     this.h.onOpen();
+    if (this.server.cookieUid !== null) {
+      // The check's auth reply has no req_id.
+      this.h.onMessage(JSON.stringify({ cmd: 'auth', code: 200, data: { uid: this.uid } }));
+    }
   }
   send(text) {
     if (this.dead) return false;

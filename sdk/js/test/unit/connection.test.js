@@ -299,3 +299,23 @@ test('mini-program lifecycle: onAppHide closes the socket cleanly; onAppShow rec
   assert.deepEqual(c.ev.messages.map((m) => m.msg), ['while hidden']);
   assert.deepEqual(server.last.sentOf('sync').map((f) => f.after_seq), [1]);
 });
+
+test('cookie mode (no token, no getToken): the upgrade\'s cookie authenticates; no auth frame is sent', async () => {
+  const c = setup({ token: undefined });
+  c.server.cookieUid = 7;
+  const p = c.chat.connect();
+  await accept(c);
+  await p;
+  assert.equal(c.chat.uid, 7);
+  assert.equal(c.server.last.sentOf('auth').length, 0);
+});
+
+test('cookie mode without a usable cookie fails at once with 401 instead of waiting for the auth timeout', async () => {
+  const c = setup({ token: undefined });
+  const p = c.chat.connect();
+  await flush();
+  c.server.last.accept();
+  await assert.rejects(p, (e) => e.code === 401);
+  assert.equal(c.chat.state, 'closed');
+  assert.equal(c.clock.t, 1_000_000, 'no time had to pass');
+});

@@ -166,3 +166,19 @@ test('an outbox written by another user is not sent under this user', async () =
   assert.equal(c.ev.failed.length, 1);
   assert.equal(c.ev.failed[0].error.code, 'wrong_user');
 });
+
+test('a long outbox goes out in windows of maxInflightSends, in order', async () => {
+  const c = setup({ maxInflightSends: 4 });
+  const all = [];
+  for (let i = 0; i < 10; i++) all.push(c.chat.send(hi(`m${i}`)));
+  c.server.hold.add('send');
+  c.chat.connect();
+  await accept(c);
+  const s = c.server.last;
+  assert.deepEqual(s.sentOf('send').map((f) => f.msg), ['m0', 'm1', 'm2', 'm3']);
+  c.server.hold.clear();
+  s.release('send');
+  const acks = await Promise.all(all);
+  assert.deepEqual(s.sentOf('send').map((f) => f.msg), Array.from({ length: 10 }, (_, i) => `m${i}`));
+  assert.deepEqual(acks.map((a) => a.seq), Array.from({ length: 10 }, (_, i) => i + 1));
+});
