@@ -42,6 +42,9 @@ const DEFAULTS = {
   // The server answers 503 past [chat] max_pending_per_conn (64) requests in flight on one
   // connection; a long outbox after a day offline goes out in windows below that.
   maxInflightSends: 32,
+  // Catch-up after a day offline may find hundreds of conversations behind: a few syncs at a
+  // time, for the same reason.
+  maxParallelSyncs: 4,
   storageKey: 'wxchat',
   initialSync: 'latest',
 };
@@ -148,7 +151,9 @@ export class WxChat extends Emitter {
     this._connectWaiters = [];
     this._waiters = new Map(); // client_msg_id -> {resolve, reject} of send() promises
     this._retryTimers = new Map(); // client_msg_id -> timer of a 429/503 retry
-    this._convs = new Map(); // conv_id -> {held, buffer: Map<seq, msg>, syncing}
+    this._convs = new Map(); // conv_id -> {held, buffer: Map<seq, msg>, syncing, failures}
+    this._syncsRunning = 0;
+    this._syncsWaiting = []; // conv ids, in the order they asked
     this._seqsUid = null; // whose seqs _convs holds
     this._firstConnect = false; // no stored seqs for this uid: baseline at last_seq
 
@@ -572,7 +577,13 @@ export class WxChat extends Emitter {
     const inflight = [...this._inflight.values()];
     this._inflight.clear();
     for (const entry of inflight) entry.onLost();
-    for (const st of this._convs.values()) st.syncing = false;
+    for (const st of this._convs.values()) {
+      st.syncing = false;
+      if (st.retry) this._clock.clearTimeout(st.retry);
+      st.retry = null;
+    }
+    this._syncsRunning = 0;
+    this._syncsWaiting = [];
   }
 
   _armHeartbeat() {
@@ -806,7 +817,7 @@ export class WxChat extends Emitter {
   _conv(convId) {
     let st = this._convs.get(convId);
     if (!st) {
-      st = { id: convId, held: undefined, buffer: new Map(), syncing: false };
+      st = { id: convId, held: undefined, buffer: new Map(), syncing: false, failures: 0, retry: null };
       this._convs.set(convId, st);
     }
     return st;
@@ -878,16 +889,32 @@ export class WxChat extends Emitter {
     if (seq > st.held && !st.buffer.has(seq) && !st.syncing) this._syncConv(convId);
   }
 
-  /** Fetches everything after `held` until has_more is false and no push waits beyond a hole. */
-  async _syncConv(convId) {
+  /**
+   * Fetches everything after `held` until has_more is false and no push waits beyond a hole.
+   * At most maxParallelSyncs run at once; the others wait their turn. A sync that fails on a
+   * live connection (503: storage down) is retried after a full-jitter delay, so a hole is
+   * never left open until the next reconnect.
+   */
+  _syncConv(convId) {
     const st = this._conv(convId);
-    if (st.syncing || !this._ready) return;
+    if (st.syncing || st.retry || !this._ready) return;
     st.syncing = true;
+    if (this._syncsRunning >= this.options.maxParallelSyncs) {
+      this._syncsWaiting.push(convId);
+      return;
+    }
+    this._runSync(st);
+  }
+
+  async _runSync(st) {
     const gen = this._gen;
+    this._syncsRunning++;
+    let failed = false;
     try {
       for (;;) {
-        const data = await this._internal('sync', { conv_id: convId, after_seq: st.held, limit: this.options.syncLimit });
+        const data = await this._internal('sync', { conv_id: st.id, after_seq: st.held, limit: this.options.syncLimit });
         if (gen !== this._gen) return;
+        st.failures = 0;
         const msgs = Array.isArray(data.messages) ? data.messages : [];
         if (msgs.length && msgs[0].seq > st.held + 1) {
           // The server serves nothing in between: a group joined after its creation starts at
@@ -897,20 +924,31 @@ export class WxChat extends Emitter {
         for (const m of msgs) if (m.seq > st.held && !st.buffer.has(m.seq)) st.buffer.set(m.seq, m);
         this._emitRun(st);
         if (data.has_more) continue;
-        if (st.buffer.size === 0) return;
+        if (st.buffer.size === 0) break;
         if (msgs.length === 0) {
           // Nothing after `held` on the server, yet a push beyond it: skip the hole rather
           // than wait forever for seqs that do not exist.
           st.held = Math.min(...st.buffer.keys()) - 1;
           this._emitRun(st);
         }
-        if (st.buffer.size === 0) return;
+        if (st.buffer.size === 0) break;
         // Pushes beyond a newer hole arrived meanwhile: another round.
       }
-    } catch {
-      // Lost connection or timeout: the catch-up after the next connection fetches it again.
-    } finally {
-      if (gen === this._gen) st.syncing = false;
+    } catch (err) {
+      if (gen !== this._gen) return;
+      failed = err.code !== 403 && err.code !== 404; // no longer a member: nothing to wait for
     }
+    if (gen !== this._gen) return;
+    this._syncsRunning--;
+    st.syncing = false;
+    if (failed) {
+      const delay = fullJitter(st.failures++, this.options.backoffBase, this.options.backoffCap, this._random);
+      st.retry = this._clock.setTimeout(() => {
+        st.retry = null;
+        this._syncConv(st.id);
+      }, delay);
+    }
+    const next = this._syncsWaiting.shift();
+    if (next !== undefined) this._runSync(this._conv(next));
   }
 }

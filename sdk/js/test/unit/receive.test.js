@@ -168,3 +168,41 @@ test('our own recall: the recall event (next seq) is fetched with sync and emitt
   await flush();
   assert.deepEqual(c.ev.messages.map((m) => [m.seq, m.msg_type]), [[1, 0], [2, 100]]);
 });
+
+test('catch-up of many conversations runs maxParallelSyncs syncs at a time and finishes them all', async () => {
+  const c = setup({ maxParallelSyncs: 3 });
+  c.chat.connect();
+  await accept(c);
+  c.server.last.serverClose(1006);
+  for (let g = 1; g <= 8; g++) c.server.add(`g_${g}`);
+  c.server.hold.add('sync');
+  await nextSocket(c);
+  await accept(c);
+  const s = c.server.last;
+  assert.equal(s.held.length, 3, 'three syncs in flight');
+  c.server.hold.clear();
+  s.release('sync');
+  await flush();
+  assert.equal(s.sentOf('sync').length, 8);
+  for (let g = 1; g <= 8; g++) assert.deepEqual(seqs(c.ev, `g_${g}`), [1]);
+});
+
+test('a sync refused with 503 is retried after a backoff delay on the same connection', async () => {
+  const c = setup({ backoffBase: 1000 });
+  c.chat.connect();
+  await accept(c);
+  const s = c.server.last;
+  let refuse = true;
+  c.server.replyOverride = (f) => (f.cmd === 'sync' && refuse ? { cmd: 'sync', req_id: f.req_id, code: 503, msg: 'storage unavailable: x' } : undefined);
+  c.server.add('p_7_8');
+  s.push('message', c.server.add('p_7_8')); // seq 2: a gap at 1
+  await flush();
+  assert.equal(s.sentOf('sync').length, 1);
+  assert.deepEqual(seqs(c.ev), []);
+  refuse = false;
+  await c.clock.advance(499); // 0.5 x 1000
+  assert.equal(s.sentOf('sync').length, 1);
+  await c.clock.advance(1);
+  assert.equal(s.sentOf('sync').length, 2);
+  assert.deepEqual(seqs(c.ev), [1, 2]);
+});
