@@ -70,8 +70,8 @@ export function socketTaskTransport(api, extra = {}) {
     open(url, h) {
       let open = false;
       let closed = false;
-      // uni-app returns the task only when success/fail/complete are absent... and WeChat
-      // returns it always; `complete` keeps both promise-free.
+      // uni-app returns the SocketTask only when one of success / fail / complete is passed
+      // (otherwise it returns a promise); WeChat returns it always.
       const task = api.connectSocket({
         url,
         header: extra.header,
