@@ -141,6 +141,7 @@ export class WxChat extends Emitter {
     this._gen = 0; // socket generation: callbacks of an abandoned socket are ignored
     this._socket = null;
     this._authed = false; // this socket authenticated
+    this._authReqId = null; // req_id of this socket's auth frame
     this._authFailed = false; // this socket got a 401 auth reply
     this._ready = false; // conversations fetched: pushes may be emitted
     this._attempt = 0;
@@ -397,6 +398,7 @@ export class WxChat extends Emitter {
     }
     this._authed = false;
     this._authFailed = false;
+    this._authReqId = null;
     this._ready = false;
     this._timers.connect = this._clock.setTimeout(() => {
       if (gen === this._gen) this._lost(4000, 'connect timeout');
@@ -419,7 +421,8 @@ export class WxChat extends Emitter {
 
   _onOpen(token) {
     if (token) {
-      this._sendRaw({ cmd: 'auth', req_id: this._nextReqId(), token });
+      this._authReqId = this._nextReqId();
+      this._sendRaw({ cmd: 'auth', req_id: this._authReqId, token });
     } else {
       // Cookie mode (a page of the chat's own site after doLogin): the server authenticates
       // the upgrade by its wxchat_token cookie and replies with an `auth` frame. A command sent
@@ -441,7 +444,9 @@ export class WxChat extends Emitter {
     }
     if (!f || typeof f !== 'object') return;
     if (this._authed) this._armHeartbeat();
-    if (f.cmd === 'auth' && f.code !== undefined) {
+    // The answer to our auth frame, or the server's own check of a cookie (no req_id). An `auth`
+    // sent through request() is an ordinary reply.
+    if (f.cmd === 'auth' && f.code !== undefined && (f.req_id === undefined || f.req_id === this._authReqId)) {
       if (f.code === 200) this._onAuthed(f.data && f.data.uid);
       else this._authFailed = true; // the server closes with 4001 next
       return;

@@ -80,7 +80,7 @@ test('kill -9 and restart on the same port while both users keep sending: exactl
     await Promise.all(senders);
 
     const total = users[0].issued + users[1].issued;
-    t.diagnostic(`sent ${users[0].issued} + ${users[1].issued}; acked before the kill: ${users.map((u) => u.ackedBeforeKill).join(' + ')}`);
+    t.diagnostic(`sent ${users[0].issued} + ${users[1].issued}; acked before the kill: ${users.map((u) => u.ackedBeforeKill).join(' + ')}; duplicate acks (committed, ack lost in the kill): ${users.map((u) => u.acks.filter((a) => a.duplicate).length).join(' + ')}`);
     await until(() => users.every((u) => u.got.length >= total), { what: `${total} messages on both sides`, timeout: 30000 });
     for (const u of users) {
       assert.equal(u.acks.length, u.issued, `${u.name}: every send resolved once`);
@@ -99,5 +99,53 @@ test('kill -9 and restart on the same port while both users keep sending: exactl
     assert.equal(stored.has_more, false);
   } finally {
     for (const u of users) u.chat.close();
+  }
+});
+
+test('a send the server committed before kill -9, whose ack never reached the page: after the restart and a reload the resend gets the first ack (duplicate), emitted once', { timeout: 60000 }, async () => {
+  const server = new TestServer();
+  servers.push(server);
+  await server.start();
+  const a = await server.api('user', { app_uid: 'carol' });
+  const b = await server.api('user', { app_uid: 'dave' });
+  await server.api('friend_add', { uid: a.uid, friend_id: b.uid });
+  const args = { chat_type: 0, to_id: b.uid, msg_type: 0, msg: 'committed, ack lost' };
+
+  // The page wrote its outbox, sent the frame, and died before the ack arrived: the storage
+  // holds what WxChat had written; the server got the frame (sent here on a raw socket).
+  const storage = memoryStorage();
+  storage.set('wxchat:outbox', JSON.stringify({ uid: a.uid, items: [{ client_msg_id: 'lost-ack-1', args, created: Date.now() }] }));
+  storage.set(`wxchat:seqs:${a.uid}`, JSON.stringify({}));
+  const raw = new WebSocket(`${server.wsUrl}?token=${a.token}`);
+  const first = await new Promise((resolve, reject) => {
+    raw.on('open', () => raw.send(JSON.stringify({ cmd: 'send', req_id: 1, ...args, client_msg_id: 'lost-ack-1' })));
+    raw.on('message', (d) => {
+      const f = JSON.parse(d.toString());
+      if (f.cmd === 'send') resolve(f.data);
+    });
+    raw.on('error', reject);
+  });
+  raw.terminate();
+
+  await server.kill9();
+  await server.restartSamePort();
+
+  const chat = new WxChat({ url: server.wsUrl, token: a.token, WebSocket, storage });
+  const got = [];
+  chat.on('message', (m) => got.push(m));
+  const sent = [];
+  chat.on('sent', (ack) => sent.push(ack));
+  try {
+    await chat.connect();
+    await until(() => sent.length === 1 && got.length === 1, { what: 'the duplicate ack and the message' });
+    assert.equal(sent[0].duplicate, true);
+    assert.equal(sent[0].msg_id, first.msg_id);
+    assert.equal(sent[0].seq, first.seq);
+    assert.deepEqual(got.map((m) => [m.seq, m.msg_id, m.msg]), [[first.seq, first.msg_id, args.msg]]);
+    assert.deepEqual(chat.pending(), []);
+    const stored = await chat.sync(first.conv_id, 0, 50);
+    assert.equal(stored.messages.length, 1, 'one message on the server');
+  } finally {
+    chat.close();
   }
 });
