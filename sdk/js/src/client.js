@@ -108,7 +108,7 @@ export function httpBaseOf(wsUrl) {
 }
 
 export class WxChat extends Emitter {
-  /** @param {import('../index').WxChatOptions} options */
+  /** @param {object} options see WxChatOptions in index.d.ts */
   constructor(options) {
     super();
     if (!options || typeof options.url !== 'string') {
