@@ -234,6 +234,10 @@ export const PERMANENT_SEND_CODES: Set<number>;
 
 export class WxChat extends Emitter<WxChatEvents> {
   constructor(options: WxChatOptions);
+  /** 'state' listeners also get {code, reason} of the close that caused it. */
+  on(event: 'state', fn: (state: State, info: StateInfo) => void): () => void;
+  on<K extends keyof WxChatEvents & string>(event: K, fn: (data: WxChatEvents[K]) => void): () => void;
+  on(event: string, fn: (...args: any[]) => void): () => void;
   readonly state: State;
   /** the authenticated uid (kept while disconnected), null before the first auth */
   readonly uid: number | null;

@@ -12,6 +12,9 @@ async function main() {
   const chat = new WxChat({ url: 'ws://127.0.0.1:9501/ws', token: 't', WebSocket: WS, storage: memoryStorage() });
   chat.on('message', (m: Message) => m.seq + 1);
   chat.on('state', (s: State) => s === 'connected');
+  chat.on('state', (s, info) => info.code === 4003 && s === 'closed');
+  // @ts-expect-error not a state
+  chat.on('state', (s) => s === 'open');
   chat.on('sent', (a) => a.args.to_id);
   chat.on('profile', (p) => p.head_img.length);
   chat.on('consult', (c) => c.remaining_s);
