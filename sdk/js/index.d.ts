@@ -250,6 +250,8 @@ export class WxChat extends Emitter<WxChatEvents> {
   /** Stops for good (until connect()); pending sends stay in the outbox. */
   close(): void;
   setToken(token: string | null): void;
+  /** Skip the rest of the backoff delay (automatic on the browser's online event and wx.onNetworkStatusChange). */
+  reconnectNow(): void;
   /** Close cleanly while in the background (automatic on wx/uni onAppHide). */
   suspend(): void;
   /** Reconnect at once and catch up (automatic on onAppShow). */

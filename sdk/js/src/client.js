@@ -163,6 +163,7 @@ export class WxChat extends Emitter {
     for (const item of this._outbox.items) item.sending = 0;
 
     if (this._platform && options.lifecycle !== false) this._hookLifecycle(this._platform);
+    else if (!this._platform && options.lifecycle !== false) this._hookBrowser();
   }
 
   // ---------------------------------------------------------------------------------------
@@ -213,6 +214,16 @@ export class WxChat extends Emitter {
     this._clearTimer('reconnect');
     this._teardown(1000, 'app hidden');
     this._enter('disconnected', { code: 1000, reason: 'suspended' });
+  }
+
+  /**
+   * Skips the rest of the backoff delay: when the network is known to be back (the browser's
+   * `online` event and wx.onNetworkStatusChange call it), or from a "retry now" button.
+   */
+  reconnectNow() {
+    if (!this._want || this._suspended || this.state !== 'disconnected') return;
+    this._attempt = 0;
+    this._open();
   }
 
   /** Reconnects at once after suspend() and catches up (wx.onAppShow calls it). */
@@ -607,6 +618,15 @@ export class WxChat extends Emitter {
   _hookLifecycle(api) {
     if (typeof api.onAppHide === 'function') api.onAppHide(() => this.suspend());
     if (typeof api.onAppShow === 'function') api.onAppShow(() => this.resume());
+    if (typeof api.onNetworkStatusChange === 'function') {
+      api.onNetworkStatusChange((res) => res && res.isConnected && this.reconnectNow());
+    }
+  }
+
+  /** A page: reconnect as soon as the browser says the network is back. */
+  _hookBrowser() {
+    const w = globalThis.window;
+    if (w && typeof w.addEventListener === 'function') w.addEventListener('online', () => this.reconnectNow());
   }
 
   _nextReqId() {

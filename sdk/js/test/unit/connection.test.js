@@ -265,6 +265,7 @@ function fakeWx(server) {
   const store = new Map();
   return {
     hooks,
+    onNetworkStatusChange: (fn) => (hooks.network = fn),
     onAppHide: (fn) => hooks.hide.push(fn),
     onAppShow: (fn) => hooks.show.push(fn),
     getStorageSync: (k) => (store.has(k) ? store.get(k) : ''),
@@ -318,4 +319,24 @@ test('cookie mode without a usable cookie fails at once with 401 instead of wait
   await assert.rejects(p, (e) => e.code === 401);
   assert.equal(c.chat.state, 'closed');
   assert.equal(c.clock.t, 1_000_000, 'no time had to pass');
+});
+
+test('wx.onNetworkStatusChange back online skips the rest of the backoff', async () => {
+  const server = new FakeServer();
+  const wx = fakeWx(server);
+  const c = setup({ wx, transport: server.transport(), storage: undefined, backoffBase: 20000, backoffCap: 60000 });
+  c.server = server;
+  c.chat.connect();
+  await accept(c);
+  server.last.serverClose(1006);
+  await c.clock.advance(100);
+  assert.equal(server.sockets.length, 1, 'waiting out a 10 s backoff');
+  wx.hooks.network({ isConnected: false, networkType: 'none' });
+  assert.equal(server.sockets.length, 1);
+  wx.hooks.network({ isConnected: true, networkType: 'wifi' });
+  assert.equal(server.sockets.length, 2, 'reconnects at once');
+  await accept(c);
+  // While connected it does nothing.
+  wx.hooks.network({ isConnected: true, networkType: '4g' });
+  assert.equal(server.sockets.length, 2);
 });
