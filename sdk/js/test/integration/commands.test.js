@@ -179,3 +179,29 @@ test('a doLogin cookie authenticates the socket with no token; uploads with fetc
   assert.match(up.url, /^\/files\/[0-9a-f]{64}\.pdf$/);
   assert.equal(up.size, bytes.length);
 });
+
+test('timed consultation: consult pushes as events, messages with chat_type 3, 410 once the time is used up', { timeout: 30000 }, async () => {
+  const [user, consultant] = await Promise.all([
+    server.api('user', { app_uid: 'c-user' }),
+    server.api('user', { app_uid: 'c-consultant', user_type: 2 }),
+  ]);
+  const cu = await client(user.token);
+  const cc = await client(consultant.token);
+  const events = { u: [], c: [] };
+  cu.on('consult', (d) => events.u.push(d.event));
+  cc.on('consult', (d) => events.c.push(d.event));
+  const created = await server.api('consult_create', { user: user.uid, consultant: consultant.uid, seconds: 600 });
+  await until(() => events.u.includes('running') && events.c.includes('running'), { what: 'running on both sides' });
+  assert.ok(events.u.includes('created'));
+  const ack = await cu.send({ chat_type: 3, to_id: created.consult_id, msg_type: 0, msg: 'question' });
+  assert.equal(ack.conv_id, created.conv_id);
+  await until(() => cc.got.some((m) => m.conv_id === created.conv_id && m.msg === 'question'), { what: 'the consultant gets it' });
+  // A one-second consultation runs out (the server's clock: wait for its `ended` push).
+  const short = await server.api('consult_create', { user: user.uid, consultant: consultant.uid, seconds: 1 });
+  const ended = [];
+  cu.on('consult', (d) => d.consult_id === short.consult_id && d.event === 'ended' && ended.push(d));
+  await until(() => ended.length === 1, { what: 'the short consultation ends', timeout: 15000 });
+  assert.equal(ended[0].remaining_s, 0);
+  await assert.rejects(cu.send({ chat_type: 3, to_id: short.consult_id, msg_type: 0, msg: 'too late' }), (e) => e.code === 410);
+  assert.deepEqual(cu.pending(), []);
+});
