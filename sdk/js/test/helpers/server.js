@@ -19,6 +19,14 @@ const live = new Set();
 process.on('exit', () => {
   for (const s of live) s.cleanupSync();
 });
+// A test run interrupted (Ctrl-C, a CI timeout) exits through here too; 'exit' alone is not
+// emitted on a signal.
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.once(sig, () => {
+    for (const s of live) s.cleanupSync();
+    process.exit(130);
+  });
+}
 
 export class TestServer {
   constructor(extraToml = '') {
@@ -60,6 +68,10 @@ export class TestServer {
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WXCHAT_')));
     const child = spawn(SERVER_BIN, ['run', '--config', this.configPath], { stdio: ['ignore', 'ignore', 'pipe'], env });
     this.child = child;
+    // Neither the child nor its pipe keeps the test process alive: a test that fails without
+    // stopping its server still lets the process end, and the 'exit' handler kills the child.
+    child.unref();
+    child.stderr.unref();
     child.stderr.on('data', (d) => {
       this.stderr = (this.stderr + d.toString()).slice(-4000);
     });
