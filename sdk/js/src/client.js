@@ -8,17 +8,19 @@
 //   connected --socket lost / heartbeat timeout--> disconnected --backoff--> connecting ...
 //   any --close() or close 4003/4004 or 4001 without getToken--> closed
 // A mini-program's onAppHide suspends (socket closed cleanly, state 'disconnected', no retry
-// timer); onAppShow resumes at once.
+// timer); onAppShow resumes at once. LIFECYCLE.md has the full table.
+//
+// The decisions (which close codes stop, which send replies drop, how seqs advance) are pure
+// functions in rules.js; this file carries out their effects.
 
 import { Emitter } from './emitter.js';
 import { fullJitter } from './backoff.js';
-import { WxChatError, PERMANENT_SEND_CODES } from './errors.js';
+import { WxChatError } from './errors.js';
+import { newTracker, holdMessage, addMessage, addPage, skipHole, takeRun, hasHole, startSeq, afterClose, sendOutcome } from './rules.js';
 import { memoryStorage, webStorage, miniProgramStorage, readJson } from './storage.js';
 import { webSocketTransport, socketTaskTransport } from './transport.js';
 import { uploadFile } from './http.js';
 
-/** Close codes after which reconnecting is wrong: kicked / logged out, visitor converted. */
-const STOP_CODES = new Set([4003, 4004]);
 const AUTH_FAILED = 4001;
 
 /**
@@ -500,7 +502,7 @@ export class WxChat extends Emitter {
     for (const c of list) {
       const st = this._conv(c.conv_id);
       if (st.held === undefined) {
-        st.held = this._firstConnect && this.options.initialSync === 'latest' ? c.last_seq : 0;
+        st.held = startSeq({ firstConnect: this._firstConnect, initialSync: this.options.initialSync, lastSeq: c.last_seq });
       }
     }
     this._firstConnect = false;
@@ -508,7 +510,8 @@ export class WxChat extends Emitter {
     this._attempt = 0;
     for (const st of this._convs.values()) {
       if (st.held === undefined) st.held = 0;
-      this._drain(st);
+      this._emit(takeRun(st));
+      if (hasHole(st)) this._syncConv(st.id);
     }
     this._saveSeqs();
     this._enter('connected');
@@ -530,26 +533,28 @@ export class WxChat extends Emitter {
    * Decides between reconnecting and stopping.
    */
   _lost(code, reason, byPeer = false) {
-    const authFailed = this._authFailed || code === AUTH_FAILED;
+    const authFailed = this._authFailed;
     this._teardown(byPeer ? null : 1000, reason);
     const info = { code, reason };
     if (!this._want) return;
-    if (STOP_CODES.has(code)) {
-      this._stop(new WxChatError(code, code === 4004 ? 'visitor converted: log in again' : `closed by the server: ${reason || 'kicked'}`), info);
-      return;
-    }
-    if (authFailed) {
-      if (!this._getToken) {
+    switch (afterClose({ code, authFailed, canRefreshToken: !!this._getToken, suspended: this._suspended })) {
+      case 'stop':
+        this._stop(new WxChatError(code, code === 4004 ? 'visitor converted: log in again' : `closed by the server: ${reason || 'kicked'}`), info);
+        return;
+      case 'stop_auth':
         this._stop(new WxChatError(401, 'bad or expired token'), { code: AUTH_FAILED, reason: reason || 'authentication failed' });
         return;
-      }
-      this._token = null; // ask getToken() for a fresh one
+      case 'refresh_and_retry':
+        this._token = null; // ask getToken() for a fresh one
+        if (this._suspended) this._enter('disconnected', info);
+        else this._retryLater(info);
+        return;
+      case 'wait':
+        this._enter('disconnected', info);
+        return;
+      default:
+        this._retryLater(info);
     }
-    if (this._suspended) {
-      this._enter('disconnected', info);
-      return;
-    }
-    this._retryLater(info);
   }
 
   _retryLater(info) {
@@ -747,8 +752,9 @@ export class WxChat extends Emitter {
       onReply: (f) => {
         this._clock.clearTimeout(timer);
         item.sending = 0;
-        if (f.code === 200) this._acked(item, f.data);
-        else if (PERMANENT_SEND_CODES.has(f.code)) this._dropItem(item, new WxChatError(f.code, f.msg || 'send failed', { cmd: 'send' }));
+        const outcome = sendOutcome(f.code);
+        if (outcome === 'ack') this._acked(item, f.data);
+        else if (outcome === 'drop') this._dropItem(item, new WxChatError(f.code, f.msg || 'send failed', { cmd: 'send' }));
         else this._retryItem(item);
         this._pumpOutbox();
       },
@@ -842,7 +848,7 @@ export class WxChat extends Emitter {
   _conv(convId) {
     let st = this._convs.get(convId);
     if (!st) {
-      st = { id: convId, held: undefined, buffer: new Map(), syncing: false, failures: 0, retry: null };
+      st = { id: convId, ...newTracker(undefined), syncing: false, failures: 0, retry: null };
       this._convs.set(convId, st);
     }
     return st;
@@ -872,36 +878,23 @@ export class WxChat extends Emitter {
     }
   }
 
-  /** A message from a push, an ack or a sync: buffered, then emitted in seq order. */
+  /** A message from a push or an ack: buffered, then emitted in seq order. */
   _ingest(msg) {
     if (typeof msg.seq !== 'number') return;
     const st = this._conv(msg.conv_id);
-    if (st.held !== undefined && msg.seq <= st.held) return;
-    if (!st.buffer.has(msg.seq)) st.buffer.set(msg.seq, msg);
-    if (this._ready) {
-      if (st.held === undefined) st.held = 0;
-      this._drain(st);
+    if (!this._ready) {
+      // Before the conversation list is in, where this conversation starts is unknown.
+      holdMessage(st, msg);
+      return;
     }
+    if (st.held === undefined) st.held = 0;
+    this._emit(addMessage(st, msg));
+    if (hasHole(st) && !st.syncing) this._syncConv(st.id);
   }
 
-  /**
-   * Emits the contiguous run after `held`, then fetches any hole left before buffered
-   * messages. Messages are emitted before the new seq is saved: a page killed in between sees
-   * them again after a reload (at-least-once in that window), never loses one.
-   */
-  _drain(st) {
-    this._emitRun(st);
-    if (st.buffer.size > 0 && !st.syncing) this._syncConv(st.id);
-  }
-
-  _emitRun(st) {
-    const run = [];
-    while (st.buffer.has(st.held + 1)) {
-      st.held += 1;
-      run.push(st.buffer.get(st.held));
-      st.buffer.delete(st.held);
-    }
-    for (const seq of st.buffer.keys()) if (seq <= st.held) st.buffer.delete(seq);
+  /** Emits before the new seq is saved: a page killed in between sees the run again after a
+   *  reload (at-least-once in that window), never loses it. */
+  _emit(run) {
     for (const m of run) this.emit('message', m);
     if (run.length) this._saveSeqs();
   }
@@ -941,22 +934,11 @@ export class WxChat extends Emitter {
         if (gen !== this._gen) return;
         st.failures = 0;
         const msgs = Array.isArray(data.messages) ? data.messages : [];
-        if (msgs.length && msgs[0].seq > st.held + 1) {
-          // The server serves nothing in between: a group joined after its creation starts at
-          // its join point (protocol-spec 2.9).
-          st.held = msgs[0].seq - 1;
-        }
-        for (const m of msgs) if (m.seq > st.held && !st.buffer.has(m.seq)) st.buffer.set(m.seq, m);
-        this._emitRun(st);
+        this._emit(addPage(st, msgs));
         if (data.has_more) continue;
-        if (st.buffer.size === 0) break;
-        if (msgs.length === 0) {
-          // Nothing after `held` on the server, yet a push beyond it: skip the hole rather
-          // than wait forever for seqs that do not exist.
-          st.held = Math.min(...st.buffer.keys()) - 1;
-          this._emitRun(st);
-        }
-        if (st.buffer.size === 0) break;
+        if (!hasHole(st)) break;
+        if (msgs.length === 0) this._emit(skipHole(st));
+        if (!hasHole(st)) break;
         // Pushes beyond a newer hole arrived meanwhile: another round.
       }
     } catch (err) {

@@ -15,10 +15,3 @@ export class WxChatError extends Error {
     if (extra) Object.assign(this, extra);
   }
 }
-
-/**
- * Send errors that will never succeed however often the message is resent: the outbox drops
- * them and the promise rejects. Everything else (429, 500, 503, timeouts, lost connections)
- * is retried with the same client_msg_id, which the server deduplicates.
- */
-export const PERMANENT_SEND_CODES = new Set([400, 403, 404, 409, 410, 413, 415]);

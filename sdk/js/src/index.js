@@ -1,6 +1,7 @@
 // wxchat-sdk: the public API. See README.md and index.d.ts.
 export { WxChat, httpBaseOf } from './client.js';
-export { WxChatError, PERMANENT_SEND_CODES } from './errors.js';
+export { WxChatError } from './errors.js';
+export { PERMANENT_SEND_CODES } from './rules.js';
 export { fullJitter } from './backoff.js';
 export { memoryStorage, webStorage, miniProgramStorage } from './storage.js';
 export { webSocketTransport, socketTaskTransport } from './transport.js';

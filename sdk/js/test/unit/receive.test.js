@@ -206,3 +206,23 @@ test('a sync refused with 503 is retried after a backoff delay on the same conne
   assert.equal(s.sentOf('sync').length, 2);
   assert.deepEqual(seqs(c.ev), [1, 2]);
 });
+
+test('after a reconnect, pushes that arrive before the conversation list are emitted once it is in', async () => {
+  const c = setup();
+  c.chat.connect();
+  await accept(c);
+  c.server.last.push('message', c.server.add('p_7_8'));
+  c.server.last.serverClose(1006);
+  c.server.hold.add('conversations');
+  await nextSocket(c);
+  c.server.last.accept();
+  await flush();
+  const s = c.server.last;
+  s.push('message', c.server.add('p_7_8'));
+  assert.deepEqual(seqs(c.ev), [1], 'held back until the list is in');
+  c.server.hold.clear();
+  s.release('conversations');
+  await flush();
+  assert.deepEqual(seqs(c.ev), [1, 2]);
+  assert.equal(s.sentOf('sync').length, 0);
+});
