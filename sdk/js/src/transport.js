@@ -72,11 +72,9 @@ export function socketTaskTransport(api, extra = {}) {
       let closed = false;
       // uni-app returns the SocketTask only when one of success / fail / complete is passed
       // (otherwise it returns a promise); WeChat returns it always.
-      const task = api.connectSocket({
-        url,
-        header: extra.header,
-        complete: () => {},
-      });
+      const req = { url, complete: () => {} };
+      if (extra.header) req.header = extra.header;
+      const task = api.connectSocket(req);
       const fail = (err) => {
         if (closed) return;
         closed = true;
