@@ -3,44 +3,9 @@
 // lifecycle.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { WxChat, fullJitter, memoryStorage, WxChatError } from '../../src/index.js';
-import { FakeClock, FakeServer, flush } from '../helpers/fake.js';
-
-function setup(extra = {}) {
-  const clock = new FakeClock();
-  const server = new FakeServer();
-  const storage = 'storage' in extra ? extra.storage : memoryStorage();
-  const chat = new WxChat({
-    url: 'ws://chat.test/ws',
-    token: 'tok-7',
-    transport: server.transport(),
-    clock,
-    random: () => 0.5,
-    storage,
-    ...extra,
-  });
-  const ev = { states: [], messages: [] };
-  chat.on('state', (s) => ev.states.push(s));
-  chat.on('message', (m) => ev.messages.push(m));
-  return { clock, server, chat, storage, ev };
-}
-
-/** Runs timers until the client opens another socket (the reconnect), however long that takes. */
-async function nextSocket(ctx) {
-  const n = ctx.server.sockets.length;
-  for (let i = 0; i < 100 && ctx.server.sockets.length === n; i++) {
-    if (!(await ctx.clock.runNext())) break;
-  }
-  assert.equal(ctx.server.sockets.length, n + 1, 'a new socket');
-}
-
-/** Accepts the newest socket and waits until the client is connected. */
-async function accept(ctx) {
-  await flush();
-  ctx.server.last.accept();
-  await flush();
-  assert.equal(ctx.chat.state, 'connected');
-}
+import { fullJitter, WxChatError } from '../../src/index.js';
+import { FakeServer, flush } from '../helpers/fake.js';
+import { setup, accept, nextSocket } from '../helpers/setup.js';
 
 test('fullJitter stays within [0, min(cap, base * 2^attempt))', () => {
   for (let attempt = 0; attempt < 40; attempt++) {

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { memoryStorage } from '../../src/index.js';
-import { setup, accept, nextSocket, flush } from './common.js';
+import { setup, accept, nextSocket, flush } from '../helpers/setup.js';
 
 const hi = (msg = 'hi') => ({ chat_type: 0, to_id: 8, msg_type: 0, msg });
 

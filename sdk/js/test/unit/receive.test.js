@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { memoryStorage } from '../../src/index.js';
-import { setup, accept, nextSocket, flush } from './common.js';
+import { setup, accept, nextSocket, flush } from '../helpers/setup.js';
 
 const seqs = (ev, conv) => ev.messages.filter((m) => !conv || m.conv_id === conv).map((m) => m.seq);
 

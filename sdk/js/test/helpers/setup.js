@@ -1,7 +1,7 @@
 // Shared setup of the unit tests: a WxChat on a FakeServer with a manual clock.
 import assert from 'node:assert/strict';
 import { WxChat, memoryStorage } from '../../src/index.js';
-import { FakeClock, FakeServer, flush } from '../helpers/fake.js';
+import { FakeClock, FakeServer, flush } from './fake.js';
 
 export function setup(extra = {}, shared = {}) {
   const clock = shared.clock || new FakeClock();
