@@ -211,7 +211,7 @@ export interface WxChatOptions {
   random?: () => number;
 }
 
-export class Emitter<E> {
+declare class Emitter<E> {
   on<K extends keyof E & string>(event: K, fn: (data: E[K]) => void): () => void;
   on(event: string, fn: (...args: any[]) => void): () => void;
   once<K extends keyof E & string>(event: K, fn: (data: E[K]) => void): () => void;

@@ -14,3 +14,11 @@ test('index.d.ts type-checks the documented usage (and rejects the misuse marked
   assert.equal(r.error, undefined, `cannot run tsc: ${r.error}`);
   assert.equal(r.status, 0, r.stdout + r.stderr);
 });
+
+test('every runtime export is declared in index.d.ts, and nothing more', async () => {
+  const fs = await import('node:fs');
+  const sdk = await import('../../src/index.js');
+  const dts = fs.readFileSync(path.join(root, 'index.d.ts'), 'utf8');
+  const declared = [...dts.matchAll(/^export (?:declare )?(?:class|function|const) (\w+)/gm)].map((m) => m[1]);
+  assert.deepEqual([...new Set(declared)].sort(), Object.keys(sdk).sort());
+});
