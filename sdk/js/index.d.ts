@@ -319,6 +319,7 @@ export interface LoginResult { uid: number; token: string; expires_in: number; i
 export interface UploadResult { url: string; size: number; mime: string }
 
 export function wxLogin(opts: { wx: MiniProgramApi; baseUrl: string; app?: string; userInfo?: { nickName?: string; avatarUrl?: string } }): Promise<LoginResult>;
+export function wxDecrypt(opts: HttpOptions & { token: string; encryptedData: string; iv: string; app?: string }): Promise<any>;
 export function createVisitor(opts: HttpOptions): Promise<{ uid: number; token: string; expires_in: number; user_type: 3 }>;
 export function convertVisitor(opts: HttpOptions & { token: string; visitor_token: string }): Promise<{ visitor: number; uid: number; messages: number }>;
 export function getMe(opts: HttpOptions & { token?: string }): Promise<any>;

@@ -86,6 +86,17 @@ export async function wxLogin({ wx, baseUrl, app, userInfo }) {
   return httpJson({ url: `${trimBase(baseUrl)}/api/wx/login`, body, wx });
 }
 
+/**
+ * Decrypts what wx.getPhoneNumber-style APIs return ({encryptedData, iv}) with the session key
+ * of the user's latest login to the app (3.5); resolves with the decrypted JSON. A 400 most
+ * often means the session key changed since: wxLogin again, then retry.
+ */
+export function wxDecrypt({ baseUrl, token, encryptedData, iv, app, wx, fetch }) {
+  const body = { encryptedData, iv };
+  if (app) body.app = app;
+  return httpJson({ url: `${trimBase(baseUrl)}/api/wx/decrypt`, token, body, wx, fetch });
+}
+
 /** An anonymous customer-service visitor: {uid, token, expires_in, user_type: 3} (3.6). */
 export function createVisitor({ baseUrl, fetch, wx }) {
   return httpJson({ url: `${trimBase(baseUrl)}/api/service/visitor`, wx, fetch });

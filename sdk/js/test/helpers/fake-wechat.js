@@ -7,6 +7,8 @@ import http from 'node:http';
 
 export const APPID = 'wx0123456789abcdef';
 export const SECRET = 'fake-app-secret-0042';
+/** 16 bytes, base64: the AES-128 key of /api/wx/decrypt (WeChat's session_key). */
+export const SESSION_KEY = 'AAECAwQFBgcICQoLDA0ODw==';
 
 export async function startFakeWechat() {
   const calls = [];
@@ -51,7 +53,7 @@ export async function startFakeWechat() {
       }
       const code = q.get('js_code') || '';
       if (code.startsWith('ok-')) {
-        res.end(JSON.stringify({ openid: code.slice(3), session_key: 'c2Vzc2lvbi1rZXktMTIzNA==' }));
+        res.end(JSON.stringify({ openid: code.slice(3), session_key: SESSION_KEY }));
       } else {
         res.end(JSON.stringify({ errcode: 40029, errmsg: 'invalid code' }));
       }

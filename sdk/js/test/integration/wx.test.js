@@ -8,9 +8,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
-import { WxChat, wxLogin, memoryStorage, WxChatError } from '../../src/index.js';
+import crypto from 'node:crypto';
+import { WxChat, wxLogin, wxDecrypt, memoryStorage, WxChatError } from '../../src/index.js';
 import { TestServer } from '../helpers/server.js';
-import { startFakeWechat } from '../helpers/fake-wechat.js';
+import { startFakeWechat, APPID, SESSION_KEY } from '../helpers/fake-wechat.js';
 import { createFakeWx } from '../helpers/fake-wx.js';
 import { until, nextEvent } from '../helpers/wait.js';
 
@@ -36,6 +37,14 @@ test('mini-program: wx.login, SocketTask chat, onAppHide / onAppShow, restart wi
   const login = await wxLogin({ wx, baseUrl: server.httpUrl, app: 'mp', userInfo: { nickName: '小程序用户', avatarUrl: 'https://img.example.com/a.png' } });
   assert.match(login.token, /^[0-9a-f]{64}$/);
   assert.ok(wechat.calls.includes('/sns/jscode2session'));
+
+  // wx.getPhoneNumber's {encryptedData, iv}, as WeChat makes it with the login's session key.
+  const phone = { phoneNumber: '13800138000', countryCode: '86', watermark: { appid: APPID, timestamp: 1700000000 } };
+  const iv = crypto.randomBytes(16);
+  const cipher = crypto.createCipheriv('aes-128-cbc', Buffer.from(SESSION_KEY, 'base64'), iv);
+  const encryptedData = Buffer.concat([cipher.update(JSON.stringify(phone)), cipher.final()]).toString('base64');
+  const decrypted = await wxDecrypt({ wx, baseUrl: server.httpUrl, token: login.token, encryptedData, iv: iv.toString('base64'), app: 'mp' });
+  assert.equal(decrypted.phoneNumber, '13800138000');
 
   // The other side: a web user on Node's ws, a friend of the mini-program user.
   const web = await server.api('user', { app_uid: 'web-1', name: 'Web' });
