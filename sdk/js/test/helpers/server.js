@@ -108,6 +108,7 @@ export class TestServer {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
     const gone = new Promise((resolve) => child.once('exit', resolve));
+    child.ref(); // waiting for its exit must keep the event loop alive (see start())
     child.kill('SIGKILL');
     await gone;
   }
