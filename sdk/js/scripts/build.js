@@ -2,8 +2,9 @@
 //   dist/wxchat-sdk.cjs  CommonJS for Node's require()
 //   dist/index.js        CommonJS for WeChat's "build npm" (package.json "miniprogram": "dist"
 //                        makes the developer tools copy this directory into miniprogram_npm)
-// ES2017, so the mini-program base library needs no further down-levelling. Run by `prepack`;
-// dist/ is not committed.
+// ES2017, so the mini-program base library needs no further down-levelling. dist/ is committed,
+// because an app that depends on the SDK as `file:../sdk/js` (examples/miniprogram) gets a
+// symlink and no build step; test/unit/bundle.test.js fails when it is stale.
 import { build } from 'esbuild';
 import fs from 'node:fs';
 import path from 'node:path';

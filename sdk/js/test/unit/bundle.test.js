@@ -23,3 +23,15 @@ test('the CommonJS bundle exports the API and runs', async () => {
   const ack = await chat.send({ chat_type: 0, to_id: 8, msg_type: 0, msg: 'from the bundle' });
   assert.equal(ack.seq, 1);
 });
+
+test('the committed dist/ is what scripts/build.js makes now (run npm run build after changing src/)', async () => {
+  const fs = await import('node:fs');
+  const path = await import('node:path');
+  const { fileURLToPath } = await import('node:url');
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+  const code = await cjsBundle();
+  for (const f of ['dist/index.js', 'dist/wxchat-sdk.cjs']) {
+    assert.equal(fs.readFileSync(path.join(root, f), 'utf8'), code, `${f} is stale`);
+  }
+  assert.equal(fs.readFileSync(path.join(root, 'dist/index.d.ts'), 'utf8'), fs.readFileSync(path.join(root, 'index.d.ts'), 'utf8'));
+});
