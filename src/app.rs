@@ -621,6 +621,7 @@ impl App {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(|t| t.trim().to_string())
             .or_else(|| req.query_param("token"));
+        let cookie = cookie_token(&req, &self.config.ws.allowed_origins);
         let content_type = req.header_str("content-type").unwrap_or("").to_string();
         let (data, ext, mime): (Vec<u8>, &'static str, String) =
             match crate::upload::boundary(&content_type) {
@@ -668,7 +669,9 @@ impl App {
         if data.is_empty() {
             return Reply::Now(api_error(code::BAD_REQUEST, "the file is empty"));
         }
-        let Some(token) = token.filter(|t| auth::token_well_formed(t)) else {
+        // Last, the doLogin cookie of a page of this site (cookie_token's Origin rule).
+        let token = token.filter(|t| auth::token_well_formed(t)).or(cookie);
+        let Some(token) = token else {
             return Reply::Now(api_error(code::UNAUTHORIZED, "a valid token is required"));
         };
         let data_dir = self.config.server.data_dir.clone();

@@ -45,6 +45,8 @@ struct Session {
     /// An anonymous visitor's connection: customer-service commands only.
     visitor: bool,
     authenticating: bool,
+    /// Authenticated (or being authenticated) by the doLogin cookie: an explicit token wins.
+    via_cookie: bool,
     /// The SHA-256 of the token this connection authenticated with: online_chat frames carry a
     /// token each (`access_token`), compared with this; logout closes the connections it names.
     token_hash: Option<[u8; 32]>,
@@ -194,6 +196,7 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
             uid: None,
             visitor: false,
             authenticating: false,
+            via_cookie: false,
             token_hash: None,
             waiting: Vec::new(),
             auth_timer: Some(timer),
@@ -204,9 +207,16 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
     );
     // The token on the URL, else the doLogin cookie of a page of this site (app::cookie_token
     // says when a cookie may count).
-    let token = req
-        .query_param("token")
-        .or_else(|| crate::app::cookie_token(req, &app.config.ws.allowed_origins));
+    let (token, via_cookie) = match req.query_param("token") {
+        Some(t) => (Some(t), false),
+        None => (
+            crate::app::cookie_token(req, &app.config.ws.allowed_origins),
+            true,
+        ),
+    };
+    if let Some(s) = app.chat.sessions.get_mut(&conn) {
+        s.via_cookie = via_cookie && token.is_some();
+    }
     if let Some(token) = token {
         let p = Pending {
             conn,
@@ -252,6 +262,13 @@ pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) -> O
         ctx.cancel_timer(t);
     }
     let uid = session.uid?;
+    release(app, ctx, conn, uid);
+    Some(uid)
+}
+
+/// The connection no longer speaks for `uid` (it closed, or its cookie identity gave way to an
+/// explicit token): the user goes offline here when it was their last connection.
+fn release(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, uid: u64) {
     let now_offline = match app.chat.online.get_mut(&uid) {
         Some(conns) => {
             conns.retain(|c| *c != conn);
@@ -269,7 +286,6 @@ pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) -> O
         app.chat.friends.remove(&uid);
         presence::went_offline(app, ctx, uid);
     }
-    Some(uid)
 }
 
 /// Graceful shutdown began.
@@ -385,6 +401,26 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
     let Some(session) = app.chat.sessions.get_mut(&p.conn) else {
         return;
     };
+    if session.via_cookie && session.authenticating && p.cmd == "auth" {
+        // An explicit token while the cookie is being checked: it is decided after that.
+        let frame = json!({ "cmd": "auth", "req_id": p.req_id, "token": token }).to_string();
+        session.waiting.push(frame);
+        return;
+    }
+    if let (Some(uid), true) = (session.uid, session.via_cookie) {
+        // A page that sends a token means it: the token wins over the login cookie the
+        // browser attached (another user's, or an older login).
+        if session.token_hash == Some(auth::token_hash(&token)) {
+            p.reply_ok(ctx, &json!({ "uid": uid }));
+            return;
+        }
+        session.uid = None;
+        session.token_hash = None;
+        session.via_cookie = false;
+        session.visitor = false;
+        release(app, ctx, p.conn, uid);
+        return authenticate(app, ctx, p, token);
+    }
     if session.uid.is_some() || session.authenticating {
         p.reply_err(ctx, code::BAD_REQUEST, "already authenticated");
         return;
@@ -457,6 +493,25 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                     presence::came_online(app, ctx, uid);
                 }
                 consult::connected(app, ctx, p.conn, uid);
+                for text in waiting {
+                    on_message(app, ctx, conn, Message::Text(&text));
+                }
+            }
+            Ok(None) if session.via_cookie => {
+                // A stale login cookie: said so, but the connection stays for the token the
+                // page may send (frames that waited run now).
+                session.via_cookie = false;
+                let waiting = std::mem::take(&mut session.waiting);
+                METRICS.login("token", false);
+                let conn = p.conn;
+                app.admin.emit(ctx, Topic::Connection, || {
+                    json!({ "event": "auth_failed", "conn": conn.to_string(), "reason": "bad or expired login cookie" })
+                });
+                p.reply_err(
+                    ctx,
+                    code::UNAUTHORIZED,
+                    "bad or expired login cookie: authenticate with a token",
+                );
                 for text in waiting {
                     on_message(app, ctx, conn, Message::Text(&text));
                 }

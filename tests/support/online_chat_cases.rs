@@ -195,10 +195,52 @@ fn the_dologin_cookie_opens_a_same_site_websocket() {
     let mut c = c.unwrap();
     let r = request(&mut c, json!({"cmd":"conversations","req_id":1}));
     assert_eq!(r["code"], 401, "{r}");
+    // The page's upload needs no token either.
+    let png = b"\x89PNG\r\n\x1a\ncookie upload";
+    let mut raw = format!(
+        "POST /api/upload?name=a.png HTTP/1.1\r\nHost: t\r\nConnection: close\r\nOrigin: http://t\r\nCookie: {cookie}\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+        png.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(png);
+    assert_eq!(http_raw(s.addr, &raw).status, 200);
+    // A token the page sends wins over the cookie the browser attached.
+    let (other, other_token) = user(&s, "web-2");
+    let (c, _) = WsClient::try_connect(s.addr, "/ws", &format!("Cookie: {cookie}\r\n"));
+    let mut c = c.unwrap();
+    c.send_text(&json!({"cmd":"auth","req_id":5,"token":other_token}).to_string());
+    loop {
+        let v = c.recv_json();
+        if v["req_id"] == 5 {
+            assert_eq!((v["code"].as_u64(), v["data"]["uid"].as_u64()), (Some(200), Some(other)), "{v}");
+            break;
+        }
+    }
     // Logout by cookie clears it.
     let r = post_form(&s, "/api/logout", "", &format!("Cookie: {cookie}\r\nOrigin: http://t\r\n"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+}
+
+#[test]
+fn a_stale_login_cookie_leaves_the_socket_open_for_a_token() {
+    let s = start("");
+    let r = common::chat_client::signed_do_login(s.addr, SIGN_KEY, "stale-1", &[]);
+    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+    let t = r.json()["data"]["token"].as_str().unwrap().to_string();
+    let logout = http_raw(
+        s.addr,
+        format!("POST /api/logout HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {t}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(logout.status, 200);
+    let (uid, token) = user(&s, "fresh-1");
+    let (c, _) = WsClient::try_connect(s.addr, "/ws", &format!("Cookie: {cookie}\r\n"));
+    let mut c = c.unwrap();
+    let stale = c.recv_json();
+    assert_eq!(stale["code"], 401, "{stale}");
+    assert!(stale["msg"].as_str().unwrap().contains("cookie"), "{stale}");
+    let r = request(&mut c, json!({"cmd":"auth","req_id":1,"token":token}));
+    assert_eq!(r["data"]["uid"], uid, "{r}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ import { chromium } from 'playwright-core';
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const webDir = path.resolve(here, '..');
 export const resultsDir = path.join(webDir, 'test-results');
-const serverBin = process.env.WXCHAT_SERVER_BIN || path.resolve(webDir, '../target/debug/server');
+const serverBin = process.env.WXCHAT_TEST_SERVER_BIN || path.resolve(webDir, '../target/debug/server');
 
 /**
  * Polls `check` until it returns a truthy value or the deadline passes. For conditions with no
@@ -34,11 +34,11 @@ export async function until(what, check, timeoutMs = 10000) {
 
 /**
  * Starts the server with a fresh data dir. The pages are the ones built into the binary, or
- * with WXCHAT_WEB_DIR=/path/to/web those of that folder (no rebuild while editing them). `extra` is appended to the config (TOML). Resolves
+ * with WXCHAT_TEST_WEB_DIR=/path/to/web those of that folder (no rebuild while editing them). `extra` is appended to the config (TOML). Resolves
  * with {base, addr, dataDir, stop(), log()}; stop() kills it and removes the data dir.
  */
 export async function startServer(extra = '') {
-  if (!existsSync(serverBin)) throw new Error(`no server binary at ${serverBin}: run cargo build --bin server (or set WXCHAT_SERVER_BIN)`);
+  if (!existsSync(serverBin)) throw new Error(`no server binary at ${serverBin}: run cargo build --bin server (or set WXCHAT_TEST_SERVER_BIN)`);
   const dir = await mkdtemp(path.join(tmpdir(), 'wxchat-web-'));
   const dataDir = path.join(dir, 'data');
   await mkdir(dataDir);
@@ -53,7 +53,7 @@ listen = ""
 key = "test-api-key-0123456789"
 [chat]
 max_msgs_per_sec = 0
-${process.env.WXCHAT_WEB_DIR ? `[web]\ndir = ${JSON.stringify(process.env.WXCHAT_WEB_DIR)}\n` : ''}${extra}`;
+${process.env.WXCHAT_TEST_WEB_DIR ? `[web]\ndir = ${JSON.stringify(process.env.WXCHAT_TEST_WEB_DIR)}\n` : ''}${extra}`;
   const configPath = path.join(dir, 'server.toml');
   await writeFile(configPath, config);
   const proc = spawn(serverBin, ['run', '--config', configPath], { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -10,8 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { until } from './wait.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-export const SERVER_BIN = process.env.WXCHAT_SERVER_BIN
-  ? path.resolve(process.env.WXCHAT_SERVER_BIN)
+export const SERVER_BIN = process.env.WXCHAT_TEST_SERVER_BIN
+  ? path.resolve(process.env.WXCHAT_TEST_SERVER_BIN)
   : path.resolve(here, '../../../../target/debug/server');
 export const API_KEY = 'sdk-test-api-key';
 
@@ -60,11 +60,11 @@ export class TestServer {
   /** Starts on `listen` (port 0 the first time) and waits for the pid file naming this child. */
   async start(listen = '127.0.0.1:0') {
     if (!fs.existsSync(SERVER_BIN)) {
-      throw new Error(`no server binary at ${SERVER_BIN}: run cargo build --bin server or set WXCHAT_SERVER_BIN`);
+      throw new Error(`no server binary at ${SERVER_BIN}: run cargo build --bin server or set WXCHAT_TEST_SERVER_BIN`);
     }
     this.writeConfig(listen);
     // The server reads WXCHAT_* variables as configuration and refuses unknown ones, so the
-    // test's own (WXCHAT_SERVER_BIN) and a developer's must not reach it.
+    // test's own (WXCHAT_TEST_SERVER_BIN) and a developer's must not reach it.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WXCHAT_')));
     const child = spawn(SERVER_BIN, ['run', '--config', this.configPath], { stdio: ['ignore', 'ignore', 'pipe'], env });
     this.child = child;
