@@ -460,6 +460,9 @@ pub struct ServerConfig {
     pub log_level: String,
     /// This process's name in shared presence; empty = `<hostname>-<pid>-<random>`.
     pub node_id: String,
+    /// `server upgrade`: the old process closes its WebSockets (1012) spread over this many
+    /// seconds, so their reconnects reach the new one as a stream, not a storm.
+    pub drain_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -474,6 +477,7 @@ impl Default for ServerConfig {
             soft_out_secs: 10,
             log_level: "info".into(),
             node_id: String::new(),
+            drain_s: 10,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod demo_login;
+pub mod handover;
 pub mod http;
 pub mod jobs;
 pub mod logger;

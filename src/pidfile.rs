@@ -109,6 +109,40 @@ pub fn acquire(path: &Path) -> Result<PidLock, String> {
     }
 }
 
+/// Waits until the lock is free, then takes it: the successor of a zero-downtime upgrade, whose
+/// predecessor holds the lock while it drains and removes the file as it exits. The locked file
+/// must still be the one at `path` (not one unlinked meanwhile), or the wait starts over.
+pub fn acquire_waiting(path: &Path) -> Result<PidLock, String> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| format!("cannot open pid file {}: {e}", path.display()))?;
+        // SAFETY: flock on a descriptor we own; blocks until the holder releases or exits.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("cannot lock pid file {}: {e}", path.display()));
+        }
+        let same = match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(held), Ok(named)) => held.ino() == named.ino() && held.dev() == named.dev(),
+            _ => false,
+        };
+        if same {
+            return Ok(PidLock {
+                file,
+                path: path.to_path_buf(),
+            });
+        }
+    }
+}
+
 impl PidLock {
     /// Records our pid, listen address and admin address.
     pub fn write(&mut self, pid: u32, addr: &str, admin: Option<&str>) -> std::io::Result<()> {

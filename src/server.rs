@@ -6,13 +6,16 @@ use crate::config::Config;
 use crate::net::reactor::{Reactor, ReactorConfig, StopHandle};
 use crate::pidfile::{self, PidLock};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// A server whose listener is bound but whose loop is not running yet.
 pub struct Server {
     reactor: Reactor<Completion>,
     app: App,
-    pid_lock: Option<PidLock>,
+    /// The data directory's pid lock: held from the start, or (the successor of an upgrade)
+    /// filled in once the predecessor has exited.
+    pid_lock: Arc<Mutex<Option<PidLock>>>,
 }
 
 impl Server {
@@ -46,8 +49,75 @@ impl Server {
         Ok(Server {
             reactor,
             app,
-            pid_lock: None,
+            pid_lock: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// `server upgrade`'s new process: takes the listening sockets of the server running on
+    /// this data directory (which then stops accepting and drains, 1012), opens the store beside
+    /// it (the SQLite persister notices the other writer, see store/sqlite.rs), and takes the
+    /// pid lock once the old process has exited. See `handover`.
+    pub fn takeover(config: Config) -> Result<Server, String> {
+        let (old_pid, fds) = crate::handover::take(&config.server.data_dir)
+            .map_err(|e| format!("cannot take over from the running server: {e}"))?;
+        raise_open_file_limit(&config);
+        let mut reactor = Reactor::new(ReactorConfig::from_config(&config))
+            .map_err(|e| format!("cannot start the event loop: {e}"))?;
+        let mut fds = fds.into_iter();
+        let client = fds.next().ok_or("the running server sent no listener")?;
+        reactor
+            .adopt_listener(std::net::TcpListener::from(client))
+            .map_err(|e| format!("cannot use the handed-over listener: {e}"))?;
+        if !config.admin.listen.is_empty() {
+            match fds.next() {
+                Some(fd) => reactor.adopt_listener(std::net::TcpListener::from(fd)),
+                None => config
+                    .admin
+                    .listen
+                    .parse()
+                    .map_err(|_| std::io::Error::other("bad [admin] listen"))
+                    .and_then(|a| reactor.add_listener(a)),
+            }
+            .map_err(|e| format!("[admin] listener: {e}"))?;
+        }
+        let app = App::new(config, reactor.notifier())?;
+        let mut server = Server {
+            reactor,
+            app,
+            pid_lock: Arc::new(Mutex::new(None)),
+        };
+        server.handle_signals()?;
+        log::info!("upgrade: took the listeners of pid {old_pid}; it drains its connections");
+        // The lock comes free when the old process exits; then the pid file names this one,
+        // and this one can hand over in turn.
+        let slot = server.pid_lock.clone();
+        let config = server.app.config.clone();
+        let (addr, admin) = (server.local_addr(), server.admin_addr());
+        let fds = server.reactor.listener_fds();
+        let stop = server.stop_handle();
+        std::thread::Builder::new()
+            .name("pid-lock".into())
+            .spawn(move || match pidfile::acquire_waiting(&config.pid_file()) {
+                Ok(mut lock) => {
+                    let admin = admin.map(|a| a.to_string());
+                    if let Err(e) =
+                        lock.write(std::process::id(), &addr.to_string(), admin.as_deref())
+                    {
+                        log::error!("cannot write the pid file: {e}");
+                    }
+                    if let Ok(mut s) = slot.lock() {
+                        *s = Some(lock);
+                    }
+                    log::info!(
+                        "upgrade complete: pid {} owns the data directory",
+                        std::process::id()
+                    );
+                    serve_handover(&config, fds, stop);
+                }
+                Err(e) => log::error!("upgrade: {e}"),
+            })
+            .map_err(|e| format!("cannot start the pid-lock thread: {e}"))?;
+        Ok(server)
     }
 
     /// The binary's start, as the one owner of the data directory: its pid lock first, so a
@@ -63,7 +133,7 @@ impl Server {
             server.handle_signals()?;
             Ok(server)
         });
-        let mut server = match started {
+        let server = match started {
             Ok(s) => s,
             Err(e) => {
                 lock.remove();
@@ -80,7 +150,14 @@ impl Server {
             lock.remove();
             return Err(msg);
         }
-        server.pid_lock = Some(lock);
+        if let Ok(mut slot) = server.pid_lock.lock() {
+            *slot = Some(lock);
+        }
+        serve_handover(
+            &server.app.config,
+            server.reactor.listener_fds(),
+            server.stop_handle(),
+        );
         Ok(server)
     }
 
@@ -135,8 +212,12 @@ impl Server {
             .map_err(|e| format!("event loop failed: {e}"));
         // The last commits and the store's close happen while the pid file still says a server
         // owns this data directory.
+        let data_dir = app.config.server.data_dir.clone();
         drop(app);
-        if let Some(lock) = pid_lock {
+        let lock = pid_lock.lock().ok().and_then(|mut s| s.take());
+        if let Some(lock) = lock {
+            // Ours while the lock is: a successor binds its own only after taking the lock.
+            let _ = std::fs::remove_file(crate::handover::socket_path(&data_dir));
             lock.remove();
         }
         result
@@ -189,6 +270,15 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.stop_inner();
+    }
+}
+
+/// Waits for a successor (`server upgrade`) to ask for the listeners; then drains.
+fn serve_handover(config: &Config, fds: Vec<std::os::fd::RawFd>, stop: StopHandle) {
+    let period = std::time::Duration::from_secs(config.server.drain_s);
+    if let Err(e) = crate::handover::serve(&config.server.data_dir, fds, move || stop.drain(period))
+    {
+        log::warn!("upgrades are not possible: cannot open the handover socket: {e}");
     }
 }
 

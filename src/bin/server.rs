@@ -4,6 +4,8 @@
 //! - `daemon`: detaches (fork + setsid), logs to `data_dir/server.log`, and returns once the
 //!   listener is up, saying where.
 //! - `stop`: SIGTERM to the running server, then waits for it to exit.
+//! - `upgrade`: starts this binary in the background in place of the running server, without
+//!   downtime: it takes over the listening sockets, and the old server drains (1012).
 //! - `status`: running or not, pid, address.
 
 use std::io::{Read, Write};
@@ -21,13 +23,16 @@ use wxchat::server::Server;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const USAGE: &str = "\
-usage: server [run|daemon|stop|status] [--config FILE]
+usage: server [run|daemon|stop|status|upgrade] [--config FILE]
 
   run      run in the foreground, logging to stderr (the default)
   daemon   run in the background, logging to <data_dir>/server.log
   stop     stop the running server gracefully and wait for it to exit
   status   say whether a server runs on this data directory, its pid, address and live
            figures (from the admin listener)
+  upgrade  replace the running server with this binary without downtime: the new one (in the
+           background, like daemon) takes over the listening sockets; the old one stops
+           accepting, closes its WebSockets with 1012 over [server] drain_s, and exits
 
   --config FILE   read FILE (TOML; see server.toml). Without it, ./server.toml is read when
                   present, else the defaults. WXCHAT_<SECTION>_<KEY> variables override both.
@@ -62,7 +67,7 @@ fn parse_args() -> Result<Args, String> {
             s if s.starts_with("--config=") => {
                 config = Some(PathBuf::from(&s["--config=".len()..]));
             }
-            "run" | "daemon" | "stop" | "status" if command.is_none() => {
+            "run" | "daemon" | "stop" | "status" | "upgrade" if command.is_none() => {
                 command = Some(arg);
             }
             other => return Err(format!("unexpected argument {other:?}")),
@@ -107,7 +112,8 @@ fn main() -> ExitCode {
     };
     let result = match args.command.as_str() {
         "run" => run_foreground(config),
-        "daemon" => daemon(config),
+        "daemon" => daemon(config, false),
+        "upgrade" => daemon(config, true),
         "stop" => stop(&config),
         "status" => return status(&config),
         _ => Err("unknown command".into()),
@@ -132,19 +138,30 @@ fn run_foreground(config: Config) -> Result<(), String> {
     server.run()
 }
 
-/// Forks; the parent waits on a pipe for the child to report "ok <addr>" or an error.
-fn daemon(config: Config) -> Result<(), String> {
+/// Forks; the parent waits on a pipe for the child to report "ok <addr>" or an error. With
+/// `takeover` (`server upgrade`) the child takes over from the running server instead of
+/// refusing to start beside it.
+fn daemon(config: Config, takeover: bool) -> Result<(), String> {
     std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
         format!(
             "cannot create data_dir {}: {e}",
             config.server.data_dir.display()
         )
     })?;
-    if let Ok(Status::Running { pid, addr, .. }) = pidfile::probe(&config.pid_file()) {
-        return Err(format!(
+    let running = pidfile::probe(&config.pid_file());
+    let old_pid = match running {
+        Ok(Status::Running { pid, addr, .. }) if !takeover => return Err(format!(
             "a server is already running on this data directory (pid {pid}, listening on {addr})"
-        ));
-    }
+        )),
+        Ok(Status::Running { pid, .. }) => Some(pid),
+        _ if takeover => {
+            return Err(
+                "no server is running on this data directory: start one with `server daemon`"
+                    .into(),
+            )
+        }
+        _ => None,
+    };
     let mut fds = [0i32; 2];
     // SAFETY: pipe fills the two-element array we pass.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -170,6 +187,12 @@ fn daemon(config: Config) -> Result<(), String> {
                     addr.trim(),
                     config.log_file().display()
                 );
+                if let Some(old) = old_pid {
+                    println!(
+                        "upgraded: the previous server (pid {old}) stopped accepting and closes its WebSockets (1012) over {} s",
+                        config.server.drain_s
+                    );
+                }
                 Ok(())
             }
             None if report.is_empty() => Err(format!(
@@ -186,7 +209,7 @@ fn daemon(config: Config) -> Result<(), String> {
         libc::setsid();
     }
     let mut report = unsafe { std::fs::File::from_raw_fd(write_fd) };
-    let outcome = daemon_child(&config, &mut report);
+    let outcome = daemon_child(&config, &mut report, takeover);
     if let Err(e) = &outcome {
         let _ = report.write_all(e.as_bytes());
         log::error!("{e}");
@@ -194,10 +217,14 @@ fn daemon(config: Config) -> Result<(), String> {
     outcome
 }
 
-fn daemon_child(config: &Config, report: &mut std::fs::File) -> Result<(), String> {
+fn daemon_child(config: &Config, report: &mut std::fs::File, takeover: bool) -> Result<(), String> {
     redirect_stdio()?;
     init_logging(config, Some(config.log_file()))?;
-    let server = Server::bind_exclusive(config.clone())?;
+    let server = if takeover {
+        Server::takeover(config.clone())?
+    } else {
+        Server::bind_exclusive(config.clone())?
+    };
     let addr = server.local_addr();
     report
         .write_all(format!("ok {addr}").as_bytes())

@@ -186,6 +186,8 @@ enum TimerEntry {
 pub struct StopHandle {
     flag: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    /// Milliseconds over which to spread the WebSocket closes (0: all at once, with 1001).
+    drain_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StopHandle {
@@ -195,6 +197,23 @@ impl StopHandle {
             log::error!("waking the reactor to stop failed: {e}");
         }
     }
+
+    /// Stops for an upgrade: accepting ends at once (the successor holds the same listening
+    /// sockets), and WebSocket peers are closed with 1012 (service restart) spread evenly over
+    /// `period`, so their reconnects reach the successor as a stream, not a storm.
+    pub fn drain(&self, period: Duration) {
+        let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.drain_ms.store(ms, Ordering::SeqCst);
+        self.stop();
+    }
+}
+
+/// WebSocket connections still to be closed by an upgrade's drain.
+struct Drain {
+    started: Instant,
+    period: Duration,
+    pending: Vec<ConnId>,
+    total: usize,
 }
 
 /// Everything the handler may touch through [`Ctx`], split from the handler and the scratch
@@ -237,6 +256,7 @@ pub struct Reactor<C> {
     completions: Receiver<C>,
     scratch: Vec<u8>,
     stop: StopHandle,
+    drain: Option<Drain>,
 }
 
 /// Pending connections the kernel may queue for `accept` (it caps this at `net.core.somaxconn`).
@@ -257,11 +277,18 @@ fn widen_backlog(socket: &TcpListener) {
 impl<C: Send + 'static> Reactor<C> {
     /// Binds the listener. A busy port or a bad address is reported here, before anything runs.
     pub fn bind(cfg: ReactorConfig, addr: SocketAddr) -> io::Result<Reactor<C>> {
+        let mut reactor = Reactor::new(cfg)?;
+        reactor.add_listener(addr)?;
+        Ok(reactor)
+    }
+
+    /// A reactor with no listener yet (add them with `add_listener` or `adopt_listener`).
+    pub fn new(cfg: ReactorConfig) -> io::Result<Reactor<C>> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = channel();
         let now = Instant::now();
-        let mut reactor = Reactor {
+        let reactor = Reactor {
             poll,
             listeners: Vec::new(),
             signals: None,
@@ -286,9 +313,10 @@ impl<C: Send + 'static> Reactor<C> {
             stop: StopHandle {
                 flag: Arc::new(AtomicBool::new(false)),
                 waker,
+                drain_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             },
+            drain: None,
         };
-        reactor.add_listener(addr)?;
         Ok(reactor)
     }
 
@@ -296,12 +324,32 @@ impl<C: Send + 'static> Reactor<C> {
     /// [`Ctx::listener_of`] reports for its connections. It may accept
     /// `EXTRA_LISTENER_HEADROOM` connections beyond `max_connections`.
     pub fn add_listener(&mut self, addr: SocketAddr) -> io::Result<usize> {
+        let socket = TcpListener::bind(addr)?;
+        widen_backlog(&socket);
+        self.register_listener(socket)
+    }
+
+    /// Takes over a listening socket another process opened (a zero-downtime upgrade): the
+    /// same kernel socket, so nothing queued on it is lost.
+    pub fn adopt_listener(&mut self, socket: std::net::TcpListener) -> io::Result<usize> {
+        socket.set_nonblocking(true)?;
+        self.register_listener(TcpListener::from_std(socket))
+    }
+
+    /// The listening sockets' descriptors, in listener order (for handing them over).
+    pub fn listener_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.listeners
+            .iter()
+            .filter_map(|l| l.socket.as_ref().map(|s| s.as_raw_fd()))
+            .collect()
+    }
+
+    fn register_listener(&mut self, mut socket: TcpListener) -> io::Result<usize> {
         let index = self.listeners.len();
         if index > u8::MAX as usize {
             return Err(io::Error::other("too many listeners"));
         }
-        let mut socket = TcpListener::bind(addr)?;
-        widen_backlog(&socket);
         let addr = socket.local_addr()?;
         self.poll.registry().register(
             &mut socket,
@@ -444,6 +492,7 @@ impl<C: Send + 'static> Reactor<C> {
             if self.stop.flag.swap(false, Ordering::SeqCst) && shutdown_deadline.is_none() {
                 shutdown_deadline = Some(self.begin_shutdown(handler));
             }
+            self.drain_step();
 
             self.deliver_close_notices(handler);
             self.flush_dirty();
@@ -512,6 +561,7 @@ impl<C: Send + 'static> Reactor<C> {
             l.paused = false;
         }
         handler.on_shutdown(&mut self.core);
+        let drain_ms = self.stop.drain_ms.load(Ordering::SeqCst);
         let ids: Vec<ConnId> = self
             .core
             .conns
@@ -526,6 +576,17 @@ impl<C: Send + 'static> Reactor<C> {
                 continue;
             };
             match c.phase {
+                Phase::Ws if drain_ms > 0 => {
+                    self.drain
+                        .get_or_insert_with(|| Drain {
+                            started: self.core.now,
+                            period: Duration::from_millis(drain_ms),
+                            pending: Vec::new(),
+                            total: 0,
+                        })
+                        .pending
+                        .push(id);
+                }
                 Phase::Ws => self
                     .core
                     .close(id, close_code::GOING_AWAY, "server shutting down"),
@@ -540,7 +601,50 @@ impl<C: Send + 'static> Reactor<C> {
                 }
             }
         }
-        self.core.now + SHUTDOWN_TIMEOUT
+        match &mut self.drain {
+            Some(d) => {
+                d.total = d.pending.len();
+                // The first to arrive are closed first: they have been here longest.
+                d.pending.reverse();
+                log::info!(
+                    "upgrade: closing {} WebSockets with 1012 over {} ms",
+                    d.total,
+                    drain_ms
+                );
+                self.core.now + d.period + SHUTDOWN_TIMEOUT
+            }
+            None => self.core.now + SHUTDOWN_TIMEOUT,
+        }
+    }
+
+    /// Closes the share of the draining WebSockets that is due by now (evenly over the period).
+    fn drain_step(&mut self) {
+        let Some(d) = &mut self.drain else {
+            return;
+        };
+        let elapsed = self.core.now.saturating_duration_since(d.started);
+        let due = if elapsed >= d.period {
+            d.total
+        } else {
+            (d.total as u128 * elapsed.as_millis() / d.period.as_millis().max(1)) as usize + 1
+        };
+        let closed = d.total - d.pending.len();
+        let mut batch = Vec::new();
+        for _ in closed..due.min(d.total) {
+            if let Some(id) = d.pending.pop() {
+                batch.push(id);
+            }
+        }
+        if d.pending.is_empty() {
+            self.drain = None;
+        }
+        for id in batch {
+            self.core.close(
+                id,
+                close_code::SERVICE_RESTART,
+                "server restarting: reconnect",
+            );
+        }
     }
 
     fn accept_all(&mut self, index: usize) {

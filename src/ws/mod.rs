@@ -128,6 +128,8 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    /// The server is restarting (an upgrade hands over to its successor): reconnect.
+    pub const SERVICE_RESTART: u16 = 1012;
     pub const TRY_AGAIN_LATER: u16 = 1013;
 
     /// Codes a peer may put in a close frame: the registered ones that are not reserved for
