@@ -465,6 +465,23 @@ fn an_anonymous_visitor_is_served_then_converted_on_login() {
     );
     assert_eq!(answer(&mut a, v_uid, "请先登录")["code"], 200);
     assert_eq!(message(&mut vc)["msg"], "请先登录");
+    // The agent learns who the customer is: an anonymous web visitor.
+    let who = cmd(
+        &mut a,
+        json!({ "cmd": "service_customer", "req_id": 7, "customer": v_uid }),
+    );
+    assert_eq!(
+        (who["data"]["kind"].as_str(), who["data"]["name"].as_str()),
+        (Some("visitor"), Some("访客")),
+        "{who}"
+    );
+    assert_eq!(
+        cmd(
+            &mut vc,
+            json!({ "cmd": "service_customer", "req_id": 8, "customer": v_uid })
+        )["code"],
+        403
+    );
 
     // The visitor logs in: the conversation and the session become the user's.
     let login = do_login(s.addr, "member-1", &v_token);

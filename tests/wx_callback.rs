@@ -278,6 +278,13 @@ fn agent_replies_go_out_through_custom_send_with_wechat_errors_reported() {
     success(&p.plain(s.addr, &text_push(Format::Xml, "o-c3", "4001", "help?")));
     let m = next_push(&mut agent, "message")["data"].clone();
     let customer = m["from_id"].as_u64().unwrap();
+    // Who the customer is: a WeChat user of this app (replies go through custom/send).
+    let who = ws_request(
+        &mut agent,
+        json!({"cmd":"service_customer","req_id":99,"customer":customer}),
+    );
+    assert_eq!(who["data"]["kind"], "wechat", "{who}");
+    assert_eq!(who["data"]["wechat_appid"], common::fake_wechat::APPID);
 
     let send = |agent: &mut WsClient, id: u64, msg_type: u64, msg: Value| {
         let r = ws_request(

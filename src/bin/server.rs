@@ -150,9 +150,11 @@ fn daemon(config: Config, takeover: bool) -> Result<(), String> {
     })?;
     let running = pidfile::probe(&config.pid_file());
     let old_pid = match running {
-        Ok(Status::Running { pid, addr, .. }) if !takeover => return Err(format!(
+        Ok(Status::Running { pid, addr, .. }) if !takeover => {
+            return Err(format!(
             "a server is already running on this data directory (pid {pid}, listening on {addr})"
-        )),
+        ))
+        }
         Ok(Status::Running { pid, .. }) => Some(pid),
         _ if takeover => {
             return Err(

@@ -741,7 +741,9 @@ fn run_command(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u
         "group_invite" => cmd_group_invite(app, ctx, p, uid, cmd),
         "group_leave" => cmd_group_leave(app, ctx, p, uid, cmd),
         "service_status" | "service_accept" | "service_transfer" | "service_close"
-        | "service_rate" | "service_info" => service_desk::command(app, ctx, p, uid, cmd),
+        | "service_rate" | "service_info" | "service_customer" => {
+            service_desk::command(app, ctx, p, uid, cmd)
+        }
         "consult_get" => consult::command(app, ctx, p, uid, cmd),
         _ => Err((code::BAD_REQUEST, format!("unknown cmd {:?}", cmd.cmd))),
     };

@@ -401,6 +401,32 @@ pub(super) fn command(
             p.reply_ok(ctx, &info(app, uid, agent));
             Ok(())
         }
+        "service_customer" => {
+            if !agent {
+                return agents_only();
+            }
+            let customer = cmd.u64("customer").map_err(bad)?;
+            conn_job(
+                app,
+                ctx,
+                p,
+                move |b| -> store::StoreResult<Option<Value>> {
+                    let Some(user) = b.user(customer)? else {
+                        return Ok(None);
+                    };
+                    let route = b.cs_route(customer)?;
+                    Ok(Some(customer_view(
+                        &user,
+                        route.as_ref().map(|(appid, _)| appid.as_str()),
+                    )))
+                },
+                |_app, ctx, p, r| match r {
+                    Ok(Some(v)) => p.reply_ok(ctx, &v),
+                    Ok(None) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
+                    Err(e) => p.reply_store_err(ctx, &e),
+                },
+            )
+        }
         other => Err(bad(format!("unknown cmd {other:?}"))),
     }
 }
@@ -447,6 +473,26 @@ fn close(
             }
         },
     )
+}
+
+/// Who a customer is, for the agent: profile and kind (an anonymous web visitor, a WeChat user
+/// whose replies go through WeChat's customer-service API, or a registered user).
+fn customer_view(user: &store::User, wechat_appid: Option<&str>) -> Value {
+    let kind = if user.user_type == store::USER_TYPE_VISITOR {
+        "visitor"
+    } else if wechat_appid.is_some() {
+        "wechat"
+    } else {
+        "user"
+    };
+    json!({
+        "uid": user.uid,
+        "name": user.name,
+        "head_img": user.head_img,
+        "kind": kind,
+        "wechat_appid": wechat_appid,
+        "app_uid": user.app_uid,
+    })
 }
 
 /// An agent's view (status, customers, queue) or a customer's (their session).

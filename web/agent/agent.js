@@ -24,6 +24,8 @@ const state = {
   lastTypingSent: 0,
   maxSessions: 0, // [service] max_sessions_per_agent, from service_info
   deliveries: new Map(), // msg_id -> "delivered to WeChat" / why not (wx_delivery)
+  who: new Map(), // uid -> {kind, name, head_img, ...} (service_customer)
+  asked: new Set(), // uids whose service_customer is on its way or answered
 };
 
 const list = new MessageList($('messages'), {
@@ -288,6 +290,10 @@ function item({ title, sub, badge, current, onclick, testid }) {
 }
 
 function renderSide() {
+  // Queued and served customers are named as soon as the server says who they are.
+  for (const uid of [...state.customers.keys(), ...state.waiting]) {
+    if (!state.names.has(uid)) learnCustomer(uid);
+  }
   const a = state.active;
   $('session-count').textContent = state.maxSessions ? `${state.customers.size}/${state.maxSessions}` : String(state.customers.size);
   $('queue').replaceChildren(...(state.waiting.length ? state.waiting.map((uid, i) => item({
@@ -377,14 +383,30 @@ function endActive(text) {
   setStatus($('chat-status'), text);
 }
 
-/** A customer's kind, from what the desk can see (service_info does not say it). */
+const KIND_TEXT = { visitor: 'Web visitor (anonymous)', wechat: 'WeChat user', user: 'Registered user' };
+
+/** A customer's kind as the server says it (service_customer), once known. */
 function customerKind(uid) {
-  const name = state.names.get(uid);
-  for (const m of list.msgs.values()) {
-    if (m.from_id === uid && (m.msg_type === 101 || (m.msg && typeof m.msg === 'object' && m.msg.media_id))) return 'WeChat user';
+  const who = state.who.get(uid);
+  if (!who) {
+    learnCustomer(uid);
+    return 'Customer';
   }
-  if (name === '访客') return 'Web visitor (anonymous)';
-  return 'Registered user';
+  return KIND_TEXT[who.kind] || 'Customer';
+}
+
+/** Asks the server who a customer is (profile and kind), once; re-renders the header. */
+function learnCustomer(uid) {
+  if (state.asked.has(uid) || !state.chat) return;
+  state.asked.add(uid);
+  state.chat.request('service_customer', { customer: uid })
+    .then((who) => {
+      state.who.set(uid, who);
+      if (who.name) state.names.set(uid, who.name);
+      renderSide();
+      if (state.active && state.active.id === uid) renderHead();
+    })
+    .catch(() => state.asked.delete(uid));
 }
 
 function renderHead() {
