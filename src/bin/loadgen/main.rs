@@ -40,6 +40,10 @@ Common options:
   --seconds 10              measured time (after 1 s of warm-up)
   --size 64                 payload bytes (echo) / message text bytes (p2p)
   --api-key KEY             server API key (p2p, idle: users are created through it)
+  --deflate on|off          offer permessage-deflate as browsers do, and compress every message
+                            sent (echo, p2p, group); off by default
+  --pid PID                 the server's pid: its CPU per message over the measured window is
+                            reported (echo, p2p, group; also idle's memory), with loadgen's own
 ";
 
 struct Opts {
@@ -61,6 +65,8 @@ struct Opts {
     missed: usize,
     rate_given: bool,
     pid: u32,
+    /// Offer permessage-deflate (and compress what is sent, as browsers do).
+    deflate: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -89,6 +95,7 @@ fn parse() -> Result<Opts, String> {
         missed: 20,
         rate_given: false,
         pid: 0,
+        deflate: false,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -116,6 +123,13 @@ fn parse() -> Result<Opts, String> {
             "--api-key" => o.api_key = value,
             "--hold" => o.hold = num(&value)?,
             "--pid" => o.pid = num(&value)? as u32,
+            "--deflate" => {
+                o.deflate = match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err("--deflate: on or off".into()),
+                }
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -197,7 +211,9 @@ fn echo(o: &Opts) -> Result<String, String> {
     let paced = o.rate_given && o.rate > 0;
     let inflight = if pingpong { 1 } else { o.inflight };
     let mut net = Net::new(o.target).map_err(|e| e.to_string())?;
+    net.deflate = o.deflate;
     open_all(&mut net, o, o.connections, &|_| o.path.clone())?;
+    let mut meter = Meter::new(o);
     let epoch = Instant::now();
     let mut payload = vec![b'x'; o.size.max(8)];
     let mut in_flight = vec![0usize; o.connections];
@@ -218,6 +234,7 @@ fn echo(o: &Opts) -> Result<String, String> {
         let now = Instant::now();
         let now_ns = nanos_since(epoch);
         let measuring = now >= warm_until;
+        meter.tick(measuring, &net);
         if paced {
             // Round robin, skipping connections with `inflight` unanswered.
             budget = (budget + o.rate as f64 * now.duration_since(last).as_secs_f64())
@@ -263,7 +280,7 @@ fn echo(o: &Opts) -> Result<String, String> {
         )?;
     }
     Ok(format!(
-        "echo {}: {} connections, {} B, {}: {:.0} msg/s; latency {}",
+        "echo {}: {} connections, {} B, {}{}: {:.0} msg/s; latency {}{}",
         if paced {
             "paced"
         } else if pingpong {
@@ -278,8 +295,14 @@ fn echo(o: &Opts) -> Result<String, String> {
         } else {
             format!("{inflight} in flight each")
         },
+        if o.deflate {
+            ", permessage-deflate offered"
+        } else {
+            ""
+        },
         received as f64 / o.seconds as f64,
-        lat.summary()
+        lat.summary(),
+        meter.report(&net, received)
     ))
 }
 
@@ -474,9 +497,13 @@ fn p2p(o: &Opts) -> Result<String, String> {
         .collect();
     make_friends(o, &pairs)?;
     let mut net = Net::new(o.target).map_err(|e| e.to_string())?;
+    net.deflate = o.deflate;
     login_all(&mut net, o, &users)?;
     let epoch = Instant::now();
-    let pad = "x".repeat(o.size.saturating_sub(20));
+    let texts: Vec<String> = (0..64)
+        .map(|i| chat_text(i, o.size.saturating_sub(20)))
+        .collect();
+    let mut meter = Meter::new(o);
     let warm_until = epoch + Duration::from_secs(1);
     let end = warm_until + Duration::from_secs(o.seconds);
     let senders: Vec<usize> = (0..o.pairs).map(|p| 2 * p).collect();
@@ -493,6 +520,7 @@ fn p2p(o: &Opts) -> Result<String, String> {
         .map_or(0, |d| d.as_millis());
     let send = |out: &mut net::Out, c: usize, req: &mut u64, to: u64, now_ns: u64| {
         *req += 1;
+        let pad = &texts[(*req as usize + c) % texts.len()];
         out.text(
             c,
             &format!(
@@ -504,6 +532,7 @@ fn p2p(o: &Opts) -> Result<String, String> {
         let now = Instant::now();
         let now_ns = nanos_since(epoch);
         let measuring = now >= warm_until;
+        meter.tick(measuring, &net);
         // Top up: flat out keeps `inflight` per sender; a rate spends its budget round-robin.
         if o.rate == 0 {
             for &c in &senders {
@@ -551,15 +580,128 @@ fn p2p(o: &Opts) -> Result<String, String> {
     }
     let secs = o.seconds as f64;
     Ok(format!(
-        "p2p: {} pairs, {} B text, rate {}: {:.0} acked msg/s, {:.0} delivered msg/s, {} refused; send-to-deliver {}",
+        "p2p: {} pairs, {} B text, rate {}{}: {:.0} acked msg/s, {:.0} delivered msg/s, {} refused; send-to-deliver {}{}",
         o.pairs,
         o.size,
         if o.rate == 0 { "flat out".to_string() } else { format!("{}/s", o.rate) },
+        if o.deflate { ", permessage-deflate offered" } else { "" },
         acked as f64 / secs,
         delivered as f64 / secs,
         refused,
-        lat.summary()
+        lat.summary(),
+        meter.report(&net, acked)
     ))
+}
+
+/// What the measured window cost: bytes on the wire and CPU, of the server (`--pid`) and of
+/// loadgen itself, from /proc. A figure taken while loadgen's own core is full measures
+/// loadgen, so its CPU is always reported beside the server's.
+struct Meter {
+    pid: u32,
+    start: Option<Snap>,
+}
+
+struct Snap {
+    at: Instant,
+    server: f64,
+    me: f64,
+    rx: u64,
+    tx: u64,
+}
+
+/// CPU seconds (user + system) of a process, from /proc/<pid>/stat.
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+impl Meter {
+    fn new(o: &Opts) -> Meter {
+        Meter {
+            pid: o.pid,
+            start: None,
+        }
+    }
+
+    fn snap(&self, net: &Net) -> Snap {
+        Snap {
+            at: Instant::now(),
+            server: if self.pid > 0 {
+                cpu_secs(&self.pid.to_string())
+            } else {
+                0.0
+            },
+            me: cpu_secs("self"),
+            rx: net.rx_bytes,
+            tx: net.tx_bytes,
+        }
+    }
+
+    /// Starts the window the first time `measuring` holds.
+    fn tick(&mut self, measuring: bool, net: &Net) {
+        if measuring && self.start.is_none() {
+            self.start = Some(self.snap(net));
+        }
+    }
+
+    /// `; wire .. B/msg ..; server CPU .. us/msg (..% of a core); loadgen CPU ..%` over `msgs`.
+    fn report(&self, net: &Net, msgs: u64) -> String {
+        let Some(a) = &self.start else {
+            return String::new();
+        };
+        let b = self.snap(net);
+        let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+        let n = msgs.max(1) as f64;
+        let mut out = format!(
+            "; wire {:.0} B/msg (server->loadgen {:.0}, loadgen->server {:.0}); loadgen CPU {:.0}%",
+            (b.rx - a.rx + b.tx - a.tx) as f64 / n,
+            (b.rx - a.rx) as f64 / n,
+            (b.tx - a.tx) as f64 / n,
+            100.0 * (b.me - a.me) / secs
+        );
+        if self.pid > 0 {
+            out.push_str(&format!(
+                "; server CPU {:.2} us/msg ({:.0}% of a core)",
+                1e6 * (b.server - a.server) / n,
+                100.0 * (b.server - a.server) / secs
+            ));
+        }
+        out
+    }
+}
+
+/// Chat text of `size` bytes that varies from message to message as real chat does (a
+/// repeated letter would compress to nothing and flatter permessage-deflate).
+fn chat_text(n: u64, size: usize) -> String {
+    const SENTENCES: &[&str] = &[
+        "明天下午三点开会，记得带上周的报表。",
+        "OK, I'll send the file tonight.",
+        "你到哪儿了？我们在门口等你。",
+        "The build is green again, thanks!",
+        "周末一起去爬山吗？天气预报说是晴天。",
+        "Can you check order #48213 for me?",
+        "收到，马上处理。",
+        "Running late, start without me.",
+    ];
+    let mut out = String::with_capacity(size + 64);
+    let mut i = n as usize;
+    while out.len() < size {
+        out.push_str(SENTENCES[i % SENTENCES.len()]);
+        out.push(' ');
+        i = i.wrapping_mul(7).wrapping_add(3);
+    }
+    while out.len() > size {
+        out.pop();
+    }
+    out
 }
 
 /// The two numbers of a group message's text `t<sent ns>-<message number>`.
@@ -586,11 +728,15 @@ fn group(o: &Opts) -> Result<String, String> {
         .as_u64()
         .ok_or_else(|| format!("group_create answered {made}"))?;
     let mut net = Net::new(o.target).map_err(|e| e.to_string())?;
+    net.deflate = o.deflate;
     login_all(&mut net, o, &users)?;
     // The group's `created` event reached everyone before the load starts.
     settle(&mut net, Duration::from_millis(500))?;
 
-    let pad = "x".repeat(o.size.saturating_sub(30));
+    let texts: Vec<String> = (0..64)
+        .map(|i| chat_text(i, o.size.saturating_sub(30)))
+        .collect();
+    let mut meter = Meter::new(o);
     let expected = (g - 1) as u32;
     let epoch = Instant::now();
     let warm_until = epoch + Duration::from_secs(1);
@@ -612,6 +758,7 @@ fn group(o: &Opts) -> Result<String, String> {
         }
         let now_ns = nanos_since(epoch);
         let measuring = now >= warm_until && now < end;
+        meter.tick(measuring, &net);
         if now < end {
             budget += rate as f64 * now.duration_since(last).as_secs_f64();
             budget = budget.min(rate.max(1) as f64);
@@ -629,7 +776,8 @@ fn group(o: &Opts) -> Result<String, String> {
                     net.out.text(
                         s,
                         &format!(
-                            "{{\"cmd\":\"send\",\"req_id\":{req},\"chat_type\":1,\"to_id\":{group_id},\"msg_type\":0,\"msg\":\"t{now_ns}-{k} {pad}\"}}"
+                            "{{\"cmd\":\"send\",\"req_id\":{req},\"chat_type\":1,\"to_id\":{group_id},\"msg_type\":0,\"msg\":\"t{now_ns}-{k} {}\"}}",
+                            texts[k % texts.len()]
                         ),
                     );
                     in_flight[s] += 1;
@@ -678,17 +826,19 @@ fn group(o: &Opts) -> Result<String, String> {
     }
     let secs = o.seconds as f64;
     Ok(format!(
-        "group: {g} members online, {} senders, {} B text, rate {}: {:.0} acked msg/s, {:.0} deliveries/s, {} refused, {} of {} messages reached every member; to the last member {}; each delivery {}",
+        "group: {g} members online, {} senders, {} B text, rate {}{}: {:.0} acked msg/s, {:.0} deliveries/s, {} refused, {} of {} messages reached every member; to the last member {}; each delivery {}{}",
         o.senders,
         o.size,
         if rate == 0 { "flat out".to_string() } else { format!("{rate}/s") },
+        if o.deflate { ", permessage-deflate offered" } else { "" },
         acked as f64 / secs,
         deliveries as f64 / secs,
         refused,
         complete,
         got.len(),
         last_member.summary(),
-        each.summary()
+        each.summary(),
+        meter.report(&net, deliveries)
     ))
 }
 

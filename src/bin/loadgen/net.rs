@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::io::FromRawFd;
 use std::time::{Duration, Instant};
+use wxchat::ws::deflate::Deflater;
 use wxchat::ws::{self, Event, OpCode};
 
 /// Connections per source address before the next one is used.
@@ -54,11 +55,37 @@ pub struct Out {
     dirty: Vec<usize>,
     is_dirty: Vec<bool>,
     mask: u32,
+    /// permessage-deflate per connection, once negotiated: every data frame is compressed, as
+    /// browsers do (None: plain).
+    compress: Vec<Option<Compress>>,
+    zipped: Vec<u8>,
+}
+
+/// How a connection compresses what it sends.
+enum Compress {
+    /// The server asked for client_no_context_takeover: each message on its own.
+    Stateless,
+    /// The connection keeps its context.
+    Own(Box<Deflater>),
 }
 
 impl Out {
     /// Queues one masked frame for connection `c`.
     pub fn send(&mut self, c: usize, opcode: OpCode, payload: &[u8]) {
+        let data = matches!(opcode, OpCode::Text | OpCode::Binary);
+        let compressed = match self.compress.get_mut(c) {
+            Some(Some(how)) if data && !payload.is_empty() => {
+                let mut z = std::mem::take(&mut self.zipped);
+                z.clear();
+                match how {
+                    Compress::Stateless => ws::deflate::compress_stateless(payload, &mut z),
+                    Compress::Own(d) => d.compress(payload, &mut z),
+                }
+                Some(z)
+            }
+            _ => None,
+        };
+        let payload = compressed.as_deref().unwrap_or(payload);
         // A cheap changing mask: the server must unmask whatever it is.
         self.mask = self
             .mask
@@ -69,11 +96,17 @@ impl Out {
         let mut header = [0u8; 10];
         let n = ws::encode_header(opcode, payload.len(), &mut header);
         header[1] |= 0x80;
+        if compressed.is_some() {
+            header[0] |= 0x40;
+        }
         buf.extend_from_slice(&header[..n]);
         buf.extend_from_slice(&mask);
         let start = buf.len();
         buf.extend_from_slice(payload);
         ws::apply_mask(&mut buf[start..], mask, 0);
+        if let Some(z) = compressed {
+            self.zipped = z;
+        }
         if !self.is_dirty[c] {
             self.is_dirty[c] = true;
             self.dirty.push(c);
@@ -97,6 +130,11 @@ pub struct Net {
     pub closed: usize,
     queued: VecDeque<usize>,
     starting: usize,
+    /// Offer permessage-deflate in every upgrade.
+    pub deflate: bool,
+    /// Bytes read from and written to the sockets (the wire, after compression).
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 /// A non-blocking connect from `source` (port chosen by the kernel).
@@ -158,6 +196,8 @@ impl Net {
                 dirty: Vec::new(),
                 is_dirty: Vec::new(),
                 mask: 0x1234_5678,
+                compress: Vec::new(),
+                zipped: Vec::new(),
             },
             scratch: vec![0; 256 * 1024],
             host: target.to_string(),
@@ -166,6 +206,9 @@ impl Net {
             closed: 0,
             queued: VecDeque::new(),
             starting: 0,
+            deflate: false,
+            rx_bytes: 0,
+            tx_bytes: 0,
         })
     }
 
@@ -190,6 +233,7 @@ impl Net {
         });
         self.out.bufs.push(Vec::new());
         self.out.is_dirty.push(false);
+        self.out.compress.push(None);
         self.path_of.push(path.to_string());
         Ok(c)
     }
@@ -327,8 +371,15 @@ impl Net {
         self.io[c].state = State::Handshake;
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            self.path_of[c], self.host
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+            self.path_of[c],
+            self.host,
+            if self.deflate {
+                // What browsers offer.
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            } else {
+                ""
+            }
         );
         // The upgrade goes before anything a handler queues.
         let mut buf = req.into_bytes();
@@ -360,6 +411,7 @@ impl Net {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.fail(c, &e.to_string(), handler),
             };
+            self.rx_bytes += n as u64;
             let io = &mut self.io[c];
             io.inbuf.extend_from_slice(&self.scratch[..n]);
             if io.state == State::Handshake {
@@ -369,6 +421,16 @@ impl Net {
                 if !io.inbuf.starts_with(b"HTTP/1.1 101") {
                     let head = String::from_utf8_lossy(&io.inbuf[..end]).into_owned();
                     return self.fail(c, &format!("upgrade refused: {head}"), handler);
+                }
+                let head = String::from_utf8_lossy(&io.inbuf[..end]).to_ascii_lowercase();
+                if head.contains("permessage-deflate") {
+                    io.decoder
+                        .enable_deflate(!head.contains("server_no_context_takeover"));
+                    self.out.compress[c] = Some(if head.contains("client_no_context_takeover") {
+                        Compress::Stateless
+                    } else {
+                        Compress::Own(Box::new(Deflater::new(15, true)))
+                    });
                 }
                 io.inbuf.drain(..end + 4);
                 io.state = State::Open;
@@ -434,6 +496,7 @@ impl Net {
                 }
             }
             buf.drain(..written);
+            self.tx_bytes += written as u64;
         }
     }
 }
