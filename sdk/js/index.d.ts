@@ -79,10 +79,10 @@ export interface Conversation {
 }
 
 export interface Page { conv_id: string; messages: Message[]; has_more: boolean }
-export interface Friend { uid: number; online: boolean }
+export interface Friend { uid: number; name: string; head_img: string; online: boolean }
 export interface FriendRequest { from_id: number; note: string; time: number }
 export interface Group { group_id: number; name: string; owner_id: number; created_at: number; history_for_new_members?: boolean }
-export interface Member { uid: number; online: boolean }
+export interface Member { uid: number; name: string; head_img: string; online: boolean }
 
 export interface ServiceInfoAgent { status: 'available' | 'away'; max_sessions: number; customers: number[]; queue_length: number; waiting: number[] }
 export interface ServiceInfoCustomer { session: null | { agent: number | null; position: number | null } }

@@ -1594,19 +1594,35 @@ fn cmd_presence(
     Ok(())
 }
 
+/// These users in this order with their profiles (loaded on a worker).
+fn with_profiles(s: &Backends, uids: Vec<u64>) -> StoreResult<Vec<(u64, Option<store::User>)>> {
+    let mut found: HashMap<u64, store::User> =
+        s.users(&uids)?.into_iter().map(|u| (u.uid, u)).collect();
+    Ok(uids.into_iter().map(|u| (u, found.remove(&u))).collect())
+}
+
+/// A friend or member line: who, how they are called, and whether they are online.
+fn person(uid: u64, user: &Option<store::User>, online: bool) -> Value {
+    let (name, head_img) = user
+        .as_ref()
+        .map_or(("", ""), |u| (u.name.as_str(), u.head_img.as_str()));
+    json!({ "uid": uid, "name": name, "head_img": head_img, "online": online })
+}
+
 fn cmd_friends(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u64) -> CmdResult {
     conn_job(
         app,
         ctx,
         p,
-        move |s| s.friends(uid),
+        move |s| with_profiles(s, s.friends(uid)?),
         |app, ctx, p, r| match r {
             Ok(list) => {
                 let p = p.clone();
-                presence::lookup_or_local(app, ctx, list.clone(), move |_app, ctx, online| {
+                let uids: Vec<u64> = list.iter().map(|(u, _)| *u).collect();
+                presence::lookup_or_local(app, ctx, uids, move |_app, ctx, online| {
                     let items: Vec<Value> = list
                         .iter()
-                        .map(|f| json!({ "uid": f, "online": online.contains(f) }))
+                        .map(|(f, user)| person(*f, user, online.contains(f)))
                         .collect();
                     p.reply_ok(ctx, &json!({ "friends": items }));
                 });
@@ -1892,19 +1908,31 @@ fn cmd_group_members(
 ) -> CmdResult {
     let gid = cmd.u64("group_id").map_err(bad)?;
     with_members(app, ctx, p, gid, move |app, ctx, p, members| {
-        if members.binary_search(&uid).is_ok() {
-            let p = p.clone();
-            let members = members.clone();
-            presence::lookup_or_local(app, ctx, members.to_vec(), move |_app, ctx, online| {
-                let list: Vec<Value> = members
-                    .iter()
-                    .map(|m| json!({ "uid": m, "online": online.contains(m) }))
-                    .collect();
-                p.reply_ok(ctx, &json!({ "group_id": gid, "members": list }));
-            });
-        } else {
-            p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
+        if members.binary_search(&uid).is_err() {
+            return p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
         }
+        let ids = members.to_vec();
+        let r = conn_job(
+            app,
+            ctx,
+            p,
+            move |s| with_profiles(s, ids),
+            move |app, ctx, p, r| match r {
+                Ok(list) => {
+                    let p = p.clone();
+                    let uids: Vec<u64> = list.iter().map(|(u, _)| *u).collect();
+                    presence::lookup_or_local(app, ctx, uids, move |_app, ctx, online| {
+                        let items: Vec<Value> = list
+                            .iter()
+                            .map(|(m, user)| person(*m, user, online.contains(m)))
+                            .collect();
+                        p.reply_ok(ctx, &json!({ "group_id": gid, "members": items }));
+                    });
+                }
+                Err(e) => p.reply_store_err(ctx, &e),
+            },
+        );
+        p.reply_if_err(ctx, r);
     })
 }
 

@@ -269,8 +269,8 @@ fn profiles_reach_friends_and_groups_and_show_in_conversations() {
     let (b, b_token) = user(&s, "pb");
     let (c, c_token) = user(&s, "pc");
     befriend(&s, a, b);
-    let r = api(&s, "group_create", json!({"owner_id": a, "name": "g", "members": [c]}));
-    assert_eq!(r.status, 200, "{}", r.text());
+    let g = api(&s, "group_create", json!({"owner_id": a, "name": "g", "members": [c]}));
+    assert_eq!(g.status, 200, "{}", g.text());
     let mut friend = login(&s, &b_token);
     let mut member = login(&s, &c_token);
     let mut me = login(&s, &a_token);
@@ -295,6 +295,20 @@ fn profiles_reach_friends_and_groups_and_show_in_conversations() {
         .cloned()
         .unwrap();
     assert_eq!(line["peer"], want, "{list}");
+    // So do the friend list and the group's member list.
+    let friends = request(&mut friend, json!({"cmd":"friends","req_id":3}));
+    assert_eq!(friends["data"]["friends"][0]["name"], "新名字", "{friends}");
+    assert_eq!(friends["data"]["friends"][0]["online"], true);
+    let gid = g.json()["data"]["group"]["group_id"].as_u64().unwrap();
+    let members = request(&mut member, json!({"cmd":"group_members","req_id":4,"group_id":gid}));
+    let me_line = members["data"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["uid"] == a)
+        .cloned()
+        .unwrap();
+    assert_eq!(me_line["head_img"], "https://img.example.com/new.png", "{members}");
     // Refused: a script URL, a name too long, nothing to change.
     assert_eq!(update(json!({"head_img": "javascript:alert(1)"})).status, 400);
     assert_eq!(update(json!({"name": "x".repeat(65)})).status, 400);
