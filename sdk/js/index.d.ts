@@ -82,6 +82,7 @@ export interface Page { conv_id: string; messages: Message[]; has_more: boolean 
 export interface Friend { uid: number; name: string; head_img: string; online: boolean }
 export interface FriendRequest { from_id: number; note: string; time: number }
 export interface Group { group_id: number; name: string; owner_id: number; created_at: number; history_for_new_members?: boolean }
+export interface ServiceCustomer { uid: number; name: string; head_img: string; kind: 'visitor' | 'wechat' | 'user'; wechat_appid: string | null; app_uid: string | null }
 export interface Member { uid: number; name: string; head_img: string; online: boolean }
 
 export interface ServiceInfoAgent { status: 'available' | 'away'; max_sessions: number; customers: number[]; queue_length: number; waiting: number[] }
@@ -294,6 +295,8 @@ export class WxChat extends Emitter<WxChatEvents> {
   serviceClose(customer?: number): Promise<{ customer: number; session_id: number }>;
   serviceRate(session_id: number, rating: 1 | 2 | 3 | 4 | 5, comment?: string): Promise<{ session_id: number; rating: number }>;
   serviceInfo(): Promise<ServiceInfoAgent | ServiceInfoCustomer>;
+  /** Agents: who a customer is (protocol-spec 2.10 `service_customer`). */
+  serviceCustomer(customer: number): Promise<ServiceCustomer>;
 
   consultGet(consult_id: number): Promise<Consultation>;
 

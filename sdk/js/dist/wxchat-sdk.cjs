@@ -801,6 +801,10 @@ var WxChat = class extends Emitter {
   serviceInfo() {
     return this.request("service_info");
   }
+  /** Agents: who a customer is (profile, kind 'visitor' | 'wechat' | 'user'). */
+  serviceCustomer(customer) {
+    return this.request("service_customer", { customer });
+  }
   consultGet(consult_id) {
     return this.request("consult_get", { consult_id });
   }

@@ -353,6 +353,8 @@ export class WxChat extends Emitter {
     return this.request('service_rate', comment === undefined ? { session_id, rating } : { session_id, rating, comment });
   }
   serviceInfo() { return this.request('service_info'); }
+  /** Agents: who a customer is (profile, kind 'visitor' | 'wechat' | 'user'). */
+  serviceCustomer(customer) { return this.request('service_customer', { customer }); }
 
   consultGet(consult_id) { return this.request('consult_get', { consult_id }); }
 

@@ -50,7 +50,7 @@ test('friends, presence, one-to-one receipts, typing, history, recall, profile',
   assert.deepEqual((await c2.friendRequests()).map((r) => [r.from_id, r.note]), [[u1.uid, 'hello']]);
   assert.deepEqual(await c2.friendAccept(u1.uid), { uid: u1.uid });
   await pushed(c1, 'friend_added', (d) => d.uid === u2.uid);
-  assert.deepEqual(await c1.friends(), [{ uid: u2.uid, online: true }]);
+  assert.deepEqual(await c1.friends(), [{ uid: u2.uid, name: u2.name ?? '', head_img: '', online: true }]);
   assert.deepEqual(await c1.presence([u2.uid]), { [u2.uid]: true });
 
   const ack1 = await c1.send({ chat_type: 0, to_id: u2.uid, msg_type: 0, msg: 'one' });
