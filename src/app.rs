@@ -585,8 +585,7 @@ impl App {
         action: &str,
     ) -> Reply {
         let presented = req
-            .header_str("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .bearer()
             .or_else(|| req.header_str("x-api-key"))
             .unwrap_or("");
         if !auth::constant_time_eq(presented.trim().as_bytes(), self.secrets.api_key.as_bytes()) {
@@ -617,9 +616,8 @@ impl App {
             ));
         }
         let mut token = req
-            .header_str("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string())
+            .bearer()
+            .map(String::from)
             .or_else(|| req.query_param("token"));
         let cookie = cookie_token(&req, &self.config.ws.allowed_origins);
         let content_type = req.header_str("content-type").unwrap_or("").to_string();
@@ -799,7 +797,6 @@ pub fn issue_token(
     login: bool,
     ttl_s: u64,
 ) -> Result<Issued, StoreError> {
-    let token = auth::new_token().map_err(StoreError::Unavailable)?;
     let kind = Profile {
         user_type: profile.user_type,
         ..Profile::default()
@@ -816,7 +813,7 @@ pub fn issue_token(
             profile_changed = changed && !created;
         }
     }
-    b.tokens.put(&auth::token_hash(&token), user.uid, ttl_s)?;
+    let token = crate::store::tokens::mint(&*b.tokens, user.uid, ttl_s)?;
     Ok(Issued {
         data: json!({ "uid": user.uid, "token": token, "expires_in": ttl_s, "is_new": created }),
         user,
@@ -832,11 +829,10 @@ pub fn issue_token_for_uid(
     profile: &Profile,
     ttl_s: u64,
 ) -> Result<Issued, StoreError> {
-    let token = auth::new_token().map_err(StoreError::Unavailable)?;
     let (user, changed) = b
         .update_profile(uid, profile.name.as_deref(), profile.head_img.as_deref())?
         .ok_or(StoreError::NotFound("user"))?;
-    b.tokens.put(&auth::token_hash(&token), user.uid, ttl_s)?;
+    let token = crate::store::tokens::mint(&*b.tokens, user.uid, ttl_s)?;
     Ok(Issued {
         data: json!({ "uid": user.uid, "token": token, "expires_in": ttl_s, "is_new": false }),
         user,
@@ -887,9 +883,8 @@ fn cleared_token_cookie() -> String {
 /// The token of a request: `Authorization: Bearer`, else a `token` query or form parameter,
 /// else the doLogin cookie (see [`cookie_token`]).
 pub fn request_token(req: &Request, allowed_origins: &[String]) -> Option<String> {
-    req.header_str("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string())
+    req.bearer()
+        .map(String::from)
         .or_else(|| req.query_param("token"))
         .or_else(|| {
             req.body_params()

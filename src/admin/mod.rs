@@ -222,10 +222,7 @@ impl Admin {
     /// Who may use the admin listener (see the module doc).
     fn authorized(&self, ctx: &dyn Ctx<Completion>, conn: ConnId, req: &Request) -> bool {
         let loopback = ctx.peer_addr(conn).is_some_and(|p| p.ip().is_loopback());
-        let sent = req
-            .header_str("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
+        let sent = req.bearer();
         match sent {
             Some(sent) if !self.token.is_empty() => {
                 crate::auth::constant_time_eq(sent.as_bytes(), self.token.as_bytes())

@@ -2174,11 +2174,9 @@ pub fn server_api(
                 to_id: to,
                 msg_type: mt,
                 body: text,
-                client_msg_id: body
-                    .get("client_msg_id")
-                    .and_then(Value::as_str)
-                    .filter(|s| s.len() <= 64)
-                    .map(String::from),
+                // The same rule as a client's send: 1-64 bytes, or a number.
+                client_msg_id: proto::client_msg_id_of(body.get("client_msg_id").cloned())
+                    .map_err(bad)?,
                 created_at: store::now_ms(),
             };
             let r = app.persist(m, move |app, ctx, r| {

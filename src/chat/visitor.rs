@@ -71,11 +71,8 @@ pub fn create(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &
                 ));
             }
         }
-        let token = auth::new_token().map_err(|e| (code::UNAVAILABLE, e))?;
         let user = b.create_visitor().map_err(failed)?;
-        b.tokens
-            .put(&auth::token_hash(&token), user.uid, ttl)
-            .map_err(failed)?;
+        let token = crate::store::tokens::mint(&*b.tokens, user.uid, ttl).map_err(failed)?;
         Ok(
             json!({ "uid": user.uid, "token": token, "expires_in": ttl, "user_type": USER_TYPE_VISITOR }),
         )

@@ -183,6 +183,17 @@ impl Request {
             .map(|(_, v)| v)
     }
 
+    /// The credentials of `Authorization: Bearer <token>` (the scheme is case-insensitive,
+    /// RFC 7235), trimmed; None without that header or scheme.
+    pub fn bearer(&self) -> Option<&str> {
+        let value = self.header_str("authorization")?;
+        let (scheme, rest) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim())
+            .filter(|t| !t.is_empty())
+    }
+
     /// The value of the cookie `name` from the `Cookie` headers (RFC 6265: `a=b; c=d`, and a
     /// browser may split them over several headers). None when absent or empty.
     pub fn cookie(&self, name: &str) -> Option<&str> {
@@ -327,6 +338,49 @@ mod tests {
 
     fn parse(b: &[u8]) -> Result<Option<(Request, usize)>, Error> {
         parse_request(b, &limits())
+    }
+
+    fn with_headers(headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            http_minor: 1,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_and_cookies() {
+        assert_eq!(
+            with_headers(&[("Authorization", "Bearer abc ")]).bearer(),
+            Some("abc")
+        );
+        assert_eq!(
+            with_headers(&[("authorization", "bearer abc")]).bearer(),
+            Some("abc")
+        );
+        assert_eq!(
+            with_headers(&[("Authorization", "Basic abc")]).bearer(),
+            None
+        );
+        assert_eq!(
+            with_headers(&[("Authorization", "Bearer  ")]).bearer(),
+            None
+        );
+        assert_eq!(with_headers(&[]).bearer(), None);
+        let r = with_headers(&[("Cookie", "a=1; wxchat_token=t0k"), ("Cookie", "b=\"2\"")]);
+        assert_eq!(r.cookie("wxchat_token"), Some("t0k"));
+        assert_eq!(r.cookie("b"), Some("2"));
+        assert_eq!(r.cookie("c"), None);
+        assert_eq!(
+            with_headers(&[("Cookie", "wxchat_token=")]).cookie("wxchat_token"),
+            None
+        );
     }
 
     #[test]

@@ -14,6 +14,14 @@ pub trait TokenStore: Send + Sync + 'static {
     fn revoke(&self, token_hash: &[u8]) -> StoreResult<()>;
 }
 
+/// Mints a new token for `uid`, valid `ttl_s` seconds, and returns it: the one way every login
+/// (doLogin, the server API, WeChat, QR, visitors, demo) issues tokens. Only its hash is stored.
+pub fn mint(tokens: &dyn TokenStore, uid: u64, ttl_s: u64) -> StoreResult<String> {
+    let token = crate::auth::new_token().map_err(super::StoreError::unavailable)?;
+    tokens.put(&crate::auth::token_hash(&token), uid, ttl_s)?;
+    Ok(token)
+}
+
 /// Tokens in the durable store's `tokens` table.
 pub struct DbTokens(pub Arc<dyn Store>);
 

@@ -189,10 +189,8 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
                 changed_profile = (changed && !created).then(|| after.clone());
             }
         }
-        let token = auth::new_token().map_err(|e| (code::INTERNAL, e, None))?;
-        b.tokens
-            .put(&auth::token_hash(&token), user.uid, ttl)
-            .map_err(|e| store_failure(&e))?;
+        let token =
+            crate::store::tokens::mint(&*b.tokens, user.uid, ttl).map_err(|e| store_failure(&e))?;
         let data = json!({ "uid": user.uid, "token": token, "expires_in": ttl, "is_new": created });
         Ok((data, changed_profile))
     };

@@ -14,7 +14,6 @@
 //!    (a second scan, or WeChat's retry of the callback) does nothing.
 
 use crate::app::{App, AppTimer, Completion};
-use crate::auth;
 use crate::cluster::bus::Target;
 use crate::config::WechatApp;
 use crate::http::Request;
@@ -269,8 +268,7 @@ fn claim_and_login(
                 profile_changed = changed && !created;
             }
         }
-        let token = auth::new_token().map_err(crate::store::StoreError::Unavailable)?;
-        b.tokens.put(&auth::token_hash(&token), user.uid, ttl)?;
+        let token = crate::store::tokens::mint(&*b.tokens, user.uid, ttl)?;
         Ok(Scanned {
             user,
             token,

@@ -480,6 +480,14 @@ fn server_api_send_kick_online() {
         next_push(&mut bob, "message")["data"]["msg"],
         "from the backend"
     );
+    // client_msg_id follows a client's rule: a number counts (resent: the first ack), "" is
+    // refused.
+    let once = json!({"from_id": a, "chat_type": 0, "to_id": b, "msg_type": 0, "msg": "once", "client_msg_id": 42});
+    let first = api(&s, "send", once.clone()).json()["data"].clone();
+    let again = api(&s, "send", once).json()["data"].clone();
+    assert_eq!((again["msg_id"].clone(), again["duplicate"].clone()), (first["msg_id"].clone(), json!(true)));
+    let empty = json!({"from_id": a, "chat_type": 0, "to_id": b, "msg_type": 0, "msg": "x", "client_msg_id": ""});
+    assert_eq!(api(&s, "send", empty).status, 400);
     let r = api(&s, "online", json!({"uids": [a, b]}));
     assert_eq!(
         r.json()["data"]["online"],
