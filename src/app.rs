@@ -56,10 +56,6 @@ impl Endpoint {
 /// The WebSocket path of QR-code scan login.
 pub const QRLOGIN_PATH: &str = "/ws/qrlogin";
 
-/// Timer tokens from here up (below the presence refresh token) run closures set with
-/// [`App::after`].
-const APP_TIMER_BASE: u64 = 1 << 48;
-
 /// A timer set with [`App::after`], for cancelling it.
 #[derive(Clone, Copy, Debug)]
 pub struct AppTimer {
@@ -219,7 +215,7 @@ impl App {
             qr: Default::default(),
             service_outbox: Default::default(),
             timers: HashMap::new(),
-            next_timer: APP_TIMER_BASE,
+            next_timer: 1,
             demo_users: Vec::new(),
             web_dir: None,
         };
@@ -1342,14 +1338,11 @@ impl Handler for App {
         (completion.0)(self, ctx);
     }
 
+    /// Every timer is an [`App::after`] closure.
     fn on_timer(&mut self, ctx: &mut dyn Ctx<Completion>, token: u64) {
-        if (APP_TIMER_BASE..u64::MAX).contains(&token) {
-            if let Some(f) = self.timers.remove(&token) {
-                f(self, ctx);
-            }
-            return;
+        if let Some(f) = self.timers.remove(&token) {
+            f(self, ctx);
         }
-        crate::chat::on_timer(self, ctx, token);
     }
 
     fn on_start(&mut self, ctx: &mut dyn Ctx<Completion>) {

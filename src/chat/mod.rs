@@ -14,12 +14,12 @@ pub mod visitor;
 
 use crate::admin::metrics::METRICS;
 use crate::admin::Topic;
-use crate::app::{api_error, api_ok, App, Completion};
+use crate::app::{api_error, api_ok, App, AppTimer, Completion};
 use crate::auth;
 use crate::cluster::bus::{Envelope, Target};
 use crate::config::Config;
 use crate::http::Request;
-use crate::net::{ConnId, Ctx, Frame, Message, TimerId};
+use crate::net::{ConnId, Ctx, Frame, Message};
 use crate::proto::{self, chat_type, close, code, Command, ConvRef, SendArgs};
 use crate::store::{self, Appended, Backends, NewMessage, StoreError, StoreResult};
 use serde_json::{json, Value};
@@ -53,7 +53,7 @@ struct Session {
     /// Frames that arrived while the connection was authenticating, run once it is done
     /// (at most `MAX_WAITING_BYTES`).
     waiting: Vec<String>,
-    auth_timer: Option<TimerId>,
+    auth_timer: Option<AppTimer>,
     /// Store requests in flight for this connection.
     pending: usize,
     rate_window: Instant,
@@ -79,9 +79,6 @@ pub struct ChatState {
     closed_order: std::collections::VecDeque<u64>,
     consults: consult::Consults,
     office_hours: office_hours::OfficeHours,
-    /// Timer token -> the connection whose authentication deadline it is.
-    auth_timers: HashMap<u64, ConnId>,
-    next_timer: u64,
     body_limits: proto::BodyLimits,
     /// The presence refresh timer is set (it runs while anyone is online here).
     presence_refresh_armed: bool,
@@ -108,8 +105,6 @@ impl ChatState {
             .unwrap_or_else(|_| {
                 office_hours::OfficeHours::parse("", "+00:00").expect("always open parses")
             }),
-            auth_timers: HashMap::new(),
-            next_timer: 1,
             presence_refresh_armed: false,
             shutting_down: false,
             body_limits: proto::BodyLimits {
@@ -186,10 +181,8 @@ impl Pending {
 }
 
 pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) {
-    let token = app.chat.next_timer;
-    app.chat.next_timer += 1;
-    let timer = ctx.set_timer(Duration::from_secs(app.config.chat.auth_timeout_s), token);
-    app.chat.auth_timers.insert(token, conn);
+    let deadline = Duration::from_secs(app.config.chat.auth_timeout_s);
+    let timer = app.after(ctx, deadline, move |app, ctx| auth_deadline(app, ctx, conn));
     app.chat.sessions.insert(
         conn,
         Session {
@@ -228,14 +221,11 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
     }
 }
 
-pub fn on_timer(app: &mut App, ctx: &mut dyn Ctx<Completion>, token: u64) {
-    if token == presence::REFRESH_TIMER {
-        presence::on_refresh(app, ctx);
-        return;
+/// `[chat] auth_timeout_s` passed since the connection opened: closed unless authenticated.
+fn auth_deadline(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
+    if let Some(s) = app.chat.sessions.get_mut(&conn) {
+        s.auth_timer = None;
     }
-    let Some(conn) = app.chat.auth_timers.remove(&token) else {
-        return;
-    };
     if app
         .chat
         .sessions
@@ -259,7 +249,7 @@ pub fn on_timer(app: &mut App, ctx: &mut dyn Ctx<Completion>, token: u64) {
 pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) -> Option<u64> {
     let session = app.chat.sessions.remove(&conn)?;
     if let Some(t) = session.auth_timer {
-        ctx.cancel_timer(t);
+        app.cancel(ctx, t);
     }
     let uid = session.uid?;
     release(app, ctx, conn, uid);
@@ -476,7 +466,7 @@ fn authenticate(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: Pending, token:
                     json!({ "event": "auth", "conn": conn.to_string(), "uid": uid, "user_type": user_type })
                 });
                 if let Some(t) = session.auth_timer.take() {
-                    ctx.cancel_timer(t);
+                    app.cancel(ctx, t);
                 }
                 let first = !app.chat.is_online(uid);
                 app.chat.online.entry(uid).or_default().push(p.conn);

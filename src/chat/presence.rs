@@ -14,9 +14,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The timer token of the periodic refresh (chat timers count up from 1).
-pub const REFRESH_TIMER: u64 = u64::MAX;
-
 fn refresh_every(app: &App) -> Duration {
     Duration::from_millis((app.config.redis.presence_ttl_s.max(3) * 1000) / 3)
 }
@@ -25,7 +22,7 @@ fn arm_refresh(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
     if !app.chat.presence_refresh_armed {
         app.chat.presence_refresh_armed = true;
         let every = refresh_every(app);
-        ctx.set_timer(every, REFRESH_TIMER);
+        app.after(ctx, every, on_refresh);
     }
 }
 
@@ -75,7 +72,7 @@ pub fn went_offline(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64) {
 }
 
 /// The refresh timer fired: re-report every user of this process.
-pub fn on_refresh(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+fn on_refresh(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
     app.chat.presence_refresh_armed = false;
     if app.chat.online.is_empty() || app.chat.shutting_down {
         return;
