@@ -1,9 +1,11 @@
 //! wxchat: a single-binary chat server for WeChat mini-programs, official accounts and web/app
 //! clients.
 //!
-//! Layering (arrows are the only allowed dependencies):
-//! `ws`, `http` are pure codecs with no knowledge of chat; `net` is the backend seam and the mio
-//! reactor that speaks those codecs; `app` is the handler the reactor drives; `cli` wires it all.
+//! Layering, as it stands: `ws` and `http` are pure codecs with no knowledge of chat; `net` is
+//! the backend seam and the mio reactor that speaks those codecs; `app` is the handler the
+//! reactor drives (it still defines the state owner, `App`, which the features import: the
+//! architecture issue moves it below them); `server` wires config, application and reactor for
+//! the `server` binary (`src/bin/server.rs`) and for in-process tests.
 
 pub mod admin;
 pub mod app;

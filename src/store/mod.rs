@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Store failures, mapped outward by `proto::code_for`.
+/// Store failures, mapped outward by `proto::store_code`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// The database cannot be reached or failed: the request may be retried (503).
