@@ -2,7 +2,7 @@
 // as a plain function body, it connects over a scripted transport and sends.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cjsBundle } from '../../scripts/build.js';
+import { cjsBundle, DIST_PACKAGE } from '../../scripts/build.js';
 import { FakeClock, FakeServer, flush } from '../helpers/fake.js';
 
 test('the CommonJS bundle exports the API and runs', async () => {
@@ -30,7 +30,8 @@ test('the committed dist/ is what scripts/build.js makes now (run npm run build 
   const { fileURLToPath } = await import('node:url');
   const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
   const code = await cjsBundle();
-  for (const f of ['dist/index.js', 'dist/wxchat-sdk.cjs']) {
+  assert.equal(fs.readFileSync(path.join(root, 'dist/package.json'), 'utf8'), DIST_PACKAGE);
+  for (const f of ['dist/index.js']) {
     assert.equal(fs.readFileSync(path.join(root, f), 'utf8'), code, `${f} is stale`);
   }
   assert.equal(fs.readFileSync(path.join(root, 'dist/index.d.ts'), 'utf8'), fs.readFileSync(path.join(root, 'index.d.ts'), 'utf8'));
