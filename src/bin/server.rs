@@ -110,6 +110,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if matches!(args.command.as_str(), "status" | "stop") {
+        // These only print: `server status | head` should end quietly when the reader goes,
+        // not panic on EPIPE (Rust ignores SIGPIPE; the server itself must keep ignoring it).
+        // SAFETY: resetting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match args.command.as_str() {
         "run" => run_foreground(config),
         "daemon" => daemon(config, false),
