@@ -6,7 +6,7 @@
 
 use crate::admin::metrics::METRICS;
 use crate::admin::Topic;
-use crate::auth::{self, Secrets};
+use crate::auth;
 use crate::chat::persister::{Busy, Persister};
 use crate::chat::ChatState;
 use crate::config::Config;
@@ -14,6 +14,7 @@ use crate::http::{Request, Response, RouteMatch, Router};
 use crate::jobs::WorkerPool;
 use crate::net::{CloseInfo, ConnId, Ctx, Handler, Message, Notifier, Reply, Upgrade};
 use crate::proto::code;
+use crate::secrets::Secrets;
 use crate::store::{self, Appended, Backends, NewMessage, Profile, StoreError, StoreResult};
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -24,6 +24,7 @@ pub mod pidfile;
 pub mod profile;
 pub mod proto;
 pub mod sd_notify;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod upload;
