@@ -1,0 +1,463 @@
+//! Sending: admission of a `send`, authorisation per chat type, the persister, the ack after
+//! the commit, and delivery to every connection of every recipient (serialised once).
+
+use super::*;
+
+/// Tells a user's online friends that they came online or went offline.
+pub(super) fn push_presence(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64, online: bool) {
+    let Some(friends) = app.chat.friends.get(&uid) else {
+        return;
+    };
+    let friends: Vec<u64> = friends.iter().copied().collect();
+    let payload = proto::push("presence", &json!({ "uid": uid, "online": online }));
+    push_users(app, ctx, &friends, &payload);
+}
+
+/// Sends one push to these users' connections on this process and, with the bus, on the others.
+pub(super) fn push_users(app: &App, ctx: &mut dyn Ctx<Completion>, uids: &[u64], payload: &str) {
+    if uids.is_empty() {
+        return;
+    }
+    let frame = Frame::text(payload.as_bytes());
+    for uid in uids {
+        for c in app.chat.conns_of(*uid) {
+            ctx.send(*c, &frame);
+        }
+    }
+    if let Some(bus) = &app.bus {
+        bus.publish(Target::Users(uids.to_vec()), payload);
+    }
+}
+
+/// Sends one push to these users wherever they are connected (this process and, with the bus,
+/// the others).
+pub fn push_to_users(app: &App, ctx: &mut dyn Ctx<Completion>, uids: &[u64], payload: &str) {
+    push_users(app, ctx, uids, payload);
+}
+
+/// Delivers a message committed outside a chat connection's `send` (a WeChat user's message).
+pub fn deliver_committed(app: &mut App, ctx: &mut dyn Ctx<Completion>, m: &store::StoredMessage) {
+    fan_out(app, ctx, m, None);
+}
+
+/// A push published by another process: deliver it to the connections held here.
+pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelope) {
+    let frame = Frame::text(env.payload.as_bytes());
+    match env.target {
+        Target::Users(uids) => {
+            for uid in uids {
+                for c in app.chat.conns_of(uid) {
+                    ctx.send(*c, &frame);
+                }
+            }
+        }
+        Target::Conv(conv_id) => deliver_to_conv(app, ctx, conv_id, frame, None),
+        Target::Kick(uid) => {
+            kick_local(app, ctx, uid);
+        }
+        Target::Logout(uid, hash) => {
+            close_token_local(app, ctx, uid, &hash);
+        }
+        Target::Qr(ticket) => {
+            crate::wechat::qrlogin::deliver(app, ctx, &ticket, &env.payload);
+        }
+    }
+}
+
+/// Where a send's fields come from.
+pub(super) enum SendInput<'a> {
+    /// The hot path's typed decode (`proto::parse_send`): every field present and well-formed.
+    Decoded(SendArgs),
+    /// The general decoder's command, whose fields are checked here.
+    Command(&'a Command),
+}
+
+/// A general command's send fields, checked in the order their errors are reported.
+pub(super) fn send_args(app: &App, p: &Pending, cmd: &Command) -> Result<SendArgs, (u16, String)> {
+    let chat_type = cmd.u64("chat_type").map_err(bad)?;
+    refuse_visitor(app, p, chat_type)?;
+    let to_id = cmd.u64("to_id").map_err(bad)?;
+    let msg_type = cmd.u64("msg_type").map_err(bad)?;
+    let client_msg_id =
+        proto::client_msg_id_of(cmd.fields.get("client_msg_id").cloned()).map_err(bad)?;
+    let msg = cmd.fields.get("msg").cloned().unwrap_or(Value::Null);
+    Ok(SendArgs {
+        chat_type,
+        to_id,
+        msg_type,
+        client_msg_id,
+        msg,
+    })
+}
+
+/// Visitors write to customer service only.
+pub(super) fn refuse_visitor(app: &App, p: &Pending, chat_type: u64) -> CmdResult {
+    if chat_type != u64::from(chat_type::SERVICE)
+        && app.chat.sessions.get(&p.conn).is_some_and(|s| s.visitor)
+    {
+        return Err((
+            code::FORBIDDEN,
+            "visitors may only write to customer service (chat_type 2)".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn cmd_send(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    uid: u64,
+    input: SendInput<'_>,
+) -> CmdResult {
+    // Rate limit per connection, one-second windows.
+    let limit = app.config.chat.max_msgs_per_sec;
+    if let Some(s) = app.chat.sessions.get_mut(&p.conn) {
+        let now = ctx.now();
+        if now.duration_since(s.rate_window) >= Duration::from_secs(1) {
+            s.rate_window = now;
+            s.rate_count = 0;
+        }
+        s.rate_count += 1;
+        if limit > 0 && s.rate_count > limit {
+            return Err((
+                code::RATE_LIMITED,
+                format!("over {limit} messages per second"),
+            ));
+        }
+    }
+    let args = match input {
+        SendInput::Decoded(args) => {
+            refuse_visitor(app, p, args.chat_type)?;
+            args
+        }
+        SendInput::Command(cmd) => send_args(app, p, cmd)?,
+    };
+    let (ct, to_id, client_msg_id) = (args.chat_type, args.to_id, args.client_msg_id);
+    let mt = u8::try_from(args.msg_type).map_err(|_| bad("unknown msg_type"))?;
+    let body = proto::validate_body(mt, &args.msg, &app.chat.body_limits)?;
+    let base = NewMessage {
+        conv_id: String::new(),
+        chat_type: 0,
+        from_id: uid,
+        to_id,
+        msg_type: mt,
+        body,
+        client_msg_id,
+        created_at: store::now_ms(),
+    };
+    match u8::try_from(ct).unwrap_or(u8::MAX) {
+        chat_type::FRIEND => {
+            if to_id == uid {
+                return Err(bad("cannot send to yourself"));
+            }
+            let friends = app
+                .chat
+                .friends
+                .get(&uid)
+                .is_some_and(|f| f.contains(&to_id));
+            let message = NewMessage {
+                conv_id: proto::friend_conv(uid, to_id),
+                ..base
+            };
+            if friends {
+                submit(app, ctx, p, message);
+                return Ok(());
+            }
+            if !app.config.chat.allow_strangers {
+                // The cache may miss a friendship made through another process sharing the
+                // database: check the store before refusing.
+                return conn_job(
+                    app,
+                    ctx,
+                    p,
+                    move |s| s.friends(uid),
+                    move |app, ctx, p, r| match r {
+                        Ok(list) if list.contains(&to_id) => {
+                            app.chat.friends.insert(uid, list.into_iter().collect());
+                            submit(app, ctx, p, message);
+                        }
+                        Ok(_) => p.reply_err(ctx, code::FORBIDDEN, "not friends"),
+                        Err(e) => p.reply_store_err(ctx, &e),
+                    },
+                );
+            }
+            submit_if_user_exists(app, ctx, p, to_id, message)
+        }
+        chat_type::GROUP => with_members(app, ctx, p, to_id, move |app, ctx, p, members| {
+            let m = NewMessage {
+                conv_id: proto::group_conv(to_id),
+                chat_type: chat_type::GROUP,
+                ..base
+            };
+            if members.binary_search(&uid).is_ok() {
+                submit(app, ctx, p, m);
+                return;
+            }
+            // The cached list may miss a member added through another process: reload once.
+            let reloaded = conn_job(
+                app,
+                ctx,
+                p,
+                move |s| s.group_members(to_id),
+                move |app, ctx, p, r| match r {
+                    Ok(Some(fresh)) => {
+                        let member = fresh.binary_search(&uid).is_ok();
+                        app.chat.groups.insert(to_id, Arc::new(fresh));
+                        if member {
+                            submit(app, ctx, p, m);
+                        } else {
+                            p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
+                        }
+                    }
+                    Ok(None) => p.reply_err(ctx, code::NOT_FOUND, "no such group"),
+                    Err(e) => p.reply_store_err(ctx, &e),
+                },
+            );
+            p.reply_if_err(ctx, reloaded);
+        }),
+        chat_type::SERVICE => {
+            if mt >= proto::msg_type::RECALL {
+                return Err(bad("unknown msg_type"));
+            }
+            if !app.chat.is_agent(uid) {
+                // A customer writes to customer service: their own conversation.
+                let message = NewMessage {
+                    conv_id: proto::service_conv(uid),
+                    chat_type: chat_type::SERVICE,
+                    to_id: 0,
+                    ..base
+                };
+                return service_desk::customer_send(app, ctx, p, uid, message);
+            }
+            // An agent answers a customer they serve.
+            if to_id == 0 || to_id == uid {
+                return Err(bad("an agent's to_id is the customer's uid"));
+            }
+            service_desk::check_serves(&app.chat.desk, uid, to_id)?;
+            let message = NewMessage {
+                conv_id: proto::service_conv(to_id),
+                chat_type: chat_type::SERVICE,
+                ..base
+            };
+            submit(app, ctx, p, message);
+            Ok(())
+        }
+        chat_type::CONSULT => {
+            if mt >= proto::msg_type::RECALL {
+                return Err(bad("unknown msg_type"));
+            }
+            // to_id names the consultation; the stored message's to_id is the other side.
+            consult::with_live(app, ctx, p, to_id, move |app, ctx, p, sides| {
+                if !sides.contains(&uid) {
+                    return p.reply_err(ctx, code::FORBIDDEN, "not your consultation");
+                }
+                if let Err((c, m)) = consult::check_open(app, to_id) {
+                    return p.reply_err(ctx, c, &m);
+                }
+                let other = if sides[0] == uid { sides[1] } else { sides[0] };
+                let message = NewMessage {
+                    conv_id: proto::consult_conv(to_id),
+                    chat_type: chat_type::CONSULT,
+                    to_id: other,
+                    ..base
+                };
+                submit(app, ctx, p, message);
+            })
+        }
+        _ => Err(bad("unknown chat_type")),
+    }
+}
+
+/// Submits `message` once the store confirms its recipient `to_id` exists (404 otherwise).
+pub(super) fn submit_if_user_exists(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    to_id: u64,
+    message: NewMessage,
+) -> CmdResult {
+    conn_job(
+        app,
+        ctx,
+        p,
+        move |s| s.existing_users(&[to_id]),
+        move |app, ctx, p, r| match r {
+            Ok(found) if !found.is_empty() => submit(app, ctx, p, message),
+            Ok(_) => p.reply_err(ctx, code::NOT_FOUND, "no such user"),
+            Err(e) => p.reply_store_err(ctx, &e),
+        },
+    )
+}
+
+/// Hands a validated, authorised message to the persister; the ack and the deliveries follow
+/// the commit.
+pub(super) fn submit(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: &Pending,
+    message: NewMessage,
+) {
+    let p2 = p.clone();
+    let r = app.persist(message, move |app, ctx, r| {
+        if let Some(s) = app.chat.sessions.get_mut(&p2.conn) {
+            s.pending = s.pending.saturating_sub(1);
+        }
+        acked(app, ctx, Some(&p2), r);
+    });
+    match r {
+        Ok(()) => {
+            if let Some(s) = app.chat.sessions.get_mut(&p.conn) {
+                s.pending += 1;
+            }
+        }
+        Err(_) => p.reply_err(
+            ctx,
+            code::UNAVAILABLE,
+            "server busy, retry with the same client_msg_id",
+        ),
+    }
+}
+
+pub(super) fn ack_data(m: &store::StoredMessage, duplicate: bool) -> Value {
+    json!({ "msg_id": m.msg_id, "conv_id": m.conv_id, "seq": m.seq, "time": m.created_at, "duplicate": duplicate })
+}
+
+/// After the commit: ack the sender, deliver to everyone online (serialised once).
+pub(super) fn acked(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    p: Option<&Pending>,
+    r: StoreResult<Appended>,
+) {
+    let a = match r {
+        Ok(a) => a,
+        Err(e) => {
+            app.admin.emit(
+                ctx,
+                Topic::Error,
+                || json!({ "kind": "persist", "msg": e.to_string() }),
+            );
+            if let Some(p) = p {
+                p.reply_err(
+                    ctx,
+                    proto::store_code(&e),
+                    &format!("{e}; retry with the same client_msg_id"),
+                );
+            }
+            return;
+        }
+    };
+    if let Some(p) = p {
+        p.reply_raw(ctx, &proto::ack_json(&a.message, a.duplicate));
+        METRICS
+            .ack_seconds
+            .observe_duration(ctx.now().saturating_duration_since(p.at));
+    }
+    if !a.duplicate {
+        fan_out(app, ctx, &a.message, p.map(|p| p.conn));
+        let m = &a.message;
+        if m.chat_type == chat_type::SERVICE && m.to_id != 0 && m.from_id != m.to_id {
+            // An agent's answer: a WeChat customer gets it through the customer-service API.
+            crate::wechat::service::outbound(app, ctx, m);
+        }
+    }
+}
+
+pub(super) fn fan_out(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    m: &store::StoredMessage,
+    except: Option<ConnId>,
+) {
+    if let Some(c) = METRICS.messages.get(usize::from(m.chat_type)) {
+        c.inc();
+    }
+    let bodies = app.admin.message_bodies();
+    app.admin
+        .emit(ctx, Topic::Message, || message_event(m, bodies));
+    let payload = proto::message_push(m);
+    if let Some(bus) = &app.bus {
+        bus.publish(Target::Conv(m.conv_id.clone()), &payload);
+    }
+    let frame = Frame::text(payload.as_bytes());
+    deliver_to_conv(app, ctx, m.conv_id.clone(), frame, except);
+}
+
+/// The `message` info topic's event: ids, conversation, sender, receiver, type and size; the
+/// body only when `[admin] message_bodies` is on. A group message's `to_id` is the group, so it
+/// goes out as `group_id`: `to_id` stays a user, and a subscriber's `uid=` (which matches `to_id`)
+/// never picks up a group that happens to share a user's number.
+pub(super) fn message_event(m: &store::StoredMessage, with_body: bool) -> Value {
+    let mut v = json!({
+        "msg_id": m.msg_id,
+        "conv_id": m.conv_id,
+        "seq": m.seq,
+        "chat_type": m.chat_type,
+        "msg_type": m.msg_type,
+        "from_id": m.from_id,
+        "size": m.body.len(),
+        "created_at": m.created_at,
+    });
+    let to = if m.chat_type == proto::chat_type::GROUP {
+        "group_id"
+    } else {
+        "to_id"
+    };
+    v[to] = json!(m.to_id);
+    if with_body {
+        v["body"] = Value::String(m.body.clone());
+    }
+    v
+}
+
+/// Sends `frame` to every connection held here of the conversation's members (except one).
+pub(super) fn deliver_to_conv(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conv_id: String,
+    frame: Frame,
+    except: Option<ConnId>,
+) {
+    let recipients: Vec<u64> = match proto::parse_conv(&conv_id) {
+        Some(ConvRef::Friend(a, b)) => vec![a, b],
+        Some(ConvRef::Service(c)) => app.chat.service_recipients(c),
+        // Loaded while either side is connected here.
+        Some(ConvRef::Consult(id)) => app
+            .chat
+            .consults
+            .sides(id)
+            .map_or_else(Vec::new, |s| s.to_vec()),
+        Some(ConvRef::Group(g)) => match app.chat.groups.get(&g) {
+            Some(members) => members.to_vec(),
+            None => {
+                // Not cached (evicted or never loaded here): load, then deliver.
+                app.job(
+                    ctx,
+                    move |s| s.group_members(g),
+                    move |app, ctx, r| {
+                        if let Ok(Some(members)) = r {
+                            app.chat.groups.insert(g, Arc::new(members));
+                            deliver_to_conv(app, ctx, conv_id, frame, except);
+                        }
+                    },
+                );
+                return;
+            }
+        },
+        None => return,
+    };
+    let mut delivered = 0;
+    for uid in recipients {
+        for c in app.chat.conns_of(uid) {
+            if Some(*c) != except && ctx.send(*c, &frame) {
+                delivered += 1;
+            }
+        }
+    }
+    METRICS.deliveries.add(delivered);
+}
+
+pub(super) fn push_to_user(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64, text: &str) {
+    push_users(app, ctx, &[uid], text);
+}

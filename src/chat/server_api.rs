@@ -1,0 +1,304 @@
+//! The server API (`POST /api/server/{action}`, authenticated by the API key): the business
+//! backend's users, messages, groups, friendships, kicks and presence.
+
+use super::*;
+
+pub(super) fn field_u64(body: &Value, name: &str) -> Result<u64, (u16, String)> {
+    body.get(name)
+        .and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .ok_or_else(|| bad(format!("missing or bad \"{name}\"")))
+}
+
+pub(super) fn field_list(body: &Value, name: &str) -> Result<Vec<u64>, (u16, String)> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| bad(format!("\"{name}\" must list user ids")))
+            })
+            .collect(),
+        _ => Err(bad(format!("\"{name}\" must be an array"))),
+    }
+}
+
+/// Answers a deferred server-API request from a store job's result.
+pub(super) fn respond_job<R: Send + 'static>(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    work: impl FnOnce(&Backends) -> Result<R, StoreError> + Send + 'static,
+    then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, R) -> Value + Send + 'static,
+) -> crate::net::Reply {
+    let ok = app.job(ctx, work, move |app, ctx, r| {
+        let resp = match r {
+            Ok(v) => api_ok(then(app, ctx, v)),
+            Err(e) => api_error(proto::store_code(&e), &e.to_string()),
+        };
+        ctx.respond(conn, resp);
+    });
+    crate::app::later_or_busy(ok)
+}
+
+pub fn server_api(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    action: &str,
+    body: Value,
+) -> crate::net::Reply {
+    use crate::net::Reply;
+    let result: Result<Reply, (u16, String)> = (|| match action {
+        "consult_create" | "consult_extend" | "consult_get" | "consult_end" => {
+            consult::server_api(app, ctx, conn, action, &body)
+        }
+        "user" => {
+            let text = |name: &str| -> Result<Option<String>, (u16, String)> {
+                match body.get(name) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    Some(_) => Err(bad(format!("\"{name}\" must be a string"))),
+                }
+            };
+            let user_type = match body.get("user_type") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => {
+                    Some(crate::profile::user_type(&n.to_string()).map_err(bad)?)
+                }
+                Some(Value::String(s)) => Some(crate::profile::user_type(s).map_err(bad)?),
+                Some(_) => return Err(bad(crate::profile::user_type("").unwrap_err())),
+            };
+            let profile = crate::app::profile_of(
+                text("name")?.as_deref(),
+                text("head_img")?.as_deref(),
+                user_type,
+            )
+            .map_err(bad)?;
+            let ttl = app.config.auth.token_ttl_s;
+            let issued = |app: &mut App, ctx: &mut dyn Ctx<Completion>, i: crate::app::Issued| {
+                if i.profile_changed {
+                    profile::changed(app, ctx, &i.user);
+                }
+                i.data
+            };
+            // A user known by wxchat's uid (a WeChat user has no app_uid) is updated in place.
+            if body.get("uid").is_some_and(|v| !v.is_null()) {
+                let uid = field_u64(&body, "uid")?;
+                if profile.user_type.is_some() {
+                    return Err(bad("user_type is set by app_uid only"));
+                }
+                return Ok(respond_job(
+                    app,
+                    ctx,
+                    conn,
+                    move |s| crate::app::issue_token_for_uid(s, uid, &profile, ttl),
+                    issued,
+                ));
+            }
+            let app_uid = body.get("app_uid").and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+            let app_uid = app_uid
+                .filter(|s| !s.is_empty() && s.len() <= 64)
+                .ok_or_else(|| bad("missing app_uid (or uid)"))?;
+            Ok(respond_job(
+                app,
+                ctx,
+                conn,
+                move |s| crate::app::issue_token(s, &app_uid, &profile, false, ttl),
+                issued,
+            ))
+        }
+        "send" => {
+            let from = field_u64(&body, "from_id")?;
+            let ct = field_u64(&body, "chat_type")?;
+            let to = field_u64(&body, "to_id")?;
+            let mt =
+                u8::try_from(field_u64(&body, "msg_type")?).map_err(|_| bad("unknown msg_type"))?;
+            let msg = body.get("msg").cloned().unwrap_or(Value::Null);
+            let text = proto::validate_body(mt, &msg, &app.chat.body_limits)?;
+            let conv_id = match u8::try_from(ct).unwrap_or(u8::MAX) {
+                chat_type::FRIEND if from != to => proto::friend_conv(from, to),
+                chat_type::GROUP => proto::group_conv(to),
+                _ => {
+                    return Err(bad(
+                        "chat_type must be 0 (friend, to another user) or 1 (group)",
+                    ))
+                }
+            };
+            let m = NewMessage {
+                conv_id,
+                chat_type: ct as u8,
+                from_id: from,
+                to_id: to,
+                msg_type: mt,
+                body: text,
+                // The same rule as a client's send: 1-64 bytes, or a number.
+                client_msg_id: proto::client_msg_id_of(body.get("client_msg_id").cloned())
+                    .map_err(bad)?,
+                created_at: store::now_ms(),
+            };
+            let r = app.persist(m, move |app, ctx, r| {
+                let resp = match &r {
+                    Ok(a) => api_ok(ack_data(&a.message, a.duplicate)),
+                    Err(e) => api_error(proto::store_code(e), &e.to_string()),
+                };
+                ctx.respond(conn, resp);
+                acked(app, ctx, None, r);
+            });
+            match r {
+                Ok(()) => Ok(Reply::Later),
+                Err(_) => Err((code::UNAVAILABLE, "server busy, retry".into())),
+            }
+        }
+        "group_create" => {
+            let owner = field_u64(&body, "owner_id")?;
+            let name = body
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            if name.is_empty() || name.len() > 128 {
+                return Err(bad("name must be 1-128 bytes"));
+            }
+            let members = field_list(&body, "members")?;
+            let history =
+                membership::history_option(body.get("history_for_new_members")).map_err(bad)?;
+            if create_group(
+                app,
+                ctx,
+                owner,
+                name,
+                members,
+                history,
+                move |_app, ctx, r| {
+                    ctx.respond(
+                        conn,
+                        match r {
+                            Ok(v) => api_ok(v),
+                            Err((c, m)) => api_error(c, &m),
+                        },
+                    )
+                },
+            ) {
+                Ok(Reply::Later)
+            } else {
+                Err((code::UNAVAILABLE, "server busy, retry".into()))
+            }
+        }
+        "group_add" => {
+            let gid = field_u64(&body, "group_id")?;
+            let uids = field_list(&body, "uids")?;
+            Ok(respond_job(
+                app,
+                ctx,
+                conn,
+                move |s| {
+                    let existing = s.existing_users(&uids)?;
+                    s.add_group_members(gid, &existing)?;
+                    Ok(existing)
+                },
+                move |app, ctx, added| {
+                    notify_membership(app, ctx, gid, "joined", added.clone());
+                    json!({ "group_id": gid, "added": added })
+                },
+            ))
+        }
+        "group_remove" => {
+            let gid = field_u64(&body, "group_id")?;
+            let uid = field_u64(&body, "uid")?;
+            Ok(respond_job(
+                app,
+                ctx,
+                conn,
+                move |s| s.remove_group_member(gid, uid),
+                move |app, ctx, ()| {
+                    notify_membership(app, ctx, gid, "left", vec![uid]);
+                    json!({ "group_id": gid })
+                },
+            ))
+        }
+        "friend_add" | "friend_remove" => {
+            let a = field_u64(&body, "uid")?;
+            let b = field_u64(&body, "friend_id")?;
+            if a == b {
+                return Err(bad("uid and friend_id must differ"));
+            }
+            let add = action == "friend_add";
+            Ok(respond_job(
+                app,
+                ctx,
+                conn,
+                move |s| {
+                    if add {
+                        if s.existing_users(&[a, b])?.len() != 2 {
+                            return Err(StoreError::NotFound("user"));
+                        }
+                        s.add_friendship(a, b)
+                    } else {
+                        s.remove_friendship(a, b)
+                    }
+                },
+                move |app, ctx, ()| {
+                    if add {
+                        friendship_made(app, ctx, a, b);
+                    } else {
+                        friendship_ended(app, ctx, a, b);
+                    }
+                    json!({})
+                },
+            ))
+        }
+        "kick" => {
+            let uid = field_u64(&body, "uid")?;
+            let closed = kick_local(app, ctx, uid);
+            if let Some(bus) = &app.bus {
+                bus.publish(Target::Kick(uid), "");
+            }
+            // `closed` counts this process's connections; the others close theirs.
+            Ok(Reply::Now(api_ok(json!({ "uid": uid, "closed": closed }))))
+        }
+        "wx_check" => Ok(crate::wechat::login::check(app, ctx, conn, &body)),
+        "online" => {
+            let uids = field_list(&body, "uids")?;
+            let answer = |app: &App, uids: &[u64], r: StoreResult<HashSet<u64>>| match r {
+                Ok(online) => {
+                    let out: serde_json::Map<String, Value> = uids
+                        .iter()
+                        .map(|u| (u.to_string(), Value::from(online.contains(u))))
+                        .collect();
+                    // total_online counts this process's users.
+                    api_ok(json!({ "online": out, "total_online": app.chat.online.len() }))
+                }
+                Err(e) => api_error(proto::store_code(&e), &e.to_string()),
+            };
+            if app.backends.presence.is_local() {
+                let r = app.backends.presence.online(&uids);
+                return Ok(Reply::Now(answer(
+                    app,
+                    &uids,
+                    r.map(|v| v.into_iter().collect()),
+                )));
+            }
+            presence::lookup(app, ctx, uids.clone(), move |app, ctx, r| {
+                ctx.respond(conn, answer(app, &uids, r));
+            });
+            Ok(Reply::Later)
+        }
+        _ => Err((
+            code::NOT_FOUND,
+            format!("unknown server API action {action:?}"),
+        )),
+    })();
+    match result {
+        Ok(r) => r,
+        Err((c, m)) => Reply::Now(api_error(c, &m)),
+    }
+}
