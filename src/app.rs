@@ -118,6 +118,8 @@ pub struct App {
     next_timer: u64,
     /// Users of `POST /api/demo/login` on this process (befriended with each other).
     pub demo_users: Vec<u64>,
+    /// `[web] enabled` as decided for this listener.
+    web_enabled: bool,
     /// `[web] dir`, when the pages are served from a directory instead of the built-in copy.
     web_dir: Option<std::path::PathBuf>,
 }
@@ -218,8 +220,10 @@ impl App {
             timers: HashMap::new(),
             next_timer: 1,
             demo_users: Vec::new(),
+            web_enabled: false,
             web_dir: None,
         };
+        app.web_enabled = app.config.web_enabled();
         if !app.config.web.dir.is_empty() {
             app.web_dir = Some(std::path::PathBuf::from(&app.config.web.dir));
         }
@@ -695,40 +699,22 @@ impl App {
         later_or_busy(self.job(ctx, work, then))
     }
 
-    /// A GET or HEAD the pages may answer (`[web] enabled`).
+    /// A GET or HEAD the pages may answer (`[web] enabled`, decided at start).
     fn serves_pages(&self, req: &Request) -> bool {
-        (req.method == "GET" || req.method == "HEAD") && self.config.web_enabled()
+        self.web_enabled && (req.method == "GET" || req.method == "HEAD")
     }
 
-    /// A page file: from the built-in copy at once, or read from `[web] dir` on a worker.
+    /// A page file: the built-in copy answers at once; `[web] dir` is looked up and read on a
+    /// worker (a directory lookup is file I/O, which the reactor never does).
     fn serve_page(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, path: &str) -> Reply {
-        let dir = self.web_dir.clone();
-        let Some(target) = crate::web::target(path, |p| crate::web::exists(dir.as_deref(), p))
-        else {
-            return Reply::Now(Response::error(404, "no such page"));
+        let Some(dir) = self.web_dir.clone() else {
+            return Reply::Now(page_response(None, path));
         };
-        let file = match target {
-            crate::web::Target::Redirect(to) => return Reply::Now(crate::web::redirect(&to)),
-            crate::web::Target::File(f) => f,
-        };
-        let from_disk = dir
-            .as_deref()
-            .filter(|_| !file.starts_with("/sdk/"))
-            .and_then(|d| crate::web::file_in(d, &file));
-        let Some(disk_path) = from_disk else {
-            let body = crate::web::built_in(&file).unwrap_or_default().to_vec();
-            return Reply::Now(crate::web::response(&file, body));
-        };
+        let path = path.to_string();
         let ok = self.job(
             ctx,
-            move |_b| std::fs::read(&disk_path),
-            move |_app, ctx, r| {
-                let resp = match r {
-                    Ok(body) => crate::web::response(&file, body),
-                    Err(_) => Response::error(404, "no such page"),
-                };
-                ctx.respond(conn, resp);
-            },
+            move |_b| page_response(Some(&dir), &path),
+            move |_app, ctx, resp| ctx.respond(conn, resp),
         );
         later_or_busy(ok)
     }
@@ -861,6 +847,29 @@ fn token_cookie(token: &str, ttl_s: u64, secure: bool) -> String {
         "{TOKEN_COOKIE}={token}; Path=/; Max-Age={ttl_s}; HttpOnly; SameSite=Lax{}",
         if secure { "; Secure" } else { "" }
     )
+}
+
+/// The answer to a GET of a page path: from `dir` when set (the SDK stays built in), else the
+/// built-in copy; a folder path redirects to its own URL; anything else is 404.
+fn page_response(dir: Option<&std::path::Path>, path: &str) -> Response {
+    let Some(target) = crate::web::target(path, |p| crate::web::exists(dir, p)) else {
+        return Response::error(404, "no such page");
+    };
+    let file = match target {
+        crate::web::Target::Redirect(to) => return crate::web::redirect(&to),
+        crate::web::Target::File(f) => f,
+    };
+    let from_disk = dir
+        .filter(|_| !file.starts_with("/sdk/"))
+        .and_then(|d| crate::web::file_in(d, &file));
+    let body = match from_disk {
+        Some(disk) => match std::fs::read(disk) {
+            Ok(body) => body,
+            Err(_) => return Response::error(404, "no such page"),
+        },
+        None => crate::web::built_in(&file).unwrap_or_default().to_vec(),
+    };
+    crate::web::response(&file, body)
 }
 
 /// A login's reply: `{"code":200,"msg":"login ok","data":..}` with the token cookie.

@@ -70,7 +70,8 @@ pub fn server_api(
                     Some(crate::profile::user_type(&n.to_string()).map_err(bad)?)
                 }
                 Some(Value::String(s)) => Some(crate::profile::user_type(s).map_err(bad)?),
-                Some(_) => return Err(bad(crate::profile::user_type("").unwrap_err())),
+                // Not a number at all: the shared rule's refusal, naming what was sent.
+                Some(other) => Some(crate::profile::user_type(&other.to_string()).map_err(bad)?),
             };
             let profile = crate::app::profile_of(
                 text("name")?.as_deref(),

@@ -17,13 +17,15 @@ use serde_json::{json, Value};
 
 const MINI: &[&str] = &["miniprogram", "minigame"];
 
-/// A request's fields from a JSON object or a form body.
+/// A request's fields from a JSON object or a form body: strings as they are, an object (the
+/// `userInfo` of a login) as its JSON text, anything else left out.
 fn fields(req: &Request) -> Result<Vec<(String, String)>, &'static str> {
     if let Ok(Value::Object(map)) = req.json() {
         return Ok(map
             .into_iter()
             .filter_map(|(k, v)| match v {
                 Value::String(s) => Some((k, s)),
+                Value::Object(_) => Some((k, v.to_string())),
                 _ => None,
             })
             .collect());
@@ -52,13 +54,8 @@ pub fn wechat_profile(
 
 /// The profile a mini-program sent with its login: `userInfo` (what `wx.getUserProfile` /
 /// `wx.getUserInfo` return, as an object or its JSON text) or flat `nickName` / `avatarUrl`.
-fn sent_profile(req: &Request, fields: &[(String, String)]) -> (Option<String>, Option<String>) {
-    let from_json = req
-        .json::<Value>()
-        .ok()
-        .and_then(|v| v.get("userInfo").cloned());
-    let info = from_json
-        .or_else(|| field(fields, "userInfo").and_then(|t| serde_json::from_str::<Value>(t).ok()));
+fn sent_profile(fields: &[(String, String)]) -> (Option<String>, Option<String>) {
+    let info = field(fields, "userInfo").and_then(|t| serde_json::from_str::<Value>(t).ok());
     let pick = |name: &str| -> Option<String> {
         info.as_ref()
             .and_then(|i| i.get(name))
@@ -160,7 +157,7 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
         Ok(a) => a,
         Err(resp) => return Reply::Now(resp),
     };
-    let (name, head_img) = sent_profile(req, &fields);
+    let (name, head_img) = sent_profile(&fields);
     let client = app.wx.clone();
     let ttl = app.config.auth.token_ttl_s;
     let work = move |b: &crate::store::Backends| -> Result<_, (u16, String, Option<i64>)> {

@@ -2,7 +2,7 @@
 // close, ratings) and timed consultations of 2.11, on the wxchat SDK.
 
 import { WxChat, getMe, logout } from '/sdk/index.js';
-import { h, chatUrl, randomId, MessageList, uploadAsMessage, setStatus, demoLogin, summary, formatDuration } from '/common/ui.js';
+import { h, chatUrl, randomId, MessageList, uploadAsMessage, setStatus, demoLogin, summary, formatDuration, wireComposer } from '/common/ui.js';
 
 const TOKEN_KEY = 'wxchat-agent-token';
 const $ = (id) => document.getElementById(id);
@@ -21,7 +21,6 @@ const state = {
   hasMore: false,
   loadingOlder: false,
   typingTimer: null,
-  lastTypingSent: 0,
   maxSessions: 0, // [service] max_sessions_per_agent, from service_info
   deliveries: new Map(), // msg_id -> "delivered to WeChat" / why not (wx_delivery)
   who: new Map(), // uid -> {kind, name, head_img, ...} (service_customer)
@@ -562,28 +561,12 @@ $('close').addEventListener('click', async () => {
   }
 });
 
-$('composer').addEventListener('submit', (e) => {
-  e.preventDefault();
-  const text = $('text').value.trim();
-  if (!text) return;
-  $('text').value = '';
-  send({ msg_type: 0, msg: text }, text);
-});
-
-$('text').addEventListener('keydown', (e) => {
-  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
-    e.preventDefault();
-    $('composer').requestSubmit();
-  }
-});
-
-$('text').addEventListener('input', () => {
-  const now = Date.now();
-  // One typing push per three seconds is plenty for "is typing…".
-  if (state.active && now - state.lastTypingSent > 3000) {
-    state.lastTypingSent = now;
+wireComposer($('composer'), $('text'), {
+  onText: (text) => send({ msg_type: 0, msg: text }, text),
+  onTyping: () => {
+    if (!state.active) return false;
     state.chat.typing(state.active.conv).catch(() => {});
-  }
+  },
 });
 
 $('file').addEventListener('change', async () => {

@@ -331,6 +331,31 @@ export class MessageList {
 }
 
 /** A small status line (role=status so screen readers announce it). */
+/**
+ * The message box: submitting sends the trimmed text (`onText`, which may refuse by returning
+ * false to keep it), Enter submits (Shift+Enter is a new line, an IME composition is left alone),
+ * and typing calls `onTyping` at most once every three seconds (enough for "is typing…").
+ */
+export function wireComposer(form, input, { onText, onTyping }) {
+  let lastTyping = 0;
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = input.value.trim();
+    if (!text || onText(text) === false) return;
+    input.value = '';
+  });
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  input.addEventListener('input', () => {
+    const now = Date.now();
+    if (now - lastTyping > 3000 && onTyping() !== false) lastTyping = now;
+  });
+}
+
 export function setStatus(el, text, kind = '') {
   el.textContent = text;
   el.dataset.kind = kind;

@@ -3,7 +3,7 @@
 // typing, presence, recall and uploads.
 
 import { WxChat, getMe, logout } from '/sdk/index.js';
-import { h, chatUrl, randomId, MessageList, uploadAsMessage, setStatus, demoLogin, summary, formatTime } from '/common/ui.js';
+import { h, chatUrl, randomId, MessageList, uploadAsMessage, setStatus, demoLogin, summary, formatTime, wireComposer } from '/common/ui.js';
 
 // Per tab (sessionStorage): two tabs of one browser can be two users.
 const TOKEN_KEY = 'wxchat-demo-token';
@@ -23,7 +23,6 @@ const state = {
   active: null, // conv_id
   hasMore: false,
   loadingOlder: false,
-  lastTyping: 0,
   typingTimer: null,
 };
 
@@ -376,28 +375,15 @@ $('group-form').addEventListener('submit', async (e) => {
   }
 });
 
-$('composer').addEventListener('submit', (e) => {
-  e.preventDefault();
-  const text = $('text').value.trim();
-  if (!text || !state.active) return;
-  $('text').value = '';
-  send({ msg_type: 0, msg: text }, text);
-});
-
-$('text').addEventListener('keydown', (e) => {
-  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
-    e.preventDefault();
-    $('composer').requestSubmit();
-  }
-});
-
-$('text').addEventListener('input', () => {
-  const now = Date.now();
-  // One typing push per three seconds is enough for "is typing…".
-  if (state.active && now - state.lastTyping > 3000) {
-    state.lastTyping = now;
+wireComposer($('composer'), $('text'), {
+  onText: (text) => {
+    if (!state.active) return false;
+    send({ msg_type: 0, msg: text }, text);
+  },
+  onTyping: () => {
+    if (!state.active) return false;
     state.chat.typing(state.active).catch(() => {});
-  }
+  },
 });
 
 $('file').addEventListener('change', async () => {

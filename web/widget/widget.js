@@ -5,7 +5,7 @@
 // user (/api/service/visitor/convert).
 
 import { WxChat, createVisitor, convertVisitor } from '/sdk/index.js';
-import { chatUrl, MessageList, uploadAsMessage, randomId } from '/common/ui.js';
+import { chatUrl, MessageList, uploadAsMessage, randomId, wireComposer } from '/common/ui.js';
 
 const VISITOR_KEY = 'wxchat-visitor';
 const USER_KEY = 'wxchat-widget-user';
@@ -21,7 +21,6 @@ const state = {
   unread: 0,
   hasMore: false,
   loadingOlder: false,
-  lastTyping: 0,
   typingTimer: null,
 };
 
@@ -315,29 +314,16 @@ window.addEventListener('message', (e) => {
   }
 });
 
-$('composer').addEventListener('submit', (e) => {
-  e.preventDefault();
-  const text = $('text').value.trim();
-  if (!text) return;
-  $('text').value = '';
-  $('rate').hidden = true;
-  send({ msg_type: 0, msg: text }, text);
-});
-
-$('text').addEventListener('keydown', (e) => {
-  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
-    e.preventDefault();
-    $('composer').requestSubmit();
-  }
-});
-
-$('text').addEventListener('input', () => {
-  const now = Date.now();
-  // typing is only for a customer with an agent; one push per three seconds.
-  if (state.chat && state.session && state.session.agent && now - state.lastTyping > 3000) {
-    state.lastTyping = now;
+wireComposer($('composer'), $('text'), {
+  onText: (text) => {
+    $('rate').hidden = true;
+    send({ msg_type: 0, msg: text }, text);
+  },
+  // Typing is only for a customer with an agent.
+  onTyping: () => {
+    if (!(state.chat && state.session && state.session.agent)) return false;
     state.chat.typing(`s_${state.identity.uid}`).catch(() => {});
-  }
+  },
 });
 
 $('file').addEventListener('change', async () => {
