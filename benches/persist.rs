@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wxchat::chat::persister::Persister;
+use wxchat::rt::persister::Persister;
 use wxchat::store::mysql::MysqlStore;
 use wxchat::store::sqlite::SqliteStore;
 use wxchat::store::{NewMessage, Store};

@@ -1,18 +1,44 @@
 //! Wires configuration, application and reactor into a server, for the CLI and for in-process
 //! integration tests.
 
-use crate::app::{App, Completion};
+use crate::app::Front;
 use crate::config::Config;
 use crate::net::reactor::{Reactor, ReactorConfig, StopHandle};
+use crate::net::Notifier;
 use crate::pidfile::{self, PidLock};
+use crate::rt::{App, Completion};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+/// The composition root: the state owner from the configuration, the bus between nodes (its
+/// envelopes continue in the chat hub), what the features restore from the store, and the
+/// router around it all.
+pub fn handler(
+    config: crate::config::Config,
+    notifier: Notifier<Completion>,
+) -> Result<Front, String> {
+    let mut app = App::new(config, notifier.clone())?;
+    if !app.config.redis.url.is_empty() {
+        app.bus = Some(crate::cluster::bus::Bus::start(
+            &app.config.redis.url,
+            &app.config.redis.prefix,
+            &app.node_id,
+            notifier.clone(),
+            |env| Completion::new(move |app, ctx| crate::chat::deliver_remote(app, ctx, env)),
+        )?);
+    }
+    if crate::chat::service_desk::restore(&mut app)? {
+        // Runs first thing once the reactor is up.
+        notifier.send(Completion::new(crate::chat::service_desk::start));
+    }
+    Ok(Front::new(app))
+}
+
 /// A server whose listener is bound but whose loop is not running yet.
 pub struct Server {
     reactor: Reactor<Completion>,
-    app: App,
+    app: Front,
     /// The data directory's pid lock: held from the start, or (the successor of an upgrade)
     /// filled in once the predecessor has exited.
     pid_lock: Arc<Mutex<Option<PidLock>>>,
@@ -45,7 +71,7 @@ impl Server {
                 .map_err(|e| format!("[admin] {}", bind_error(admin, &e)))?;
             debug_assert_eq!(index, crate::admin::ADMIN_LISTENER);
         }
-        let app = App::new(config, reactor.notifier())?;
+        let app = handler(config, reactor.notifier())?;
         Ok(Server {
             reactor,
             app,
@@ -80,7 +106,7 @@ impl Server {
             }
             .map_err(|e| format!("[admin] listener: {e}"))?;
         }
-        let app = App::new(config, reactor.notifier())?;
+        let app = handler(config, reactor.notifier())?;
         let mut server = Server {
             reactor,
             app,
@@ -91,7 +117,7 @@ impl Server {
         // The lock comes free when the old process exits; then the pid file names this one,
         // and this one can hand over in turn.
         let slot = server.pid_lock.clone();
-        let config = server.app.config.clone();
+        let config = server.app.app.config.clone();
         let (addr, admin) = (server.local_addr(), server.admin_addr());
         let fds = server.reactor.listener_fds();
         let stop = server.stop_handle();
@@ -154,7 +180,7 @@ impl Server {
             *slot = Some(lock);
         }
         serve_handover(
-            &server.app.config,
+            &server.app.app.config,
             server.reactor.listener_fds(),
             server.stop_handle(),
         );
@@ -196,11 +222,11 @@ impl Server {
                 .listener_addr(crate::admin::ADMIN_LISTENER)
                 .map_or_else(String::new, |a| format!(", admin on {a}"))
         );
-        if app.config.web_enabled() {
+        if app.app.config.web_enabled() {
             let a = reactor.local_addr();
             log::info!(
                 "pages: http://{a}/ (agent console /agent/, chat demo /demo/, QR login /qrlogin/, visitor widget /widget.js){}",
-                if app.config.demo_login_enabled() {
+                if app.app.config.demo_login_enabled() {
                     "; demo logins are on ([web] demo)"
                 } else {
                     ""
@@ -212,7 +238,7 @@ impl Server {
             .map_err(|e| format!("event loop failed: {e}"));
         // The last commits and the store's close happen while the pid file still says a server
         // owns this data directory.
-        let data_dir = app.config.server.data_dir.clone();
+        let data_dir = app.app.config.server.data_dir.clone();
         drop(app);
         let lock = pid_lock.lock().ok().and_then(|mut s| s.take());
         if let Some(lock) = lock {

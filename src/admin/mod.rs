@@ -1,327 +1,66 @@
 //! The admin listener: info topics for subscribers (WebSocket `/admin/subscribe`), Prometheus
-//! metrics (`GET /metrics`) and live figures (`GET /status`, which `server status` prints).
+//! metrics (`GET /metrics`) and live figures (`GET /status`, which `server status` prints), and
+//! the client side of both (`client`, `format`: the `subscriber` CLI and `server status`). The
+//! topics and their events are the feed's (`feed/`); this is its front door.
 //!
-//! Publishing is free when nobody listens: every call site first asks [`Admin::wants`] (one
-//! relaxed load of a topic mask) and builds its event only when a subscriber selects that topic.
-//! An event is serialised once and the same frame queued to every matching subscriber. A
-//! subscriber with more than `[admin] subscriber_buffer_bytes` unread is dropped with a notice:
-//! it never slows the chat.
+//! Layer: beside `chat`, above the state owner (`rt`).
 //!
 //! Access: peers on loopback need no token; every other peer must send
 //! `Authorization: Bearer <[admin] token>` (and a token that is sent must be right).
 
 pub mod client;
 pub mod format;
-pub mod metrics;
-pub mod topic;
 
-use crate::app::{App, Completion};
+use crate::feed::metrics::{self, Gauges, METRICS};
+pub use crate::feed::Subscription;
+use crate::feed::Topic;
 use crate::http::{Request, Response};
-use crate::net::{ConnId, Ctx, Frame, Message, Notifier, Reply, Upgrade};
-use crate::proto::{self, close, code};
-use metrics::{Gauges, METRICS};
-use serde_json::{json, Map, Value};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-pub use topic::{Subscription, Topic};
+use crate::net::{ConnId, Ctx, Message, Reply, Upgrade};
+use crate::proto::{self, code};
+use crate::rt::{App, Completion};
+use serde_json::{json, Value};
+use std::time::Duration;
 
 /// The admin listener's index in the reactor (the client listener is 0).
 pub const ADMIN_LISTENER: usize = 1;
 /// The subscribers' WebSocket path (admin listener only).
 pub const SUBSCRIBE_PATH: &str = "/admin/subscribe";
-/// Events from other threads on their way to the reactor at most; more are dropped and counted.
-const MAX_FEED_PENDING: usize = 4096;
 /// Topic specs one subscriber may hold.
 const MAX_SPECS: usize = 16;
 
-/// Publishes from any thread: workers (WeChat API calls) and the reactor share it.
-#[derive(Clone)]
-pub struct Feed {
-    inner: Arc<FeedInner>,
+/// Runs when the reactor starts: the periodic `serverInfo` tick.
+pub fn start(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    let every = Duration::from_secs(app.config.admin.server_info_every_s);
+    app.after(ctx, every, tick);
 }
 
-struct FeedInner {
-    mask: AtomicU8,
-    pending: AtomicUsize,
-    notifier: Notifier<Completion>,
-}
-
-impl Feed {
-    pub fn new(notifier: Notifier<Completion>) -> Feed {
-        Feed {
-            inner: Arc::new(FeedInner {
-                mask: AtomicU8::new(0),
-                pending: AtomicUsize::new(0),
-                notifier,
-            }),
+/// Who may use the admin listener (see the module doc).
+fn authorized(app: &App, ctx: &dyn Ctx<Completion>, conn: ConnId, req: &Request) -> bool {
+    let loopback = ctx.peer_addr(conn).is_some_and(|p| p.ip().is_loopback());
+    let token = &app.config.admin.token;
+    match req.bearer() {
+        Some(sent) if !token.is_empty() => {
+            crate::auth::constant_time_eq(sent.as_bytes(), token.as_bytes())
         }
+        // A token sent to a server that has none: fine from loopback.
+        Some(_) | None => loopback,
     }
-
-    /// Does any subscriber select `topic`? (One relaxed load.)
-    #[inline]
-    pub fn wants(&self, topic: Topic) -> bool {
-        self.inner.mask.load(Relaxed) & topic.bit() != 0
-    }
-
-    /// From a worker thread: hands the event to the reactor, which filters and sends it.
-    pub fn publish(&self, topic: Topic, fields: Value) {
-        if !self.wants(topic) {
-            return;
-        }
-        if self.inner.pending.fetch_add(1, Relaxed) >= MAX_FEED_PENDING {
-            self.inner.pending.fetch_sub(1, Relaxed);
-            METRICS.admin_events_dropped.inc();
-            return;
-        }
-        self.inner.notifier.send(Completion::new(move |app, ctx| {
-            app.admin.feed.inner.pending.fetch_sub(1, Relaxed);
-            app.admin.publish(ctx, topic, fields);
-        }));
-    }
-}
-
-/// Rates computed at each `serverInfo` tick.
-#[derive(Clone, Copy, Debug)]
-struct Tick {
-    at: Instant,
-    messages: u64,
-    deliveries: u64,
-    in_per_s: f64,
-    out_per_s: f64,
-}
-
-pub struct Admin {
-    pub feed: Feed,
-    /// Open subscriber connections and their specs (empty until they subscribe).
-    subscribers: HashMap<ConnId, Vec<Subscription>>,
-    tick: Tick,
-    started: Instant,
-    started_unix_s: u64,
-    token: String,
-    message_bodies: bool,
-    buffer_bytes: usize,
-    max_subscribers: usize,
-    every: Duration,
-}
-
-impl Admin {
-    pub fn new(config: &crate::config::AdminConfig, notifier: Notifier<Completion>) -> Admin {
-        let now = Instant::now();
-        Admin {
-            feed: Feed::new(notifier),
-            subscribers: HashMap::new(),
-            tick: Tick {
-                at: now,
-                messages: METRICS.messages_total(),
-                deliveries: METRICS.deliveries.get(),
-                in_per_s: 0.0,
-                out_per_s: 0.0,
-            },
-            started: now,
-            started_unix_s: u64::try_from(crate::store::now_ms() / 1000).unwrap_or(0),
-            token: config.token.clone(),
-            message_bodies: config.message_bodies,
-            buffer_bytes: config.subscriber_buffer_bytes,
-            max_subscribers: config.max_subscribers,
-            every: Duration::from_secs(config.server_info_every_s),
-        }
-    }
-
-    #[inline]
-    pub fn wants(&self, topic: Topic) -> bool {
-        self.feed.wants(topic)
-    }
-
-    /// Does the `message` topic carry bodies?
-    pub fn message_bodies(&self) -> bool {
-        self.message_bodies
-    }
-
-    /// Builds and publishes an event only when someone selects `topic`.
-    #[inline]
-    pub fn emit(
-        &mut self,
-        ctx: &mut dyn Ctx<Completion>,
-        topic: Topic,
-        build: impl FnOnce() -> Value,
-    ) {
-        if self.wants(topic) {
-            self.publish(ctx, topic, build());
-        }
-    }
-
-    /// Sends an event to every subscriber whose specs match (serialised once).
-    pub fn publish(&mut self, ctx: &mut dyn Ctx<Completion>, topic: Topic, fields: Value) {
-        let Value::Object(fields) = fields else {
-            return;
-        };
-        let mut frame: Option<Frame> = None;
-        let mut slow = Vec::new();
-        for (conn, specs) in &self.subscribers {
-            if !specs.iter().any(|s| s.matches(topic, &fields)) {
-                continue;
-            }
-            let f = frame.get_or_insert_with(|| Frame::text(event_json(topic, &fields).as_bytes()));
-            let queued = ctx.queued_bytes(*conn);
-            // One event always fits an empty queue, however large (message bodies).
-            if queued > 0 && queued + f.len() > self.buffer_bytes {
-                slow.push((*conn, queued));
-                continue;
-            }
-            ctx.send(*conn, f);
-        }
-        for (conn, queued) in slow {
-            self.drop_slow(ctx, conn, queued);
-        }
-    }
-
-    /// A subscriber that does not keep up: a notice (after what it has not read yet), then the
-    /// close with 4005. Other subscribers hear about it on `error`.
-    fn drop_slow(&mut self, ctx: &mut dyn Ctx<Completion>, conn: ConnId, queued: usize) {
-        if self.subscribers.remove(&conn).is_none() {
-            return;
-        }
-        self.update_mask();
-        METRICS.subscribers_dropped.inc();
-        let reason = format!(
-            "too slow: {queued} bytes unread, over [admin] subscriber_buffer_bytes = {}",
-            self.buffer_bytes
-        );
-        let peer = ctx.peer_addr(conn);
-        log::warn!("subscriber conn={conn} peer={peer:?} dropped: {reason}");
-        // What it has not started to receive is dropped, so the notice comes right after what
-        // is already on its way.
-        ctx.discard_output(conn);
-        let mut notice = Map::new();
-        notice.insert("event".into(), json!("dropped"));
-        notice.insert("reason".into(), json!(reason));
-        ctx.send_text(conn, &event_json_named("notice", &notice));
-        ctx.close(conn, close::TOO_SLOW, "subscriber too slow");
-        self.emit(ctx, Topic::Error, || {
-            json!({
-                "kind": "subscriber_dropped",
-                "peer": peer.map(|p| p.to_string()),
-                "msg": reason,
-            })
-        });
-    }
-
-    fn update_mask(&self) {
-        let mask = topic::mask_of(self.subscribers.values().flatten());
-        self.feed.inner.mask.store(mask, Relaxed);
-    }
-
-    /// Runs when the reactor starts: the periodic `serverInfo` tick.
-    pub fn start(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
-        let every = app.admin.every;
-        app.after(ctx, every, tick);
-    }
-
-    /// Who may use the admin listener (see the module doc).
-    fn authorized(&self, ctx: &dyn Ctx<Completion>, conn: ConnId, req: &Request) -> bool {
-        let loopback = ctx.peer_addr(conn).is_some_and(|p| p.ip().is_loopback());
-        let sent = req.bearer();
-        match sent {
-            Some(sent) if !self.token.is_empty() => {
-                crate::auth::constant_time_eq(sent.as_bytes(), self.token.as_bytes())
-            }
-            // A token sent to a server that has none: fine from loopback.
-            Some(_) | None => loopback,
-        }
-    }
-}
-
-/// Counts a login and publishes it on `login`. `fields` says who and, on failure, why.
-pub fn login(
-    app: &mut App,
-    ctx: &mut dyn Ctx<Completion>,
-    method: &'static str,
-    ok: bool,
-    fields: Value,
-) {
-    METRICS.login(method, ok);
-    app.admin.emit(ctx, Topic::Login, || {
-        let mut v = fields;
-        v["method"] = json!(method);
-        v["ok"] = json!(ok);
-        v
-    });
-}
-
-/// A login's HTTP answer, told apart by its status: `uid` from `data`, `code`, `msg` and a
-/// WeChat `errcode` from the body.
-pub fn login_response(
-    app: &mut App,
-    ctx: &mut dyn Ctx<Completion>,
-    conn: ConnId,
-    method: &'static str,
-    resp: &Response,
-) {
-    if !app.admin.wants(Topic::Login) {
-        METRICS.login(method, resp.status == 200);
-        return;
-    }
-    let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-    let fields = json!({
-        "uid": body.pointer("/data/uid"),
-        "code": resp.status,
-        "msg": body.get("msg"),
-        "errcode": body.get("errcode"),
-        "peer": ctx.peer_addr(conn).map(|p| p.to_string()),
-    });
-    login(app, ctx, method, resp.status == 200, fields);
-}
-
-/// `{"topic":..,"time":..,<fields>}`: topic and time first, for people reading it.
-fn event_json(topic: Topic, fields: &Map<String, Value>) -> String {
-    event_json_named(topic.name(), fields)
-}
-
-fn event_json_named(topic: &str, fields: &Map<String, Value>) -> String {
-    let mut out = format!(
-        "{{\"topic\":\"{topic}\",\"time\":{}",
-        crate::store::now_ms()
-    );
-    let rest = Value::Object(fields.clone()).to_string();
-    if rest.len() > 2 {
-        out.push(',');
-        out.push_str(&rest[1..]);
-    } else {
-        out.push('}');
-    }
-    out
 }
 
 /// The periodic tick: rates for `/status` and, when selected, the `serverInfo` event.
 fn tick(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
-    let now = ctx.now();
-    let messages = METRICS.messages_total();
-    let deliveries = METRICS.deliveries.get();
-    let last = app.admin.tick;
-    let secs = now.saturating_duration_since(last.at).as_secs_f64();
-    if secs > 0.0 {
-        app.admin.tick = Tick {
-            at: now,
-            messages,
-            deliveries,
-            in_per_s: messages.saturating_sub(last.messages) as f64 / secs,
-            out_per_s: deliveries.saturating_sub(last.deliveries) as f64 / secs,
-        };
-    }
-    if app.admin.wants(Topic::ServerInfo) {
+    app.rates = app.rates.next(ctx.now());
+    if app.feed.wants(Topic::ServerInfo) {
         let info = server_info(app, ctx);
-        app.admin.publish(ctx, Topic::ServerInfo, info);
+        app.feed.publish(ctx, Topic::ServerInfo, info);
     }
-    let every = app.admin.every;
-    app.after(ctx, every, tick);
+    start(app, ctx);
 }
 
 /// The live figures: the `serverInfo` event and `GET /status`.
 pub fn server_info(app: &App, ctx: &dyn Ctx<Completion>) -> Value {
     let g = gauges(app, ctx);
-    let t = app.admin.tick;
+    let t = app.rates;
     json!({
         "node": app.node_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -352,7 +91,7 @@ fn gauges(app: &App, ctx: &dyn Ctx<Completion>) -> Gauges {
     let (persister_queue, lag) = app.persister_load();
     Gauges {
         connections: ctx.connection_count() as u64,
-        websockets: app.websockets_by_endpoint(),
+        websockets: app.websockets,
         users_online: app.chat.users_online() as u64,
         persister_queue: persister_queue as u64,
         persister_lag_seconds: lag.as_secs_f64(),
@@ -361,8 +100,8 @@ fn gauges(app: &App, ctx: &dyn Ctx<Completion>) -> Gauges {
         service_queue: app.chat.service_queue_len() as u64,
         consultations_running: app.chat.consultations_live() as u64,
         resident_memory_bytes: metrics::resident_memory_bytes(),
-        uptime_seconds: app.admin.started.elapsed().as_secs(),
-        start_time_seconds: app.admin.started_unix_s,
+        uptime_seconds: app.started.elapsed().as_secs(),
+        start_time_seconds: app.started_unix_s,
     }
 }
 
@@ -373,7 +112,7 @@ pub fn on_request(
     conn: ConnId,
     req: &Request,
 ) -> Reply {
-    if !app.admin.authorized(ctx, conn, req) {
+    if !authorized(app, ctx, conn, req) {
         return Reply::Now(unauthorized());
     }
     let resp = match (req.method.as_str(), req.path.as_str()) {
@@ -406,10 +145,10 @@ pub fn on_upgrade(app: &App, ctx: &dyn Ctx<Completion>, conn: ConnId, req: &Requ
     if req.path != SUBSCRIBE_PATH {
         return Upgrade::Reject(Response::error(404, "no such endpoint"));
     }
-    if !app.admin.authorized(ctx, conn, req) {
+    if !authorized(app, ctx, conn, req) {
         return Upgrade::Reject(unauthorized());
     }
-    if app.admin.subscribers.len() >= app.admin.max_subscribers {
+    if app.feed.subscriber_count() >= app.config.admin.max_subscribers {
         return Upgrade::Reject(Response::error(
             503,
             "too many subscribers ([admin] max_subscribers)",
@@ -419,13 +158,11 @@ pub fn on_upgrade(app: &App, ctx: &dyn Ctx<Completion>, conn: ConnId, req: &Requ
 }
 
 pub fn on_open(app: &mut App, conn: ConnId) {
-    app.admin.subscribers.insert(conn, Vec::new());
+    app.feed.add_subscriber(conn);
 }
 
 pub fn on_close(app: &mut App, conn: ConnId) {
-    if app.admin.subscribers.remove(&conn).is_some() {
-        app.admin.update_mask();
-    }
+    app.feed.remove_subscriber(conn);
 }
 
 /// A subscriber's command: `{"cmd":"subscribe","topics":["message;uid=1","serverInfo"]}`
@@ -436,7 +173,7 @@ pub fn on_message(
     conn: ConnId,
     message: Message<'_>,
 ) {
-    let Some(cmd) = crate::app::command_of(ctx, conn, message) else {
+    let Some(cmd) = crate::rt::reply::command_of(ctx, conn, message) else {
         return;
     };
     let reply = match cmd.cmd.as_str() {
@@ -469,15 +206,13 @@ fn subscribe(app: &mut App, conn: ConnId, topics: Option<&Value>) -> Result<Valu
         .iter()
         .map(|s| Subscription::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let Some(slot) = app.admin.subscribers.get_mut(&conn) else {
+    if !app.feed.set_specs(conn, parsed) {
         return Err("not a subscriber connection".into());
-    };
-    *slot = parsed;
-    app.admin.update_mask();
+    }
     Ok(json!({
         "topics": specs,
-        "message_bodies": app.admin.message_bodies,
-        "server_info_every_s": app.admin.every.as_secs(),
+        "message_bodies": app.feed.message_bodies(),
+        "server_info_every_s": app.config.admin.server_info_every_s,
     }))
 }
 
@@ -500,7 +235,7 @@ mod tests {
         }
     }
 
-    fn status_of(d: &mut Driver<App>, peer: &str, auth: Option<&str>) -> u16 {
+    fn status_of(d: &mut Driver<crate::app::Front>, peer: &str, auth: Option<&str>) -> u16 {
         let conn = d.request_from(peer.parse().unwrap(), ADMIN_LISTENER, status_request(auth));
         d.ctx.conns[&conn].responses[0].status
     }
@@ -511,7 +246,7 @@ mod tests {
         let mut config = Config::default();
         config.server.data_dir = dir.path().to_path_buf();
         config.admin.token = "0123456789abcdef".into();
-        let mut d = Driver::build(|n| App::new(config, n).unwrap());
+        let mut d = Driver::build(|n| crate::server::handler(config, n).unwrap());
         assert_eq!(status_of(&mut d, "10.1.2.3:5000", None), 401);
         assert_eq!(status_of(&mut d, "10.1.2.3:5000", Some("Bearer nope")), 401);
         assert_eq!(
@@ -534,7 +269,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.server.data_dir = dir.path().to_path_buf();
-        let mut d = Driver::build(|n| App::new(config, n).unwrap());
+        let mut d = Driver::build(|n| crate::server::handler(config, n).unwrap());
         assert_eq!(status_of(&mut d, "10.1.2.3:5000", None), 401);
         assert_eq!(
             status_of(&mut d, "10.1.2.3:5000", Some("Bearer anything")),
@@ -551,24 +286,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.server.data_dir = dir.path().to_path_buf();
-        let mut d = Driver::build(|n| App::new(config, n).unwrap());
+        let mut d = Driver::build(|n| crate::server::handler(config, n).unwrap());
         for topic in Topic::ALL {
-            assert!(!d.handler.admin.wants(topic));
+            assert!(!d.handler.app.feed.wants(topic));
             d.handler
-                .admin
+                .app
+                .feed
                 .emit(&mut d.ctx, topic, || panic!("built an event nobody reads"));
         }
-    }
-
-    #[test]
-    fn events_carry_topic_and_time_first() {
-        let mut fields = Map::new();
-        fields.insert("uid".into(), json!(7));
-        let text = event_json(Topic::Login, &fields);
-        assert!(text.starts_with("{\"topic\":\"login\",\"time\":"), "{text}");
-        let v: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["uid"], 7);
-        let empty: Value = serde_json::from_str(&event_json(Topic::Error, &Map::new())).unwrap();
-        assert_eq!(empty["topic"], "error");
     }
 }

@@ -75,7 +75,7 @@ fn parse_args() -> Result<Args, String> {
         a.topics.push("all".into());
     }
     for t in &a.topics {
-        wxchat::admin::Subscription::parse(t)?;
+        wxchat::feed::Subscription::parse(t)?;
     }
     Ok(a)
 }

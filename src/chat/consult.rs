@@ -7,96 +7,20 @@
 //! end and shutdown) as deltas, so a crash loses at most a few seconds of it and an extension
 //! made meanwhile is never overwritten.
 
-use super::{bad, conn_job, push_users, CmdResult, Pending};
-use crate::app::{api_ok, App, AppTimer, Completion};
+use super::consult_clock::{secs, Change, Live, Rules, Tick};
+use super::push::push_users;
+use super::request::{bad, conn_job, CmdResult, Pending};
 use crate::net::{ConnId, Ctx, Reply};
 use crate::proto::Command;
 use crate::proto::{self, code};
+use crate::rt::reply::api_ok;
+use crate::rt::{App, Completion};
 use crate::store::{Consultation, StoreError};
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest time one create or extend may add (30 days).
 const MAX_ADD_S: u64 = 30 * 86_400;
-
-/// A consultation held in memory while one of its two sides is connected here.
-struct Live {
-    user: u64,
-    consultant: u64,
-    total_ms: u64,
-    /// As of `since` while running; current otherwise.
-    remaining_ms: u64,
-    since: Option<Instant>,
-    /// Used but not yet saved.
-    unsaved_ms: u64,
-    ended: bool,
-    /// Thresholds (ms) already announced.
-    warned: Vec<u64>,
-    last_report: Instant,
-    timer: Option<AppTimer>,
-}
-
-impl Live {
-    fn sides(&self) -> [u64; 2] {
-        [self.user, self.consultant]
-    }
-
-    /// The remaining time at `now` (without settling), and whether it runs.
-    fn remaining_at(&self, now: Instant) -> (u64, bool) {
-        match self.since {
-            Some(since) => {
-                let run = now.saturating_duration_since(since).as_millis() as u64;
-                (self.remaining_ms.saturating_sub(run), true)
-            }
-            None => (self.remaining_ms, false),
-        }
-    }
-
-    /// Brings `remaining_ms` up to `now` (running consultations).
-    fn settle(&mut self, now: Instant) {
-        if let Some(since) = self.since {
-            let used =
-                (now.saturating_duration_since(since).as_millis() as u64).min(self.remaining_ms);
-            self.remaining_ms -= used;
-            self.unsaved_ms += used;
-            self.since = Some(now);
-        }
-    }
-}
-
-#[derive(Default)]
-pub struct Consults {
-    live: HashMap<u64, Live>,
-    /// uid -> the live consultations they take part in.
-    by_user: HashMap<u64, Vec<u64>>,
-    save_armed: bool,
-}
-
-impl Consults {
-    /// Consultations held in memory.
-    pub fn len(&self) -> usize {
-        self.live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
-    }
-
-    /// The live consultations `uid` takes part in.
-    fn of(&self, uid: u64) -> Vec<u64> {
-        self.by_user.get(&uid).cloned().unwrap_or_default()
-    }
-
-    /// The two sides of a live consultation.
-    pub fn sides(&self, id: u64) -> Option<[u64; 2]> {
-        self.live.get(&id).map(Live::sides)
-    }
-}
-
-fn secs(ms: u64) -> u64 {
-    ms.div_ceil(1000)
-}
 
 fn push(app: &App, ctx: &mut dyn Ctx<Completion>, id: u64, event: &str) {
     let Some(l) = app.chat.consults.live.get(&id) else {
@@ -175,7 +99,7 @@ pub fn connected(app: &App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, uid: u6
 
 /// The client command `consult_get {consult_id}`: the consultation's figures, for its two
 /// sides only (as the server API's `consult_get`).
-pub(super) fn command(
+pub(crate) fn command(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -268,53 +192,35 @@ fn evaluate(app: &mut App, ctx: &mut dyn Ctx<Completion>, id: u64) {
         return;
     };
     let both = l.sides().iter().all(|u| app.chat.is_online(*u));
-    let should_run = both && !l.ended && l.remaining_ms > 0;
-    let running = l.since.is_some();
-    if should_run && !running {
-        if let Some(l) = app.chat.consults.live.get_mut(&id) {
-            l.since = Some(now);
-            l.last_report = now;
+    let Some(l) = app.chat.consults.live.get_mut(&id) else {
+        return;
+    };
+    match l.presence(both, now) {
+        Change::None => {}
+        Change::Started => {
+            push(app, ctx, id, "running");
+            arm(app, ctx, id);
+            arm_save(app, ctx);
         }
-        push(app, ctx, id, "running");
-        arm(app, ctx, id);
-        arm_save(app, ctx);
-    } else if !should_run && running {
-        let timer = app.chat.consults.live.get_mut(&id).and_then(|l| {
-            l.settle(now);
-            l.since = None;
-            l.timer.take()
-        });
-        if let Some(t) = timer {
-            app.cancel(ctx, t);
+        Change::Paused(timer) => {
+            if let Some(t) = timer {
+                app.cancel(ctx, t);
+            }
+            push(app, ctx, id, "paused");
+            save(app, ctx, &[id]);
         }
-        push(app, ctx, id, "paused");
-        save(app, ctx, &[id]);
     }
 }
 
 /// Sets the consultation's timer for its next event: zero, a warning or a report.
 fn arm(app: &mut App, ctx: &mut dyn Ctx<Completion>, id: u64) {
-    let report = Duration::from_secs(app.config.consult.report_every_s);
-    let thresholds: Vec<u64> = app
-        .config
-        .consult
-        .warn_at_s
-        .iter()
-        .map(|s| s * 1000)
-        .collect();
+    let rules = Rules::of(&app.config.consult);
     let now = ctx.now();
     let Some(l) = app.chat.consults.live.get_mut(&id) else {
         return;
     };
     let old = l.timer.take();
-    let mut next_ms = l.remaining_ms;
-    for t in thresholds {
-        if t < l.remaining_ms && !l.warned.contains(&t) {
-            next_ms = next_ms.min(l.remaining_ms - t);
-        }
-    }
-    let until_report = (l.last_report + report).saturating_duration_since(now);
-    let delay = Duration::from_millis(next_ms).min(until_report);
+    let delay = l.next_event_in(&rules, now);
     if let Some(t) = old {
         app.cancel(ctx, t);
     }
@@ -326,45 +232,27 @@ fn arm(app: &mut App, ctx: &mut dyn Ctx<Completion>, id: u64) {
 
 fn tick(app: &mut App, ctx: &mut dyn Ctx<Completion>, id: u64) {
     let now = ctx.now();
-    let report = Duration::from_secs(app.config.consult.report_every_s);
-    let thresholds: Vec<u64> = app
-        .config
-        .consult
-        .warn_at_s
-        .iter()
-        .map(|s| s * 1000)
-        .collect();
+    let rules = Rules::of(&app.config.consult);
     let Some(l) = app.chat.consults.live.get_mut(&id) else {
         return;
     };
     l.timer = None;
-    if l.since.is_none() {
-        return;
+    match l.tick(&rules, now) {
+        Tick::Idle => {}
+        Tick::Ended => {
+            push(app, ctx, id, "ended");
+            save(app, ctx, &[id]);
+        }
+        Tick::Warning => {
+            push(app, ctx, id, "warning");
+            arm(app, ctx, id);
+        }
+        Tick::Report => {
+            push(app, ctx, id, "time");
+            arm(app, ctx, id);
+        }
+        Tick::Quiet => arm(app, ctx, id),
     }
-    l.settle(now);
-    if l.remaining_ms == 0 {
-        l.ended = true;
-        l.since = None;
-        push(app, ctx, id, "ended");
-        save(app, ctx, &[id]);
-        return;
-    }
-    // Timers fire a little late: a threshold is announced once the time is within 50 ms of it.
-    let crossed: Vec<u64> = thresholds
-        .into_iter()
-        .filter(|t| l.remaining_ms <= t + 50 && !l.warned.contains(t))
-        .collect();
-    let report_due = now >= l.last_report + report;
-    if report_due {
-        l.last_report = now;
-    }
-    if !crossed.is_empty() {
-        l.warned.extend(crossed);
-        push(app, ctx, id, "warning");
-    } else if report_due {
-        push(app, ctx, id, "time");
-    }
-    arm(app, ctx, id);
 }
 
 /// Saves what the given consultations used (with their end, when they ended).
@@ -428,7 +316,7 @@ pub fn on_shutdown(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
 }
 
 /// Calls `then` with the consultation's sides once it is in memory (loaded when needed).
-pub(super) fn with_live(
+pub(crate) fn with_live(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -460,7 +348,7 @@ pub(super) fn with_live(
 }
 
 /// Whether a message may be sent in the consultation now: 410 once its time is used up.
-pub(super) fn check_open(app: &App, id: u64) -> CmdResult {
+pub(crate) fn check_open(app: &App, id: u64) -> CmdResult {
     match app.chat.consults.live.get(&id) {
         Some(l) if l.ended || l.remaining_ms == 0 => {
             Err((code::GONE, "the consultation's time is used up".into()))
@@ -508,7 +396,8 @@ pub fn server_api(
     action: &str,
     body: &Value,
 ) -> Result<Reply, (u16, String)> {
-    let store_err = |e: &StoreError| crate::app::api_error(proto::store_code(e), &e.to_string());
+    let store_err =
+        |e: &StoreError| crate::rt::reply::api_error(proto::store_code(e), &e.to_string());
     let ok = match action {
         "consult_create" => {
             let user = field(body, "user")?;
@@ -619,5 +508,5 @@ pub fn server_api(
         }
         _ => return Err((code::NOT_FOUND, format!("unknown action {action:?}"))),
     };
-    Ok(crate::app::later_or_busy(ok))
+    Ok(crate::rt::reply::later_or_busy(ok))
 }

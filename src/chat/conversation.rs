@@ -1,10 +1,27 @@
 //! Reading a conversation: `sync`, `history`, `conversations`, `read`, `read_count`,
 //! `recall`, `typing`, `presence`.
 
-use super::*;
+use super::consult;
+use super::membership;
+use super::presence;
+use super::profile;
+use super::push::*;
+use super::request::{bad, conn_job, CmdResult, Pending};
+use super::send::*;
+use super::service_desk;
+use super::social::*;
+use crate::net::Ctx;
+use crate::proto::{self, code, Command, ConvRef};
+use crate::rt::{App, Completion};
+use crate::store::{self, NewMessage, StoreResult};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// Most messages one `sync` / `history` returns.
+const MAX_PAGE: u64 = 200;
 
 /// Checks that `uid` may read `conv_id`, then calls `then`.
-pub(super) fn with_conv_access(
+pub(crate) fn with_conv_access(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -43,7 +60,7 @@ pub(super) fn with_conv_access(
     }
 }
 
-pub(super) fn cmd_page(
+pub(crate) fn cmd_page(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -103,7 +120,7 @@ pub(super) fn cmd_page(
 
 /// The other side of a conversation whose profile its line shows: the friend of a one-to-one
 /// chat, the customer of a service conversation seen by an agent.
-pub(super) fn peer_of(conv_id: &str, uid: u64) -> Option<u64> {
+pub(crate) fn peer_of(conv_id: &str, uid: u64) -> Option<u64> {
     match proto::parse_conv(conv_id)? {
         ConvRef::Friend(a, b) => Some(if a == uid { b } else { a }),
         ConvRef::Service(c) if c != uid => Some(c),
@@ -111,7 +128,7 @@ pub(super) fn peer_of(conv_id: &str, uid: u64) -> Option<u64> {
     }
 }
 
-pub(super) fn cmd_conversations(
+pub(crate) fn cmd_conversations(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -159,7 +176,7 @@ pub(super) fn cmd_conversations(
     )
 }
 
-pub(super) fn cmd_read(
+pub(crate) fn cmd_read(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -202,7 +219,7 @@ pub(super) fn cmd_read(
 /// Recalls one's own message within `[chat] recall_window_s`: the original's body is blanked and
 /// a recall event (msg_type 100) takes the next seq, so every member learns of it through the
 /// usual delivery or `sync`.
-pub(super) fn cmd_recall(
+pub(crate) fn cmd_recall(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -266,7 +283,7 @@ pub(super) fn cmd_recall(
 }
 
 /// How many members have read a conversation up to `seq` (group read receipts are counted).
-pub(super) fn cmd_read_count(
+pub(crate) fn cmd_read_count(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -296,7 +313,7 @@ pub(super) fn cmd_read_count(
     })
 }
 
-pub(super) fn cmd_typing(
+pub(crate) fn cmd_typing(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -311,7 +328,7 @@ pub(super) fn cmd_typing(
                 if let Err((code, msg)) = service_desk::check_serves(&app.chat.desk, uid, c) {
                     return p.reply_err(ctx, code, &msg);
                 }
-                crate::wechat::service::typing(app, ctx, c);
+                crate::chat::wechat_out::typing(app, ctx, c);
             }
         }
         let payload = proto::push("typing", &json!({ "conv_id": conv_id, "uid": uid }));
@@ -321,7 +338,7 @@ pub(super) fn cmd_typing(
     })
 }
 
-pub(super) fn cmd_presence(
+pub(crate) fn cmd_presence(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,

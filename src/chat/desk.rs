@@ -88,6 +88,14 @@ impl Desk {
     }
 
     /// The agent serving `customer`, if any; Some(None) while queued.
+    /// Who gets a service conversation's messages: the customer and the agent serving them.
+    pub fn recipients(&self, customer: u64) -> Vec<u64> {
+        match self.session(customer).flatten() {
+            Some(agent) if agent != customer => vec![customer, agent],
+            _ => vec![customer],
+        }
+    }
+
     pub fn session(&self, customer: u64) -> Option<Option<u64>> {
         self.sessions.get(&customer).copied()
     }

@@ -2,51 +2,52 @@
 //! catch-up, friends, groups and presence. Runs on the reactor; everything that touches the store
 //! goes through `App::job` (workers) or `App::persist` (the persister).
 //!
-//! This file holds the hub's state (`ChatState`, `Session`, `Pending`), the command dispatch
-//! (`on_message`, `admit`) and the helpers every command uses (`conn_job`, `bad`). One job per
-//! file below it: `session` (connections and authentication), `send` (admission, commit, ack,
-//! fan-out), `conversation` (sync, history, conversations, receipts, recall, typing, presence),
-//! `social` (friends and groups), `server_api`, and the features: customer service (`desk` pure,
-//! `service_desk` carrying it out), `consult`, `visitor`, `presence`, `profile`, `membership`,
-//! `office_hours`, `persister`.
+//! This file is the command dispatch only (`on_message`, `run_command`, `admit`). One job per
+//! file below it: `state` (the hub's state, held by the state owner), `request` (a command on
+//! its way, `conn_job`), `session` (connections and authentication), `send` (admission, commit,
+//! ack, fan-out), `conversation` (sync, history, conversations, receipts, recall, typing,
+//! presence), `social` (friends and groups), and the features: customer service (`desk` pure,
+//! `service_desk` carrying it out), `consult` (`consult_clock` pure), `visitor`, `wechat_cs`
+//! (WeChat users' customer service, both ways), `presence`, `profile`, `membership` (pure),
+//! `office_hours` (pure).
+//!
+//! Layer: above the state owner (`rt`), below `login` and the router. The pure cores (`state`,
+//! `desk`, `consult_clock`, `membership`, `office_hours`) sit below `rt`, which holds the state:
+//! they import nothing above `rt::timer`.
 
 pub mod consult;
-mod conversation;
+pub mod consult_clock;
+pub mod conversation;
 pub mod desk;
 pub mod membership;
 pub mod office_hours;
-pub mod persister;
 pub mod presence;
 pub mod profile;
-mod send;
-mod server_api;
+pub mod push;
+pub mod request;
+pub mod send;
 pub mod service_desk;
-mod session;
-mod social;
+pub mod session;
+pub mod social;
+pub mod state;
 pub mod visitor;
+pub mod wechat_cs;
+pub mod wechat_out;
 
-use crate::admin::metrics::METRICS;
-use crate::admin::Topic;
-use crate::app::{api_error, api_ok, App, AppTimer, Completion};
-use crate::auth;
-use crate::cluster::bus::{Envelope, Target};
-use crate::config::Config;
-use crate::http::Request;
-use crate::net::{ConnId, Ctx, Frame, Message};
-use crate::proto::{self, chat_type, close, code, Command, ConvRef, SendArgs};
-use crate::store::{self, Appended, Backends, NewMessage, StoreError, StoreResult};
-use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
+use crate::net::{ConnId, Ctx, Message};
+use crate::proto::{self, code, Command};
+use crate::rt::{App, Completion};
+use crate::store;
 use conversation::*;
-use send::*;
-pub use send::{deliver_committed, deliver_remote, push_to_users};
-pub use server_api::server_api;
-use session::*;
-pub use session::{on_close, on_open, on_shutdown, token_revoked};
+use request::{conn_job, Pending};
+use send::{cmd_send, SendInput};
+use serde_json::json;
+use session::{authenticate, check_access_token, refuse_token, wait_for_auth, TokenCheck};
 use social::*;
+
+pub use push::push_to_users;
+pub use send::{deliver_committed, deliver_remote};
+pub use session::{on_close, on_shutdown, token_revoked};
 
 /// `user_type` of customer-service agents.
 pub const USER_TYPE_AGENT: i64 = 1;
@@ -54,151 +55,19 @@ pub const USER_TYPE_AGENT: i64 = 1;
 pub const USER_TYPE_CONSULTANT: i64 = 2;
 pub use crate::store::{USER_TYPE_CONVERTED, USER_TYPE_VISITOR};
 
-/// Bytes of frames a connection may send while its authentication is under way.
-const MAX_WAITING_BYTES: usize = 64 * 1024;
-
-/// Most messages one `sync` / `history` returns.
-const MAX_PAGE: u64 = 200;
-
-/// One chat connection.
-struct Session {
-    uid: Option<u64>,
-    /// An anonymous visitor's connection: customer-service commands only.
-    visitor: bool,
-    authenticating: bool,
-    /// Authenticated (or being authenticated) by the doLogin cookie: an explicit token wins.
-    via_cookie: bool,
-    /// The SHA-256 of the token this connection authenticated with: online_chat frames carry a
-    /// token each (`access_token`), compared with this; logout closes the connections it names.
-    token_hash: Option<[u8; 32]>,
-    /// Frames that arrived while the connection was authenticating, run once it is done
-    /// (at most `MAX_WAITING_BYTES`).
-    waiting: Vec<String>,
-    auth_timer: Option<AppTimer>,
-    /// Store requests in flight for this connection.
-    pending: usize,
-    rate_window: Instant,
-    rate_count: u32,
-}
-
-/// The hub's in-memory state (reactor-owned).
-pub struct ChatState {
-    sessions: HashMap<ConnId, Session>,
-    /// uid -> its open, authenticated connections.
-    online: HashMap<u64, Vec<ConnId>>,
-    /// Friends of online users (authorisation and presence without a store round trip).
-    friends: HashMap<u64, HashSet<u64>>,
-    /// Group members, loaded on demand, updated by membership changes made through this server.
-    groups: HashMap<u64, Arc<Vec<u64>>>,
-    /// Online agents (`user_type` 1) on this process.
-    agents: HashSet<u64>,
-    /// Customer-service sessions: who serves whom, who waits.
-    desk: desk::Desk,
-    /// Session id -> the agent who served it, for sessions closed on this process and not yet
-    /// rated: the agent is told the rating (`rated`). Bounded; the oldest entries go first.
-    closed_by: HashMap<u64, u64>,
-    closed_order: std::collections::VecDeque<u64>,
-    consults: consult::Consults,
-    office_hours: office_hours::OfficeHours,
-    body_limits: proto::BodyLimits,
-    /// The presence refresh timer is set (it runs while anyone is online here).
-    presence_refresh_armed: bool,
-    shutting_down: bool,
-}
-
-impl ChatState {
-    pub fn new(config: &Config) -> ChatState {
-        ChatState {
-            sessions: HashMap::new(),
-            online: HashMap::new(),
-            friends: HashMap::new(),
-            groups: HashMap::new(),
-            agents: HashSet::new(),
-            desk: desk::Desk::new(),
-            closed_by: HashMap::new(),
-            closed_order: std::collections::VecDeque::new(),
-            consults: consult::Consults::default(),
-            // Validated with the config.
-            office_hours: office_hours::OfficeHours::parse(
-                &config.service.office_hours,
-                &config.service.utc_offset,
-            )
-            .unwrap_or_else(|_| {
-                office_hours::OfficeHours::parse("", "+00:00").expect("always open parses")
-            }),
-            presence_refresh_armed: false,
-            shutting_down: false,
-            body_limits: proto::BodyLimits {
-                max_text_bytes: config.chat.max_text_bytes,
-            },
-        }
-    }
-
-    pub fn is_online(&self, uid: u64) -> bool {
-        self.online.get(&uid).is_some_and(|c| !c.is_empty())
-    }
-
-    /// Users with an authenticated connection here.
-    pub fn users_online(&self) -> usize {
-        self.online.len()
-    }
-
-    /// Customers waiting for an agent.
-    pub fn service_queue_len(&self) -> usize {
-        self.desk.queue_len()
-    }
-
-    /// Timed consultations held in memory here.
-    pub fn consultations_live(&self) -> usize {
-        self.consults.len()
-    }
-
-    pub fn is_agent(&self, uid: u64) -> bool {
-        self.agents.contains(&uid)
-    }
-
-    /// Who a service conversation's pushes go to: the customer and their agent.
-    fn service_recipients(&self, customer: u64) -> Vec<u64> {
-        service_desk::recipients(&self.desk, customer)
-    }
-
-    fn conns_of(&self, uid: u64) -> &[ConnId] {
-        self.online.get(&uid).map_or(&[], Vec::as_slice)
-    }
-}
-
-/// A request waiting for a reply: the connection and the command's name and id.
-#[derive(Clone)]
-struct Pending {
+/// A chat WebSocket opened (authenticated at once by a `?token=` or the login cookie).
+pub fn on_open(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
     conn: ConnId,
-    cmd: String,
-    req_id: Option<Value>,
-    /// When the command arrived (for the ack latency histogram).
-    at: Instant,
+    req: &crate::http::Request,
+) {
+    session::on_open(app, ctx, conn, req, replay);
 }
 
-impl Pending {
-    fn reply_ok(&self, ctx: &mut dyn Ctx<Completion>, data: &Value) {
-        ctx.send_text(self.conn, &proto::ok(&self.cmd, &self.req_id, data));
-    }
-    fn reply_raw(&self, ctx: &mut dyn Ctx<Completion>, data: &str) {
-        ctx.send_text(self.conn, &proto::ok_raw(&self.cmd, &self.req_id, data));
-    }
-    fn reply_err(&self, ctx: &mut dyn Ctx<Completion>, c: u16, msg: &str) {
-        if self.cmd == "send" {
-            METRICS.messages_rejected.inc();
-        }
-        ctx.send_text(self.conn, &proto::fail(&self.cmd, &self.req_id, c, msg));
-    }
-    fn reply_store_err(&self, ctx: &mut dyn Ctx<Completion>, e: &StoreError) {
-        self.reply_err(ctx, proto::store_code(e), &e.to_string());
-    }
-    /// Reports a command that could not even be started (inside a continuation).
-    fn reply_if_err(&self, ctx: &mut dyn Ctx<Completion>, r: CmdResult) {
-        if let Err((c, m)) = r {
-            self.reply_err(ctx, c, &m);
-        }
-    }
+/// A frame that waited for the connection's authentication, run now.
+fn replay(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, text: &str) {
+    on_message(app, ctx, conn, Message::Text(text));
 }
 
 pub fn on_message(
@@ -231,7 +100,7 @@ pub fn on_message(
         Message::Text(t) => *t,
         Message::Binary(_) => "",
     };
-    let Some(mut cmd) = crate::app::chat_command_of(ctx, conn, message) else {
+    let Some(mut cmd) = crate::rt::reply::chat_command_of(ctx, conn, message) else {
         return;
     };
     let p = Pending {
@@ -246,13 +115,13 @@ pub fn on_message(
     }
     if cmd.cmd == "auth" {
         match cmd.str("token") {
-            Ok(t) => authenticate(app, ctx, p, t.to_string()),
+            Ok(t) => authenticate(app, ctx, p, t.to_string(), replay),
             Err(e) => p.reply_err(ctx, code::BAD_REQUEST, &e),
         }
         return;
     }
     if let Some(token) = cmd.fields.remove("access_token") {
-        match check_access_token(app, ctx, &p, &token, text) {
+        match check_access_token(app, ctx, &p, &token, text, replay) {
             TokenCheck::Same => {}
             TokenCheck::Handled => return,
             TokenCheck::Other { uid, hash } => {
@@ -314,8 +183,6 @@ fn run_command(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u
     }
 }
 
-type CmdResult = Result<(), (u16, String)>;
-
 /// Whether a command may run.
 enum Admit {
     /// Yes, as this user.
@@ -366,35 +233,6 @@ const VISITOR_COMMANDS: &[&str] = &[
     "service_rate",
     "service_info",
 ];
-
-fn bad(m: impl Into<String>) -> (u16, String) {
-    (code::BAD_REQUEST, m.into())
-}
-
-/// Runs a store job for a connection's request, counting it against the connection's limit.
-fn conn_job<R: Send + 'static>(
-    app: &mut App,
-    ctx: &mut dyn Ctx<Completion>,
-    p: &Pending,
-    work: impl FnOnce(&Backends) -> R + Send + 'static,
-    then: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, &Pending, R) + Send + 'static,
-) -> CmdResult {
-    let conn = p.conn;
-    let p2 = p.clone();
-    let ok = app.job(ctx, work, move |app, ctx, r| {
-        if let Some(s) = app.chat.sessions.get_mut(&conn) {
-            s.pending = s.pending.saturating_sub(1);
-            then(app, ctx, &p2, r);
-        }
-    });
-    if !ok {
-        return Err((code::UNAVAILABLE, "server busy, retry".into()));
-    }
-    if let Some(s) = app.chat.sessions.get_mut(&conn) {
-        s.pending += 1;
-    }
-    Ok(())
-}
 
 // ---------------------------------------------------------------------------------------------
 // Server API (business backend, authenticated by the API key): POST /api/server/{action}

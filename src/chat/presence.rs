@@ -7,8 +7,8 @@
 //! directly (it cannot block); Redis is called from workers, and a lookup that fails there is
 //! answered with 503 by commands that exist to ask about presence.
 
-use crate::app::{App, Completion};
 use crate::net::Ctx;
+use crate::rt::{App, Completion};
 use crate::store::{StoreError, StoreResult};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -2,9 +2,9 @@
 //! friends, the members of their groups and their own other devices (`profile` push,
 //! protocol-spec 2.6).
 
-use crate::app::{App, Completion};
 use crate::net::Ctx;
 use crate::proto;
+use crate::rt::{App, Completion};
 use crate::store::{Backends, StoreResult, User};
 use serde_json::json;
 use std::collections::BTreeSet;

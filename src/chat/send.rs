@@ -1,38 +1,31 @@
 //! Sending: admission of a `send`, authorisation per chat type, the persister, the ack after
 //! the commit, and delivery to every connection of every recipient (serialised once).
 
-use super::*;
+use super::consult;
+use super::push::push_users;
+use super::request::{bad, conn_job, CmdResult, Pending};
+use super::service_desk;
+use super::session::*;
+use super::social::*;
+use crate::cluster::bus::{Envelope, Target};
+use crate::feed::metrics::METRICS;
+use crate::feed::Topic;
+use crate::net::{ConnId, Ctx, Frame};
+use crate::proto::{self, chat_type, code, Command, ConvRef, SendArgs};
+use crate::rt::{App, Completion};
+use crate::store::{self, Appended, NewMessage, StoreResult};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Tells a user's online friends that they came online or went offline.
-pub(super) fn push_presence(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64, online: bool) {
+pub(crate) fn push_presence(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64, online: bool) {
     let Some(friends) = app.chat.friends.get(&uid) else {
         return;
     };
     let friends: Vec<u64> = friends.iter().copied().collect();
     let payload = proto::push("presence", &json!({ "uid": uid, "online": online }));
     push_users(app, ctx, &friends, &payload);
-}
-
-/// Sends one push to these users' connections on this process and, with the bus, on the others.
-pub(super) fn push_users(app: &App, ctx: &mut dyn Ctx<Completion>, uids: &[u64], payload: &str) {
-    if uids.is_empty() {
-        return;
-    }
-    let frame = Frame::text(payload.as_bytes());
-    for uid in uids {
-        for c in app.chat.conns_of(*uid) {
-            ctx.send(*c, &frame);
-        }
-    }
-    if let Some(bus) = &app.bus {
-        bus.publish(Target::Users(uids.to_vec()), payload);
-    }
-}
-
-/// Sends one push to these users wherever they are connected (this process and, with the bus,
-/// the others).
-pub fn push_to_users(app: &App, ctx: &mut dyn Ctx<Completion>, uids: &[u64], payload: &str) {
-    push_users(app, ctx, uids, payload);
 }
 
 /// Delivers a message committed outside a chat connection's `send` (a WeChat user's message).
@@ -59,13 +52,13 @@ pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelop
             close_token_local(app, ctx, uid, &hash);
         }
         Target::Qr(ticket) => {
-            crate::wechat::qrlogin::deliver(app, ctx, &ticket, &env.payload);
+            crate::login::qr::deliver(app, ctx, &ticket, &env.payload);
         }
     }
 }
 
 /// Where a send's fields come from.
-pub(super) enum SendInput<'a> {
+pub(crate) enum SendInput<'a> {
     /// The hot path's typed decode (`proto::parse_send`): every field present and well-formed.
     Decoded(SendArgs),
     /// The general decoder's command, whose fields are checked here.
@@ -73,7 +66,7 @@ pub(super) enum SendInput<'a> {
 }
 
 /// A general command's send fields, checked in the order their errors are reported.
-pub(super) fn send_args(app: &App, p: &Pending, cmd: &Command) -> Result<SendArgs, (u16, String)> {
+pub(crate) fn send_args(app: &App, p: &Pending, cmd: &Command) -> Result<SendArgs, (u16, String)> {
     let chat_type = cmd.u64("chat_type").map_err(bad)?;
     refuse_visitor(app, p, chat_type)?;
     let to_id = cmd.u64("to_id").map_err(bad)?;
@@ -91,7 +84,7 @@ pub(super) fn send_args(app: &App, p: &Pending, cmd: &Command) -> Result<SendArg
 }
 
 /// Visitors write to customer service only.
-pub(super) fn refuse_visitor(app: &App, p: &Pending, chat_type: u64) -> CmdResult {
+pub(crate) fn refuse_visitor(app: &App, p: &Pending, chat_type: u64) -> CmdResult {
     if chat_type != u64::from(chat_type::SERVICE)
         && app.chat.sessions.get(&p.conn).is_some_and(|s| s.visitor)
     {
@@ -103,7 +96,7 @@ pub(super) fn refuse_visitor(app: &App, p: &Pending, chat_type: u64) -> CmdResul
     Ok(())
 }
 
-pub(super) fn cmd_send(
+pub(crate) fn cmd_send(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -270,7 +263,7 @@ pub(super) fn cmd_send(
 }
 
 /// Submits `message` once the store confirms its recipient `to_id` exists (404 otherwise).
-pub(super) fn submit_if_user_exists(
+pub(crate) fn submit_if_user_exists(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -292,7 +285,7 @@ pub(super) fn submit_if_user_exists(
 
 /// Hands a validated, authorised message to the persister; the ack and the deliveries follow
 /// the commit.
-pub(super) fn submit(
+pub(crate) fn submit(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -319,12 +312,12 @@ pub(super) fn submit(
     }
 }
 
-pub(super) fn ack_data(m: &store::StoredMessage, duplicate: bool) -> Value {
+pub(crate) fn ack_data(m: &store::StoredMessage, duplicate: bool) -> Value {
     json!({ "msg_id": m.msg_id, "conv_id": m.conv_id, "seq": m.seq, "time": m.created_at, "duplicate": duplicate })
 }
 
 /// After the commit: ack the sender, deliver to everyone online (serialised once).
-pub(super) fn acked(
+pub(crate) fn acked(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: Option<&Pending>,
@@ -333,7 +326,7 @@ pub(super) fn acked(
     let a = match r {
         Ok(a) => a,
         Err(e) => {
-            app.admin.emit(
+            app.feed.emit(
                 ctx,
                 Topic::Error,
                 || json!({ "kind": "persist", "msg": e.to_string() }),
@@ -359,12 +352,12 @@ pub(super) fn acked(
         let m = &a.message;
         if m.chat_type == chat_type::SERVICE && m.to_id != 0 && m.from_id != m.to_id {
             // An agent's answer: a WeChat customer gets it through the customer-service API.
-            crate::wechat::service::outbound(app, ctx, m);
+            crate::chat::wechat_out::outbound(app, ctx, m);
         }
     }
 }
 
-pub(super) fn fan_out(
+pub(crate) fn fan_out(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     m: &store::StoredMessage,
@@ -373,8 +366,8 @@ pub(super) fn fan_out(
     if let Some(c) = METRICS.messages.get(usize::from(m.chat_type)) {
         c.inc();
     }
-    let bodies = app.admin.message_bodies();
-    app.admin
+    let bodies = app.feed.message_bodies();
+    app.feed
         .emit(ctx, Topic::Message, || message_event(m, bodies));
     let payload = proto::message_push(m);
     if let Some(bus) = &app.bus {
@@ -388,7 +381,7 @@ pub(super) fn fan_out(
 /// body only when `[admin] message_bodies` is on. A group message's `to_id` is the group, so it
 /// goes out as `group_id`: `to_id` stays a user, and a subscriber's `uid=` (which matches `to_id`)
 /// never picks up a group that happens to share a user's number.
-pub(super) fn message_event(m: &store::StoredMessage, with_body: bool) -> Value {
+pub(crate) fn message_event(m: &store::StoredMessage, with_body: bool) -> Value {
     let mut v = json!({
         "msg_id": m.msg_id,
         "conv_id": m.conv_id,
@@ -412,7 +405,7 @@ pub(super) fn message_event(m: &store::StoredMessage, with_body: bool) -> Value 
 }
 
 /// Sends `frame` to every connection held here of the conversation's members (except one).
-pub(super) fn deliver_to_conv(
+pub(crate) fn deliver_to_conv(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     conv_id: String,
@@ -456,8 +449,4 @@ pub(super) fn deliver_to_conv(
         }
     }
     METRICS.deliveries.add(delivered);
-}
-
-pub(super) fn push_to_user(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64, text: &str) {
-    push_users(app, ctx, &[uid], text);
 }

@@ -7,10 +7,12 @@
 //! made them (a write lost in a crash leaves the session queued, and it is assigned again).
 
 use super::desk::{AgentStatus, Desk, DeskError, Effect};
-use super::{bad, conn_job, push_users, submit, CmdResult, Pending};
-use crate::app::{App, Completion};
+use super::push::push_users;
+use super::request::{bad, conn_job, CmdResult, Pending};
+use super::send::{acked, submit};
 use crate::net::Ctx;
 use crate::proto::{self, chat_type, code, msg_type, Command};
+use crate::rt::{App, Completion};
 use crate::store::{self, NewMessage};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -78,17 +80,9 @@ pub fn visitor_converted(app: &mut App, ctx: &mut dyn Ctx<Completion>, visitor: 
     }
 }
 
-/// Who gets a service conversation's messages: the customer and the agent serving them.
-pub fn recipients(desk: &Desk, customer: u64) -> Vec<u64> {
-    match desk.session(customer).flatten() {
-        Some(agent) if agent != customer => vec![customer, agent],
-        _ => vec![customer],
-    }
-}
-
 /// A customer (web, app or visitor) writes to customer service: the first message opens a
 /// session (stored first), later ones go straight to the persister.
-pub(super) fn customer_send(
+pub(crate) fn customer_send(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -155,7 +149,7 @@ pub fn system_messages(app: &mut App, customer: u64, texts: Vec<String>) {
             created_at: store::now_ms(),
         };
         if app
-            .persist(message, |app, ctx, r| super::acked(app, ctx, None, r))
+            .persist(message, |app, ctx, r| acked(app, ctx, None, r))
             .is_err()
         {
             log::warn!(
@@ -166,7 +160,7 @@ pub fn system_messages(app: &mut App, customer: u64, texts: Vec<String>) {
 }
 
 /// Whether `agent` may write to `customer` now (they serve them).
-pub(super) fn check_serves(desk: &Desk, agent: u64, customer: u64) -> CmdResult {
+pub(crate) fn check_serves(desk: &Desk, agent: u64, customer: u64) -> CmdResult {
     match desk.session(customer) {
         Some(Some(a)) if a == agent => Ok(()),
         Some(Some(_)) => Err((
@@ -293,7 +287,7 @@ fn apply(app: &mut App, ctx: &mut dyn Ctx<Completion>, effects: &[Effect]) {
 
 /// The `service_*` commands. Agents: `service_status`, `service_accept`, `service_transfer`,
 /// `service_close`, `service_info`; customers: `service_close`, `service_rate`, `service_info`.
-pub(super) fn command(
+pub(crate) fn command(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,

@@ -1,9 +1,32 @@
 //! A chat connection's life: opening, the authentication deadline, authentication (URL
 //! token, login cookie, `auth`, online_chat's `access_token`), logout, closing.
 
-use super::*;
+use super::consult;
+use super::presence;
+use super::request::{Pending, Replay};
+use super::send::*;
+use super::service_desk;
+use super::state::{Session, MAX_WAITING_BYTES};
+use super::{USER_TYPE_AGENT, USER_TYPE_CONVERTED, USER_TYPE_VISITOR};
+use crate::auth;
+use crate::cluster::bus::Target;
+use crate::feed::metrics::METRICS;
+use crate::feed::Topic;
+use crate::http::Request;
+use crate::net::{ConnId, Ctx};
+use crate::proto::{self, close, code};
+use crate::rt::{App, Completion};
+use crate::store::{self, Backends, StoreResult};
+use serde_json::{json, Value};
+use std::time::Duration;
 
-pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) {
+pub fn on_open(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    req: &Request,
+    replay: Replay,
+) {
     let deadline = Duration::from_secs(app.config.chat.auth_timeout_s);
     let timer = app.after(ctx, deadline, move |app, ctx| auth_deadline(app, ctx, conn));
     app.chat.sessions.insert(
@@ -26,7 +49,7 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
     let (token, via_cookie) = match req.query_param("token") {
         Some(t) => (Some(t), false),
         None => (
-            crate::app::cookie_token(req, &app.config.ws.allowed_origins),
+            crate::rt::token::cookie_token(req, &app.config.ws.allowed_origins),
             true,
         ),
     };
@@ -40,12 +63,12 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
             req_id: None,
             at: ctx.now(),
         };
-        authenticate(app, ctx, p, token);
+        authenticate(app, ctx, p, token, replay);
     }
 }
 
 /// `[chat] auth_timeout_s` passed since the connection opened: closed unless authenticated.
-pub(super) fn auth_deadline(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
+pub(crate) fn auth_deadline(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
     if let Some(s) = app.chat.sessions.get_mut(&conn) {
         s.auth_timer = None;
     }
@@ -81,7 +104,7 @@ pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) -> O
 
 /// The connection no longer speaks for `uid` (it closed, or its cookie identity gave way to an
 /// explicit token): the user goes offline here when it was their last connection.
-pub(super) fn release(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, uid: u64) {
+pub(crate) fn release(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, uid: u64) {
     let now_offline = match app.chat.online.get_mut(&uid) {
         Some(conns) => {
             conns.retain(|c| *c != conn);
@@ -108,7 +131,7 @@ pub fn on_shutdown(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
 }
 
 /// Closes the user's connections on this process with 4003; returns how many.
-pub(super) fn kick_local(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64) -> usize {
+pub(crate) fn kick_local(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64) -> usize {
     let conns: Vec<ConnId> = app.chat.conns_of(uid).to_vec();
     for c in &conns {
         ctx.close(*c, close::KICKED, "kicked");
@@ -127,7 +150,7 @@ pub fn token_revoked(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64, has
 }
 
 /// Closes the user's connections on this process that this token (SHA-256, hex) authenticated.
-pub(super) fn close_token_local(
+pub(crate) fn close_token_local(
     app: &App,
     ctx: &mut dyn Ctx<Completion>,
     uid: u64,
@@ -147,18 +170,19 @@ pub(super) fn close_token_local(
 }
 
 /// What a token's authentication loads.
-pub(super) struct Authenticated {
+pub(crate) struct Authenticated {
     uid: u64,
     friends: Vec<u64>,
     user_type: i64,
     consults: Vec<store::Consultation>,
 }
 
-pub(super) fn authenticate(
+pub(crate) fn authenticate(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: Pending,
     token: String,
+    replay: Replay,
 ) {
     let Some(session) = app.chat.sessions.get_mut(&p.conn) else {
         return;
@@ -181,7 +205,7 @@ pub(super) fn authenticate(
         session.via_cookie = false;
         session.visitor = false;
         release(app, ctx, p.conn, uid);
-        return authenticate(app, ctx, p, token);
+        return authenticate(app, ctx, p, token, replay);
     }
     if session.uid.is_some() || session.authenticating {
         p.reply_err(ctx, code::BAD_REQUEST, "already authenticated");
@@ -234,7 +258,7 @@ pub(super) fn authenticate(
                 session.visitor = user_type == USER_TYPE_VISITOR;
                 METRICS.login("token", true);
                 let conn = p.conn;
-                app.admin.emit(ctx, Topic::Connection, || {
+                app.feed.emit(ctx, Topic::Connection, || {
                     json!({ "event": "auth", "conn": conn.to_string(), "uid": uid, "user_type": user_type })
                 });
                 if let Some(t) = session.auth_timer.take() {
@@ -256,7 +280,7 @@ pub(super) fn authenticate(
                 }
                 consult::connected(app, ctx, p.conn, uid);
                 for text in waiting {
-                    on_message(app, ctx, conn, Message::Text(&text));
+                    replay(app, ctx, conn, &text);
                 }
             }
             Ok(None) if session.via_cookie => {
@@ -266,7 +290,7 @@ pub(super) fn authenticate(
                 let waiting = std::mem::take(&mut session.waiting);
                 METRICS.login("token", false);
                 let conn = p.conn;
-                app.admin.emit(ctx, Topic::Connection, || {
+                app.feed.emit(ctx, Topic::Connection, || {
                     json!({ "event": "auth_failed", "conn": conn.to_string(), "reason": "bad or expired login cookie" })
                 });
                 p.reply_err(
@@ -275,7 +299,7 @@ pub(super) fn authenticate(
                     "bad or expired login cookie: authenticate with a token",
                 );
                 for text in waiting {
-                    on_message(app, ctx, conn, Message::Text(&text));
+                    replay(app, ctx, conn, &text);
                 }
             }
             Ok(None) => {
@@ -306,10 +330,10 @@ pub(super) fn authenticate(
 
 /// A token that authenticates nobody, malformed or unknown: counted, published on the
 /// `connection` topic, answered with 401, and the connection closed with 4001.
-pub(super) fn auth_failed(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending) {
+pub(crate) fn auth_failed(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending) {
     METRICS.login("token", false);
     let conn = p.conn;
-    app.admin.emit(ctx, Topic::Connection, || {
+    app.feed.emit(ctx, Topic::Connection, || {
         json!({ "event": "auth_failed", "conn": conn.to_string(), "reason": "bad or expired token" })
     });
     p.reply_err(ctx, code::UNAUTHORIZED, "bad or expired token");
@@ -318,7 +342,7 @@ pub(super) fn auth_failed(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pend
 
 /// Keeps a frame until the connection's authentication finishes (then it runs as if it had
 /// just arrived). Past `MAX_WAITING_BYTES` the frame is refused with 503.
-pub(super) fn wait_for_auth(
+pub(crate) fn wait_for_auth(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     conn: ConnId,
@@ -347,7 +371,7 @@ pub(super) fn wait_for_auth(
 }
 
 /// What to do with a frame's `access_token` (online_chat sends its token in every frame).
-pub(super) enum TokenCheck {
+pub(crate) enum TokenCheck {
     /// The connection's own token: go on.
     Same,
     /// Handled: held for the authentication it started, or refused.
@@ -359,12 +383,13 @@ pub(super) enum TokenCheck {
 /// online_chat's `access_token` in a frame: it authenticates a connection that is not yet
 /// authenticated (the frame runs afterwards); on an authenticated connection it must belong to
 /// the connection's user, or the command is refused with 401 and nothing is done.
-pub(super) fn check_access_token(
+pub(crate) fn check_access_token(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
     token: &Value,
     text: &str,
+    replay: Replay,
 ) -> TokenCheck {
     let Some(session) = app.chat.sessions.get_mut(&p.conn) else {
         return TokenCheck::Handled;
@@ -383,7 +408,7 @@ pub(super) fn check_access_token(
                 req_id: None,
                 at: p.at,
             };
-            authenticate(app, ctx, auth, token.to_string());
+            authenticate(app, ctx, auth, token.to_string(), replay);
         }
         return TokenCheck::Handled;
     };
@@ -398,7 +423,7 @@ pub(super) fn check_access_token(
     TokenCheck::Other { uid, hash }
 }
 
-pub(super) fn refuse_token(ctx: &mut dyn Ctx<Completion>, p: &Pending) {
+pub(crate) fn refuse_token(ctx: &mut dyn Ctx<Completion>, p: &Pending) {
     p.reply_err(
         ctx,
         code::UNAUTHORIZED,

@@ -1,9 +1,19 @@
 //! Friends and groups: requests, friendships, group creation, membership and its events.
 
-use super::*;
+use super::membership;
+use super::presence;
+use super::push::*;
+use super::request::{bad, conn_job, CmdResult, Pending};
+use crate::net::Ctx;
+use crate::proto::{self, code, Command};
+use crate::rt::{App, Completion};
+use crate::store::{self, Backends, StoreResult};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Calls `then` with the group's members: from the cache, or after loading them.
-pub(super) fn with_members(
+pub(crate) fn with_members(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -32,7 +42,7 @@ pub(super) fn with_members(
 }
 
 /// These users in this order with their profiles (loaded on a worker).
-pub(super) fn with_profiles(
+pub(crate) fn with_profiles(
     s: &Backends,
     uids: Vec<u64>,
 ) -> StoreResult<Vec<(u64, Option<store::User>)>> {
@@ -42,14 +52,14 @@ pub(super) fn with_profiles(
 }
 
 /// A friend or member line: who, how they are called, and whether they are online.
-pub(super) fn person(uid: u64, user: &Option<store::User>, online: bool) -> Value {
+pub(crate) fn person(uid: u64, user: &Option<store::User>, online: bool) -> Value {
     let (name, head_img) = user
         .as_ref()
         .map_or(("", ""), |u| (u.name.as_str(), u.head_img.as_str()));
     json!({ "uid": uid, "name": name, "head_img": head_img, "online": online })
 }
 
-pub(super) fn cmd_friends(
+pub(crate) fn cmd_friends(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -77,7 +87,7 @@ pub(super) fn cmd_friends(
     )
 }
 
-pub(super) fn cmd_friend_request(
+pub(crate) fn cmd_friend_request(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -125,7 +135,7 @@ pub(super) fn cmd_friend_request(
 }
 
 /// Records a friendship in the caches and tells both sides.
-pub(super) fn friendship_made(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: u64, b: u64) {
+pub(crate) fn friendship_made(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: u64, b: u64) {
     for (x, y) in [(a, b), (b, a)] {
         if let Some(f) = app.chat.friends.get_mut(&x) {
             f.insert(y);
@@ -138,7 +148,7 @@ pub(super) fn friendship_made(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: u
     }
 }
 
-pub(super) fn friendship_ended(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: u64, b: u64) {
+pub(crate) fn friendship_ended(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: u64, b: u64) {
     for (x, y) in [(a, b), (b, a)] {
         if let Some(f) = app.chat.friends.get_mut(&x) {
             f.remove(&y);
@@ -152,7 +162,7 @@ pub(super) fn friendship_ended(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: 
     }
 }
 
-pub(super) fn cmd_friend_accept(
+pub(crate) fn cmd_friend_accept(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -182,7 +192,7 @@ pub(super) fn cmd_friend_accept(
     )
 }
 
-pub(super) fn cmd_friend_requests(
+pub(crate) fn cmd_friend_requests(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -208,7 +218,7 @@ pub(super) fn cmd_friend_requests(
     )
 }
 
-pub(super) fn cmd_friend_remove(
+pub(crate) fn cmd_friend_remove(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -231,7 +241,7 @@ pub(super) fn cmd_friend_remove(
     )
 }
 
-pub(super) fn cmd_groups(
+pub(crate) fn cmd_groups(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -250,7 +260,7 @@ pub(super) fn cmd_groups(
 }
 
 /// Tells every online member about a membership change.
-pub(super) fn push_group_event(
+pub(crate) fn push_group_event(
     app: &App,
     ctx: &mut dyn Ctx<Completion>,
     gid: u64,
@@ -265,7 +275,7 @@ pub(super) fn push_group_event(
     push_users(app, ctx, notify, &payload);
 }
 
-pub(super) fn create_group(
+pub(crate) fn create_group(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     owner: u64,
@@ -312,7 +322,7 @@ pub(super) fn create_group(
     )
 }
 
-pub(super) fn cmd_group_create(
+pub(crate) fn cmd_group_create(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -345,7 +355,7 @@ pub(super) fn cmd_group_create(
     }
 }
 
-pub(super) fn cmd_group_members(
+pub(crate) fn cmd_group_members(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -382,7 +392,7 @@ pub(super) fn cmd_group_members(
     })
 }
 
-pub(super) fn cmd_group_invite(
+pub(crate) fn cmd_group_invite(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
@@ -411,7 +421,7 @@ pub(super) fn cmd_group_invite(
     })
 }
 
-pub(super) fn add_members(
+pub(crate) fn add_members(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     gid: u64,
@@ -443,7 +453,7 @@ pub(super) fn add_members(
 }
 
 /// Reloads the member list, then tells every member (including those who just left) what changed.
-pub(super) fn notify_membership(
+pub(crate) fn notify_membership(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     gid: u64,
@@ -464,7 +474,7 @@ pub(super) fn notify_membership(
     );
 }
 
-pub(super) fn cmd_group_leave(
+pub(crate) fn cmd_group_leave(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     p: &Pending,

@@ -7,11 +7,13 @@
 //! message), then marks the visitor converted in the store (their tokens stop working, their
 //! service sessions move to the user) and hands the desk's session over.
 
-use crate::app::{api_error, api_ok, later_or_busy, request_token, App, Completion};
 use crate::auth;
 use crate::http::{Request, Response};
 use crate::net::{ConnId, Ctx, Reply};
 use crate::proto::{self, chat_type, close, code, msg_type};
+use crate::rt::reply::{api_error, api_ok, later_or_busy};
+use crate::rt::token::request_token;
+use crate::rt::{App, Completion};
 use crate::store::{self, NewMessage, StoredMessage, USER_TYPE_VISITOR};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,7 +101,7 @@ pub fn convert_request(
     req: &Request,
 ) -> Reply {
     let Some(token) = request_token(req, &app.config.ws.allowed_origins) else {
-        return Reply::Now(crate::app::not_logged_in());
+        return Reply::Now(crate::rt::reply::not_logged_in());
     };
     let visitor_token = req.body_params().ok().and_then(|p| {
         p.into_iter()
@@ -120,7 +122,7 @@ pub fn convert_request(
             Ok(Some(uid)) => convert(app, ctx, &visitor_token, uid, move |_app, ctx, r| {
                 ctx.respond(conn, respond(r));
             }),
-            Ok(None) => ctx.respond(conn, crate::app::not_logged_in()),
+            Ok(None) => ctx.respond(conn, crate::rt::reply::not_logged_in()),
             Err(e) => ctx.respond(conn, api_error(proto::store_code(&e), &e.to_string())),
         },
     );

@@ -42,7 +42,7 @@ impl StoreError {
     /// A database or cache failure, counted in `wxchat_store_errors_total`. The backends build
     /// every `Unavailable` through this.
     pub fn unavailable(why: impl Into<String>) -> StoreError {
-        crate::admin::metrics::METRICS.store_errors.inc();
+        crate::feed::metrics::METRICS.store_errors.inc();
         StoreError::Unavailable(why.into())
     }
 }

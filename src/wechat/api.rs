@@ -79,7 +79,7 @@ pub enum Api {
 
 impl Api {
     pub fn name(self) -> &'static str {
-        crate::admin::metrics::WECHAT_APIS[self as usize]
+        crate::feed::metrics::WECHAT_APIS[self as usize]
     }
 }
 
@@ -96,9 +96,9 @@ pub type Observer = Box<dyn Fn(&ApiCall<'_>) + Send + Sync>;
 
 /// The server's observer: counts every call in the metrics and publishes it on `wechat` (and
 /// failures on `error`) when someone subscribes.
-pub fn report_to(feed: crate::admin::Feed) -> Observer {
-    use crate::admin::metrics::METRICS;
-    use crate::admin::Topic;
+pub fn report_to<C: Send + 'static>(feed: crate::feed::Publisher<C>) -> Observer {
+    use crate::feed::metrics::METRICS;
+    use crate::feed::Topic;
     Box::new(move |call| {
         let i = call.api as usize;
         METRICS.wechat_calls[i].inc();

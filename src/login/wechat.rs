@@ -5,11 +5,13 @@
 //! - `POST /api/wx/decrypt {encryptedData, iv, app?}` (with the token): decrypts with the
 //!   session key of the user's latest login to that app.
 
-use crate::app::{api_error, api_ok, not_logged_in, request_token, App, Completion};
 use crate::auth;
 use crate::http::{Request, Response};
 use crate::net::{ConnId, Ctx, Reply};
 use crate::proto::code;
+use crate::rt::reply::{api_error, api_ok, not_logged_in};
+use crate::rt::token::request_token;
+use crate::rt::{App, Completion};
 use crate::store::{StoreError, WechatIdentity};
 use crate::wechat::api::WxError;
 use crate::wechat::decrypt::{self, DecryptError};
@@ -206,7 +208,7 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
         };
         app.respond_login(ctx, conn, "wx", resp);
     });
-    crate::app::later_or_busy(ok)
+    crate::rt::reply::later_or_busy(ok)
 }
 
 pub fn decrypt(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &Request) -> Reply {
@@ -254,7 +256,7 @@ pub fn decrypt(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
     let ok = app.job(ctx, work, move |_app, ctx, r| {
         ctx.respond(conn, r.map_or_else(|resp| resp, api_ok));
     });
-    crate::app::later_or_busy(ok)
+    crate::rt::reply::later_or_busy(ok)
 }
 
 /// Server API `wx_check {"app"}`: proves the app's configuration works end to end: takes the
@@ -293,5 +295,5 @@ pub fn check(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, body: &
             ctx.respond(conn, resp);
         },
     );
-    crate::app::later_or_busy(ok)
+    crate::rt::reply::later_or_busy(ok)
 }

@@ -3,10 +3,12 @@
 //! `app_uid` `demo:<name>`, made friends with the other demo users of this process so the chat
 //! demo works at once.
 
-use crate::app::{api_error, issue_token, profile_of, App, Completion};
 use crate::http::Request;
+use crate::login::tokens::{issue_token, profile_of};
 use crate::net::{ConnId, Ctx, Reply};
 use crate::proto::code;
+use crate::rt::reply::api_error;
+use crate::rt::{App, Completion};
 use crate::store::{Backends, StoreError};
 
 /// Demo users befriended on login (the newest ones of this process).
@@ -50,7 +52,7 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
         .copied()
         .collect();
     let app_uid = format!("demo:{name}");
-    let work = move |b: &Backends| -> Result<crate::app::Issued, StoreError> {
+    let work = move |b: &Backends| -> Result<crate::login::tokens::Issued, StoreError> {
         let issued = issue_token(b, &app_uid, &profile, true, ttl)?;
         let me = issued.user.uid;
         for other in others.into_iter().filter(|o| *o != me) {
@@ -69,11 +71,11 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                crate::app::logged_in(&issued.data, &token, ttl, false)
+                crate::rt::token::logged_in(&issued.data, &token, ttl, false)
             }
             Err(e) => api_error(crate::proto::store_code(&e), &e.to_string()),
         };
         ctx.respond(conn, resp);
     });
-    crate::app::later_or_busy(ok)
+    crate::rt::reply::later_or_busy(ok)
 }

@@ -1,33 +1,52 @@
 //! The server API (`POST /api/server/{action}`, authenticated by the API key): the business
 //! backend's users, messages, groups, friendships, kicks and presence.
 
-use super::*;
+use crate::auth;
+use crate::chat::send::{ack_data, acked};
+use crate::chat::session::kick_local;
+use crate::chat::social::{create_group, friendship_ended, friendship_made, notify_membership};
+use crate::chat::{consult, membership, presence, profile};
+use crate::cluster::bus::Target;
+use crate::http::Request;
+use crate::net::{ConnId, Ctx, Reply};
+use crate::proto::{self, chat_type, code};
+use crate::rt::reply::{
+    api_error, api_ok, bad_request as bad, field_list, field_u64, later_or_busy,
+};
+use crate::rt::{App, Completion};
+use crate::store::{self, Backends, NewMessage, StoreError, StoreResult};
+use serde_json::{json, Value};
+use std::collections::HashSet;
 
-pub(super) fn field_u64(body: &Value, name: &str) -> Result<u64, (u16, String)> {
-    body.get(name)
-        .and_then(|v| {
-            v.as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        })
-        .ok_or_else(|| bad(format!("missing or bad \"{name}\"")))
-}
-
-pub(super) fn field_list(body: &Value, name: &str) -> Result<Vec<u64>, (u16, String)> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_u64()
-                    .ok_or_else(|| bad(format!("\"{name}\" must list user ids")))
-            })
-            .collect(),
-        _ => Err(bad(format!("\"{name}\" must be an array"))),
+/// `POST /api/server/{action}`: the API key, then the action.
+pub fn handle(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conn: ConnId,
+    req: &Request,
+    action: &str,
+) -> Reply {
+    let presented = req
+        .bearer()
+        .or_else(|| req.header_str("x-api-key"))
+        .unwrap_or("");
+    if !auth::constant_time_eq(presented.trim().as_bytes(), app.secrets.api_key.as_bytes()) {
+        return Reply::Now(api_error(code::UNAUTHORIZED, "bad or missing API key"));
     }
+    let body: Value = match req.json() {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return Reply::Now(api_error(
+                code::BAD_REQUEST,
+                "the body must be a JSON object",
+            ))
+        }
+    };
+    server_api(app, ctx, conn, action, body)
 }
 
 /// Answers a deferred server-API request from a store job's result.
-pub(super) fn respond_job<R: Send + 'static>(
+pub fn respond_job<R: Send + 'static>(
     app: &mut App,
     ctx: &mut dyn Ctx<Completion>,
     conn: ConnId,
@@ -41,7 +60,7 @@ pub(super) fn respond_job<R: Send + 'static>(
         };
         ctx.respond(conn, resp);
     });
-    crate::app::later_or_busy(ok)
+    later_or_busy(ok)
 }
 
 pub fn server_api(
@@ -73,19 +92,20 @@ pub fn server_api(
                 // Not a number at all: the shared rule's refusal, naming what was sent.
                 Some(other) => Some(crate::profile::user_type(&other.to_string()).map_err(bad)?),
             };
-            let profile = crate::app::profile_of(
+            let profile = crate::login::tokens::profile_of(
                 text("name")?.as_deref(),
                 text("head_img")?.as_deref(),
                 user_type,
             )
             .map_err(bad)?;
             let ttl = app.config.auth.token_ttl_s;
-            let issued = |app: &mut App, ctx: &mut dyn Ctx<Completion>, i: crate::app::Issued| {
-                if i.profile_changed {
-                    profile::changed(app, ctx, &i.user);
-                }
-                i.data
-            };
+            let issued =
+                |app: &mut App, ctx: &mut dyn Ctx<Completion>, i: crate::login::tokens::Issued| {
+                    if i.profile_changed {
+                        profile::changed(app, ctx, &i.user);
+                    }
+                    i.data
+                };
             // A user known by wxchat's uid (a WeChat user has no app_uid) is updated in place.
             if body.get("uid").is_some_and(|v| !v.is_null()) {
                 let uid = field_u64(&body, "uid")?;
@@ -96,7 +116,7 @@ pub fn server_api(
                     app,
                     ctx,
                     conn,
-                    move |s| crate::app::issue_token_for_uid(s, uid, &profile, ttl),
+                    move |s| crate::login::tokens::issue_token_for_uid(s, uid, &profile, ttl),
                     issued,
                 ));
             }
@@ -112,7 +132,7 @@ pub fn server_api(
                 app,
                 ctx,
                 conn,
-                move |s| crate::app::issue_token(s, &app_uid, &profile, false, ttl),
+                move |s| crate::login::tokens::issue_token(s, &app_uid, &profile, false, ttl),
                 issued,
             ))
         }
@@ -266,7 +286,7 @@ pub fn server_api(
             // `closed` counts this process's connections; the others close theirs.
             Ok(Reply::Now(api_ok(json!({ "uid": uid, "closed": closed }))))
         }
-        "wx_check" => Ok(crate::wechat::login::check(app, ctx, conn, &body)),
+        "wx_check" => Ok(crate::login::wechat::check(app, ctx, conn, &body)),
         "online" => {
             let uids = field_list(&body, "uids")?;
             let answer = |app: &App, uids: &[u64], r: StoreResult<HashSet<u64>>| match r {

@@ -4,7 +4,7 @@
 //! transaction, by the only writer, which is what keeps them gap-free: a failed batch hands out
 //! nothing.
 
-use crate::admin::metrics::METRICS;
+use crate::feed::metrics::METRICS;
 use crate::store::{Appended, NewMessage, Store, StoreResult};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};

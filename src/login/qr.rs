@@ -13,16 +13,16 @@
 //! 3. A ticket not scanned in time: `qrcode_expired`, and the WebSocket closes. A reused ticket
 //!    (a second scan, or WeChat's retry of the callback) does nothing.
 
-use crate::app::{App, AppTimer, Completion};
 use crate::cluster::bus::Target;
 use crate::config::WechatApp;
 use crate::http::Request;
+use crate::login::qr_state::Waiter;
 use crate::net::{ConnId, Ctx, Reply};
+use crate::rt::{App, Completion};
 use crate::store::{Backends, StoreResult, User, WechatIdentity};
 use crate::wechat::api::{QrCode, UserInfo};
-use crate::wechat::callback::{Push, Replier, REPLY_DEADLINE};
+use crate::wechat::push::{Push, Replier, REPLY_DEADLINE};
 use serde_json::json;
-use std::collections::HashMap;
 use std::time::Duration;
 
 /// WeChat's page that renders a ticket as a QR image.
@@ -32,26 +32,6 @@ const EVENT_DEDUPE: Duration = Duration::from_secs(120);
 
 /// The WebSocket close code sent when the QR code could not be created (try again later).
 const CLOSE_TRY_AGAIN: u16 = 1013;
-
-struct Waiter {
-    conn: ConnId,
-    expiry: Option<AppTimer>,
-}
-
-/// Browsers waiting for a scan on this process, and callbacks waiting for their answer.
-#[derive(Default)]
-pub struct QrState {
-    waiting: HashMap<String, Waiter>,
-    by_conn: HashMap<ConnId, String>,
-    answers: HashMap<u64, ConnId>,
-    next_answer: u64,
-}
-
-impl QrState {
-    pub fn waiting(&self) -> usize {
-        self.waiting.len()
-    }
-}
 
 /// The official account a `/ws/qrlogin` request names (`?app=`), or the only one.
 pub fn app_for(app: &App, req: &Request) -> Option<WechatApp> {
@@ -97,10 +77,7 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
         fail_and_close(ctx, conn, "cannot draw a ticket", None);
         return;
     };
-    app.qr
-        .waiting
-        .insert(ticket.clone(), Waiter { conn, expiry: None });
-    app.qr.by_conn.insert(conn, ticket.clone());
+    app.qr.open(&ticket, conn);
     let expire = app.config.wechat.qr_expire_s;
     let node = app.node_id.clone();
     let tokens = app.access_tokens.clone();
@@ -117,14 +94,14 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
             })
             .map_err(|e| {
                 log::warn!("wechat {}: qrcode/create: {e}", wx_app.name);
-                let (_, msg, errcode) = crate::wechat::login::wx_failure(&e);
+                let (_, msg, errcode) = crate::login::wechat::wx_failure(&e);
                 (msg, errcode)
             })
     };
     let then = move |app: &mut App,
                      ctx: &mut dyn Ctx<Completion>,
                      r: Result<QrCode, (String, Option<i64>)>| {
-        if app.qr.waiting.get(&ticket).map(|w| w.conn) != Some(conn) {
+        if !app.qr.is_waiting(&ticket, conn) {
             return; // the browser left meanwhile
         }
         match r {
@@ -144,9 +121,7 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
                 let timer = app.after(ctx, Duration::from_secs(seconds), move |app, ctx| {
                     expired(app, ctx, &t2)
                 });
-                if let Some(w) = app.qr.waiting.get_mut(&ticket) {
-                    w.expiry = Some(timer);
-                }
+                app.qr.set_expiry(&ticket, timer);
             }
             Err((msg, errcode)) => {
                 forget(app, &ticket);
@@ -162,9 +137,7 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
 
 /// Drops a ticket's local state (not its timer).
 fn forget(app: &mut App, ticket: &str) -> Option<Waiter> {
-    let w = app.qr.waiting.remove(ticket)?;
-    app.qr.by_conn.remove(&w.conn);
-    Some(w)
+    app.qr.take(ticket)
 }
 
 fn expired(app: &mut App, ctx: &mut dyn Ctx<Completion>, ticket: &str) {
@@ -176,13 +149,11 @@ fn expired(app: &mut App, ctx: &mut dyn Ctx<Completion>, ticket: &str) {
 
 /// The browser closed its WebSocket: its ticket can no longer log anyone in.
 pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
-    let Some(ticket) = app.qr.by_conn.get(&conn).cloned() else {
+    let Some((ticket, w)) = app.qr.leave(conn) else {
         return;
     };
-    if let Some(w) = forget(app, &ticket) {
-        if let Some(t) = w.expiry {
-            app.cancel(ctx, t);
-        }
+    if let Some(t) = w.expiry {
+        app.cancel(ctx, t);
     }
     let key = format!("qr:{ticket}");
     // Best effort: the entry expires by itself anyway.
@@ -255,7 +226,7 @@ fn claim_and_login(
             true,
         )?;
         // WeChat stopped returning nicknames in 2021; accounts that still get one use it.
-        let (name, head_img) = crate::wechat::login::wechat_profile(
+        let (name, head_img) = crate::login::wechat::wechat_profile(
             info.nickname.as_deref(),
             info.headimgurl.as_deref(),
         );
@@ -314,8 +285,8 @@ pub fn on_scan(
     let wx_app = push.app.clone();
     let replier_app = push.app.name.clone();
     let replier = push.replier;
-    let answer_id = app.qr.next_answer;
-    app.qr.next_answer += 1;
+    // Parked before the job is submitted, so its answer always finds the callback.
+    let answer_id = app.qr.park_answer(conn);
     let t = ticket.clone();
     let work = move |b: &Backends| {
         claim_and_login(b, &tokens, &client, &wx_app, &openid, &t, &event_key, ttl)
@@ -324,16 +295,14 @@ pub fn on_scan(
                      ctx: &mut dyn Ctx<Completion>,
                      r: StoreResult<Option<Scanned>>| {
         match &r {
-            Ok(Some(s)) => crate::admin::login(
-                app,
+            Ok(Some(s)) => app.feed.login(
                 ctx,
                 "qr",
                 true,
                 json!({ "uid": s.user.uid, "app": replier_app, "ticket": ticket, "is_new": s.created }),
             ),
             Ok(None) => {}
-            Err(e) => crate::admin::login(
-                app,
+            Err(e) => app.feed.login(
                 ctx,
                 "qr",
                 false,
@@ -379,9 +348,9 @@ pub fn on_scan(
         }
     };
     if !app.job(ctx, work, then) {
+        app.qr.take_answer(answer_id);
         return Reply::Now(crate::http::Response::error(503, "server busy, retry"));
     }
-    app.qr.answers.insert(answer_id, conn);
     app.after(ctx, REPLY_DEADLINE, move |app, ctx| {
         answer(app, ctx, answer_id, Replier::success())
     });
@@ -390,7 +359,7 @@ pub fn on_scan(
 
 /// Answers a waiting callback once (the result or the deadline, whichever comes first).
 fn answer(app: &mut App, ctx: &mut dyn Ctx<Completion>, id: u64, resp: crate::http::Response) {
-    if let Some(conn) = app.qr.answers.remove(&id) {
+    if let Some(conn) = app.qr.take_answer(id) {
         ctx.respond(conn, resp);
     }
 }

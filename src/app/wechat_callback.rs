@@ -5,93 +5,23 @@
 //! every mode, `msg_signature` and the AES envelope in safe mode; the body is XML or JSON in
 //! either mode. Verification and decryption are CPU work on the reactor (microseconds); what
 //! follows needs the store and runs on workers:
-//! - QR-code scans (official accounts) log a browser in ([`super::qrlogin`]) and are answered with
-//!   a passive text reply, or `success` if that takes more than [`REPLY_DEADLINE`];
-//! - customer-service messages (mini-programs, mini-games) are stored ([`super::service`]) and
+//! - QR-code scans (official accounts) log a browser in ([`crate::login::qr`]) and are answered with
+//!   a passive text reply, or `success` if that takes more than [`crate::wechat::push::REPLY_DEADLINE`];
+//! - customer-service messages (mini-programs, mini-games) are stored ([`crate::chat::wechat_cs`]) and
 //!   answered `success` once committed, or 503 so that WeChat retries: nothing acknowledged to
 //!   WeChat is lost, and a retry is stored once (deduplicated by `MsgId`);
 //! - anything else is answered `success`.
 
-use crate::admin::metrics::METRICS;
-use crate::admin::Topic;
-use crate::app::{App, Completion};
 use crate::config::WechatApp;
+use crate::feed::metrics::METRICS;
+use crate::feed::Topic;
 use crate::http::{Request, Response};
 use crate::net::{ConnId, Ctx, Reply};
+use crate::rt::{App, Completion};
 use crate::wechat::crypto::{self, CryptoError, MsgCrypt};
-use crate::wechat::message::{self, Fields, Format};
+use crate::wechat::message::{self};
+use crate::wechat::push::{Push, Replier};
 use serde_json::json;
-use std::time::Duration;
-
-/// WeChat waits 5 s for an answer; a passive reply not ready by then is replaced by `success`.
-pub const REPLY_DEADLINE: Duration = Duration::from_secs(4);
-
-/// A verified, decrypted push and how to answer it.
-pub struct Push {
-    pub app: WechatApp,
-    pub fields: Fields,
-    pub replier: Replier,
-}
-
-/// Builds answers in the push's format, encrypted when the push was.
-#[derive(Clone)]
-pub struct Replier {
-    format: Format,
-    /// Safe mode: replies are encrypted with the app's key.
-    encrypted: bool,
-    app: WechatApp,
-    /// The user who sent the push (`FromUserName`) and our account (`ToUserName`).
-    user: String,
-    account: String,
-}
-
-impl Replier {
-    /// The bare acknowledgement (no encryption needed).
-    pub fn success() -> Response {
-        Response::new(200).with_body("text/plain; charset=utf-8", b"success".to_vec())
-    }
-
-    /// A passive text reply to the user.
-    pub fn text(&self, content: &str) -> Response {
-        let now = crate::store::now_ms() / 1000;
-        let plain = message::text_reply(self.format, &self.user, &self.account, now, content);
-        let body = if self.encrypted {
-            match self.seal(&plain, now) {
-                Ok(b) => b,
-                Err(e) => {
-                    log::warn!("wechat {}: cannot encrypt a reply: {e}", self.app.name);
-                    return Self::success();
-                }
-            }
-        } else {
-            plain
-        };
-        let ct = match self.format {
-            Format::Xml => "application/xml; charset=utf-8",
-            Format::Json => "application/json; charset=utf-8",
-        };
-        Response::new(200).with_body(ct, body.into_bytes())
-    }
-
-    fn seal(&self, plain: &str, now: i64) -> Result<String, String> {
-        let crypt = MsgCrypt::new(&self.app.aes_key, &self.app.appid).map_err(|e| e.to_string())?;
-        let mut random = [0u8; 16];
-        getrandom::getrandom(&mut random).map_err(|e| e.to_string())?;
-        let encrypt = crypt.encrypt(plain, &random);
-        let mut n = [0u8; 4];
-        getrandom::getrandom(&mut n).map_err(|e| e.to_string())?;
-        let nonce = (u32::from_be_bytes(n) % 1_000_000_000).to_string();
-        let ts = now.to_string();
-        let signature = crypto::signature(&[&self.app.token, &ts, &nonce, &encrypt]);
-        Ok(message::encrypted_reply(
-            self.format,
-            &encrypt,
-            &signature,
-            now,
-            &nonce,
-        ))
-    }
-}
 
 /// A refusal: plain text that names the problem and never echoes a secret.
 fn refuse(status: u16, why: &str) -> Reply {
@@ -135,9 +65,9 @@ pub fn handle(
                     "peer": peer.map(|p| p.to_string()),
                 })
             };
-            app.admin.emit(ctx, Topic::Wechat, event);
+            app.feed.emit(ctx, Topic::Wechat, event);
             if refused {
-                app.admin.emit(ctx, Topic::Error, event);
+                app.feed.emit(ctx, Topic::Error, event);
             }
         }
     }
@@ -238,13 +168,7 @@ fn verify(
             Err(why) => return refuse(400, &why),
         }
     };
-    let replier = Replier {
-        format,
-        encrypted,
-        app: wx_app.clone(),
-        user: fields.get("FromUserName").unwrap_or_default().to_string(),
-        account: fields.get("ToUserName").unwrap_or_default().to_string(),
-    };
+    let replier = Replier::new(format, encrypted, wx_app.clone(), &fields);
     dispatch(
         app,
         ctx,
@@ -262,7 +186,7 @@ fn dispatch(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, push: Pu
     let event = push.fields.get("Event").unwrap_or_default().to_string();
     let kind = push.app.kind.as_str();
     METRICS.wechat_callbacks[0].inc();
-    app.admin.emit(ctx, Topic::Wechat, || {
+    app.feed.emit(ctx, Topic::Wechat, || {
         json!({
             "kind": "push",
             "app": push.app.name,
@@ -286,11 +210,11 @@ fn dispatch(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, push: Pu
             _ => None,
         };
         if let Some(ticket) = ticket.filter(|t| !t.is_empty()).map(String::from) {
-            return super::qrlogin::on_scan(app, ctx, conn, push, ticket);
+            return crate::login::qr::on_scan(app, ctx, conn, push, ticket);
         }
     }
     if matches!(kind, "miniprogram" | "minigame") {
-        if let Some(reply) = super::service::inbound(app, ctx, conn, &push) {
+        if let Some(reply) = crate::chat::wechat_cs::inbound(app, ctx, conn, &push) {
             return reply;
         }
     }
