@@ -22,13 +22,13 @@ use std::time::Duration;
 
 /// Migrations in order; `schema_version` records which are applied.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../sql/mysql/001_init.sql"),
-    include_str!("../../sql/mysql/002_wechat_identities.sql"),
-    include_str!("../../sql/mysql/003_wx_cs_routes.sql"),
-    include_str!("../../sql/mysql/004_service_sessions.sql"),
-    include_str!("../../sql/mysql/005_consultations.sql"),
-    include_str!("../../sql/mysql/006_group_join_seq.sql"),
-    include_str!("../../sql/mysql/007_visitor_purge.sql"),
+    include_str!("../../../sql/mysql/001_init.sql"),
+    include_str!("../../../sql/mysql/002_wechat_identities.sql"),
+    include_str!("../../../sql/mysql/003_wx_cs_routes.sql"),
+    include_str!("../../../sql/mysql/004_service_sessions.sql"),
+    include_str!("../../../sql/mysql/005_consultations.sql"),
+    include_str!("../../../sql/mysql/006_group_join_seq.sql"),
+    include_str!("../../../sql/mysql/007_visitor_purge.sql"),
 ];
 
 /// Row counts used for multi-row statements: a batch of n rows is sent as a few chunks of these

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 /// Migrations in order; PRAGMA user_version records how many are applied.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../sql/sqlite/001_init.sql"),
-    include_str!("../../sql/sqlite/002_read_cursors_by_conv.sql"),
-    include_str!("../../sql/sqlite/003_wechat_identities.sql"),
-    include_str!("../../sql/sqlite/004_wx_cs_routes.sql"),
-    include_str!("../../sql/sqlite/005_service_sessions.sql"),
-    include_str!("../../sql/sqlite/006_consultations.sql"),
-    include_str!("../../sql/sqlite/007_group_join_seq.sql"),
-    include_str!("../../sql/sqlite/008_visitor_purge.sql"),
+    include_str!("../../../sql/sqlite/001_init.sql"),
+    include_str!("../../../sql/sqlite/002_read_cursors_by_conv.sql"),
+    include_str!("../../../sql/sqlite/003_wechat_identities.sql"),
+    include_str!("../../../sql/sqlite/004_wx_cs_routes.sql"),
+    include_str!("../../../sql/sqlite/005_service_sessions.sql"),
+    include_str!("../../../sql/sqlite/006_consultations.sql"),
+    include_str!("../../../sql/sqlite/007_group_join_seq.sql"),
+    include_str!("../../../sql/sqlite/008_visitor_purge.sql"),
 ];
 
 pub struct SqliteStore {
