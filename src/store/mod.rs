@@ -1,5 +1,18 @@
-//! Durable data: the [`Store`] trait and its backends. Every method blocks, so only worker
+//! Durable data: the [`Store`] traits and their backends. Every method blocks, so only worker
 //! threads and the persister call them; the reactor never does.
+//!
+//! This folder holds what outlives a process or is shared between processes: the store, split
+//! by aggregate into [`UserStore`], [`WechatStore`], [`ServiceStore`], [`SocialStore`] and
+//! [`MessageStore`] ([`Store`] is all five), with its backends (`sqlite/`, `mysql/`: one file
+//! per aggregate beside a `mod.rs` that holds the connections, migrations and shared helpers);
+//! the token, presence and cache services with their in-process and Redis (`redis.rs`) homes;
+//! and the Redis/MySQL `backoff`. Wiring them from the config is `crate::backends`' job.
+//!
+//! Imports: the store sits below chat, app, wechat and config and imports none of them (nor
+//! `proto`: `proto::store_code` maps its errors from above). From the crate it uses two modules
+//! only: `crate::auth` (`tokens::mint` makes and hashes a token; auth itself uses only
+//! `http::url_encode`) and `crate::admin::metrics` (std only: the counter behind
+//! `StoreError::unavailable`). Everything else is std, serde, log and the database clients.
 
 pub mod backoff;
 pub mod cache;
