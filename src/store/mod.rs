@@ -6,7 +6,7 @@
 //! [`MessageStore`] ([`Store`] is all five), with its backends (`sqlite/`, `mysql/`: one file
 //! per aggregate beside a `mod.rs` that holds the connections, migrations and shared helpers);
 //! the token, presence and cache services with their in-process and Redis (`redis.rs`) homes;
-//! and the Redis/MySQL `backoff`. Wiring them from the config is `crate::backends`' job.
+//! and the Redis/MySQL `backoff`. Wiring them from the config is the job of `src/backends.rs`.
 //!
 //! Imports: the store sits below chat, app, wechat and config and imports none of them (nor
 //! `proto`: `proto::store_code` maps its errors from above). From the crate it uses two modules
