@@ -7,7 +7,7 @@ use common::services::{mysql_admin_url, TestDb};
 use mysql::prelude::Queryable;
 use std::time::Duration;
 use wxchat::store::mysql::{MysqlStore, CONVERSATIONS_SQL, HISTORY_SQL, READ_COUNT_SQL, SYNC_SQL};
-use wxchat::store::{NewMessage, Store};
+use wxchat::store::{MessageStore, NewMessage, UserStore};
 
 fn conn(db: &TestDb) -> mysql::Conn {
     mysql::Conn::new(mysql::Opts::from_url(&db.url).unwrap()).unwrap()

@@ -1,5 +1,18 @@
-//! Durable data: the [`Store`] trait and its backends. Every method blocks, so only worker
+//! Durable data: the [`Store`] traits and their backends. Every method blocks, so only worker
 //! threads and the persister call them; the reactor never does.
+//!
+//! This folder holds what outlives a process or is shared between processes: the store, split
+//! by aggregate into [`UserStore`], [`WechatStore`], [`ServiceStore`], [`SocialStore`] and
+//! [`MessageStore`] ([`Store`] is all five), with its backends (`sqlite/`, `mysql/`: one file
+//! per aggregate beside a `mod.rs` that holds the connections, migrations and shared helpers);
+//! the token, presence and cache services with their in-process and Redis (`redis.rs`) homes;
+//! and the Redis/MySQL `backoff`. Wiring them from the config is the job of `src/backends.rs`.
+//!
+//! Imports: the store sits below chat, app, wechat and config and imports none of them (nor
+//! `proto`: `proto::store_code` maps its errors from above). From the crate it uses two modules
+//! only: `crate::auth` (`tokens::mint` makes and hashes a token; auth itself uses only
+//! `http::url_encode`) and `crate::admin::metrics` (std only: the counter behind
+//! `StoreError::unavailable`). Everything else is std, serde, log and the database clients.
 
 pub mod backoff;
 pub mod cache;
@@ -179,9 +192,9 @@ pub struct ConversationSummary {
     pub last: Option<StoredMessage>,
 }
 
-/// The operations wxchat needs from its database. Implementations are shared between worker
-/// threads; `append_batch` is called by the persister alone (the single writer of messages).
-pub trait Store: Send + Sync + 'static {
+/// Users and their login tokens: registered users (by business id), profiles, the `tokens`
+/// table, and anonymous web visitors (created, converted to a user, purged when idle).
+pub trait UserStore: Send + Sync + 'static {
     /// Creates or updates the user with this business id; counts a login when `login`.
     fn upsert_app_user(
         &self,
@@ -203,6 +216,28 @@ pub trait Store: Send + Sync + 'static {
         head_img: Option<&str>,
     ) -> StoreResult<Option<(User, bool)>>;
 
+    /// A new anonymous visitor (`user_type` 3).
+    fn create_visitor(&self) -> StoreResult<User>;
+    /// Deletes up to `limit` anonymous visitors idle since before `idle_before` (ms): created
+    /// (or last logged in) before it, no message in their service conversation since, and no
+    /// open service session. With each go their tokens and their conversation `s_<uid>`
+    /// (messages, its row, every read cursor on it); their closed service sessions stay, as the
+    /// desk's record. Returns the uids deleted (fewer than `limit`: nothing more to do now).
+    fn purge_idle_visitors(&self, idle_before: i64, limit: u32) -> StoreResult<Vec<u64>>;
+    /// The visitor became `uid`: marked converted (`user_type` 4, their tokens no longer
+    /// authenticate) and their service sessions now belong to `uid` (an open one is closed when
+    /// `uid` has one open already). NotFound / Conflict when `visitor` is not a visitor.
+    fn convert_visitor(&self, visitor: u64, uid: u64) -> StoreResult<()>;
+
+    fn put_token(&self, token_hash: &[u8], uid: u64, expires_at: i64) -> StoreResult<()>;
+    /// The user a live token belongs to.
+    fn token_user(&self, token_hash: &[u8], now: i64) -> StoreResult<Option<u64>>;
+    fn delete_token(&self, token_hash: &[u8]) -> StoreResult<()>;
+}
+
+/// WeChat identities: the users WeChat logins map to, their mini-program session keys, and
+/// where customer-service replies to a WeChat user go.
+pub trait WechatStore: Send + Sync + 'static {
     /// Finds or creates the user of a WeChat identity (an identity of another app with the same
     /// unionid makes it the same user), records the session key, counts a login when `login`
     /// (a customer-service message finds its sender without logging them in). True when the
@@ -215,7 +250,11 @@ pub trait Store: Send + Sync + 'static {
     fn set_cs_route(&self, uid: u64, appid: &str, openid: &str) -> StoreResult<()>;
     /// Where customer-service replies to `uid` go: (appid, openid), if they came from WeChat.
     fn cs_route(&self, uid: u64) -> StoreResult<Option<(String, String)>>;
+}
 
+/// Customer service and consultations: service sessions (queue, assignment, close, rating)
+/// and timed consultations with their remaining time.
+pub trait ServiceStore: Send + Sync + 'static {
     /// The customer's open service session, or a new queued one.
     fn open_service_session(&self, customer: u64) -> StoreResult<ServiceSession>;
     /// Records who serves the customer's open session (None: back in the queue).
@@ -232,19 +271,6 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Every open session, oldest first (the desk is rebuilt from them at start).
     fn open_service_sessions(&self) -> StoreResult<Vec<ServiceSession>>;
-
-    /// A new anonymous visitor (`user_type` 3).
-    fn create_visitor(&self) -> StoreResult<User>;
-    /// Deletes up to `limit` anonymous visitors idle since before `idle_before` (ms): created
-    /// (or last logged in) before it, no message in their service conversation since, and no
-    /// open service session. With each go their tokens and their conversation `s_<uid>`
-    /// (messages, its row, every read cursor on it); their closed service sessions stay, as the
-    /// desk's record. Returns the uids deleted (fewer than `limit`: nothing more to do now).
-    fn purge_idle_visitors(&self, idle_before: i64, limit: u32) -> StoreResult<Vec<u64>>;
-    /// The visitor became `uid`: marked converted (`user_type` 4, their tokens no longer
-    /// authenticate) and their service sessions now belong to `uid` (an open one is closed when
-    /// `uid` has one open already). NotFound / Conflict when `visitor` is not a visitor.
-    fn convert_visitor(&self, visitor: u64, uid: u64) -> StoreResult<()>;
 
     fn create_consultation(
         &self,
@@ -263,12 +289,11 @@ pub trait Store: Send + Sync + 'static {
     /// (never below zero; deltas, so that an extension made meanwhile is never overwritten) and
     /// `ended` marks the consultation over.
     fn use_consultation_time(&self, used: &[(u64, u64, bool)]) -> StoreResult<()>;
+}
 
-    fn put_token(&self, token_hash: &[u8], uid: u64, expires_at: i64) -> StoreResult<()>;
-    /// The user a live token belongs to.
-    fn token_user(&self, token_hash: &[u8], now: i64) -> StoreResult<Option<u64>>;
-    fn delete_token(&self, token_hash: &[u8]) -> StoreResult<()>;
-
+/// The social graph: friendships, friend requests, groups and their members (with the join
+/// seq that hides a group's history from new members).
+pub trait SocialStore: Send + Sync + 'static {
     fn friends(&self, uid: u64) -> StoreResult<Vec<u64>>;
     fn add_friendship(&self, a: u64, b: u64) -> StoreResult<()>;
     fn remove_friendship(&self, a: u64, b: u64) -> StoreResult<()>;
@@ -297,7 +322,12 @@ pub trait Store: Send + Sync + 'static {
     fn group_history_floor(&self, gid: u64, uid: u64) -> StoreResult<u64>;
     fn remove_group_member(&self, gid: u64, uid: u64) -> StoreResult<()>;
     fn groups_of(&self, uid: u64) -> StoreResult<Vec<Group>>;
+}
 
+/// Messages and conversations: the persister's batch append (it alone writes messages), the
+/// read paths (sync, history, conversation list), recall, and read cursors; `close` ends the
+/// writer's work at a clean shutdown.
+pub trait MessageStore: Send + Sync + 'static {
     /// Appends messages in one transaction: assigns each conversation's next seqs and message
     /// ids, returns the stored original for a repeated (from_id, client_msg_id). All or nothing.
     fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>>;
@@ -328,6 +358,13 @@ pub trait Store: Send + Sync + 'static {
     /// Members of `conv_id` whose read cursor is at least `seq`.
     fn read_count(&self, conv_id: &str, seq: u64) -> StoreResult<u64>;
 }
+
+/// The operations wxchat needs from its database: every aggregate's trait. Implementations are
+/// shared between worker threads; a backend implements the five traits and is a `Store` by the
+/// blanket impl below, so `Arc<dyn Store>` serves whoever needs several of them.
+pub trait Store: UserStore + WechatStore + ServiceStore + SocialStore + MessageStore {}
+
+impl<T> Store for T where T: UserStore + WechatStore + ServiceStore + SocialStore + MessageStore {}
 
 /// The SQL both stores use for `conversations`' floors: the groups in which `uid` (the one
 /// parameter) may not read what came before their join, with their join seq.
