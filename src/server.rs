@@ -81,7 +81,7 @@ impl Server {
 
     /// `server upgrade`'s new process: takes the listening sockets of the server running on
     /// this data directory (which then stops accepting and drains, 1012), opens the store beside
-    /// it (the SQLite persister notices the other writer, see store/sqlite.rs), and takes the
+    /// it (the SQLite persister notices the other writer, see store/sqlite/), and takes the
     /// pid lock once the old process has exited. See `handover`.
     pub fn takeover(config: Config) -> Result<Server, String> {
         let (old_pid, fds) = crate::handover::take(&config.server.data_dir)

@@ -11,7 +11,7 @@
 //! Imports: the store sits below chat, app, wechat and config and imports none of them (nor
 //! `proto`: `proto::store_code` maps its errors from above). From the crate it uses two modules
 //! only: `crate::auth` (`tokens::mint` makes and hashes a token; auth itself uses only
-//! `http::url_encode`) and `crate::admin::metrics` (std only: the counter behind
+//! `http::url_encode`) and `crate::feed::metrics` (std only: the counter behind
 //! `StoreError::unavailable`). Everything else is std, serde, log and the database clients.
 
 pub mod backoff;

@@ -64,7 +64,7 @@ pub struct Client {
     observer: Option<Observer>,
 }
 
-/// The WeChat APIs wxchat calls (the order of `admin::metrics::WECHAT_APIS`).
+/// The WeChat APIs wxchat calls (the order of `feed::metrics::WECHAT_APIS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
     CodeToSession,
