@@ -98,6 +98,8 @@ pub struct App {
     pub wx: Arc<crate::wechat::api::Client>,
     /// Every app's access_token, shared with the other processes through the cache.
     pub access_tokens: Arc<crate::wechat::access_token::AccessTokens>,
+    /// Uploaded files (`[upload] backend`), used on workers.
+    pub files: Arc<dyn crate::upload::FileStore>,
     started: Instant,
     routes: Router<Route>,
     endpoints: HashMap<ConnId, Endpoint>,
@@ -129,6 +131,7 @@ impl App {
     pub fn new(config: Config, notifier: Notifier<Completion>) -> Result<App, String> {
         let secrets = Secrets::load_or_create(&config)?;
         let backends = crate::backends::open(&config)?;
+        let files = crate::upload::open(&config)?;
         let store = backends.store.clone();
         let workers = WorkerPool::new("worker", config.server.workers, 16 * 1024)
             .map_err(|e| format!("cannot start workers: {e}"))?;
@@ -207,6 +210,7 @@ impl App {
             config: Arc::new(config),
             secrets,
             backends,
+            files,
             started: Instant::now(),
             routes,
             endpoints: HashMap::new(),
@@ -673,7 +677,7 @@ impl App {
         let Some(token) = token else {
             return Reply::Now(api_error(code::UNAUTHORIZED, "a valid token is required"));
         };
-        let data_dir = self.config.server.data_dir.clone();
+        let files = self.files.clone();
         let work = move |b: &Backends| -> Result<Value, (u16, String)> {
             match b.tokens.user(&auth::token_hash(&token)) {
                 Ok(Some(_)) => {}
@@ -681,7 +685,8 @@ impl App {
                 Err(e) => return Err((crate::proto::store_code(&e), e.to_string())),
             }
             let size = data.len();
-            let name = crate::upload::store_file(&data_dir, &data, ext)
+            let name = files
+                .put(&data, ext)
                 .map_err(|e| (code::INTERNAL, format!("cannot store the file: {e}")))?;
             Ok(json!({ "url": format!("/files/{name}"), "size": size, "mime": mime }))
         };
@@ -725,13 +730,16 @@ impl App {
             return Reply::Now(Response::error(404, "no such file"));
         };
         let hash = hash.to_string();
-        let data_dir = self.config.server.data_dir.clone();
+        let files = self.files.clone();
         let ok = self.job(
             ctx,
-            move |_s| crate::upload::read_file(&data_dir, &hash, ext),
+            move |_s| files.serve(&hash, ext),
             move |_app, ctx, r| {
                 let resp = match r {
-                    Ok(Some(data)) => {
+                    Ok(Some(crate::upload::Served::Redirect(url))) => Response::new(302)
+                        .with_header("Location", &url)
+                        .with_header("Cache-Control", "no-store"),
+                    Ok(Some(crate::upload::Served::Bytes(data))) => {
                         let ct = crate::upload::content_type_of(ext)
                             .unwrap_or("application/octet-stream");
                         let mut resp = Response::new(200)
