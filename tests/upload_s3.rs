@@ -5,7 +5,11 @@
 //! missing local file; a store that refuses us is an upload error reply, not a hang.
 
 mod common;
+use common::chat_client::{api_agent, next_push, ws_login, ws_request};
+use common::fake_wechat::{FakeWechat, APPID, SECRET};
+use common::wx_push::{body, now, Pusher};
 use common::*;
+use serde_json::json;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,12 +85,16 @@ impl Drop for Moto {
 
 /// A node on the bucket of `moto` with `serve` mode.
 fn node(endpoint: &str, serve: &str) -> TestServer {
-    TestServer::start(&format!(
+    TestServer::start(&node_toml(endpoint, serve))
+}
+
+fn node_toml(endpoint: &str, serve: &str) -> String {
+    format!(
         "[api]\nkey = \"{API_KEY}\"\n\
          [upload]\nbackend = \"s3\"\nserve = \"{serve}\"\ns3_endpoint = \"{endpoint}\"\n\
          s3_bucket = \"{BUCKET}\"\ns3_access_key = \"AKIDWXCHATTEST\"\ns3_secret_key = \"not-a-real-secret\"\n\
          s3_path_style = true\ns3_prefix = \"cluster/files\"\ns3_timeout_ms = 5000\n"
-    ))
+    )
 }
 
 /// A raw-body upload with a bearer token; the reply.
@@ -264,4 +272,67 @@ fn a_store_that_refuses_us_is_an_upload_error_not_a_hang() {
     }
     s.stop();
     gone.stop();
+}
+
+#[test]
+fn an_agent_image_goes_to_wechat_from_the_bucket() {
+    let moto = Moto::start(false);
+    moto.create_bucket();
+    let fake = FakeWechat::start();
+    let (cb_token, aes_key) = ("cbtoken", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG");
+    let mut a = node(&moto.endpoint(), "proxy");
+    let mut b = TestServer::start(&merge_toml(
+        &node_toml(&moto.endpoint(), "proxy"),
+        &format!(
+            "[wechat]\ntimeout_ms = 2000\n[[wechat.apps]]\nname = \"mp\"\nkind = \"miniprogram\"\n\
+             appid = \"{APPID}\"\nsecret = \"{SECRET}\"\napi_base = \"{}\"\ntoken = \"{cb_token}\"\n\
+             aes_key = \"{aes_key}\"\n",
+            fake.base()
+        ),
+    ));
+    // A WeChat user writes to customer service on B; an agent there takes it.
+    let (_, agent_token) = api_agent(b.addr, API_KEY, "agent-1");
+    let mut agent = ws_login(b.addr, &agent_token);
+    let pusher = Pusher {
+        path: "/wechat/mp/callback".into(),
+        token: cb_token.into(),
+        aes_key: aes_key.into(),
+        appid: APPID.into(),
+    };
+    let push = body(
+        wxchat::wechat::message::Format::Xml,
+        &[
+            ("ToUserName", "gh_test"),
+            ("FromUserName", "o-s3"),
+            ("CreateTime", &now().to_string()),
+            ("MsgType", "text"),
+            ("Content", "a picture please"),
+            ("MsgId", "7001"),
+        ],
+    );
+    let r = pusher.plain(b.addr, &push);
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    let customer = next_push(&mut agent, "message")["data"]["from_id"]
+        .as_u64()
+        .unwrap();
+
+    // The image was uploaded through A; B reads it from the bucket for media/upload.
+    let up = upload(&a, &token(&a, "alice"), "p.png", "image/png", PNG);
+    assert_eq!(up.status, 200, "{}", up.text());
+    let url = up.json()["data"]["url"].as_str().unwrap().to_string();
+    let r = ws_request(
+        &mut agent,
+        json!({"cmd":"send","req_id":1,"chat_type":2,"to_id":customer,"msg_type":1,"msg":{"url":url}}),
+    );
+    assert_eq!(r["code"], 200, "{r}");
+    let d = next_push(&mut agent, "wx_delivery")["data"].clone();
+    assert_eq!(d["ok"], true, "{d}");
+    assert_eq!(fake.calls("/cgi-bin/media/upload"), 1);
+    assert_eq!(
+        fake.bodies("/cgi-bin/message/custom/send").last().unwrap()["image"],
+        json!({"media_id":"MEDIA-1"})
+    );
+    assert!(!b.dir.path().join("files").exists());
+    a.stop();
+    b.stop();
 }
