@@ -93,10 +93,12 @@ impl S3Store {
         let code = s3_error_code(&body)
             .map(|c| format!(" {c}"))
             .unwrap_or_default();
-        io::Error::other(format!(
+        let e = io::Error::other(format!(
             "object store {what}: HTTP {status}{code} (bucket {})",
             self.bucket.name()
-        ))
+        ));
+        log::error!("upload: {e}");
+        e
     }
 }
 
@@ -220,7 +222,9 @@ fn unreachable(what: &str, e: &ureq::Error) -> io::Error {
             .unwrap_or("")
             .to_string(),
     };
-    io::Error::other(format!("object store {what}: {why}"))
+    let e = io::Error::other(format!("object store {what}: {why}"));
+    log::error!("upload: {e}");
+    e
 }
 
 #[cfg(test)]
