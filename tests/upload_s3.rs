@@ -234,7 +234,9 @@ fn redirect_mode_hands_out_a_presigned_url_and_missing_files_are_404() {
 
 #[test]
 fn a_store_that_refuses_us_is_an_upload_error_not_a_hang() {
-    // moto with its IAM checks on does not know our key: every request is refused.
+    // moto with its IAM checks on refuses every request of ours. (moto checks no query-string
+    // signature, so a wrong key alone is not refused by it; with IAM on it answers our presigned
+    // requests 500, which exercises the same path as a 403 InvalidAccessKeyId from a real store.)
     let moto = Moto::start(true);
     let mut s = node(&moto.endpoint(), "proxy");
     let t = token(&s, "alice");
