@@ -315,19 +315,146 @@ impl Default for RedisConfig {
     }
 }
 
-/// `[upload]`: files clients upload for media messages.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+/// `[upload]`: files clients upload for media messages, and where they are kept.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UploadConfig {
     /// Largest upload (413 above). Other routes keep `[http] max_body_bytes`.
     pub max_bytes: usize,
+    /// `local`: files under `data_dir/files` (one node). `s3`: objects in an S3-compatible bucket
+    /// (AWS S3, Tencent COS, Aliyun OSS, MinIO), the same for every node of a cluster.
+    pub backend: String,
+    /// How `GET /files/<name>` answers with `backend = "s3"`: `proxy` (this server reads the
+    /// object and sends it, same URL and headers as local files) or `redirect` (302 to a
+    /// presigned GET valid `s3_url_ttl_s`; clients must reach `s3_endpoint`).
+    pub serve: String,
+    /// The store's base URL, `https://cos.ap-guangzhou.myqcloud.com`, `http://127.0.0.1:9000`.
+    pub s3_endpoint: String,
+    /// The region signatures are made for (`us-east-1` for MinIO).
+    pub s3_region: String,
+    /// The bucket (it must exist; this server does not create it).
+    pub s3_bucket: String,
+    /// Access key id.
+    pub s3_access_key: String,
+    /// Secret access key; better given as `WXCHAT_UPLOAD_S3_SECRET_KEY` than in the file.
+    pub s3_secret_key: String,
+    /// `true`: `endpoint/bucket/key` (MinIO, an IP address endpoint); `false`:
+    /// `bucket.endpoint/key` (AWS, COS, OSS).
+    pub s3_path_style: bool,
+    /// Object keys are `<s3_prefix>/<sha256>.<ext>` (empty: the bucket's root).
+    pub s3_prefix: String,
+    /// Validity of a redirect's presigned URL (1..=604800, S3's limit).
+    pub s3_url_ttl_s: u64,
+    /// Timeout of one object-store call (a worker waits at most this long).
+    pub s3_timeout_ms: u64,
 }
 
 impl Default for UploadConfig {
     fn default() -> Self {
         UploadConfig {
             max_bytes: 10 << 20,
+            backend: "local".into(),
+            serve: "proxy".into(),
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_bucket: String::new(),
+            s3_access_key: String::new(),
+            s3_secret_key: String::new(),
+            s3_path_style: false,
+            s3_prefix: "files".into(),
+            s3_url_ttl_s: 300,
+            s3_timeout_ms: 10_000,
         }
+    }
+}
+
+/// The secret key never reaches logs: Debug shows only whether it is set.
+impl fmt::Debug for UploadConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UploadConfig")
+            .field("max_bytes", &self.max_bytes)
+            .field("backend", &self.backend)
+            .field("serve", &self.serve)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_bucket", &self.s3_bucket)
+            .field("s3_access_key", &self.s3_access_key)
+            .field(
+                "s3_secret_key",
+                &if self.s3_secret_key.is_empty() {
+                    "<unset>"
+                } else {
+                    "<set>"
+                },
+            )
+            .field("s3_path_style", &self.s3_path_style)
+            .field("s3_prefix", &self.s3_prefix)
+            .field("s3_url_ttl_s", &self.s3_url_ttl_s)
+            .field("s3_timeout_ms", &self.s3_timeout_ms)
+            .finish()
+    }
+}
+
+impl UploadConfig {
+    /// The `[upload]` values that parse but cannot work.
+    fn check(&self) -> Result<(), String> {
+        if !matches!(self.serve.as_str(), "proxy" | "redirect") {
+            return Err("[upload] serve must be \"proxy\" or \"redirect\"".into());
+        }
+        match self.backend.as_str() {
+            "local" => {
+                if self.serve == "redirect" {
+                    return Err("[upload] serve = \"redirect\" needs backend = \"s3\" (a local file has no URL of its own)".into());
+                }
+                return Ok(());
+            }
+            "s3" => {}
+            other => {
+                return Err(format!(
+                    "[upload] backend = {other:?} is not known (use \"local\" or \"s3\")"
+                ))
+            }
+        }
+        let host = self
+            .s3_endpoint
+            .strip_prefix("https://")
+            .or_else(|| self.s3_endpoint.strip_prefix("http://"))
+            .unwrap_or("");
+        if host.split('/').next().unwrap_or("").is_empty() {
+            return Err(format!(
+                "[upload] backend = \"s3\" needs s3_endpoint = \"https://host[:port]\" (got {:?})",
+                self.s3_endpoint
+            ));
+        }
+        let b = self.s3_bucket.as_str();
+        if !(3..=63).contains(&b.len())
+            || !b
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+        {
+            return Err(format!(
+                "[upload] s3_bucket = {b:?} must be 3..63 lowercase letters, digits, '-' or '.'"
+            ));
+        }
+        if self.s3_region.is_empty() {
+            return Err("[upload] s3_region must be set (us-east-1 for MinIO)".into());
+        }
+        if self.s3_access_key.is_empty() || self.s3_secret_key.is_empty() {
+            return Err("[upload] backend = \"s3\" needs s3_access_key and s3_secret_key (or WXCHAT_UPLOAD_S3_ACCESS_KEY / WXCHAT_UPLOAD_S3_SECRET_KEY)".into());
+        }
+        if self.s3_prefix.starts_with('/') {
+            return Err("[upload] s3_prefix must not start with '/'".into());
+        }
+        if !(1..=604_800).contains(&self.s3_url_ttl_s) {
+            return Err(
+                "[upload] s3_url_ttl_s must be 1..604800 (S3 presigned URLs last at most 7 days)"
+                    .into(),
+            );
+        }
+        if self.s3_timeout_ms == 0 {
+            return Err("[upload] s3_timeout_ms must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -787,6 +914,9 @@ impl Config {
         if self.wechat.timeout_ms == 0 {
             return err("[wechat] timeout_ms must be at least 1");
         }
+        if let Err(e) = self.upload.check() {
+            return err(&e);
+        }
         if self.http.max_header_bytes < 256 {
             return err("[http] max_header_bytes must be at least 256");
         }
@@ -1037,6 +1167,51 @@ mod tests {
         for ok in ["visitor_purge_after_s = 100", "visitor_purge_after_s = 0"] {
             assert!(parse(&format!("[service]\nvisitor_ttl_s = 100\n{ok}\n"), &[]).is_ok());
         }
+    }
+
+    #[test]
+    fn upload_backends_are_validated_and_the_secret_comes_from_the_environment() {
+        let s3 = "[upload]\nbackend = \"s3\"\ns3_endpoint = \"http://127.0.0.1:9000\"\n\
+                  s3_bucket = \"wx-files\"\ns3_access_key = \"AKID\"\ns3_path_style = true\n";
+        // The secret is missing until the environment gives it.
+        let e = parse(s3, &[]).unwrap_err();
+        assert!(e.0.contains("s3_secret_key"), "{e}");
+        let c = parse(s3, &[("WXCHAT_UPLOAD_S3_SECRET_KEY", "sEcReT")]).unwrap();
+        assert_eq!(
+            (c.upload.s3_secret_key.as_str(), c.upload.serve.as_str()),
+            ("sEcReT", "proxy")
+        );
+        assert!(!format!("{c:?}").contains("sEcReT"));
+        let env = [("WXCHAT_UPLOAD_S3_SECRET_KEY", "x")];
+        for (extra, named) in [
+            ("backend = \"ftp\"", "[upload] backend"),
+            ("serve = \"mirror\"", "[upload] serve"),
+            ("s3_endpoint = \"cos.example.com\"", "s3_endpoint"),
+            ("s3_endpoint = \"https://\"", "s3_endpoint"),
+            ("s3_bucket = \"\"", "s3_bucket"),
+            ("s3_bucket = \"Upper_Case\"", "s3_bucket"),
+            ("s3_region = \"\"", "s3_region"),
+            ("s3_access_key = \"\"", "s3_access_key"),
+            ("s3_prefix = \"/abs\"", "s3_prefix"),
+            ("s3_url_ttl_s = 0", "s3_url_ttl_s"),
+            ("s3_url_ttl_s = 604801", "s3_url_ttl_s"),
+            ("s3_timeout_ms = 0", "s3_timeout_ms"),
+        ] {
+            // `extra` replaces the line of its key.
+            let key = extra.split(' ').next().unwrap_or_default();
+            let text: String = s3
+                .lines()
+                .filter(|l| l.split(' ').next() != Some(key))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let e = parse(&format!("{text}{extra}\n"), &env).unwrap_err();
+            assert!(e.0.contains(named), "{extra}: {e}");
+        }
+        assert!(parse(&format!("{s3}serve = \"redirect\"\n"), &env).is_ok());
+        // Local files have no URL to redirect to; the S3 keys are ignored with the local backend.
+        let e = parse("[upload]\nserve = \"redirect\"\n", &[]).unwrap_err();
+        assert!(e.0.contains("redirect"), "{e}");
+        assert!(parse("[upload]\ns3_bucket = \"x\"\n", &[]).is_ok());
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub fn upload(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: R
     let Some(token) = token else {
         return Reply::Now(api_error(code::UNAUTHORIZED, "a valid token is required"));
     };
-    let data_dir = app.config.server.data_dir.clone();
+    let files = app.files.clone();
     let work = move |b: &Backends| -> Result<Value, (u16, String)> {
         match b.tokens.user(&auth::token_hash(&token)) {
             Ok(Some(_)) => {}
@@ -84,7 +84,8 @@ pub fn upload(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: R
             Err(e) => return Err((crate::proto::store_code(&e), e.to_string())),
         }
         let size = data.len();
-        let name = crate::upload::store_file(&data_dir, &data, ext)
+        let name = files
+            .put(&data, ext)
             .map_err(|e| (code::INTERNAL, format!("cannot store the file: {e}")))?;
         Ok(json!({ "url": format!("/files/{name}"), "size": size, "mime": mime }))
     };
@@ -107,13 +108,16 @@ pub fn serve_file(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, na
         return Reply::Now(Response::error(404, "no such file"));
     };
     let hash = hash.to_string();
-    let data_dir = app.config.server.data_dir.clone();
+    let files = app.files.clone();
     let ok = app.job(
         ctx,
-        move |_s| crate::upload::read_file(&data_dir, &hash, ext),
+        move |_s| files.serve(&hash, ext),
         move |_app, ctx, r| {
             let resp = match r {
-                Ok(Some(data)) => {
+                Ok(Some(crate::upload::Served::Redirect(url))) => Response::new(302)
+                    .with_header("Location", &url)
+                    .with_header("Cache-Control", "no-store"),
+                Ok(Some(crate::upload::Served::Bytes(data))) => {
                     let ct =
                         crate::upload::content_type_of(ext).unwrap_or("application/octet-stream");
                     let mut resp = Response::new(200)

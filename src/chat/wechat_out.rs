@@ -114,7 +114,7 @@ enum Outgoing {
 /// Checks a stored message against what WeChat customer service carries and gathers what the
 /// call needs (an image's bytes). Every refusal here is about the message, not WeChat.
 fn prepare(
-    data_dir: &std::path::Path,
+    files: &dyn crate::upload::FileStore,
     openid: &str,
     m: &StoredMessage,
 ) -> Result<Outgoing, Undelivered> {
@@ -135,7 +135,8 @@ fn prepare(
                     "WeChat customer service takes only images uploaded here (POST /api/upload); upload it first",
                 ));
             };
-            let data = crate::upload::read_file(data_dir, hash, ext)
+            let data = files
+                .get(hash, ext)
                 .map_err(|e| {
                     Undelivered::new(code::INTERNAL, format!("cannot read the image: {e}"))
                 })?
@@ -198,7 +199,7 @@ fn send_next(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
     let apps = mini_apps(app);
     let tokens = app.access_tokens.clone();
     let client = app.wx.clone();
-    let data_dir = app.config.server.data_dir.clone();
+    let files = app.files.clone();
     let msg = m.clone();
     let (msg_id, conv_id, seq, sender) = (m.msg_id, m.conv_id.clone(), m.seq, m.from_id);
     let work = move |b: &Backends| -> Option<Result<(), Undelivered>> {
@@ -208,7 +209,7 @@ fn send_next(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) {
         };
         let (appid, openid) = route;
         let wx_app = apps.iter().find(|a| a.appid == appid)?;
-        let out = match prepare(&data_dir, &openid, &msg) {
+        let out = match prepare(&*files, &openid, &msg) {
             Ok(out) => out,
             Err(u) => return Some(Err(u)),
         };
@@ -302,7 +303,8 @@ mod tests {
 
     fn refusal(mt: u8, body: Value) -> (u16, String) {
         let dir = tempfile::tempdir().unwrap();
-        match prepare(dir.path(), "o-7", &stored(mt, body)) {
+        let files = crate::upload::local::LocalStore::new(dir.path());
+        match prepare(&files, "o-7", &stored(mt, body)) {
             Ok(_) => panic!("msg_type {mt} was prepared for WeChat"),
             Err(u) => (u.code, u.msg),
         }
@@ -339,8 +341,8 @@ mod tests {
     #[test]
     fn carried_types_become_custom_send_payloads() {
         let dir = tempfile::tempdir().unwrap();
-        let Ok(Outgoing::Ready(p)) =
-            prepare(dir.path(), "o-7", &stored(msg_type::TEXT, json!("hi")))
+        let files = crate::upload::local::LocalStore::new(dir.path());
+        let Ok(Outgoing::Ready(p)) = prepare(&files, "o-7", &stored(msg_type::TEXT, json!("hi")))
         else {
             panic!("text is carried");
         };
@@ -348,11 +350,11 @@ mod tests {
             p,
             json!({"touser":"o-7","msgtype":"text","text":{"content":"hi"}})
         );
-        let name = crate::upload::store_file(dir.path(), b"png bytes", "png").unwrap();
+        let name = crate::upload::FileStore::put(&files, b"png bytes", "png").unwrap();
         let image = stored(msg_type::IMAGE, json!({ "url": format!("/files/{name}") }));
         let Ok(Outgoing::Image {
             content_type, data, ..
-        }) = prepare(dir.path(), "o-7", &image)
+        }) = prepare(&files, "o-7", &image)
         else {
             panic!("an uploaded image is carried");
         };
@@ -364,7 +366,7 @@ mod tests {
             msg_type::LINK,
             json!({"title": "t", "url": "https://x.example"}),
         );
-        let Ok(Outgoing::Ready(p)) = prepare(dir.path(), "o-7", &link) else {
+        let Ok(Outgoing::Ready(p)) = prepare(&files, "o-7", &link) else {
             panic!("a link is carried");
         };
         assert_eq!(p["link"]["url"], "https://x.example");

@@ -62,6 +62,8 @@ pub struct App {
     pub wx: Arc<crate::wechat::api::Client>,
     /// Every app's access_token, shared with the other processes through the cache.
     pub access_tokens: Arc<crate::wechat::access_token::AccessTokens>,
+    /// Uploaded files (`[upload] backend`), used on workers.
+    pub files: Arc<dyn crate::upload::FileStore>,
     pub started: Instant,
     pub started_unix_s: u64,
     /// Info topics and their subscribers.
@@ -90,6 +92,7 @@ impl App {
     pub fn new(config: Config, notifier: Notifier<Completion>) -> Result<App, String> {
         let secrets = Secrets::load_or_create(&config)?;
         let backends = crate::backends::open(&config)?;
+        let files = crate::upload::open(&config)?;
         let store = backends.store.clone();
         let workers = WorkerPool::new("worker", config.server.workers, 16 * 1024)
             .map_err(|e| format!("cannot start workers: {e}"))?;
@@ -128,6 +131,7 @@ impl App {
             config: Arc::new(config),
             secrets,
             backends,
+            files,
             started: now,
             started_unix_s: u64::try_from(crate::store::now_ms() / 1000).unwrap_or(0),
             feed,

@@ -1,9 +1,51 @@
-//! Uploads: `multipart/form-data` parsing (as `wx.uploadFile` sends it), content-addressed
-//! storage under `data_dir/files`, and the content types files are served back with. Pure except
-//! `store_file` / `read_file`, which run on workers.
+//! Uploads: `multipart/form-data` parsing (as `wx.uploadFile` sends it), content-addressed names,
+//! the content types files are served back with, and the [`FileStore`] that keeps the files:
+//! [`local::LocalStore`] under `data_dir/files` (one node) or [`s3::S3Store`] in an S3-compatible
+//! bucket (every node of a cluster sees the same files). Pure except the stores, whose calls block
+//! (disk or network) and so run on workers only.
 
+use crate::config::Config;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub mod local;
+pub mod s3;
+
+/// What `GET /files/<name>` answers with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Served {
+    /// The file's bytes, sent by this server.
+    Bytes(Vec<u8>),
+    /// A URL that serves the file for a while (a presigned GET of the object store).
+    Redirect(String),
+}
+
+/// Where uploaded files live. Names are content-addressed (`<sha256>.<ext>`, [`name_for`]), so a
+/// file has the same name on every node and storing it twice is harmless. Every call blocks:
+/// workers only, never the reactor.
+pub trait FileStore: Send + Sync {
+    /// Stores `data` (idempotent); returns its served name.
+    fn put(&self, data: &[u8], ext: &str) -> std::io::Result<String>;
+    /// A stored file's bytes; None when absent.
+    fn get(&self, hash: &str, ext: &str) -> std::io::Result<Option<Vec<u8>>>;
+    /// What `GET /files/<hash>.<ext>` answers: the bytes, unless the store hands out URLs.
+    fn serve(&self, hash: &str, ext: &str) -> std::io::Result<Option<Served>> {
+        Ok(self.get(hash, ext)?.map(Served::Bytes))
+    }
+}
+
+/// The store `[upload] backend` names, built once at start (a bad bucket URL is a start-up error).
+pub fn open(config: &Config) -> Result<Arc<dyn FileStore>, String> {
+    match config.upload.backend.as_str() {
+        "s3" => Ok(Arc::new(s3::S3Store::new(&config.upload)?)),
+        _ => Ok(Arc::new(local::LocalStore::new(&config.server.data_dir))),
+    }
+}
+
+/// The served name of `data`: `<sha256 hex>.<ext>`, the same on every node and in every store.
+pub fn name_for(data: &[u8], ext: &str) -> String {
+    format!("{}.{ext}", crate::auth::hex(&Sha256::digest(data)))
+}
 
 /// One uploaded file.
 #[derive(Debug, PartialEq, Eq)]
@@ -151,37 +193,6 @@ pub fn parse_file_name(name: &str) -> Option<(&str, &'static str)> {
     ok.then_some((hash, ext))
 }
 
-fn files_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("files")
-}
-
-/// Stores `data` by content hash (idempotent); returns the served name `<sha256>.<ext>`.
-pub fn store_file(data_dir: &Path, data: &[u8], ext: &str) -> std::io::Result<String> {
-    let hash = crate::auth::hex(&Sha256::digest(data));
-    let name = format!("{hash}.{ext}");
-    let dir = files_dir(data_dir).join(&hash[..2]);
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(&name);
-    if !path.exists() {
-        let tmp = dir.join(format!("{name}.tmp{}", std::process::id()));
-        std::fs::write(&tmp, data)?;
-        std::fs::rename(&tmp, &path)?;
-    }
-    Ok(name)
-}
-
-/// Reads a stored file by its served name; None when absent.
-pub fn read_file(data_dir: &Path, hash: &str, ext: &str) -> std::io::Result<Option<Vec<u8>>> {
-    let path = files_dir(data_dir)
-        .join(&hash[..2])
-        .join(format!("{hash}.{ext}"));
-    match std::fs::read(path) {
-        Ok(d) => Ok(Some(d)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,15 +249,13 @@ mod tests {
     }
 
     #[test]
-    fn content_addressed_storage() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = store_file(dir.path(), b"hello", "txt").unwrap();
-        assert_eq!(a, store_file(dir.path(), b"hello", "txt").unwrap());
-        let (hash, ext) = parse_file_name(&a).unwrap();
+    fn names_are_the_content_hash() {
+        let name = name_for(b"hello", "txt");
         assert_eq!(
-            read_file(dir.path(), hash, ext).unwrap().as_deref(),
-            Some(&b"hello"[..])
+            name,
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824.txt"
         );
-        assert_eq!(read_file(dir.path(), &"b".repeat(64), "txt").unwrap(), None);
+        assert_eq!(parse_file_name(&name).map(|(_, e)| e), Some("txt"));
+        assert_ne!(name, name_for(b"hello", "bin"));
     }
 }
