@@ -1,11 +1,21 @@
 //! wxchat: a single-binary chat server for WeChat mini-programs, official accounts and web/app
 //! clients.
 //!
-//! Layering, as it stands: `ws` and `http` are pure codecs with no knowledge of chat; `net` is
-//! the backend seam and the mio reactor that speaks those codecs; `app` is the handler the
-//! reactor drives (it still defines the state owner, `App`, which the features import: the
-//! architecture issue moves it below them); `server` wires config, application and reactor for
-//! the `server` binary (`src/bin/server.rs`) and for in-process tests.
+//! Layering, top first; each layer imports only from itself and the layers below it, and
+//! `scripts/check-layers` (run by the test command) fails on an import cycle or an upward import:
+//!
+//! - `server` (composition root: config -> state owner -> bus -> router -> reactor), `handover`;
+//! - `app` (the router, `Front`: routes, endpoints, the HTTP API, the server API, the WeChat
+//!   callback endpoint);
+//! - `login` (doLogin, WeChat mini-program login, QR-code login, demo, token issuing);
+//! - `chat` (the hub's handlers) and `admin` (the admin listener and its clients);
+//! - `rt` (the state owner `App`, `Completion`, jobs, timers, persister, shared replies);
+//! - the pure cores the state owner holds: `chat::state`, `chat::desk`, `chat::consult_clock`,
+//!   `chat::membership`, `login::qr_state`, `rt::timer`;
+//! - `feed` (info topics and emit), `cluster` (the bus);
+//! - `wechat` (the WeChat client), `net` (the backend seam and the mio reactor), `jobs`, `upload`,
+//!   `web`, `backends`, `secrets`, `logger`, `sd_notify`;
+//! - `config`, `proto`, `profile`; `store`, `auth`; the codecs `http` and `ws` (pure, fuzzed).
 
 pub mod admin;
 pub mod app;

@@ -25,7 +25,14 @@ pub fn handler(
             &app.config.redis.prefix,
             &app.node_id,
             notifier.clone(),
-            |env| Completion::new(move |app, ctx| crate::chat::deliver_remote(app, ctx, env)),
+            |env| {
+                Completion::new(move |app, ctx| match &env.target {
+                    crate::cluster::bus::Target::Qr(ticket) => {
+                        crate::login::qr::deliver(app, ctx, ticket, &env.payload);
+                    }
+                    _ => crate::chat::deliver_remote(app, ctx, env),
+                })
+            },
         )?);
     }
     if crate::chat::service_desk::restore(&mut app)? {

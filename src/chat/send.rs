@@ -51,9 +51,8 @@ pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelop
         Target::Logout(uid, hash) => {
             close_token_local(app, ctx, uid, &hash);
         }
-        Target::Qr(ticket) => {
-            crate::login::qr::deliver(app, ctx, &ticket, &env.payload);
-        }
+        // A QR-code login's browser: the composition root routes these to `login::qr`.
+        Target::Qr(_) => {}
     }
 }
 

@@ -17,6 +17,7 @@ pub mod topic;
 use crate::http::Response;
 use crate::net::{ConnId, Ctx, Frame, Notifier};
 use crate::proto::close;
+use crate::wechat::api::Observer;
 use metrics::METRICS;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -319,6 +320,44 @@ impl Rates {
             out_per_s: deliveries.saturating_sub(self.deliveries) as f64 / secs,
         }
     }
+}
+
+/// The server's observer: counts every call in the metrics and publishes it on `wechat` (and
+/// failures on `error`) when someone subscribes.
+pub fn wechat_observer<C: Send + 'static>(feed: Publisher<C>) -> Observer {
+    Box::new(move |call| {
+        let i = call.api as usize;
+        METRICS.wechat_calls[i].inc();
+        METRICS.wechat_seconds.observe_duration(call.took);
+        if call.error.is_some() {
+            METRICS.wechat_errors[i].inc();
+        }
+        let (errcode, errmsg) = match call.error {
+            None => (0, String::new()),
+            Some(crate::wechat::api::WxError::Api { errcode, errmsg }) => {
+                (*errcode, errmsg.clone())
+            }
+            Some(other) => (-2, other.to_string()),
+        };
+        let event = || {
+            serde_json::json!({
+                "kind": "api",
+                "api": call.api.name(),
+                "app": call.app.name,
+                "appid": call.app.appid,
+                "ok": call.error.is_none(),
+                "errcode": errcode,
+                "errmsg": errmsg,
+                "ms": call.took.as_millis() as u64,
+            })
+        };
+        if feed.wants(Topic::Wechat) {
+            feed.publish(Topic::Wechat, event());
+        }
+        if call.error.is_some() && feed.wants(Topic::Error) {
+            feed.publish(Topic::Error, event());
+        }
+    })
 }
 
 #[cfg(test)]

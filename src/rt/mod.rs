@@ -114,7 +114,7 @@ impl App {
         let (feed, publisher) = Feed::new(&config.admin, notifier, from_thread);
         let wx = Arc::new(
             crate::wechat::api::Client::new(Duration::from_millis(config.wechat.timeout_ms))
-                .observed_by(crate::wechat::api::report_to(publisher)),
+                .observed_by(crate::feed::wechat_observer(publisher)),
         );
         let access_tokens = Arc::new(crate::wechat::access_token::AccessTokens::new(
             wx.clone(),

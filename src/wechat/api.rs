@@ -94,44 +94,6 @@ pub struct ApiCall<'a> {
 /// Told about every call, on the worker thread that made it.
 pub type Observer = Box<dyn Fn(&ApiCall<'_>) + Send + Sync>;
 
-/// The server's observer: counts every call in the metrics and publishes it on `wechat` (and
-/// failures on `error`) when someone subscribes.
-pub fn report_to<C: Send + 'static>(feed: crate::feed::Publisher<C>) -> Observer {
-    use crate::feed::metrics::METRICS;
-    use crate::feed::Topic;
-    Box::new(move |call| {
-        let i = call.api as usize;
-        METRICS.wechat_calls[i].inc();
-        METRICS.wechat_seconds.observe_duration(call.took);
-        if call.error.is_some() {
-            METRICS.wechat_errors[i].inc();
-        }
-        let (errcode, errmsg) = match call.error {
-            None => (0, String::new()),
-            Some(WxError::Api { errcode, errmsg }) => (*errcode, errmsg.clone()),
-            Some(other) => (-2, other.to_string()),
-        };
-        let event = || {
-            serde_json::json!({
-                "kind": "api",
-                "api": call.api.name(),
-                "app": call.app.name,
-                "appid": call.app.appid,
-                "ok": call.error.is_none(),
-                "errcode": errcode,
-                "errmsg": errmsg,
-                "ms": call.took.as_millis() as u64,
-            })
-        };
-        if feed.wants(Topic::Wechat) {
-            feed.publish(Topic::Wechat, event());
-        }
-        if call.error.is_some() && feed.wants(Topic::Error) {
-            feed.publish(Topic::Error, event());
-        }
-    })
-}
-
 #[derive(Deserialize)]
 struct ErrorFields {
     #[serde(default)]
