@@ -1,7 +1,7 @@
 //! The user fields clients and business backends may set: `name`, `head_img` and `user_type`.
 //! One rule each, shared by doLogin, WeChat login, `POST /api/me` and the server API. Pure.
 
-use crate::store::{USER_TYPE_CONVERTED, USER_TYPE_VISITOR};
+use crate::store::{USER_TYPE_CONSULTANT, USER_TYPE_CONVERTED, USER_TYPE_USER, USER_TYPE_VISITOR};
 
 /// Longest display name, in characters (WeChat nicknames are at most 32).
 pub const MAX_NAME_CHARS: usize = 64;
@@ -47,7 +47,7 @@ pub fn head_img(raw: &str) -> Result<String, String> {
 pub fn user_type(raw: &str) -> Result<i64, String> {
     const CHOICES: &str = "0 (user), 1 (agent) or 2 (consultant)";
     match raw.trim().parse::<i64>() {
-        Ok(t @ 0..=2) => Ok(t),
+        Ok(t @ USER_TYPE_USER..=USER_TYPE_CONSULTANT) => Ok(t),
         Ok(USER_TYPE_VISITOR) | Ok(USER_TYPE_CONVERTED) => Err(format!(
             "user_type {} is reserved for anonymous visitors; use {CHOICES}",
             raw.trim()

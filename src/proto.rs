@@ -57,6 +57,49 @@ pub fn store_code(e: &StoreError) -> u16 {
     }
 }
 
+/// Why a request failed: the `code` of the reply (the HTTP status on the HTTP API) and its
+/// `msg`. Every handler, chat command, login and API reports failure with this one type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure(pub u16, pub String);
+
+impl Failure {
+    /// 400: the request itself is wrong.
+    pub fn bad_request(msg: impl Into<String>) -> Failure {
+        Failure(code::BAD_REQUEST, msg.into())
+    }
+
+    /// 503: the worker or persister queue is full; the client retries.
+    pub fn busy() -> Failure {
+        Failure(code::UNAVAILABLE, "server busy, retry".into())
+    }
+
+    pub fn code(&self) -> u16 {
+        self.0
+    }
+
+    pub fn msg(&self) -> &str {
+        &self.1
+    }
+}
+
+impl From<&StoreError> for Failure {
+    fn from(e: &StoreError) -> Failure {
+        Failure(store_code(e), e.to_string())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::from(&e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0, self.1)
+    }
+}
+
 /// A parsed command: its name, request id (echoed verbatim) and fields.
 #[derive(Debug)]
 pub struct Command {
@@ -425,13 +468,9 @@ pub struct BodyLimits {
 }
 
 /// Validates `msg` for `msg_type` and returns the normalised body as JSON text (only known
-/// fields survive; rich text is sanitised). Err: (code, reason).
-pub fn validate_body(
-    msg_type: u8,
-    msg: &Value,
-    limits: &BodyLimits,
-) -> Result<String, (u16, String)> {
-    let bad = |m: &str| Err((code::BAD_REQUEST, m.to_string()));
+/// fields survive; rich text is sanitised).
+pub fn validate_body(msg_type: u8, msg: &Value, limits: &BodyLimits) -> Result<String, Failure> {
+    let bad = |m: &str| Err(Failure(code::BAD_REQUEST, m.to_string()));
     match msg_type {
         msg_type::TEXT => {
             let Some(t) = msg.as_str() else {
@@ -441,7 +480,7 @@ pub fn validate_body(
                 return bad("empty text");
             }
             if t.len() > limits.max_text_bytes {
-                return Err((
+                return Err(Failure(
                     code::TOO_LARGE,
                     format!("text over {} bytes", limits.max_text_bytes),
                 ));
@@ -453,7 +492,7 @@ pub fn validate_body(
                 return bad("a rich-text message's \"msg\" is an HTML string");
             };
             if t.len() > limits.max_text_bytes {
-                return Err((
+                return Err(Failure(
                     code::TOO_LARGE,
                     format!("rich text over {} bytes", limits.max_text_bytes),
                 ));

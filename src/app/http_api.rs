@@ -6,6 +6,7 @@ use crate::http::{Request, Response};
 use crate::login::tokens::profile_of;
 use crate::net::{ConnId, Ctx, Reply};
 use crate::proto::code;
+use crate::proto::Failure;
 use crate::rt::reply::{api_error, api_ok, later_or_busy, not_logged_in};
 use crate::rt::token::{cleared_token_cookie, cookie_token, request_token};
 use crate::rt::{App, Completion};
@@ -77,28 +78,27 @@ pub fn upload(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: R
         return Reply::Now(api_error(code::UNAUTHORIZED, "a valid token is required"));
     };
     let files = app.files.clone();
-    let work = move |b: &Backends| -> Result<Value, (u16, String)> {
+    let work = move |b: &Backends| -> Result<Value, Failure> {
         match b.tokens.user(&auth::token_hash(&token)) {
             Ok(Some(_)) => {}
-            Ok(None) => return Err((code::UNAUTHORIZED, "bad or expired token".into())),
-            Err(e) => return Err((crate::proto::store_code(&e), e.to_string())),
+            Ok(None) => return Err(Failure(code::UNAUTHORIZED, "bad or expired token".into())),
+            Err(e) => return Err(Failure(crate::proto::store_code(&e), e.to_string())),
         }
         let size = data.len();
         let name = files
             .put(&data, ext)
-            .map_err(|e| (code::INTERNAL, format!("cannot store the file: {e}")))?;
+            .map_err(|e| Failure(code::INTERNAL, format!("cannot store the file: {e}")))?;
         Ok(json!({ "url": format!("/files/{name}"), "size": size, "mime": mime }))
     };
-    let then =
-        move |_app: &mut App, ctx: &mut dyn Ctx<Completion>, r: Result<Value, (u16, String)>| {
-            ctx.respond(
-                conn,
-                match r {
-                    Ok(v) => api_ok(v),
-                    Err((c, m)) => api_error(c, &m),
-                },
-            );
-        };
+    let then = move |_app: &mut App, ctx: &mut dyn Ctx<Completion>, r: Result<Value, Failure>| {
+        ctx.respond(
+            conn,
+            match r {
+                Ok(v) => api_ok(v),
+                Err(Failure(c, m)) => api_error(c, &m),
+            },
+        );
+    };
     later_or_busy(app.job(ctx, work, then))
 }
 

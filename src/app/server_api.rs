@@ -9,10 +9,9 @@ use crate::chat::{consult, membership, presence, profile};
 use crate::cluster::bus::Target;
 use crate::http::Request;
 use crate::net::{ConnId, Ctx, Reply};
+use crate::proto::Failure;
 use crate::proto::{self, chat_type, code};
-use crate::rt::reply::{
-    api_error, api_ok, bad_request as bad, field_list, field_u64, later_or_busy,
-};
+use crate::rt::reply::{api_error, api_ok, field_list, field_u64, later_or_busy};
 use crate::rt::{App, Completion};
 use crate::store::{self, Backends, NewMessage, StoreError, StoreResult};
 use serde_json::{json, Value};
@@ -71,33 +70,37 @@ pub fn server_api(
     body: Value,
 ) -> crate::net::Reply {
     use crate::net::Reply;
-    let result: Result<Reply, (u16, String)> = (|| match action {
+    let result: Result<Reply, Failure> = (|| match action {
         "consult_create" | "consult_extend" | "consult_get" | "consult_end" => {
             consult::server_api(app, ctx, conn, action, &body)
         }
         "user" => {
-            let text = |name: &str| -> Result<Option<String>, (u16, String)> {
+            let text = |name: &str| -> Result<Option<String>, Failure> {
                 match body.get(name) {
                     None | Some(Value::Null) => Ok(None),
                     Some(Value::String(s)) => Ok(Some(s.clone())),
-                    Some(_) => Err(bad(format!("\"{name}\" must be a string"))),
+                    Some(_) => Err(Failure::bad_request(format!("\"{name}\" must be a string"))),
                 }
             };
             let user_type = match body.get("user_type") {
                 None | Some(Value::Null) => None,
                 Some(Value::Number(n)) => {
-                    Some(crate::profile::user_type(&n.to_string()).map_err(bad)?)
+                    Some(crate::profile::user_type(&n.to_string()).map_err(Failure::bad_request)?)
                 }
-                Some(Value::String(s)) => Some(crate::profile::user_type(s).map_err(bad)?),
+                Some(Value::String(s)) => {
+                    Some(crate::profile::user_type(s).map_err(Failure::bad_request)?)
+                }
                 // Not a number at all: the shared rule's refusal, naming what was sent.
-                Some(other) => Some(crate::profile::user_type(&other.to_string()).map_err(bad)?),
+                Some(other) => Some(
+                    crate::profile::user_type(&other.to_string()).map_err(Failure::bad_request)?,
+                ),
             };
             let profile = crate::login::tokens::profile_of(
                 text("name")?.as_deref(),
                 text("head_img")?.as_deref(),
                 user_type,
             )
-            .map_err(bad)?;
+            .map_err(Failure::bad_request)?;
             let ttl = app.config.auth.token_ttl_s;
             let issued =
                 |app: &mut App, ctx: &mut dyn Ctx<Completion>, i: crate::login::tokens::Issued| {
@@ -110,7 +113,7 @@ pub fn server_api(
             if body.get("uid").is_some_and(|v| !v.is_null()) {
                 let uid = field_u64(&body, "uid")?;
                 if profile.user_type.is_some() {
-                    return Err(bad("user_type is set by app_uid only"));
+                    return Err(Failure::bad_request("user_type is set by app_uid only"));
                 }
                 return Ok(respond_job(
                     app,
@@ -127,7 +130,7 @@ pub fn server_api(
             });
             let app_uid = app_uid
                 .filter(|s| !s.is_empty() && s.len() <= 64)
-                .ok_or_else(|| bad("missing app_uid (or uid)"))?;
+                .ok_or_else(|| Failure::bad_request("missing app_uid (or uid)"))?;
             Ok(respond_job(
                 app,
                 ctx,
@@ -140,15 +143,15 @@ pub fn server_api(
             let from = field_u64(&body, "from_id")?;
             let ct = field_u64(&body, "chat_type")?;
             let to = field_u64(&body, "to_id")?;
-            let mt =
-                u8::try_from(field_u64(&body, "msg_type")?).map_err(|_| bad("unknown msg_type"))?;
+            let mt = u8::try_from(field_u64(&body, "msg_type")?)
+                .map_err(|_| Failure::bad_request("unknown msg_type"))?;
             let msg = body.get("msg").cloned().unwrap_or(Value::Null);
             let text = proto::validate_body(mt, &msg, &app.chat.body_limits)?;
             let conv_id = match u8::try_from(ct).unwrap_or(u8::MAX) {
                 chat_type::FRIEND if from != to => proto::friend_conv(from, to),
                 chat_type::GROUP => proto::group_conv(to),
                 _ => {
-                    return Err(bad(
+                    return Err(Failure::bad_request(
                         "chat_type must be 0 (friend, to another user) or 1 (group)",
                     ))
                 }
@@ -162,7 +165,7 @@ pub fn server_api(
                 body: text,
                 // The same rule as a client's send: 1-64 bytes, or a number.
                 client_msg_id: proto::client_msg_id_of(body.get("client_msg_id").cloned())
-                    .map_err(bad)?,
+                    .map_err(Failure::bad_request)?,
                 created_at: store::now_ms(),
             };
             let r = app.persist(m, move |app, ctx, r| {
@@ -175,7 +178,7 @@ pub fn server_api(
             });
             match r {
                 Ok(()) => Ok(Reply::Later),
-                Err(_) => Err((code::UNAVAILABLE, "server busy, retry".into())),
+                Err(_) => Err(Failure::busy()),
             }
         }
         "group_create" => {
@@ -187,11 +190,11 @@ pub fn server_api(
                 .trim()
                 .to_string();
             if name.is_empty() || name.len() > 128 {
-                return Err(bad("name must be 1-128 bytes"));
+                return Err(Failure::bad_request("name must be 1-128 bytes"));
             }
             let members = field_list(&body, "members")?;
-            let history =
-                membership::history_option(body.get("history_for_new_members")).map_err(bad)?;
+            let history = membership::history_option(body.get("history_for_new_members"))
+                .map_err(Failure::bad_request)?;
             if create_group(
                 app,
                 ctx,
@@ -204,14 +207,14 @@ pub fn server_api(
                         conn,
                         match r {
                             Ok(v) => api_ok(v),
-                            Err((c, m)) => api_error(c, &m),
+                            Err(Failure(c, m)) => api_error(c, &m),
                         },
                     )
                 },
             ) {
                 Ok(Reply::Later)
             } else {
-                Err((code::UNAVAILABLE, "server busy, retry".into()))
+                Err(Failure::busy())
             }
         }
         "group_add" => {
@@ -250,7 +253,7 @@ pub fn server_api(
             let a = field_u64(&body, "uid")?;
             let b = field_u64(&body, "friend_id")?;
             if a == b {
-                return Err(bad("uid and friend_id must differ"));
+                return Err(Failure::bad_request("uid and friend_id must differ"));
             }
             let add = action == "friend_add";
             Ok(respond_job(
@@ -313,13 +316,13 @@ pub fn server_api(
             });
             Ok(Reply::Later)
         }
-        _ => Err((
+        _ => Err(Failure(
             code::NOT_FOUND,
             format!("unknown server API action {action:?}"),
         )),
     })();
     match result {
         Ok(r) => r,
-        Err((c, m)) => Reply::Now(api_error(c, &m)),
+        Err(Failure(c, m)) => Reply::Now(api_error(c, &m)),
     }
 }

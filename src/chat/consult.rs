@@ -9,9 +9,10 @@
 
 use super::consult_clock::{secs, Change, Live, Rules, Tick};
 use super::push::push_users;
-use super::request::{bad, conn_job, CmdResult, Pending};
+use super::request::{conn_job, CmdResult, Pending};
 use crate::net::{ConnId, Ctx, Reply};
 use crate::proto::Command;
+use crate::proto::Failure;
 use crate::proto::{self, code};
 use crate::rt::reply::api_ok;
 use crate::rt::{App, Completion};
@@ -106,7 +107,7 @@ pub(crate) fn command(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let id = cmd.u64("consult_id").map_err(bad)?;
+    let id = cmd.u64("consult_id").map_err(Failure::bad_request)?;
     conn_job(
         app,
         ctx,
@@ -350,9 +351,10 @@ pub(crate) fn with_live(
 /// Whether a message may be sent in the consultation now: 410 once its time is used up.
 pub(crate) fn check_open(app: &App, id: u64) -> CmdResult {
     match app.chat.consults.live.get(&id) {
-        Some(l) if l.ended || l.remaining_ms == 0 => {
-            Err((code::GONE, "the consultation's time is used up".into()))
-        }
+        Some(l) if l.ended || l.remaining_ms == 0 => Err(Failure(
+            code::GONE,
+            "the consultation's time is used up".into(),
+        )),
         _ => Ok(()),
     }
 }
@@ -373,18 +375,20 @@ fn view(app: &App, ctx: &dyn Ctx<Completion>, c: &Consultation) -> Value {
     })
 }
 
-fn seconds(body: &Value) -> Result<u64, (u16, String)> {
+fn seconds(body: &Value) -> Result<u64, Failure> {
     match body.get("seconds").and_then(Value::as_u64) {
         Some(s @ 1..=MAX_ADD_S) => Ok(s),
-        _ => Err(bad(format!("seconds must be 1 to {MAX_ADD_S}"))),
+        _ => Err(Failure::bad_request(format!(
+            "seconds must be 1 to {MAX_ADD_S}"
+        ))),
     }
 }
 
-fn field(body: &Value, name: &str) -> Result<u64, (u16, String)> {
+fn field(body: &Value, name: &str) -> Result<u64, Failure> {
     body.get(name)
         .and_then(Value::as_u64)
         .filter(|v| *v > 0)
-        .ok_or_else(|| bad(format!("missing {name}")))
+        .ok_or_else(|| Failure::bad_request(format!("missing {name}")))
 }
 
 /// Server API: `consult_create {user, consultant, seconds}`, `consult_extend {consult_id,
@@ -395,7 +399,7 @@ pub fn server_api(
     conn: ConnId,
     action: &str,
     body: &Value,
-) -> Result<Reply, (u16, String)> {
+) -> Result<Reply, Failure> {
     let store_err =
         |e: &StoreError| crate::rt::reply::api_error(proto::store_code(e), &e.to_string());
     let ok = match action {
@@ -403,7 +407,7 @@ pub fn server_api(
             let user = field(body, "user")?;
             let consultant = field(body, "consultant")?;
             if user == consultant {
-                return Err(bad("user and consultant must differ"));
+                return Err(Failure::bad_request("user and consultant must differ"));
             }
             let ms = seconds(body)? * 1000;
             app.job(
@@ -506,7 +510,12 @@ pub fn server_api(
                 },
             )
         }
-        _ => return Err((code::NOT_FOUND, format!("unknown action {action:?}"))),
+        _ => {
+            return Err(Failure(
+                code::NOT_FOUND,
+                format!("unknown action {action:?}"),
+            ))
+        }
     };
     Ok(crate::rt::reply::later_or_busy(ok))
 }

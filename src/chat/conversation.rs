@@ -6,11 +6,12 @@ use super::membership;
 use super::presence;
 use super::profile;
 use super::push::*;
-use super::request::{bad, conn_job, CmdResult, Pending};
+use super::request::{conn_job, CmdResult, Pending};
 use super::send::*;
 use super::service_desk;
 use super::social::*;
 use crate::net::Ctx;
+use crate::proto::Failure;
 use crate::proto::{self, code, Command, ConvRef};
 use crate::rt::{App, Completion};
 use crate::store::{self, NewMessage, StoreResult};
@@ -55,8 +56,8 @@ pub(crate) fn with_conv_access(
                 }
             })
         }
-        Some(_) => Err((code::FORBIDDEN, "not your conversation".into())),
-        None => Err(bad("bad conv_id")),
+        Some(_) => Err(Failure(code::FORBIDDEN, "not your conversation".into())),
+        None => Err(Failure::bad_request("bad conv_id")),
     }
 }
 
@@ -68,12 +69,18 @@ pub(crate) fn cmd_page(
     cmd: &Command,
     forward: bool,
 ) -> CmdResult {
-    let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
-    let limit = cmd.u64_or("limit", 50).map_err(bad)?.clamp(1, MAX_PAGE) as u32;
+    let conv_id = cmd
+        .str("conv_id")
+        .map_err(Failure::bad_request)?
+        .to_string();
+    let limit = cmd
+        .u64_or("limit", 50)
+        .map_err(Failure::bad_request)?
+        .clamp(1, MAX_PAGE) as u32;
     let cursor = if forward {
-        cmd.u64_or("after_seq", 0).map_err(bad)?
+        cmd.u64_or("after_seq", 0).map_err(Failure::bad_request)?
     } else {
-        cmd.u64_or("before_seq", 0).map_err(bad)?
+        cmd.u64_or("before_seq", 0).map_err(Failure::bad_request)?
     };
     let conv = conv_id.clone();
     // A group member added later reads from their join on (unless the group shows its history).
@@ -183,8 +190,11 @@ pub(crate) fn cmd_read(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
-    let seq = cmd.u64("seq").map_err(bad)?;
+    let conv_id = cmd
+        .str("conv_id")
+        .map_err(Failure::bad_request)?
+        .to_string();
+    let seq = cmd.u64("seq").map_err(Failure::bad_request)?;
     let conv = conv_id.clone();
     with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, members| {
         let conv = conv_id.clone();
@@ -226,8 +236,11 @@ pub(crate) fn cmd_recall(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
-    let msg_id = cmd.u64("msg_id").map_err(bad)?;
+    let conv_id = cmd
+        .str("conv_id")
+        .map_err(Failure::bad_request)?
+        .to_string();
+    let msg_id = cmd.u64("msg_id").map_err(Failure::bad_request)?;
     let window_ms = app.config.chat.recall_window_s as i64 * 1000;
     let conv = conv_id.clone();
     with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, _| {
@@ -236,29 +249,31 @@ pub(crate) fn cmd_recall(
             app,
             ctx,
             p,
-            move |s| -> Result<store::StoredMessage, (u16, String)> {
+            move |s| -> Result<store::StoredMessage, Failure> {
                 let m = s
                     .message(msg_id)
-                    .map_err(|e| (proto::store_code(&e), e.to_string()))?
+                    .map_err(Failure::from)?
                     .filter(|m| m.conv_id == conv)
-                    .ok_or((
+                    .ok_or(Failure(
                         code::NOT_FOUND,
                         "no such message in this conversation".to_string(),
                     ))?;
                 if m.from_id != uid {
-                    return Err((
+                    return Err(Failure(
                         code::FORBIDDEN,
                         "only the sender may recall a message".into(),
                     ));
                 }
                 if m.body == "null" || m.msg_type == proto::msg_type::RECALL {
-                    return Err((code::CONFLICT, "already recalled".into()));
+                    return Err(Failure(code::CONFLICT, "already recalled".into()));
                 }
                 if store::now_ms() - m.created_at > window_ms {
-                    return Err((code::CONFLICT, "the recall window has passed".into()));
+                    return Err(Failure(
+                        code::CONFLICT,
+                        "the recall window has passed".into(),
+                    ));
                 }
-                s.blank_message(msg_id)
-                    .map_err(|e| (proto::store_code(&e), e.to_string()))?;
+                s.blank_message(msg_id).map_err(Failure::from)?;
                 Ok(m)
             },
             move |app, ctx, p, r| match r {
@@ -275,7 +290,7 @@ pub(crate) fn cmd_recall(
                     };
                     submit(app, ctx, p, event);
                 }
-                Err((c, msg)) => p.reply_err(ctx, c, &msg),
+                Err(Failure(c, msg)) => p.reply_err(ctx, c, &msg),
             },
         );
         p.reply_if_err(ctx, r);
@@ -290,8 +305,11 @@ pub(crate) fn cmd_read_count(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
-    let seq = cmd.u64("seq").map_err(bad)?;
+    let conv_id = cmd
+        .str("conv_id")
+        .map_err(Failure::bad_request)?
+        .to_string();
+    let seq = cmd.u64("seq").map_err(Failure::bad_request)?;
     let conv = conv_id.clone();
     with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, members| {
         let conv = conv_id.clone();
@@ -320,12 +338,16 @@ pub(crate) fn cmd_typing(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let conv_id = cmd.str("conv_id").map_err(bad)?.to_string();
+    let conv_id = cmd
+        .str("conv_id")
+        .map_err(Failure::bad_request)?
+        .to_string();
     let conv = conv_id.clone();
     with_conv_access(app, ctx, p, uid, &conv, move |app, ctx, p, members| {
         if let Some(ConvRef::Service(c)) = proto::parse_conv(&conv_id) {
             if c != uid {
-                if let Err((code, msg)) = service_desk::check_serves(&app.chat.desk, uid, c) {
+                if let Err(Failure(code, msg)) = service_desk::check_serves(&app.chat.desk, uid, c)
+                {
                     return p.reply_err(ctx, code, &msg);
                 }
                 crate::chat::wechat_out::typing(app, ctx, c);
@@ -345,7 +367,7 @@ pub(crate) fn cmd_presence(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let uids = cmd.u64_list("uids").map_err(bad)?;
+    let uids = cmd.u64_list("uids").map_err(Failure::bad_request)?;
     let friends = app.chat.friends.get(&uid).cloned().unwrap_or_default();
     let asked: Vec<u64> = uids.into_iter().filter(|u| friends.contains(u)).collect();
     let p = p.clone();

@@ -6,7 +6,7 @@
 //! file below it: `state` (the hub's state, held by the state owner), `request` (a command on
 //! its way, `conn_job`), `session` (connections and authentication), `send` (admission, commit,
 //! ack, fan-out), `conversation` (sync, history, conversations, receipts, recall, typing,
-//! presence), `social` (friends and groups), and the features: customer service (`desk` pure,
+//! presence), `social` (friends and groups), `admission` (the send pipeline's rules, pure), and the features: customer service (`desk` pure,
 //! `service_desk` carrying it out), `consult` (`consult_clock` pure), `visitor`, `wechat_cs`
 //! (WeChat users' customer service, both ways), `presence`, `profile`, `membership` (pure),
 //! `office_hours` (pure).
@@ -15,6 +15,7 @@
 //! `desk`, `consult_clock`, `membership`, `office_hours`) sit below `rt`, which holds the state:
 //! they import nothing above `rt::timer`.
 
+pub mod admission;
 pub mod consult;
 pub mod consult_clock;
 pub mod conversation;
@@ -35,6 +36,7 @@ pub mod wechat_cs;
 pub mod wechat_out;
 
 use crate::net::{ConnId, Ctx, Message};
+use crate::proto::Failure;
 use crate::proto::{self, code, Command};
 use crate::rt::{App, Completion};
 use crate::store;
@@ -49,11 +51,9 @@ pub use push::push_to_users;
 pub use send::{deliver_committed, deliver_remote};
 pub use session::{on_close, on_shutdown, token_revoked};
 
-/// `user_type` of customer-service agents.
-pub const USER_TYPE_AGENT: i64 = 1;
-/// `user_type` of consultants (timed consultations name them explicitly; the type is a label).
-pub const USER_TYPE_CONSULTANT: i64 = 2;
-pub use crate::store::{USER_TYPE_CONVERTED, USER_TYPE_VISITOR};
+pub use crate::store::{
+    USER_TYPE_AGENT, USER_TYPE_CONSULTANT, USER_TYPE_CONVERTED, USER_TYPE_VISITOR,
+};
 
 /// A chat WebSocket opened (authenticated at once by a `?token=` or the login cookie).
 pub fn on_open(
@@ -176,9 +176,12 @@ fn run_command(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u
             service_desk::command(app, ctx, p, uid, cmd)
         }
         "consult_get" => consult::command(app, ctx, p, uid, cmd),
-        _ => Err((code::BAD_REQUEST, format!("unknown cmd {:?}", cmd.cmd))),
+        _ => Err(Failure(
+            code::BAD_REQUEST,
+            format!("unknown cmd {:?}", cmd.cmd),
+        )),
     };
-    if let Err((c, m)) = result {
+    if let Err(Failure(c, m)) = result {
         p.reply_err(ctx, c, &m);
     }
 }

@@ -4,7 +4,8 @@
 
 use crate::feed::metrics::METRICS;
 use crate::net::{ConnId, Ctx};
-use crate::proto::{self, code};
+use crate::proto::Failure;
+use crate::proto::{self};
 use crate::rt::{App, Completion};
 use crate::store::{Backends, StoreError};
 use serde_json::Value;
@@ -15,7 +16,7 @@ use std::time::Instant;
 pub type Replay = fn(&mut App, &mut dyn Ctx<Completion>, ConnId, &str);
 
 /// A command's failure: its `code` and `msg`.
-pub type CmdResult = Result<(), (u16, String)>;
+pub type CmdResult = Result<(), Failure>;
 
 /// A request waiting for a reply: the connection and the command's name and id.
 #[derive(Clone)]
@@ -45,15 +46,10 @@ impl Pending {
     }
     /// Reports a command that could not even be started (inside a continuation).
     pub fn reply_if_err<C>(&self, ctx: &mut dyn Ctx<C>, r: CmdResult) {
-        if let Err((c, m)) = r {
+        if let Err(Failure(c, m)) = r {
             self.reply_err(ctx, c, &m);
         }
     }
-}
-
-/// A 400 failure.
-pub fn bad(m: impl Into<String>) -> (u16, String) {
-    (code::BAD_REQUEST, m.into())
 }
 
 /// Runs a store job for a connection's request, counting it against the connection's limit.
@@ -73,7 +69,7 @@ pub fn conn_job<R: Send + 'static>(
         }
     });
     if !ok {
-        return Err((code::UNAVAILABLE, "server busy, retry".into()));
+        return Err(Failure::busy());
     }
     if let Some(s) = app.chat.sessions.get_mut(&conn) {
         s.pending += 1;

@@ -1,9 +1,10 @@
 //! Sending: admission of a `send`, authorisation per chat type, the persister, the ack after
 //! the commit, and delivery to every connection of every recipient (serialised once).
 
+use super::admission::{after_commit, friend_route, service_route, FriendRoute, ServiceRoute};
 use super::consult;
 use super::push::push_users;
-use super::request::{bad, conn_job, CmdResult, Pending};
+use super::request::{conn_job, CmdResult, Pending};
 use super::service_desk;
 use super::session::*;
 use super::social::*;
@@ -11,12 +12,12 @@ use crate::cluster::bus::{Envelope, Target};
 use crate::feed::metrics::METRICS;
 use crate::feed::Topic;
 use crate::net::{ConnId, Ctx, Frame};
+use crate::proto::Failure;
 use crate::proto::{self, chat_type, code, Command, ConvRef, SendArgs};
 use crate::rt::{App, Completion};
 use crate::store::{self, Appended, NewMessage, StoreResult};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Tells a user's online friends that they came online or went offline.
 pub(crate) fn push_presence(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64, online: bool) {
@@ -65,13 +66,13 @@ pub(crate) enum SendInput<'a> {
 }
 
 /// A general command's send fields, checked in the order their errors are reported.
-pub(crate) fn send_args(app: &App, p: &Pending, cmd: &Command) -> Result<SendArgs, (u16, String)> {
-    let chat_type = cmd.u64("chat_type").map_err(bad)?;
+pub(crate) fn send_args(app: &App, p: &Pending, cmd: &Command) -> Result<SendArgs, Failure> {
+    let chat_type = cmd.u64("chat_type").map_err(Failure::bad_request)?;
     refuse_visitor(app, p, chat_type)?;
-    let to_id = cmd.u64("to_id").map_err(bad)?;
-    let msg_type = cmd.u64("msg_type").map_err(bad)?;
-    let client_msg_id =
-        proto::client_msg_id_of(cmd.fields.get("client_msg_id").cloned()).map_err(bad)?;
+    let to_id = cmd.u64("to_id").map_err(Failure::bad_request)?;
+    let msg_type = cmd.u64("msg_type").map_err(Failure::bad_request)?;
+    let client_msg_id = proto::client_msg_id_of(cmd.fields.get("client_msg_id").cloned())
+        .map_err(Failure::bad_request)?;
     let msg = cmd.fields.get("msg").cloned().unwrap_or(Value::Null);
     Ok(SendArgs {
         chat_type,
@@ -87,7 +88,7 @@ pub(crate) fn refuse_visitor(app: &App, p: &Pending, chat_type: u64) -> CmdResul
     if chat_type != u64::from(chat_type::SERVICE)
         && app.chat.sessions.get(&p.conn).is_some_and(|s| s.visitor)
     {
-        return Err((
+        return Err(Failure(
             code::FORBIDDEN,
             "visitors may only write to customer service (chat_type 2)".into(),
         ));
@@ -102,21 +103,9 @@ pub(crate) fn cmd_send(
     uid: u64,
     input: SendInput<'_>,
 ) -> CmdResult {
-    // Rate limit per connection, one-second windows.
     let limit = app.config.chat.max_msgs_per_sec;
     if let Some(s) = app.chat.sessions.get_mut(&p.conn) {
-        let now = ctx.now();
-        if now.duration_since(s.rate_window) >= Duration::from_secs(1) {
-            s.rate_window = now;
-            s.rate_count = 0;
-        }
-        s.rate_count += 1;
-        if limit > 0 && s.rate_count > limit {
-            return Err((
-                code::RATE_LIMITED,
-                format!("over {limit} messages per second"),
-            ));
-        }
+        s.rate.hit(ctx.now(), limit)?;
     }
     let args = match input {
         SendInput::Decoded(args) => {
@@ -126,7 +115,7 @@ pub(crate) fn cmd_send(
         SendInput::Command(cmd) => send_args(app, p, cmd)?,
     };
     let (ct, to_id, client_msg_id) = (args.chat_type, args.to_id, args.client_msg_id);
-    let mt = u8::try_from(args.msg_type).map_err(|_| bad("unknown msg_type"))?;
+    let mt = u8::try_from(args.msg_type).map_err(|_| Failure::bad_request("unknown msg_type"))?;
     let body = proto::validate_body(mt, &args.msg, &app.chat.body_limits)?;
     let base = NewMessage {
         conv_id: String::new(),
@@ -140,26 +129,23 @@ pub(crate) fn cmd_send(
     };
     match u8::try_from(ct).unwrap_or(u8::MAX) {
         chat_type::FRIEND => {
-            if to_id == uid {
-                return Err(bad("cannot send to yourself"));
-            }
             let friends = app
                 .chat
                 .friends
                 .get(&uid)
                 .is_some_and(|f| f.contains(&to_id));
+            let route = friend_route(uid, to_id, friends, app.config.chat.allow_strangers)?;
             let message = NewMessage {
                 conv_id: proto::friend_conv(uid, to_id),
                 ..base
             };
-            if friends {
-                submit(app, ctx, p, message);
-                return Ok(());
-            }
-            if !app.config.chat.allow_strangers {
-                // The cache may miss a friendship made through another process sharing the
-                // database: check the store before refusing.
-                return conn_job(
+            match route {
+                FriendRoute::Submit => {
+                    submit(app, ctx, p, message);
+                    Ok(())
+                }
+                FriendRoute::CheckRecipient => submit_if_user_exists(app, ctx, p, to_id, message),
+                FriendRoute::CheckFriendship => conn_job(
                     app,
                     ctx,
                     p,
@@ -172,9 +158,8 @@ pub(crate) fn cmd_send(
                         Ok(_) => p.reply_err(ctx, code::FORBIDDEN, "not friends"),
                         Err(e) => p.reply_store_err(ctx, &e),
                     },
-                );
+                ),
             }
-            submit_if_user_exists(app, ctx, p, to_id, message)
         }
         chat_type::GROUP => with_members(app, ctx, p, to_id, move |app, ctx, p, members| {
             let m = NewMessage {
@@ -208,43 +193,37 @@ pub(crate) fn cmd_send(
             );
             p.reply_if_err(ctx, reloaded);
         }),
-        chat_type::SERVICE => {
-            if mt >= proto::msg_type::RECALL {
-                return Err(bad("unknown msg_type"));
-            }
-            if !app.chat.is_agent(uid) {
-                // A customer writes to customer service: their own conversation.
+        chat_type::SERVICE => match service_route(uid, app.chat.is_agent(uid), to_id, mt)? {
+            ServiceRoute::Customer => {
                 let message = NewMessage {
                     conv_id: proto::service_conv(uid),
                     chat_type: chat_type::SERVICE,
                     to_id: 0,
                     ..base
                 };
-                return service_desk::customer_send(app, ctx, p, uid, message);
+                service_desk::customer_send(app, ctx, p, uid, message)
             }
-            // An agent answers a customer they serve.
-            if to_id == 0 || to_id == uid {
-                return Err(bad("an agent's to_id is the customer's uid"));
+            ServiceRoute::Agent { customer } => {
+                service_desk::check_serves(&app.chat.desk, uid, customer)?;
+                let message = NewMessage {
+                    conv_id: proto::service_conv(customer),
+                    chat_type: chat_type::SERVICE,
+                    ..base
+                };
+                submit(app, ctx, p, message);
+                Ok(())
             }
-            service_desk::check_serves(&app.chat.desk, uid, to_id)?;
-            let message = NewMessage {
-                conv_id: proto::service_conv(to_id),
-                chat_type: chat_type::SERVICE,
-                ..base
-            };
-            submit(app, ctx, p, message);
-            Ok(())
-        }
+        },
         chat_type::CONSULT => {
             if mt >= proto::msg_type::RECALL {
-                return Err(bad("unknown msg_type"));
+                return Err(Failure::bad_request("unknown msg_type"));
             }
             // to_id names the consultation; the stored message's to_id is the other side.
             consult::with_live(app, ctx, p, to_id, move |app, ctx, p, sides| {
                 if !sides.contains(&uid) {
                     return p.reply_err(ctx, code::FORBIDDEN, "not your consultation");
                 }
-                if let Err((c, m)) = consult::check_open(app, to_id) {
+                if let Err(Failure(c, m)) = consult::check_open(app, to_id) {
                     return p.reply_err(ctx, c, &m);
                 }
                 let other = if sides[0] == uid { sides[1] } else { sides[0] };
@@ -257,7 +236,7 @@ pub(crate) fn cmd_send(
                 submit(app, ctx, p, message);
             })
         }
-        _ => Err(bad("unknown chat_type")),
+        _ => Err(Failure::bad_request("unknown chat_type")),
     }
 }
 
@@ -346,13 +325,12 @@ pub(crate) fn acked(
             .ack_seconds
             .observe_duration(ctx.now().saturating_duration_since(p.at));
     }
-    if !a.duplicate {
+    let next = after_commit(&a.message, a.duplicate);
+    if next.fan_out {
         fan_out(app, ctx, &a.message, p.map(|p| p.conn));
-        let m = &a.message;
-        if m.chat_type == chat_type::SERVICE && m.to_id != 0 && m.from_id != m.to_id {
-            // An agent's answer: a WeChat customer gets it through the customer-service API.
-            crate::chat::wechat_out::outbound(app, ctx, m);
-        }
+    }
+    if next.to_wechat {
+        crate::chat::wechat_out::outbound(app, ctx, &a.message);
     }
 }
 

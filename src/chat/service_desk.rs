@@ -8,9 +8,10 @@
 
 use super::desk::{AgentStatus, Desk, DeskError, Effect};
 use super::push::push_users;
-use super::request::{bad, conn_job, CmdResult, Pending};
+use super::request::{conn_job, CmdResult, Pending};
 use super::send::{acked, submit};
 use crate::net::Ctx;
+use crate::proto::Failure;
 use crate::proto::{self, chat_type, code, msg_type, Command};
 use crate::rt::{App, Completion};
 use crate::store::{self, NewMessage};
@@ -163,28 +164,28 @@ pub fn system_messages(app: &mut App, customer: u64, texts: Vec<String>) {
 pub(crate) fn check_serves(desk: &Desk, agent: u64, customer: u64) -> CmdResult {
     match desk.session(customer) {
         Some(Some(a)) if a == agent => Ok(()),
-        Some(Some(_)) => Err((
+        Some(Some(_)) => Err(Failure(
             code::FORBIDDEN,
             "this customer is served by another agent".into(),
         )),
-        Some(None) => Err((
+        Some(None) => Err(Failure(
             code::FORBIDDEN,
             "this customer is waiting in the queue: service_accept first".into(),
         )),
-        None => Err((
+        None => Err(Failure(
             code::NOT_FOUND,
             "no open service session for this customer".into(),
         )),
     }
 }
 
-fn desk_error(e: DeskError) -> (u16, String) {
+fn desk_error(e: DeskError) -> Failure {
     let c = match e {
         DeskError::NoSession | DeskError::NoSuchAgent => code::NOT_FOUND,
         DeskError::NotYourCustomer => code::FORBIDDEN,
         DeskError::AgentUnavailable => code::CONFLICT,
     };
-    (c, e.to_string())
+    Failure(c, e.to_string())
 }
 
 /// Closed sessions remembered for the `rated` push to their agent (per process, best effort:
@@ -296,7 +297,7 @@ pub(crate) fn command(
 ) -> CmdResult {
     let agent = app.chat.is_agent(uid);
     let agents_only = || {
-        Err((
+        Err(Failure(
             code::FORBIDDEN,
             format!("{} is for customer-service agents", cmd.cmd),
         ))
@@ -306,10 +307,10 @@ pub(crate) fn command(
             if !agent {
                 return agents_only();
             }
-            let available = match cmd.str("status").map_err(bad)? {
+            let available = match cmd.str("status").map_err(Failure::bad_request)? {
                 "available" => true,
                 "away" => false,
-                _ => return Err(bad("status is \"available\" or \"away\"")),
+                _ => return Err(Failure::bad_request("status is \"available\" or \"away\"")),
             };
             run(app, ctx, |d| d.set_status(uid, available)).map_err(desk_error)?;
             p.reply_ok(ctx, &info(app, uid, true));
@@ -319,7 +320,7 @@ pub(crate) fn command(
             if !agent {
                 return agents_only();
             }
-            let customer = cmd.u64("customer").map_err(bad)?;
+            let customer = cmd.u64("customer").map_err(Failure::bad_request)?;
             run(app, ctx, |d| d.accept(uid, customer)).map_err(desk_error)?;
             p.reply_ok(ctx, &json!({ "customer": customer }));
             Ok(())
@@ -328,10 +329,10 @@ pub(crate) fn command(
             if !agent {
                 return agents_only();
             }
-            let customer = cmd.u64("customer").map_err(bad)?;
-            let to = cmd.u64("to").map_err(bad)?;
+            let customer = cmd.u64("customer").map_err(Failure::bad_request)?;
+            let to = cmd.u64("to").map_err(Failure::bad_request)?;
             if to == uid {
-                return Err(bad("transfer to another agent"));
+                return Err(Failure::bad_request("transfer to another agent"));
             }
             run(app, ctx, |d| d.transfer(customer, uid, to)).map_err(desk_error)?;
             p.reply_ok(ctx, &json!({ "customer": customer, "to": to }));
@@ -339,12 +340,12 @@ pub(crate) fn command(
         }
         "service_close" => {
             let customer = if agent {
-                let customer = cmd.u64("customer").map_err(bad)?;
+                let customer = cmd.u64("customer").map_err(Failure::bad_request)?;
                 check_serves(&app.chat.desk, uid, customer)?;
                 customer
             } else {
                 if app.chat.desk.session(uid).is_none() {
-                    return Err((code::NOT_FOUND, "no open service session".into()));
+                    return Err(Failure(code::NOT_FOUND, "no open service session".into()));
                 }
                 uid
             };
@@ -358,17 +359,20 @@ pub(crate) fn command(
         }
         "service_rate" => {
             if agent {
-                return Err((code::FORBIDDEN, "customers rate their sessions".into()));
+                return Err(Failure(
+                    code::FORBIDDEN,
+                    "customers rate their sessions".into(),
+                ));
             }
-            let id = cmd.u64("session_id").map_err(bad)?;
-            let rating = cmd.u64("rating").map_err(bad)?;
+            let id = cmd.u64("session_id").map_err(Failure::bad_request)?;
+            let rating = cmd.u64("rating").map_err(Failure::bad_request)?;
             let rating = match u8::try_from(rating) {
                 Ok(r @ 1..=5) => r,
-                _ => return Err(bad("rating is 1 to 5")),
+                _ => return Err(Failure::bad_request("rating is 1 to 5")),
             };
             let comment = cmd.opt_str("comment").unwrap_or_default().to_string();
             if comment.len() > 1024 {
-                return Err((code::TOO_LARGE, "comment over 1024 bytes".into()));
+                return Err(Failure(code::TOO_LARGE, "comment over 1024 bytes".into()));
             }
             let comment_sent = comment.clone();
             conn_job(
@@ -399,7 +403,7 @@ pub(crate) fn command(
             if !agent {
                 return agents_only();
             }
-            let customer = cmd.u64("customer").map_err(bad)?;
+            let customer = cmd.u64("customer").map_err(Failure::bad_request)?;
             conn_job(
                 app,
                 ctx,
@@ -421,7 +425,7 @@ pub(crate) fn command(
                 },
             )
         }
-        other => Err(bad(format!("unknown cmd {other:?}"))),
+        other => Err(Failure::bad_request(format!("unknown cmd {other:?}"))),
     }
 }
 

@@ -1,6 +1,7 @@
 //! A chat connection's life: opening, the authentication deadline, authentication (URL
 //! token, login cookie, `auth`, online_chat's `access_token`), logout, closing.
 
+use super::admission::RateWindow;
 use super::consult;
 use super::presence;
 use super::request::{Pending, Replay};
@@ -40,8 +41,7 @@ pub fn on_open(
             waiting: Vec::new(),
             auth_timer: Some(timer),
             pending: 0,
-            rate_window: ctx.now(),
-            rate_count: 0,
+            rate: RateWindow::new(ctx.now()),
         },
     );
     // The token on the URL, else the doLogin cookie of a page of this site (app::cookie_token

@@ -3,8 +3,9 @@
 use super::membership;
 use super::presence;
 use super::push::*;
-use super::request::{bad, conn_job, CmdResult, Pending};
+use super::request::{conn_job, CmdResult, Pending};
 use crate::net::Ctx;
+use crate::proto::Failure;
 use crate::proto::{self, code, Command};
 use crate::rt::{App, Completion};
 use crate::store::{self, Backends, StoreResult};
@@ -94,12 +95,12 @@ pub(crate) fn cmd_friend_request(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let to = cmd.u64("to_id").map_err(bad)?;
+    let to = cmd.u64("to_id").map_err(Failure::bad_request)?;
     if to == uid {
-        return Err(bad("cannot befriend yourself"));
+        return Err(Failure::bad_request("cannot befriend yourself"));
     }
     if app.chat.friends.get(&uid).is_some_and(|f| f.contains(&to)) {
-        return Err((code::CONFLICT, "already friends".into()));
+        return Err(Failure(code::CONFLICT, "already friends".into()));
     }
     let note: String = cmd
         .opt_str("note")
@@ -169,7 +170,7 @@ pub(crate) fn cmd_friend_accept(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let from = cmd.u64("from_id").map_err(bad)?;
+    let from = cmd.u64("from_id").map_err(Failure::bad_request)?;
     conn_job(
         app,
         ctx,
@@ -225,7 +226,7 @@ pub(crate) fn cmd_friend_remove(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let other = cmd.u64("uid").map_err(bad)?;
+    let other = cmd.u64("uid").map_err(Failure::bad_request)?;
     conn_job(
         app,
         ctx,
@@ -282,31 +283,32 @@ pub(crate) fn create_group(
     name: String,
     members: Vec<u64>,
     history_for_new_members: bool,
-    done: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, Result<Value, (u16, String)>) + Send + 'static,
+    done: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, Result<Value, Failure>) + Send + 'static,
 ) -> bool {
     let max = app.config.chat.max_group_members;
     app.job(
         ctx,
-        move |s| -> Result<(store::Group, Vec<u64>), (u16, String)> {
+        move |s| -> Result<(store::Group, Vec<u64>), Failure> {
             let mut wanted: Vec<u64> = members.clone();
             wanted.push(owner);
             wanted.sort_unstable();
             wanted.dedup();
             if wanted.len() > max {
-                return Err((
+                return Err(Failure(
                     code::BAD_REQUEST,
                     format!("a group has at most {max} members"),
                 ));
             }
-            let existing = s
-                .existing_users(&wanted)
-                .map_err(|e| (proto::store_code(&e), e.to_string()))?;
+            let existing = s.existing_users(&wanted).map_err(Failure::from)?;
             if existing.len() != wanted.len() {
-                return Err((code::NOT_FOUND, "some of those users do not exist".into()));
+                return Err(Failure(
+                    code::NOT_FOUND,
+                    "some of those users do not exist".into(),
+                ));
             }
             let g = s
                 .create_group(owner, &name, &wanted, history_for_new_members)
-                .map_err(|e| (proto::store_code(&e), e.to_string()))?;
+                .map_err(Failure::from)?;
             Ok((g, wanted))
         },
         move |app, ctx, r| match r {
@@ -329,13 +331,17 @@ pub(crate) fn cmd_group_create(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let name = cmd.str("name").map_err(bad)?.trim().to_string();
+    let name = cmd
+        .str("name")
+        .map_err(Failure::bad_request)?
+        .trim()
+        .to_string();
     if name.is_empty() || name.len() > 128 {
-        return Err(bad("name must be 1-128 bytes"));
+        return Err(Failure::bad_request("name must be 1-128 bytes"));
     }
-    let members = cmd.u64_list("members").map_err(bad)?;
-    let history =
-        membership::history_option(cmd.fields.get("history_for_new_members")).map_err(bad)?;
+    let members = cmd.u64_list("members").map_err(Failure::bad_request)?;
+    let history = membership::history_option(cmd.fields.get("history_for_new_members"))
+        .map_err(Failure::bad_request)?;
     let p2 = p.clone();
     if create_group(
         app,
@@ -346,12 +352,12 @@ pub(crate) fn cmd_group_create(
         history,
         move |_app, ctx, r| match r {
             Ok(v) => p2.reply_ok(ctx, &v),
-            Err((c, m)) => p2.reply_err(ctx, c, &m),
+            Err(Failure(c, m)) => p2.reply_err(ctx, c, &m),
         },
     ) {
         Ok(())
     } else {
-        Err((code::UNAVAILABLE, "server busy, retry".into()))
+        Err(Failure::busy())
     }
 }
 
@@ -362,7 +368,7 @@ pub(crate) fn cmd_group_members(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let gid = cmd.u64("group_id").map_err(bad)?;
+    let gid = cmd.u64("group_id").map_err(Failure::bad_request)?;
     with_members(app, ctx, p, gid, move |app, ctx, p, members| {
         if members.binary_search(&uid).is_err() {
             return p.reply_err(ctx, code::FORBIDDEN, "not a member of this group");
@@ -399,10 +405,10 @@ pub(crate) fn cmd_group_invite(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let gid = cmd.u64("group_id").map_err(bad)?;
-    let uids = cmd.u64_list("uids").map_err(bad)?;
+    let gid = cmd.u64("group_id").map_err(Failure::bad_request)?;
+    let uids = cmd.u64_list("uids").map_err(Failure::bad_request)?;
     if uids.is_empty() {
-        return Err(bad("uids is empty"));
+        return Err(Failure::bad_request("uids is empty"));
     }
     with_members(app, ctx, p, gid, move |app, ctx, p, members| {
         if members.binary_search(&uid).is_err() {
@@ -447,7 +453,7 @@ pub(crate) fn add_members(
             Err(e) => p.reply_store_err(ctx, &e),
         },
     );
-    if let Err((c, m)) = r {
+    if let Err(Failure(c, m)) = r {
         p.reply_err(ctx, c, &m);
     }
 }
@@ -481,7 +487,7 @@ pub(crate) fn cmd_group_leave(
     uid: u64,
     cmd: &Command,
 ) -> CmdResult {
-    let gid = cmd.u64("group_id").map_err(bad)?;
+    let gid = cmd.u64("group_id").map_err(Failure::bad_request)?;
     conn_job(
         app,
         ctx,

@@ -3,6 +3,7 @@
 //! the small rules that read it, nothing that does I/O, so this file imports nothing above
 //! `rt::timer`; the handlers beside it change it.
 
+use crate::chat::admission::RateWindow;
 use crate::chat::consult_clock::Consults;
 use crate::chat::desk;
 use crate::chat::office_hours;
@@ -13,7 +14,6 @@ use crate::rt::timer::AppTimer;
 use crate::store::StoredMessage;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Bytes of frames a connection may send while its authentication is under way.
 pub const MAX_WAITING_BYTES: usize = 64 * 1024;
@@ -35,8 +35,8 @@ pub struct Session {
     pub auth_timer: Option<AppTimer>,
     /// Store requests in flight for this connection.
     pub pending: usize,
-    pub rate_window: Instant,
-    pub rate_count: u32,
+    /// Messages sent in the current one-second window (`[chat] max_msgs_per_sec`).
+    pub rate: RateWindow,
 }
 
 /// The hub's in-memory state (reactor-owned).

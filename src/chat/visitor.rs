@@ -10,6 +10,7 @@
 use crate::auth;
 use crate::http::{Request, Response};
 use crate::net::{ConnId, Ctx, Reply};
+use crate::proto::Failure;
 use crate::proto::{self, chat_type, close, code, msg_type};
 use crate::rt::reply::{api_error, api_ok, later_or_busy};
 use crate::rt::token::request_token;
@@ -23,7 +24,7 @@ use std::time::Duration;
 /// Most messages a conversion carries over (a visitor's conversation is short).
 const MAX_COPIED: usize = 2_000;
 
-type Outcome = Result<Value, (u16, String)>;
+type Outcome = Result<Value, Failure>;
 
 type DoneFn = Box<dyn FnOnce(&mut App, &mut dyn Ctx<Completion>, Outcome) + Send>;
 
@@ -44,12 +45,12 @@ impl Done {
     }
 }
 
-fn busy() -> (u16, String) {
-    (code::UNAVAILABLE, "server busy, retry".into())
+fn busy() -> Failure {
+    Failure::busy()
 }
 
-fn failed(e: store::StoreError) -> (u16, String) {
-    (proto::store_code(&e), e.to_string())
+fn failed(e: store::StoreError) -> Failure {
+    Failure::from(e)
 }
 
 /// `POST /api/service/visitor`: a new visitor and their token.
@@ -67,7 +68,7 @@ pub fn create(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &
                 .incr_window(key, std::time::Duration::from_secs(60))
                 .map_err(failed)?;
             if n > max {
-                return Err((
+                return Err(Failure(
                     code::RATE_LIMITED,
                     "too many visitors from this address; retry in a minute".into(),
                 ));
@@ -88,7 +89,7 @@ pub fn create(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &
 fn respond(r: Outcome) -> Response {
     match r {
         Ok(data) => api_ok(data),
-        Err((c, m)) => api_error(c, &m),
+        Err(Failure(c, m)) => api_error(c, &m),
     }
 }
 
@@ -139,9 +140,9 @@ pub fn convert(
     done: impl FnOnce(&mut App, &mut dyn Ctx<Completion>, Outcome) + Send + 'static,
 ) {
     let hash = auth::token_hash(visitor_token);
-    let work = move |b: &store::Backends| -> Result<(u64, Vec<StoredMessage>), (u16, String)> {
+    let work = move |b: &store::Backends| -> Result<(u64, Vec<StoredMessage>), Failure> {
         let bad_token = || {
-            (
+            Failure(
                 code::UNAUTHORIZED,
                 "bad or expired visitor_token".to_string(),
             )
@@ -153,7 +154,7 @@ pub fn convert(
             .ok_or_else(bad_token)?;
         let user = b.user(visitor).map_err(failed)?.ok_or_else(bad_token)?;
         if user.user_type != USER_TYPE_VISITOR || visitor == uid {
-            return Err((
+            return Err(Failure(
                 code::CONFLICT,
                 "not a visitor's token (or already converted)".into(),
             ));
@@ -224,7 +225,10 @@ fn copy(
                     done.call(
                         app,
                         ctx,
-                        Err((code::UNAVAILABLE, "storage unavailable, retry".into())),
+                        Err(Failure(
+                            code::UNAVAILABLE,
+                            "storage unavailable, retry".into(),
+                        )),
                     );
                 } else {
                     finish(app, ctx, token, visitor, uid, count, done);
@@ -250,7 +254,7 @@ fn finish(
     done: Done,
 ) {
     let hash = auth::token_hash(&token);
-    let work = move |b: &store::Backends| -> Result<(), (u16, String)> {
+    let work = move |b: &store::Backends| -> Result<(), Failure> {
         b.convert_visitor(visitor, uid).map_err(failed)?;
         if let Err(e) = b.tokens.revoke(&hash) {
             // The visitor is marked converted, so the token no longer authenticates anyway.

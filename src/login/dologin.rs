@@ -7,10 +7,11 @@ use crate::http::{Request, Response};
 use crate::login::tokens::{issue_token, profile_of, Issued};
 use crate::net::{ConnId, Ctx, Reply};
 use crate::proto::code;
+use crate::proto::Failure;
 use crate::rt::reply::api_error;
 use crate::rt::token::logged_in;
 use crate::rt::{App, Completion};
-use crate::store::{self, Backends, Profile, StoreError};
+use crate::store::{self, Backends, Profile};
 use serde_json::{json, Value};
 
 /// The online_chat-compatible signed login (protocol-spec 3.1).
@@ -159,17 +160,17 @@ fn issue_token_for(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, l
         is_mobile,
         secure_cookie,
     } = login;
-    let work = move |b: &Backends| -> Result<Issued, (u16, String)> {
-        let failed = |e: StoreError| (crate::proto::store_code(&e), e.to_string());
+    let work = move |b: &Backends| -> Result<Issued, Failure> {
+        let failed = Failure::from;
         if let Some(l) = &limiter {
             let failures = b.cache.peek_window(&l.key).map_err(failed)?;
             if failures >= l.max {
-                return Err((code::RATE_LIMITED, TOO_MANY_FAILURES.into()));
+                return Err(Failure(code::RATE_LIMITED, TOO_MANY_FAILURES.into()));
             }
         }
         // First use of this signature wins (SET NX in Redis, so across processes).
         let Some(claim) = b.cache.try_lock(&replay.key, replay.ttl).map_err(failed)? else {
-            return Err((
+            return Err(Failure(
                 code::UNAUTHORIZED,
                 "sign already used: sign each login afresh".into(),
             ));
@@ -180,38 +181,37 @@ fn issue_token_for(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, l
             failed(e)
         })
     };
-    let then =
-        move |app: &mut App, ctx: &mut dyn Ctx<Completion>, r: Result<Issued, (u16, String)>| {
-            let logged_in = move |data: &Value| {
-                let token = data["token"].as_str().unwrap_or_default().to_string();
-                logged_in(data, &token, ttl, secure_cookie)
-            };
-            let Issued {
-                mut data,
-                user,
-                profile_changed,
-            } = match r {
-                Ok(issued) => issued,
-                Err((c, m)) => return app.respond_login(ctx, conn, "dologin", api_error(c, &m)),
-            };
-            data["is_mobile"] = json!(u8::from(is_mobile));
-            if profile_changed {
-                crate::chat::profile::changed(app, ctx, &user);
-            }
-            match visitor_token {
-                Some(vt) => {
-                    let uid = user.uid;
-                    crate::chat::visitor::convert(app, ctx, &vt, uid, move |app, ctx, r| {
-                        data["visitor"] = match r {
-                            Ok(v) => v,
-                            Err((c, m)) => json!({ "code": c, "msg": m }),
-                        };
-                        app.respond_login(ctx, conn, "dologin", logged_in(&data));
-                    });
-                }
-                None => app.respond_login(ctx, conn, "dologin", logged_in(&data)),
-            }
+    let then = move |app: &mut App, ctx: &mut dyn Ctx<Completion>, r: Result<Issued, Failure>| {
+        let logged_in = move |data: &Value| {
+            let token = data["token"].as_str().unwrap_or_default().to_string();
+            logged_in(data, &token, ttl, secure_cookie)
         };
+        let Issued {
+            mut data,
+            user,
+            profile_changed,
+        } = match r {
+            Ok(issued) => issued,
+            Err(Failure(c, m)) => return app.respond_login(ctx, conn, "dologin", api_error(c, &m)),
+        };
+        data["is_mobile"] = json!(u8::from(is_mobile));
+        if profile_changed {
+            crate::chat::profile::changed(app, ctx, &user);
+        }
+        match visitor_token {
+            Some(vt) => {
+                let uid = user.uid;
+                crate::chat::visitor::convert(app, ctx, &vt, uid, move |app, ctx, r| {
+                    data["visitor"] = match r {
+                        Ok(v) => v,
+                        Err(Failure(c, m)) => json!({ "code": c, "msg": m }),
+                    };
+                    app.respond_login(ctx, conn, "dologin", logged_in(&data));
+                });
+            }
+            None => app.respond_login(ctx, conn, "dologin", logged_in(&data)),
+        }
+    };
     if !app.job(ctx, work, then) {
         app.respond_login(
             ctx,

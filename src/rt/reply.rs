@@ -4,6 +4,7 @@
 use crate::http::Response;
 use crate::net::{ConnId, Ctx, Message, Reply};
 use crate::proto::code;
+use crate::proto::Failure;
 use serde_json::{json, Value};
 
 /// HTTP 401 in the shape mini-program front ends expect from a WeChat-style backend.
@@ -82,31 +83,26 @@ pub fn api_ok(data: Value) -> Response {
     Response::json(200, &json!({ "code": 200, "msg": "ok", "data": data }))
 }
 
-/// A 400 failure of a handler.
-pub fn bad_request(m: impl Into<String>) -> (u16, String) {
-    (code::BAD_REQUEST, m.into())
-}
-
 /// A JSON body's field as a user id (a number, or a string of digits).
-pub fn field_u64(body: &Value, name: &str) -> Result<u64, (u16, String)> {
+pub fn field_u64(body: &Value, name: &str) -> Result<u64, Failure> {
     body.get(name)
         .and_then(|v| {
             v.as_u64()
                 .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
         })
-        .ok_or_else(|| bad_request(format!("missing or bad \"{name}\"")))
+        .ok_or_else(|| Failure::bad_request(format!("missing or bad \"{name}\"")))
 }
 
-pub fn field_list(body: &Value, name: &str) -> Result<Vec<u64>, (u16, String)> {
+pub fn field_list(body: &Value, name: &str) -> Result<Vec<u64>, Failure> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(a)) => a
             .iter()
             .map(|v| {
                 v.as_u64()
-                    .ok_or_else(|| bad_request(format!("\"{name}\" must list user ids")))
+                    .ok_or_else(|| Failure::bad_request(format!("\"{name}\" must list user ids")))
             })
             .collect(),
-        _ => Err(bad_request(format!("\"{name}\" must be an array"))),
+        _ => Err(Failure::bad_request(format!("\"{name}\" must be an array"))),
     }
 }

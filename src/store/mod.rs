@@ -105,6 +105,14 @@ pub struct ServiceSession {
     pub comment: String,
 }
 
+// `user_type`: what a user is. The one list; `profile::user_type` is the one rule for what a
+// client or business backend may choose (0 to 2).
+/// `user_type` of an ordinary user.
+pub const USER_TYPE_USER: i64 = 0;
+/// `user_type` of customer-service agents.
+pub const USER_TYPE_AGENT: i64 = 1;
+/// `user_type` of consultants (timed consultations name them explicitly; the type is a label).
+pub const USER_TYPE_CONSULTANT: i64 = 2;
 /// `user_type` of an anonymous web visitor (customer service only).
 pub const USER_TYPE_VISITOR: i64 = 3;
 /// `user_type` of a visitor who logged in as a registered user (their tokens are dead).
