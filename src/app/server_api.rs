@@ -119,7 +119,11 @@ pub fn server_api(
                     app,
                     ctx,
                     conn,
-                    move |s| crate::login::tokens::issue_token_for_uid(s, uid, &profile, ttl),
+                    move |s| {
+                        crate::login::tokens::issue_token_for_uid(
+                            &**s, &*s.tokens, uid, &profile, ttl,
+                        )
+                    },
                     issued,
                 ));
             }
@@ -135,7 +139,11 @@ pub fn server_api(
                 app,
                 ctx,
                 conn,
-                move |s| crate::login::tokens::issue_token(s, &app_uid, &profile, false, ttl),
+                move |s| {
+                    crate::login::tokens::issue_token(
+                        &**s, &*s.tokens, &app_uid, &profile, false, ttl,
+                    )
+                },
                 issued,
             ))
         }

@@ -5,7 +5,7 @@
 use crate::net::Ctx;
 use crate::proto;
 use crate::rt::{App, Completion};
-use crate::store::{Backends, StoreResult, User};
+use crate::store::{SocialStore, StoreResult, User};
 use serde_json::json;
 use std::collections::BTreeSet;
 
@@ -15,7 +15,7 @@ pub fn view(u: &User) -> serde_json::Value {
 }
 
 /// Everyone who shows this user: the user, their friends and every member of their groups.
-fn audience(b: &Backends, uid: u64) -> StoreResult<Vec<u64>> {
+fn audience(b: &dyn SocialStore, uid: u64) -> StoreResult<Vec<u64>> {
     let mut who: BTreeSet<u64> = b.friends(uid)?.into_iter().collect();
     who.insert(uid);
     for g in b.groups_of(uid)? {
@@ -33,7 +33,7 @@ pub fn changed(app: &mut App, ctx: &mut dyn Ctx<Completion>, user: &User) {
     let payload = proto::push("profile", &view(user));
     app.job(
         ctx,
-        move |b| audience(b, uid),
+        move |b| audience(&**b, uid),
         move |app, ctx, r| match r {
             Ok(uids) => super::push_to_users(app, ctx, &uids, &payload),
             Err(e) => log::warn!("profile push for uid={uid} not sent: {e}"),

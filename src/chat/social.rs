@@ -8,7 +8,7 @@ use crate::net::Ctx;
 use crate::proto::Failure;
 use crate::proto::{self, code, Command};
 use crate::rt::{App, Completion};
-use crate::store::{self, Backends, StoreResult};
+use crate::store::{self, StoreResult, UserStore};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub(crate) fn with_members(
 
 /// These users in this order with their profiles (loaded on a worker).
 pub(crate) fn with_profiles(
-    s: &Backends,
+    s: &dyn UserStore,
     uids: Vec<u64>,
 ) -> StoreResult<Vec<(u64, Option<store::User>)>> {
     let mut found: HashMap<u64, store::User> =
@@ -70,7 +70,7 @@ pub(crate) fn cmd_friends(
         app,
         ctx,
         p,
-        move |s| with_profiles(s, s.friends(uid)?),
+        move |s| with_profiles(&**s, s.friends(uid)?),
         |app, ctx, p, r| match r {
             Ok(list) => {
                 let p = p.clone();
@@ -378,7 +378,7 @@ pub(crate) fn cmd_group_members(
             app,
             ctx,
             p,
-            move |s| with_profiles(s, ids),
+            move |s| with_profiles(&**s, ids),
             move |app, ctx, p, r| match r {
                 Ok(list) => {
                     let p = p.clone();

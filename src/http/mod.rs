@@ -1,5 +1,7 @@
 //! A small, pure HTTP/1.1 server-side layer on `httparse`: incremental request parsing with
 //! limits, responses, form/query/JSON bodies and a routing table. No I/O here.
+//!
+//! Layer: the bottom; imports nothing from the crate (fuzzed on its own).
 
 mod client_ip;
 mod request;

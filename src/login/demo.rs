@@ -53,7 +53,7 @@ pub fn login(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: &R
         .collect();
     let app_uid = format!("demo:{name}");
     let work = move |b: &Backends| -> Result<crate::login::tokens::Issued, StoreError> {
-        let issued = issue_token(b, &app_uid, &profile, true, ttl)?;
+        let issued = issue_token(&**b, &*b.tokens, &app_uid, &profile, true, ttl)?;
         let me = issued.user.uid;
         for other in others.into_iter().filter(|o| *o != me) {
             b.add_friendship(me, other)?;

@@ -175,7 +175,7 @@ fn issue_token_for(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, l
                 "sign already used: sign each login afresh".into(),
             ));
         };
-        issue_token(b, &app_uid, &profile, true, ttl).map_err(|e| {
+        issue_token(&**b, &*b.tokens, &app_uid, &profile, true, ttl).map_err(|e| {
             // Nothing was issued: the same signed request may be retried.
             let _ = b.cache.unlock(&replay.key, &claim);
             failed(e)

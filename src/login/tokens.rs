@@ -1,7 +1,8 @@
 //! Issuing a token for a user: one path for doLogin, the server API's `user`, QR-code and demo
 //! logins (WeChat mini-program login stores its identity first, then comes here too).
 
-use crate::store::{Backends, Profile, StoreError};
+use crate::store::tokens::TokenStore;
+use crate::store::{Profile, StoreError, UserStore};
 use serde_json::{json, Value};
 
 /// A token just issued: the reply's `data` (`{"uid","token","expires_in","is_new"}`), the user,
@@ -16,7 +17,8 @@ pub struct Issued {
 /// server API's `user`). The name and avatar are set apart from the upsert, so that a change
 /// is known and can be pushed.
 pub fn issue_token(
-    b: &Backends,
+    users: &dyn UserStore,
+    tokens: &dyn TokenStore,
     app_uid: &str,
     profile: &Profile,
     login: bool,
@@ -26,10 +28,10 @@ pub fn issue_token(
         user_type: profile.user_type,
         ..Profile::default()
     };
-    let (mut user, created) = b.upsert_app_user(app_uid, &kind, login)?;
+    let (mut user, created) = users.upsert_app_user(app_uid, &kind, login)?;
     let mut profile_changed = false;
     if profile.name.is_some() || profile.head_img.is_some() {
-        if let Some((after, changed)) = b.update_profile(
+        if let Some((after, changed)) = users.update_profile(
             user.uid,
             profile.name.as_deref(),
             profile.head_img.as_deref(),
@@ -38,7 +40,7 @@ pub fn issue_token(
             profile_changed = changed && !created;
         }
     }
-    let token = crate::store::tokens::mint(&*b.tokens, user.uid, ttl_s)?;
+    let token = crate::store::tokens::mint(tokens, user.uid, ttl_s)?;
     Ok(Issued {
         data: json!({ "uid": user.uid, "token": token, "expires_in": ttl_s, "is_new": created }),
         user,
@@ -49,15 +51,16 @@ pub fn issue_token(
 /// The server API's `user` by wxchat uid: sets the name and avatar given and issues a token.
 /// NotFound when there is no such user.
 pub fn issue_token_for_uid(
-    b: &Backends,
+    users: &dyn UserStore,
+    tokens: &dyn TokenStore,
     uid: u64,
     profile: &Profile,
     ttl_s: u64,
 ) -> Result<Issued, StoreError> {
-    let (user, changed) = b
+    let (user, changed) = users
         .update_profile(uid, profile.name.as_deref(), profile.head_img.as_deref())?
         .ok_or(StoreError::NotFound("user"))?;
-    let token = crate::store::tokens::mint(&*b.tokens, user.uid, ttl_s)?;
+    let token = crate::store::tokens::mint(tokens, user.uid, ttl_s)?;
     Ok(Issued {
         data: json!({ "uid": user.uid, "token": token, "expires_in": ttl_s, "is_new": false }),
         user,

@@ -5,6 +5,9 @@
 //! bytes, closes connections, answers deferred HTTP requests and runs timers. The mio reactor
 //! ([`reactor`]) is the real backend; [`memory`] drives a handler deterministically in unit tests.
 //! Chat code depends only on this module's types, so another backend would not touch it.
+//!
+//! Layer: below the state owner (`rt`), generic over the completion type; imports only the
+//! codecs (`ws`, `http`), `config` and `logger`.
 
 pub mod fd_limit;
 pub mod memory;

@@ -3,6 +3,8 @@
 //! [`local::LocalStore`] under `data_dir/files` (one node) or [`s3::S3Store`] in an S3-compatible
 //! bucket (every node of a cluster sees the same files). Pure except the stores, whose calls block
 //! (disk or network) and so run on workers only.
+//!
+//! Layer: beside `net`, below the state owner; imports only `config` and `auth`.
 
 use crate::config::Config;
 use sha2::{Digest, Sha256};

@@ -2,6 +2,8 @@
 //! incremental UTF-8 validation and close codes. Pure: bytes in, values or errors out; it never
 //! panics on input and reserves memory only after checking declared lengths against the limits.
 //! See LIFECYCLE.md for the decoder states and the close handshake.
+//!
+//! Layer: the bottom; imports nothing from the crate (fuzzed on its own).
 
 pub mod deflate;
 mod frame;
