@@ -438,7 +438,25 @@ fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
         .header("content-type")
         .unwrap()
         .starts_with("text/plain; version=0.0.4"));
-    parse_prometheus(&r.text())
+    // Every series carries the node's name as its first label; the map is keyed without it.
+    let mut nodes = std::collections::HashSet::new();
+    let samples = parse_prometheus(&r.text())
+        .into_iter()
+        .map(|(series, v)| {
+            let (name, rest) = series.split_once("{node=\"").expect("a node label");
+            let (node, rest) = rest.split_once('"').expect("a quoted node");
+            nodes.insert(node.to_string());
+            let labels = rest.trim_start_matches(',');
+            let key = if labels == "}" {
+                name.to_string()
+            } else {
+                format!("{name}{{{labels}")
+            };
+            (key, v)
+        })
+        .collect();
+    assert_eq!(nodes.len(), 1, "one node per page: {nodes:?}");
+    samples
 }
 
 #[test]

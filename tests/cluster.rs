@@ -286,3 +286,55 @@ fn pushes_reach_connections_held_by_the_other_process() {
     assert_eq!(cb.expect_close(), Some(4003));
     assert_eq!(cb_other_device.expect_close(), Some(4003));
 }
+
+#[test]
+fn online_counts_and_server_info_are_cluster_totals_with_each_nodes_share() {
+    let Pair { s1, s2, .. } = &Pair::start("[admin]\nserver_info_every_s = 1\n");
+    let (a, ta) = user(s1.addr, "fa");
+    let (b, tb) = user(s1.addr, "fb");
+    let (_c, tc) = user(s1.addr, "fc");
+    // a on node 1; b on node 2; c on both (one user, counted once in the total).
+    let _a1 = login(s1.addr, &ta);
+    let _b2 = login(s2.addr, &tb);
+    let _c1 = login(s1.addr, &tc);
+    let _c2 = login(s2.addr, &tc);
+    wait_for("cluster total 3 from both nodes", || {
+        [s1.addr, s2.addr].iter().all(|addr| {
+            let r = api(*addr, "online", json!({ "uids": [a, b] }));
+            r.json()["data"]["total_online"] == 3
+        })
+    });
+    let r = api(s2.addr, "online", json!({ "uids": [a, b] })).json();
+    assert_eq!(r["data"]["node_online"], 2, "{r}");
+    assert_eq!(
+        r["data"]["online"],
+        json!({ a.to_string(): true, b.to_string(): true })
+    );
+    wait_for("/status shows both nodes", || {
+        let st = http_get(s1.admin, "/status").json();
+        st["cluster"]["nodes"] == 2 && st["cluster"]["users_online"] == 3
+    });
+    let st = http_get(s1.admin, "/status").json();
+    assert_eq!(st["users_online"], 2, "this node's share: {st}");
+    let mut by_node: Vec<(String, u64)> = st["cluster"]["by_node"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_str().unwrap().to_string(),
+                n["users_online"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    by_node.sort();
+    assert_eq!(by_node, vec![("n1".into(), 2), ("n2".into(), 2)]);
+    assert!(st["cluster"]["connections"].as_u64().unwrap() >= 4, "{st}");
+    // /metrics is per node, labelled with it.
+    let m = http_get(s2.admin, "/metrics").text();
+    assert!(
+        m.contains("wxchat_users_online{node=\"n2\"} 2"),
+        "{}",
+        &m[..m.len().min(2000)]
+    );
+}

@@ -50,11 +50,51 @@ fn authorized(app: &App, ctx: &dyn Ctx<Completion>, conn: ConnId, req: &Request)
 /// The periodic tick: rates for `/status` and, when selected, the `serverInfo` event.
 fn tick(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
     app.rates = app.rates.next(ctx.now());
+    report_cluster(app, ctx);
     if app.feed.wants(Topic::ServerInfo) {
         let info = server_info(app, ctx);
         app.feed.publish(ctx, Topic::ServerInfo, info);
     }
     start(app, ctx);
+}
+
+/// Publishes this node's figures and reads the cluster's (on a worker: Redis with several
+/// nodes). A node that stops reporting drops out of the totals after three ticks.
+fn report_cluster(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    let node = app.node_id.clone();
+    let connections = ctx.connection_count() as u64;
+    let ttl = Duration::from_secs(app.config.admin.server_info_every_s.max(1) * 3);
+    app.job(
+        ctx,
+        move |b| b.presence.report(&node, connections, ttl),
+        |app, _ctx, r| match r {
+            Ok(figures) => app.cluster = Some(figures),
+            Err(e) => log::warn!("cluster figures: {e}"),
+        },
+    );
+}
+
+/// The cluster part of `serverInfo` and `/status`: totals and every node's share.
+fn cluster_json(app: &App, g: &Gauges) -> Value {
+    match &app.cluster {
+        Some(c) => json!({
+            "nodes": c.nodes.len(),
+            "users_online": c.users_online.max(g.users_online),
+            "connections": c.connections(),
+            "by_node": c.nodes.iter().map(|n| json!({
+                "node": n.node,
+                "users_online": n.users_online,
+                "connections": n.connections,
+            })).collect::<Vec<_>>(),
+        }),
+        // Before the first tick: this node alone.
+        None => json!({
+            "nodes": 1,
+            "users_online": g.users_online,
+            "connections": g.connections,
+            "by_node": [{ "node": app.node_id, "users_online": g.users_online, "connections": g.connections }],
+        }),
+    }
 }
 
 /// The live figures: the `serverInfo` event and `GET /status`.
@@ -80,6 +120,7 @@ pub fn server_info(app: &App, ctx: &dyn Ctx<Completion>) -> Value {
         "service_queue": g.service_queue,
         "consultations": g.consultations_running,
         "rss_bytes": g.resident_memory_bytes,
+        "cluster": cluster_json(app, &g),
     })
 }
 
@@ -118,7 +159,7 @@ pub fn on_request(
     let resp = match (req.method.as_str(), req.path.as_str()) {
         ("GET" | "HEAD", "/metrics") => Response::new(200).with_body(
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics::render(&gauges(app, ctx)).into_bytes(),
+            metrics::render(&gauges(app, ctx), &app.node_id).into_bytes(),
         ),
         ("GET" | "HEAD", "/status") => Response::json(200, &server_info(app, ctx)),
         (_, "/metrics" | "/status") => {

@@ -306,8 +306,14 @@ pub fn server_api(
                         .iter()
                         .map(|u| (u.to_string(), Value::from(online.contains(u))))
                         .collect();
-                    // total_online counts this process's users.
-                    api_ok(json!({ "online": out, "total_online": app.chat.online.len() }))
+                    // The cluster's distinct users as of the last figures tick (this process's
+                    // until the first), and this process's share.
+                    let here = app.chat.online.len() as u64;
+                    let total = app
+                        .cluster
+                        .as_ref()
+                        .map_or(here, |c| c.users_online.max(here));
+                    api_ok(json!({ "online": out, "total_online": total, "node_online": here }))
                 }
                 Err(e) => api_error(proto::store_code(&e), &e.to_string()),
             };

@@ -363,6 +363,15 @@ fn live_figures(config: &Config, admin: &str) {
         n("users_online"),
         n("subscribers")
     );
+    let cluster = |k: &str| v["cluster"][k].as_f64().unwrap_or(0.0);
+    if cluster("nodes") > 1.0 {
+        println!(
+            "  cluster:      {} nodes, {} users online, {} connections",
+            cluster("nodes"),
+            cluster("users_online"),
+            cluster("connections")
+        );
+    }
     println!(
         "  messages:     {:.1}/s in, {:.1}/s delivered, {} since start",
         n("msgs_in_per_s"),

@@ -213,36 +213,44 @@ pub struct Gauges {
 }
 
 /// Builds Prometheus text exposition format 0.0.4.
-struct Exposition(String);
+/// The page being written, and the `node` label every sample carries (several nodes scraped
+/// into one Prometheus stay apart even when their instance labels are rewritten).
+struct Exposition {
+    out: String,
+    node: String,
+}
 
 impl Exposition {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{k}=\"");
-                for ch in v.chars() {
-                    match ch {
-                        '\\' => self.0.push_str("\\\\"),
-                        '"' => self.0.push_str("\\\""),
-                        '\n' => self.0.push_str("\\n"),
-                        c => self.0.push(c),
-                    }
-                }
-                self.0.push('"');
-            }
-            self.0.push('}');
+        self.out.push_str(name);
+        self.out.push('{');
+        let node = std::mem::take(&mut self.node);
+        self.label("node", &node);
+        self.node = node;
+        for (k, v) in labels {
+            self.out.push(',');
+            self.label(k, v);
         }
-        let _ = writeln!(self.0, " {value}");
+        self.out.push('}');
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    fn label(&mut self, k: &str, v: &str) {
+        let _ = write!(self.out, "{k}=\"");
+        for ch in v.chars() {
+            match ch {
+                '\\' => self.out.push_str("\\\\"),
+                '"' => self.out.push_str("\\\""),
+                '\n' => self.out.push_str("\\n"),
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
     }
 
     fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -283,9 +291,12 @@ fn format_float(v: f64) -> String {
 }
 
 /// The whole `/metrics` page.
-pub fn render(g: &Gauges) -> String {
+pub fn render(g: &Gauges, node: &str) -> String {
     let m = &METRICS;
-    let mut e = Exposition(String::with_capacity(8 * 1024));
+    let mut e = Exposition {
+        out: String::with_capacity(8 * 1024),
+        node: node.to_string(),
+    };
     e.family(
         "wxchat_build_info",
         "gauge",
@@ -526,7 +537,7 @@ pub fn render(g: &Gauges) -> String {
         "Subscribers disconnected for reading too slowly.",
         m.subscribers_dropped.get(),
     );
-    e.0
+    e.out
 }
 
 /// Resident set size from `/proc/self/statm` (procfs: answered from kernel memory, never from
@@ -555,29 +566,47 @@ mod tests {
         h.observe_duration(Duration::from_micros(50));
         h.observe_duration(Duration::from_micros(300));
         h.observe_duration(Duration::from_secs(60));
-        let mut e = Exposition(String::new());
+        let mut e = Exposition {
+            out: String::new(),
+            node: "n".into(),
+        };
         e.histogram("x", "help", &[], &h);
-        let text = e.0;
-        assert!(text.contains("x_bucket{le=\"0.0001\"} 1\n"), "{text}");
-        assert!(text.contains("x_bucket{le=\"0.0005\"} 2\n"), "{text}");
-        assert!(text.contains("x_bucket{le=\"10\"} 2\n"), "{text}");
-        assert!(text.contains("x_bucket{le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("x_sum 60.00035\n"), "{text}");
-        assert!(text.contains("x_count 3\n"), "{text}");
+        let text = e.out;
+        assert!(
+            text.contains("x_bucket{node=\"n\",le=\"0.0001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_bucket{node=\"n\",le=\"0.0005\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_bucket{node=\"n\",le=\"10\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_bucket{node=\"n\",le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("x_sum{node=\"n\"} 60.00035\n"), "{text}");
+        assert!(text.contains("x_count{node=\"n\"} 3\n"), "{text}");
     }
 
     #[test]
     fn label_values_are_escaped() {
-        let mut e = Exposition(String::new());
+        let mut e = Exposition {
+            out: String::new(),
+            node: "n\"1".into(),
+        };
         e.sample("m", &[("a", "q\"b\\n\nx")], 1);
-        assert_eq!(e.0, "m{a=\"q\\\"b\\\\n\\nx\"} 1\n");
+        assert_eq!(e.out, "m{node=\"n\\\"1\",a=\"q\\\"b\\\\n\\nx\"} 1\n");
     }
 
     #[test]
     fn every_line_is_a_comment_or_a_sample() {
-        let text = render(&Gauges::default());
+        let text = render(&Gauges::default(), "n1");
         assert!(text.starts_with("# HELP wxchat_build_info "));
-        assert!(text.contains("wxchat_build_info{version=\""));
+        assert!(text.contains("wxchat_build_info{node=\"n1\",version=\""));
         for line in text.lines() {
             if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
                 continue;

@@ -70,6 +70,8 @@ pub struct App {
     pub feed: Feed,
     /// Message rates at the last `serverInfo` tick.
     pub rates: Rates,
+    /// The cluster's figures as of the last `serverInfo` tick (None until the first).
+    pub cluster: Option<crate::store::presence::ClusterFigures>,
     /// Open WebSockets per endpoint (in the order of `feed::metrics::ENDPOINTS`), kept by the
     /// router.
     pub websockets: [u64; 4],
@@ -136,6 +138,7 @@ impl App {
             started_unix_s: u64::try_from(crate::store::now_ms() / 1000).unwrap_or(0),
             feed,
             rates: Rates::new(now),
+            cluster: None,
             websockets: [0; 4],
             workers,
             persister,

@@ -19,6 +19,34 @@ pub trait Presence: Send + Sync + 'static {
     fn online(&self, uids: &[u64]) -> StoreResult<Vec<u64>>;
     /// Every user of `node` goes offline (a clean shutdown).
     fn clear_node(&self, node: &str, uids: &[u64]) -> StoreResult<()>;
+    /// Publishes this node's figures (its `connections`; its users come from `set_online`),
+    /// valid for `ttl` (a node that stops reporting drops out of the totals), and returns the
+    /// cluster's: every live node's figures and the distinct users online anywhere.
+    fn report(&self, node: &str, connections: u64, ttl: Duration) -> StoreResult<ClusterFigures>;
+}
+
+/// The cluster's figures, as `report` returns them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFigures {
+    /// Nodes that reported within their time-to-live (this one included).
+    pub nodes: Vec<NodeFigures>,
+    /// Distinct users with a connection on any node (a user on two nodes counts once).
+    pub users_online: u64,
+}
+
+impl ClusterFigures {
+    /// Open connections on every node.
+    pub fn connections(&self) -> u64 {
+        self.nodes.iter().map(|n| n.connections).sum()
+    }
+}
+
+/// One node's share.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFigures {
+    pub node: String,
+    pub connections: u64,
+    pub users_online: u64,
 }
 
 /// Presence in this process's memory.
@@ -95,5 +123,23 @@ impl Presence for MemoryPresence {
             self.set_offline(node, uid)?;
         }
         Ok(())
+    }
+
+    /// One process: the cluster is this node.
+    fn report(&self, node: &str, connections: u64, _ttl: Duration) -> StoreResult<ClusterFigures> {
+        let now = Instant::now();
+        let users = self
+            .users()
+            .values()
+            .filter(|nodes| nodes.iter().any(|(n, until)| n == node && *until > now))
+            .count() as u64;
+        Ok(ClusterFigures {
+            nodes: vec![NodeFigures {
+                node: node.to_string(),
+                connections,
+                users_online: users,
+            }],
+            users_online: users,
+        })
     }
 }

@@ -12,7 +12,7 @@
 
 use super::backoff::Backoff;
 use super::cache::{lock_owner, SharedCache};
-use super::presence::Presence;
+use super::presence::{ClusterFigures, NodeFigures, Presence};
 use super::tokens::TokenStore;
 use super::{now_ms, StoreError, StoreResult};
 use redis::{Connection, RedisError, RedisResult};
@@ -222,12 +222,25 @@ impl Presence for RedisKv {
                 .ignore();
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms * 2).ignore();
         }
+        // The node's own users, for the cluster's distinct count (`report`).
+        let mine = self.key("node_users", node);
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(&mine);
+        for &uid in uids {
+            zadd.arg(until).arg(uid);
+        }
+        pipe.add_command(zadd).ignore();
+        pipe.cmd("PEXPIRE").arg(&mine).arg(ttl_ms * 2).ignore();
         self.with_conn(|c| pipe.query::<()>(c))
     }
 
     fn set_offline(&self, node: &str, uid: u64) -> StoreResult<()> {
         let key = self.key("presence", &uid.to_string());
-        self.with_conn(|c| redis::cmd("ZREM").arg(&key).arg(node).query::<()>(c))
+        let mine = self.key("node_users", node);
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM").arg(&key).arg(node).ignore();
+        pipe.cmd("ZREM").arg(&mine).arg(uid).ignore();
+        self.with_conn(|c| pipe.query::<()>(c))
     }
 
     fn online(&self, uids: &[u64]) -> StoreResult<Vec<u64>> {
@@ -263,7 +276,89 @@ impl Presence for RedisKv {
                 .arg(node)
                 .ignore();
         }
+        pipe.cmd("DEL").arg(self.key("node_users", node)).ignore();
         self.with_conn(|c| pipe.query::<()>(c))
+    }
+
+    fn report(&self, node: &str, connections: u64, ttl: Duration) -> StoreResult<ClusterFigures> {
+        let now = now_ms();
+        let ttl_ms = ttl.as_millis().max(1) as i64;
+        let nodes_key = self.key("nodes", "");
+        let figures_key = |n: &str| self.key("node", n);
+        self.with_conn(|c| {
+            // This node's figures, then the live nodes (a node that stopped reporting lapses).
+            let mine = figures_key(node);
+            redis::pipe()
+                .cmd("HSET")
+                .arg(&mine)
+                .arg("connections")
+                .arg(connections)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&mine)
+                .arg(ttl_ms)
+                .ignore()
+                .cmd("ZADD")
+                .arg(&nodes_key)
+                .arg(now + ttl_ms)
+                .arg(node)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&nodes_key)
+                .arg("-inf")
+                .arg(now)
+                .ignore()
+                .query::<()>(c)?;
+            let live: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&nodes_key)
+                .arg(0)
+                .arg(-1)
+                .query(c)?;
+            let mut pipe = redis::pipe();
+            for n in &live {
+                pipe.cmd("HGET").arg(figures_key(n)).arg("connections");
+                pipe.cmd("ZCOUNT")
+                    .arg(self.key("node_users", n))
+                    .arg(format!("({now}"))
+                    .arg("+inf");
+            }
+            let counts: Vec<Option<u64>> = pipe.query(c)?;
+            let nodes = live
+                .iter()
+                .zip(counts.chunks(2))
+                .map(|(n, pair)| NodeFigures {
+                    node: n.clone(),
+                    connections: pair[0].unwrap_or(0),
+                    users_online: pair[1].unwrap_or(0),
+                })
+                .collect();
+            // Distinct users: the union of the live nodes' users, counted where still valid.
+            let users_online = if live.is_empty() {
+                0
+            } else {
+                let tmp = self.key("node_users_union", node);
+                let mut union = redis::cmd("ZUNIONSTORE");
+                union.arg(&tmp).arg(live.len());
+                for n in &live {
+                    union.arg(self.key("node_users", n));
+                }
+                union.arg("AGGREGATE").arg("MAX");
+                let (_, count, _): (u64, u64, u64) = redis::pipe()
+                    .add_command(union)
+                    .cmd("ZCOUNT")
+                    .arg(&tmp)
+                    .arg(format!("({now}"))
+                    .arg("+inf")
+                    .cmd("DEL")
+                    .arg(&tmp)
+                    .query(c)?;
+                count
+            };
+            Ok(ClusterFigures {
+                nodes,
+                users_online,
+            })
+        })
     }
 }
 
