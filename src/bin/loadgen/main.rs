@@ -13,38 +13,74 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wxchat::ws::OpCode;
 
-const USAGE: &str = "\
-usage: loadgen SCENARIO [OPTIONS]
+/// Each scenario's name, what it measures and its own options.
+const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "echo",
+        "raw WebSocket echo against any server's echo endpoint
+    --path /echo  --mode firehose|pingpong  --inflight 32 (firehose)
+    --rate N: N messages/s in total, round robin (latency at a given load)
+    --connections 100  --size 64 (payload bytes)",
+    ),
+    (
+        "p2p",
+        "pairs of users chatting (friend chat, persisted); acked and delivered per second
+  and send-to-deliver latency
+    --pairs 50  --rate 0 (messages/s in total; 0 = flat out)  --inflight 16
+    --size 64 (message text bytes)  --api-key KEY (users are created through it)",
+    ),
+    (
+        "group",
+        "one group of --members online members; --senders of them send --rate messages/s
+  in total (0 = flat out); deliveries/s and latency to the last member
+    --members 1000  --senders 4  --rate 100  --inflight 16  --api-key KEY",
+    ),
+    (
+        "reconnect",
+        "--connections users, each with a friend; the users drop at once, each friend sends
+  --missed messages, the users reconnect at once and `sync`; time to full recovery
+    --connections 100  --missed 20  --api-key KEY",
+    ),
+    (
+        "idle",
+        "N authenticated chat connections held (--mode echo: plain connections to --path);
+  server memory per connection, read from the admin listener's /status, or with
+  --pid from /proc/PID/status (any server on this machine)
+    --connections 100  --admin 127.0.0.1:9502  --pid 0  --hold 2  --api-key KEY",
+    ),
+];
 
-Scenarios:
-  echo       raw WebSocket echo against any server's echo endpoint
-               --path /echo  --mode firehose|pingpong  --inflight 32 (firehose)
-               --rate N: N messages/s in total, round robin (latency at a given load)
-  p2p        pairs of users chatting (friend chat, persisted); acked and delivered per second
-             and send-to-deliver latency
-               --pairs 50  --rate 0 (messages/s in total; 0 = flat out)  --inflight 16
-  group      one group of --members online members; --senders of them send --rate messages/s
-             in total (0 = flat out); deliveries/s and latency to the last member
-               --members 1000  --senders 4  --rate 100  --inflight 16
-  reconnect  --connections users, each with a friend; the users drop at once, each friend sends
-             --missed messages, the users reconnect at once and `sync`; time to full recovery
-               --missed 20
-  idle       N authenticated chat connections held (--mode echo: plain connections to --path);
-             server memory per connection, read from the admin listener's /status, or with
-             --pid from /proc/PID/status (any server on this machine)
-               --admin 127.0.0.1:9502  --pid 0  --hold 2
-
+const COMMON: &str = "\
 Common options:
   --target 127.0.0.1:9501   the server (loopback addresses only)
-  --connections 100         connections (echo, idle)
   --seconds 10              measured time (after 1 s of warm-up)
-  --size 64                 payload bytes (echo) / message text bytes (p2p)
-  --api-key KEY             server API key (p2p, idle: users are created through it)
   --deflate on|off          offer permessage-deflate as browsers do, and compress every message
                             sent (echo, p2p, group); off by default
   --pid PID                 the server's pid: its CPU per message over the measured window is
                             reported (echo, p2p, group; also idle's memory), with loadgen's own
 ";
+
+/// `loadgen --help`: every scenario.
+fn usage() -> String {
+    let mut out = String::from("usage: loadgen SCENARIO [OPTIONS]   (loadgen SCENARIO --help: its options)\n\nScenarios:\n");
+    for (name, help) in SCENARIOS {
+        out.push_str(&format!(
+            "  {name:<10} {}\n",
+            help.replace('\n', "\n             ")
+        ));
+    }
+    out.push('\n');
+    out.push_str(COMMON);
+    out
+}
+
+/// `loadgen SCENARIO --help`: that scenario's options and the common ones.
+fn scenario_usage(name: &str) -> Option<String> {
+    let (_, help) = SCENARIOS.iter().find(|(n, _)| *n == name)?;
+    Some(format!(
+        "usage: loadgen {name} [OPTIONS]\n\n{name}: {help}\n\n{COMMON}"
+    ))
+}
 
 struct Opts {
     scenario: String,
@@ -73,9 +109,20 @@ fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().ok_or("which scenario?")?;
     if scenario == "-h" || scenario == "--help" {
-        print!("{USAGE}");
+        print!("{}", usage());
         std::process::exit(0);
     }
+    let rest: Vec<String> = args.collect();
+    if rest.iter().any(|a| a == "-h" || a == "--help") {
+        match scenario_usage(&scenario) {
+            Some(text) => {
+                print!("{text}");
+                std::process::exit(0);
+            }
+            None => return Err(format!("unknown scenario {scenario:?}")),
+        }
+    }
+    let mut args = rest.into_iter();
     let mut o = Opts {
         scenario,
         target: "127.0.0.1:9501".parse().unwrap_or_else(|_| unreachable!()),
@@ -149,7 +196,7 @@ fn main() -> ExitCode {
     let o = match parse() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("loadgen: {e}\n\n{USAGE}");
+            eprintln!("loadgen: {e}\n\n{}", usage());
             return ExitCode::from(2);
         }
     };
