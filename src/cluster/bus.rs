@@ -8,7 +8,8 @@
 //! - **Routing** (on the publisher thread, never the reactor): a push goes only to the nodes that
 //!   hold a recipient, from presence (`Presence::nodes_of`): `Users` to the nodes of those users,
 //!   `Kick`/`Logout` to the nodes of that user, `Qr` to the node recorded in the cache under
-//!   `qr:<ticket>`. A `Conv` push is published by the hub with the conversation's members it
+//!   `qr:<ticket>` (read by the login before its claim deletes the key, then named with
+//!   [`Bus::publish_to_node`]). A `Conv` push is published by the hub with the conversation's members it
 //!   already knows ([`Bus::publish_to`]: friend, group); a bare [`Bus::publish`] of a `Conv` routes
 //!   a friend conversation to its two users and any other (service, consultation: their
 //!   recipients live on the node holding the desk or the consultation) to every live node, the
@@ -88,6 +89,8 @@ pub enum Route {
     Users(Vec<u64>),
     /// The node recorded for this QR login ticket.
     Qr(String),
+    /// This node.
+    Node(String),
     /// Every live node.
     All,
     /// Nowhere.
@@ -347,6 +350,12 @@ impl Bus {
     pub fn publish(&self, target: Target, payload: &str) {
         let route = Route::of(&target);
         self.send(target, payload, route);
+    }
+
+    /// Queues a push for one node the caller knows (a claimed QR ticket's, read before the
+    /// claim deleted it; never blocks).
+    pub fn publish_to_node(&self, target: Target, payload: &str, node: &str) {
+        self.send(target, payload, Route::Node(node.to_string()));
     }
 
     /// Queues a push for the nodes of these recipients (a conversation's members, known to the
@@ -632,6 +641,7 @@ fn resolve(
             .map_err(|e| e.to_string())?
             .into_iter()
             .collect(),
+        Route::Node(node) => vec![node.clone()],
         Route::All => {
             let since = crate::store::now_ms() - NODE_LAPSE.as_millis() as i64;
             redis::cmd("ZRANGEBYSCORE")
