@@ -123,16 +123,30 @@ impl Front {
     }
 }
 
+/// 200 `{"status":"ok",..}`; with the Redis bus, its round trip too, and 503
+/// `{"status":"unhealthy","reason":..}` when the bus has not round-tripped within its bound.
 fn health(app: &App, ctx: &dyn Ctx<Completion>) -> Response {
-    Response::json(
-        200,
-        &json!({
-            "status": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_s": app.started.elapsed().as_secs(),
-            "connections": ctx.connection_count(),
-        }),
-    )
+    let mut body = json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": app.started.elapsed().as_secs(),
+        "connections": ctx.connection_count(),
+    });
+    let mut status = 200;
+    if let Some(bus) = &app.bus {
+        let h = bus.health();
+        body["bus"] = json!({
+            "last_read_age_ms": h.last_read_age.map(|d| d.as_millis() as u64),
+            "round_trip_ms": h.round_trip.map(|d| d.as_secs_f64() * 1000.0),
+            "round_trip_age_ms": h.round_trip_age.as_millis() as u64,
+        });
+        if let Some(reason) = h.problem {
+            status = 503;
+            body["status"] = json!("unhealthy");
+            body["reason"] = json!(reason);
+        }
+    }
+    Response::json(status, &body)
 }
 
 /// A login refused at once (bad request, bad sign, stale time) is a failed login too.

@@ -301,6 +301,10 @@ pub struct RedisConfig {
     /// A node's presence entries lapse this long after its last refresh (a crashed node's users
     /// go offline); refreshed every third of it.
     pub presence_ttl_s: u64,
+    /// Each node's bus stream (`<prefix>bus:<node>`) keeps about this many entries (`XADD MAXLEN
+    /// ~`); a node that falls further behind (or a Redis restart without persistence) loses
+    /// live pushes and tells its clients to `resync`.
+    pub bus_stream_len: u64,
 }
 
 impl Default for RedisConfig {
@@ -311,6 +315,7 @@ impl Default for RedisConfig {
             pool: 8,
             timeout_ms: 2000,
             presence_ttl_s: 60,
+            bus_stream_len: 100_000,
         }
     }
 }
@@ -844,6 +849,9 @@ impl Config {
             }
             if self.redis.timeout_ms == 0 || self.redis.presence_ttl_s < 3 {
                 return err("[redis] needs timeout_ms >= 1 and presence_ttl_s >= 3");
+            }
+            if self.redis.bus_stream_len < 100 {
+                return err("[redis] bus_stream_len must be at least 100");
             }
         }
         if !matches!(self.store.sqlite_synchronous.as_str(), "normal" | "full") {

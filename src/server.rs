@@ -24,6 +24,11 @@ pub fn handler(
             &app.config.redis.url,
             &app.config.redis.prefix,
             &app.node_id,
+            app.config.redis.bus_stream_len,
+            crate::cluster::bus::Routing {
+                presence: app.backends.presence.clone(),
+                cache: app.backends.cache.clone(),
+            },
             notifier.clone(),
             |env| {
                 Completion::new(move |app, ctx| match &env.target {

@@ -143,6 +143,15 @@ fn gauges(app: &App, ctx: &dyn Ctx<Completion>) -> Gauges {
         resident_memory_bytes: metrics::resident_memory_bytes(),
         uptime_seconds: app.started.elapsed().as_secs(),
         start_time_seconds: app.started_unix_s,
+        bus: app.bus.as_ref().map(|b| {
+            let h = b.health();
+            metrics::BusGauges {
+                last_read_age_seconds: h.last_read_age.map_or(-1.0, |d| d.as_secs_f64()),
+                round_trip_seconds: h.round_trip.map_or(-1.0, |d| d.as_secs_f64()),
+                round_trip_age_seconds: h.round_trip_age.as_secs_f64(),
+                healthy: h.problem.is_none(),
+            }
+        }),
     }
 }
 

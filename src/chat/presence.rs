@@ -77,6 +77,16 @@ fn on_refresh(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
     if app.chat.online.is_empty() || app.chat.shutting_down {
         return;
     }
+    report_all(app, ctx);
+    arm_refresh(app, ctx);
+}
+
+/// Re-reports every user of this process now (the periodic refresh, and after the bus found
+/// Redis lost entries: presence was likely lost with them).
+pub fn report_all(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    if app.chat.online.is_empty() || app.chat.shutting_down {
+        return;
+    }
     let uids: Vec<u64> = app.chat.online.keys().copied().collect();
     update(app, ctx, "refresh", move |p, node| {
         // Bounded pipelines: one huge one would hold a connection (and Redis) for long.
@@ -85,7 +95,6 @@ fn on_refresh(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
         }
         Ok(())
     });
-    arm_refresh(app, ctx);
 }
 
 /// Graceful shutdown: withdraw every user of this process at once.

@@ -54,7 +54,21 @@ pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelop
         }
         // A QR-code login's browser: the composition root routes these to `login::qr`.
         Target::Qr(_) => {}
+        Target::Resync => resync_local(app, ctx),
     }
+}
+
+/// This process's bus stream lost pushes: every local chat connection is told
+/// `{"cmd":"resync","data":{}}` (its client runs `sync`), and presence is reported again (a
+/// Redis restart without persistence lost it too).
+fn resync_local(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    let frame = Frame::text(proto::push("resync", &json!({})).as_bytes());
+    for conns in app.chat.online.values() {
+        for c in conns {
+            ctx.send(*c, &frame);
+        }
+    }
+    super::presence::report_all(app, ctx);
 }
 
 /// Where a send's fields come from.
@@ -347,11 +361,9 @@ pub(crate) fn fan_out(
     app.feed
         .emit(ctx, Topic::Message, || message_event(m, bodies));
     let payload = proto::message_push(m);
-    if let Some(bus) = &app.bus {
-        bus.publish(Target::Conv(m.conv_id.clone()), &payload);
-    }
     let frame = Frame::text(payload.as_bytes());
-    deliver_to_conv(app, ctx, m.conv_id.clone(), frame, except);
+    let publish = app.bus.is_some().then_some(payload);
+    deliver_to_conv_and_bus(app, ctx, m.conv_id.clone(), frame, except, publish);
 }
 
 /// The `message` info topic's event: ids, conversation, sender, receiver, type and size; the
@@ -389,6 +401,22 @@ pub(crate) fn deliver_to_conv(
     frame: Frame,
     except: Option<ConnId>,
 ) {
+    deliver_to_conv_and_bus(app, ctx, conv_id, frame, except, None);
+}
+
+/// Delivers to the conversation's members here and, with `publish` (the push's text), over the
+/// bus to the nodes of the members known here: a friend conversation's two users, a group's
+/// members (loaded first when not cached). A service or consultation conversation's recipients
+/// live with the desk or the consultation, possibly on another node: those go to every live
+/// node (`Bus::publish`'s route for them).
+fn deliver_to_conv_and_bus(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    conv_id: String,
+    frame: Frame,
+    except: Option<ConnId>,
+    publish: Option<String>,
+) {
     let recipients: Vec<u64> = match proto::parse_conv(&conv_id) {
         Some(ConvRef::Friend(a, b)) => vec![a, b],
         Some(ConvRef::Service(c)) => app.chat.service_recipients(c),
@@ -408,7 +436,7 @@ pub(crate) fn deliver_to_conv(
                     move |app, ctx, r| {
                         if let Ok(Some(members)) = r {
                             app.chat.groups.insert(g, Arc::new(members));
-                            deliver_to_conv(app, ctx, conv_id, frame, except);
+                            deliver_to_conv_and_bus(app, ctx, conv_id, frame, except, publish);
                         }
                     },
                 );
@@ -417,6 +445,14 @@ pub(crate) fn deliver_to_conv(
         },
         None => return,
     };
+    if let (Some(bus), Some(payload)) = (&app.bus, &publish) {
+        match proto::parse_conv(&conv_id) {
+            Some(ConvRef::Friend(..) | ConvRef::Group(_)) => {
+                bus.publish_to(Target::Conv(conv_id.clone()), payload, recipients.clone());
+            }
+            _ => bus.publish(Target::Conv(conv_id.clone()), payload),
+        }
+    }
     let mut delivered = 0;
     for uid in recipients {
         for c in app.chat.conns_of(uid) {

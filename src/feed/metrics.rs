@@ -144,6 +144,16 @@ pub struct Metrics {
     pub persist_batch_size: Histogram,
     pub admin_events_dropped: Counter,
     pub subscribers_dropped: Counter,
+    /// Bus envelopes written to other nodes' streams (one per destination node).
+    pub bus_published: Counter,
+    /// Bus envelopes read from this node's stream and delivered.
+    pub bus_received: Counter,
+    /// Bus envelopes read twice (a retried write) and dropped.
+    pub bus_duplicates: Counter,
+    /// Times this node's stream lost entries it had not read (clients told to resync).
+    pub bus_gaps: Counter,
+    /// Pushes dropped because the publisher's queue was full.
+    pub bus_dropped: Counter,
 }
 
 impl Metrics {
@@ -167,6 +177,11 @@ impl Metrics {
             persist_batch_size: Histogram::new(BATCH_BOUNDS, 1.0),
             admin_events_dropped: Counter::new(),
             subscribers_dropped: Counter::new(),
+            bus_published: Counter::new(),
+            bus_received: Counter::new(),
+            bus_duplicates: Counter::new(),
+            bus_gaps: Counter::new(),
+            bus_dropped: Counter::new(),
         }
     }
 
@@ -210,6 +225,20 @@ pub struct Gauges {
     pub resident_memory_bytes: u64,
     pub uptime_seconds: u64,
     pub start_time_seconds: u64,
+    /// With the Redis bus: its health.
+    pub bus: Option<BusGauges>,
+}
+
+/// The bus's figures (see `cluster::bus`).
+#[derive(Clone, Debug, Default)]
+pub struct BusGauges {
+    /// Since the last entry was read; -1 before the first.
+    pub last_read_age_seconds: f64,
+    /// The last ping round trip; -1 before the first.
+    pub round_trip_seconds: f64,
+    /// Since the last round trip completed (or the start).
+    pub round_trip_age_seconds: f64,
+    pub healthy: bool,
 }
 
 /// Builds Prometheus text exposition format 0.0.4.
@@ -537,6 +566,61 @@ pub fn render(g: &Gauges, node: &str) -> String {
         "Subscribers disconnected for reading too slowly.",
         m.subscribers_dropped.get(),
     );
+    for (name, help, c) in [
+        (
+            "wxchat_bus_published_total",
+            "Bus envelopes written to other processes' streams (one per destination).",
+            &m.bus_published,
+        ),
+        (
+            "wxchat_bus_received_total",
+            "Bus envelopes read from this process's stream and delivered.",
+            &m.bus_received,
+        ),
+        (
+            "wxchat_bus_duplicates_total",
+            "Bus envelopes read twice (a retried write) and dropped.",
+            &m.bus_duplicates,
+        ),
+        (
+            "wxchat_bus_gaps_total",
+            "Times this process's bus stream lost unread entries (clients told to resync).",
+            &m.bus_gaps,
+        ),
+        (
+            "wxchat_bus_dropped_total",
+            "Pushes dropped because the bus publisher's queue was full.",
+            &m.bus_dropped,
+        ),
+    ] {
+        e.single(name, "counter", help, c.get());
+    }
+    if let Some(b) = &g.bus {
+        e.single(
+            "wxchat_bus_last_read_age_seconds",
+            "gauge",
+            "Seconds since the bus reader last read an entry; -1 before the first.",
+            format_float(b.last_read_age_seconds),
+        );
+        e.single(
+            "wxchat_bus_round_trip_seconds",
+            "gauge",
+            "The last ping's round trip through this process's bus stream; -1 before the first.",
+            format_float(b.round_trip_seconds),
+        );
+        e.single(
+            "wxchat_bus_round_trip_age_seconds",
+            "gauge",
+            "Seconds since the last bus round trip completed (or the start).",
+            format_float(b.round_trip_age_seconds),
+        );
+        e.single(
+            "wxchat_bus_healthy",
+            "gauge",
+            "1 while the bus round-trips within its bound (else /healthz answers 503).",
+            u8::from(b.healthy),
+        );
+    }
     e.out
 }
 

@@ -180,6 +180,9 @@ struct Scanned {
     created: bool,
     /// The nickname or avatar from `user/info` changed the user's profile.
     profile_changed: bool,
+    /// The node holding the browser (`qr:<ticket>`, deleted once claimed): where the bus takes
+    /// `scan_success`.
+    node: String,
 }
 
 /// Claims the ticket and logs the user in (worker side). None: unknown, expired or used ticket,
@@ -198,9 +201,9 @@ fn claim_and_login(
     let Some(event_lock) = b.cache.try_lock(event_key, EVENT_DEDUPE)? else {
         return Ok(None);
     };
-    if b.cache.get(&format!("qr:{ticket}"))?.is_none() {
+    let Some(node) = b.cache.get(&format!("qr:{ticket}"))? else {
         return Ok(None);
-    }
+    };
     let used_key = format!("qrused:{ticket}");
     let Some(used) = b
         .cache
@@ -245,6 +248,7 @@ fn claim_and_login(
             token,
             created,
             profile_changed,
+            node,
         })
     })();
     match result {
@@ -324,7 +328,7 @@ pub fn on_scan(
                 .to_string();
                 if !deliver(app, ctx, &ticket, &payload) {
                     if let Some(bus) = &app.bus {
-                        bus.publish(Target::Qr(ticket.clone()), &payload);
+                        bus.publish_to_node(Target::Qr(ticket.clone()), &payload, &s.node);
                     }
                 }
                 let nickname = if s.user.name.is_empty() {

@@ -19,6 +19,9 @@ pub trait Presence: Send + Sync + 'static {
     fn online(&self, uids: &[u64]) -> StoreResult<Vec<u64>>;
     /// Every user of `node` goes offline (a clean shutdown).
     fn clear_node(&self, node: &str, uids: &[u64]) -> StoreResult<()>;
+    /// The nodes holding a connection of any of `uids` (each once, sorted): where the bus
+    /// routes a push for them.
+    fn nodes_of(&self, uids: &[u64]) -> StoreResult<Vec<String>>;
     /// Publishes this node's figures (its `connections`; its users come from `set_online`),
     /// valid for `ttl` (a node that stops reporting drops out of the totals), and returns the
     /// cluster's: every live node's figures and the distinct users online anywhere.
@@ -141,5 +144,37 @@ impl Presence for MemoryPresence {
             }],
             users_online: users,
         })
+    }
+
+    fn nodes_of(&self, uids: &[u64]) -> StoreResult<Vec<String>> {
+        let now = Instant::now();
+        let users = self.users();
+        let mut out: Vec<String> = uids
+            .iter()
+            .filter_map(|uid| users.get(uid))
+            .flatten()
+            .filter(|(_, until)| *until > now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_of_lists_each_live_node_once() {
+        let p = MemoryPresence::new(Duration::from_secs(60));
+        p.set_online("b", &[1, 2]).unwrap();
+        p.set_online("a", &[2]).unwrap();
+        p.set_online("c", &[3]).unwrap();
+        assert_eq!(p.nodes_of(&[1, 2]).unwrap(), vec!["a", "b"]);
+        assert_eq!(p.nodes_of(&[9]).unwrap(), Vec::<String>::new());
+        p.set_offline("b", 1).unwrap();
+        assert_eq!(p.nodes_of(&[1]).unwrap(), Vec::<String>::new());
     }
 }

@@ -360,6 +360,25 @@ impl Presence for RedisKv {
             })
         })
     }
+
+    fn nodes_of(&self, uids: &[u64]) -> StoreResult<Vec<String>> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for &uid in uids {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(self.key("presence", &uid.to_string()))
+                .arg(format!("({now}"))
+                .arg("+inf");
+        }
+        let lists: Vec<Vec<String>> = self.with_conn(|c| pipe.query(c))?;
+        let mut out: Vec<String> = lists.into_iter().flatten().collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
 }
 
 impl SharedCache for RedisKv {

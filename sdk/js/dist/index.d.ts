@@ -98,6 +98,8 @@ export interface PushEvents {
   read: { conv_id: string; uid: number; seq: number };
   typing: { conv_id: string; uid: number };
   presence: { uid: number; online: boolean };
+  /** The server lost live pushes for this connection; the SDK has started its catch-up sync. */
+  resync: Record<string, never>;
   profile: Profile;
   friend_request: FriendRequest;
   friend_added: Friend;

@@ -917,7 +917,29 @@ var WxChat = class extends Emitter {
       if (f.data && typeof f.data.conv_id === "string") this._ingest(f.data);
       return;
     }
+    if (f.cmd === "resync") {
+      this._resync();
+      this.emit("resync", f.data);
+      return;
+    }
     if (typeof f.cmd === "string") this.emit(f.cmd, f.data);
+  }
+  /** `conversations`, then a sync of every conversation whose last seq is past what we hold. */
+  async _resync() {
+    const gen = this._gen;
+    if (!this._ready) return;
+    let list;
+    try {
+      list = (await this._internal("conversations")).conversations || [];
+    } catch (_) {
+      return;
+    }
+    if (gen !== this._gen) return;
+    for (const c of list) {
+      const st = this._conv(c.conv_id);
+      if (st.held === void 0) st.held = 0;
+      if (c.last_seq > st.held) this._syncConv(c.conv_id);
+    }
   }
   async _onAuthed(uid) {
     const gen = this._gen;

@@ -480,7 +480,32 @@ export class WxChat extends Emitter {
       if (f.data && typeof f.data.conv_id === 'string') this._ingest(f.data);
       return;
     }
+    if (f.cmd === 'resync') {
+      // The server lost live pushes for this connection (protocol-spec 2.6): catch up as after
+      // a reconnect.
+      this._resync();
+      this.emit('resync', f.data);
+      return;
+    }
     if (typeof f.cmd === 'string') this.emit(f.cmd, f.data);
+  }
+
+  /** `conversations`, then a sync of every conversation whose last seq is past what we hold. */
+  async _resync() {
+    const gen = this._gen;
+    if (!this._ready) return;
+    let list;
+    try {
+      list = (await this._internal('conversations')).conversations || [];
+    } catch (_) {
+      return; // the next push's hole, or the next reconnect, catches up
+    }
+    if (gen !== this._gen) return;
+    for (const c of list) {
+      const st = this._conv(c.conv_id);
+      if (st.held === undefined) st.held = 0;
+      if (c.last_seq > st.held) this._syncConv(c.conv_id);
+    }
   }
 
   async _onAuthed(uid) {

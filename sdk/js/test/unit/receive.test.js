@@ -226,3 +226,24 @@ test('after a reconnect, pushes that arrive before the conversation list are emi
   assert.deepEqual(seqs(c.ev), [1, 2]);
   assert.equal(s.sentOf('sync').length, 0);
 });
+
+test('a resync push (the server lost live pushes): conversations, then sync what is behind, on the same connection', async () => {
+  const c = setup();
+  c.server.add('p_7_8');
+  c.chat.connect();
+  await accept(c);
+  const s = c.server.last;
+  s.push('message', c.server.add('p_7_8'));
+  c.server.add('p_7_8'); // 3 and 4 were never pushed
+  c.server.add('p_7_8');
+  c.server.add('g_5'); // and a conversation started meanwhile
+  const resyncs = [];
+  c.chat.on('resync', (d) => resyncs.push(d));
+  s.push('resync', {});
+  await flush();
+  assert.deepEqual(resyncs, [{}]);
+  assert.deepEqual(seqs(c.ev, 'p_7_8'), [2, 3, 4]);
+  assert.deepEqual(seqs(c.ev, 'g_5'), [1]);
+  assert.equal(s.sentOf('conversations').length, 2);
+  assert.equal(c.server.last, s, 'no reconnect');
+});
