@@ -352,7 +352,7 @@ fn streams_bus_routes_survives_a_redis_restart_and_reports_its_health() {
     );
     assert!(killed.elapsed() >= Duration::from_secs(14));
     let r = http_get(s1.admin, "/metrics");
-    assert!(r.text().contains("wxchat_bus_healthy 0"), "{}", r.text());
+    assert!(r.text().contains("wxchat_bus_healthy{node=\"n1\"} 0"), "{}", r.text());
 
     redis.restart();
     let restarted = Instant::now();
@@ -435,7 +435,7 @@ fn streams_bus_routes_survives_a_redis_restart_and_reports_its_health() {
     );
     let r = http_get(s2.admin, "/metrics");
     assert!(
-        !r.text().contains("wxchat_bus_gaps_total 0\n"),
+        !r.text().contains("wxchat_bus_gaps_total{node=\"n2\"} 0\n"),
         "a gap is counted"
     );
     cd.send_close(1000, "");
