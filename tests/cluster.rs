@@ -338,3 +338,69 @@ fn online_counts_and_server_info_are_cluster_totals_with_each_nodes_share() {
         &m[..m.len().min(2000)]
     );
 }
+
+#[test]
+fn removals_made_elsewhere_reach_the_other_nodes_caches_at_once() {
+    let Pair { s1, s2, .. } = &Pair::start("[chat]\nallow_strangers = false\n");
+    let (a, ta) = user(s2.addr, "ra");
+    let (b, tb) = user(s2.addr, "rb");
+    let (owner, _) = user(s1.addr, "rowner");
+    let r = api(s1.addr, "friend_add", json!({ "uid": a, "friend_id": b }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut ca = login(s2.addr, &ta);
+    let mut cb = login(s2.addr, &tb);
+    let send = |c: &mut WsClient, req: u64, ct: u64, to: u64| {
+        request(
+            c,
+            json!({"cmd":"send","req_id":req,"chat_type":ct,"to_id":to,"msg_type":0,"msg":"hi"}),
+        )["code"]
+            .clone()
+    };
+    // Friends, as node 2 caches them at login.
+    assert_eq!(send(&mut ca, 1, 0, b), 200);
+    // Node 1 ends the friendship: node 2 refuses the next send without anyone reconnecting.
+    let r = api(
+        s1.addr,
+        "friend_remove",
+        json!({ "uid": a, "friend_id": b }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("node 2 knows the friendship ended", || {
+        send(&mut ca, 2, 0, b) == 403
+    });
+
+    // A group whose members node 2 has cached (a member sent to it).
+    let r = api(
+        s1.addr,
+        "group_create",
+        json!({ "owner_id": owner, "name": "g", "members": [a, b] }),
+    );
+    let gid = r.json()["data"]["group"]["group_id"].as_u64().unwrap();
+    assert_eq!(send(&mut cb, 3, 1, gid), 200);
+    // Node 1 removes b: on node 2, b can no longer send to the group, and a's messages no
+    // longer reach b.
+    let r = api(
+        s1.addr,
+        "group_remove",
+        json!({ "group_id": gid, "uid": b }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("node 2 knows b left", || send(&mut cb, 4, 1, gid) == 403);
+    assert_eq!(send(&mut ca, 5, 1, gid), 200);
+    // b hears nothing of it: a's send was acked, so its deliveries were queued; b's ping is
+    // answered after anything queued to b.
+    cb.send_text(&json!({"cmd":"ping","req_id":99}).to_string());
+    let mut got = Vec::new();
+    loop {
+        let v = cb.recv_json();
+        if v["req_id"] == 99 {
+            break;
+        }
+        got.push(v);
+    }
+    assert!(
+        !got.iter()
+            .any(|v| v["cmd"] == "message" && v["data"]["seq"].as_u64() >= Some(2)),
+        "a removed member got a later group message: {got:?}"
+    );
+}

@@ -55,6 +55,10 @@ pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelop
         // A QR-code login's browser: the composition root routes these to `login::qr`.
         Target::Qr(_) => {}
         Target::Resync => resync_local(app, ctx),
+        Target::Friends(uids) => reload_friends(app, ctx, uids),
+        Target::Group(gid) => {
+            app.chat.groups.remove(&gid);
+        }
     }
 }
 
@@ -69,6 +73,33 @@ fn resync_local(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
         }
     }
     super::presence::report_all(app, ctx);
+}
+
+/// Friend lists changed on another node: the ones cached here (users online here) are loaded
+/// again, so a removal elsewhere stops a send here at once.
+fn reload_friends(app: &mut App, ctx: &mut dyn Ctx<Completion>, uids: Vec<u64>) {
+    for uid in uids {
+        if !app.chat.friends.contains_key(&uid) {
+            continue;
+        }
+        app.job(
+            ctx,
+            move |s| s.friends(uid),
+            move |app, _ctx, r| match r {
+                // Still online here (the entry is dropped with the last connection).
+                Ok(list) if app.chat.friends.contains_key(&uid) => {
+                    app.chat.friends.insert(uid, list.into_iter().collect());
+                }
+                Ok(_) => {}
+                // Not knowing is refusing: the store is asked on the next send.
+                Err(_) => {
+                    if let Some(f) = app.chat.friends.get_mut(&uid) {
+                        f.clear();
+                    }
+                }
+            },
+        );
+    }
 }
 
 /// Where a send's fields come from.

@@ -4,6 +4,7 @@ use super::membership;
 use super::presence;
 use super::push::*;
 use super::request::{conn_job, CmdResult, Pending};
+use crate::cluster::bus::Target;
 use crate::net::Ctx;
 use crate::proto::Failure;
 use crate::proto::{self, code, Command};
@@ -137,6 +138,7 @@ pub(crate) fn cmd_friend_request(
 
 /// Records a friendship in the caches and tells both sides.
 pub(crate) fn friendship_made(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: u64, b: u64) {
+    invalidate_friends(app, a, b);
     for (x, y) in [(a, b), (b, a)] {
         if let Some(f) = app.chat.friends.get_mut(&x) {
             f.insert(y);
@@ -149,7 +151,15 @@ pub(crate) fn friendship_made(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: u
     }
 }
 
+/// The other nodes reload these two users' friend lists (a friendship made or ended here).
+fn invalidate_friends(app: &App, a: u64, b: u64) {
+    if let Some(bus) = &app.bus {
+        bus.publish(Target::Friends(vec![a, b]), "");
+    }
+}
+
 pub(crate) fn friendship_ended(app: &mut App, ctx: &mut dyn Ctx<Completion>, a: u64, b: u64) {
+    invalidate_friends(app, a, b);
     for (x, y) in [(a, b), (b, a)] {
         if let Some(f) = app.chat.friends.get_mut(&x) {
             f.remove(&y);
@@ -467,6 +477,10 @@ pub(crate) fn notify_membership(
     uids: Vec<u64>,
 ) {
     app.chat.groups.remove(&gid);
+    // The other nodes' cached lists too.
+    if let Some(bus) = &app.bus {
+        bus.publish(Target::Group(gid), "");
+    }
     app.job(
         ctx,
         move |s| s.group_members(gid),

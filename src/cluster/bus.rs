@@ -3,7 +3,9 @@
 //! - **One stream per node**: `<prefix>bus:<node>`, written with `XADD .. MAXLEN ~
 //!   [redis] bus_stream_len`. An entry is one envelope in field `e`, encoded as
 //!   `<origin>\t<id>\t<target>\t<push JSON>`; the target is `c:<conv_id>`, `u:<uid>,<uid>..`,
-//!   `k:<uid>`, `l:<uid>:<token sha256>` or `q:<ticket>`. A node's own round-trip pings are
+//!   `k:<uid>`, `l:<uid>:<token sha256>`, `q:<ticket>`, or the cache invalidations `f:<uid>,..`
+//!   (friend lists changed: to the nodes of those users) and `g:<gid>` (members changed: every
+//!   live node). A node's own round-trip pings are
 //!   entries with field `ping` instead.
 //! - **Routing** (on the publisher thread, never the reactor): a push goes only to the nodes that
 //!   hold a recipient, from presence (`Presence::nodes_of`): `Users` to the nodes of those users,
@@ -80,6 +82,12 @@ pub enum Target {
     /// Never published: this node's stream lost entries; every local chat connection is told to
     /// `resync`.
     Resync,
+    /// Not a push: these users' friend lists changed on another node; a node holding one of
+    /// them reloads it (the cache authorises sends and presence).
+    Friends(Vec<u64>),
+    /// Not a push: this group's members changed on another node; every node drops its cached
+    /// list (a node may hold it with none of the members online: it is loaded again on use).
+    Group(u64),
 }
 
 /// Which nodes a push is written to (see the module doc).
@@ -110,6 +118,8 @@ impl Route {
                 None => Route::None,
             },
             Target::Resync => Route::None,
+            Target::Friends(uids) => Route::Users(uids.clone()),
+            Target::Group(_) => Route::All,
         }
     }
 }
@@ -136,6 +146,11 @@ impl Envelope {
             Target::Qr(ticket) => format!("q:{ticket}"),
             Target::Logout(uid, hash) => format!("l:{uid}:{hash}"),
             Target::Resync => "r:".to_string(),
+            Target::Friends(u) => {
+                let list: Vec<String> = u.iter().map(u64::to_string).collect();
+                format!("f:{}", list.join(","))
+            }
+            Target::Group(gid) => format!("g:{gid}"),
         };
         format!("{}\t{}\t{target}\t{}", self.origin, self.id, self.payload)
     }
@@ -163,6 +178,11 @@ impl Envelope {
             Target::Logout(uid.parse().ok()?, hash.to_string())
         } else if let Some(k) = target.strip_prefix("k:") {
             Target::Kick(k.parse().ok()?)
+        } else if let Some(f) = target.strip_prefix("f:") {
+            let uids: Option<Vec<u64>> = f.split(',').map(|x| x.parse().ok()).collect();
+            Target::Friends(uids?)
+        } else if let Some(g) = target.strip_prefix("g:") {
+            Target::Group(g.parse().ok()?)
         } else {
             // `r:` included: a resync is never carried between nodes.
             return None;
@@ -795,6 +815,8 @@ mod tests {
             Target::Kick(4),
             Target::Qr("9f86d081884c7d65".into()),
             Target::Logout(7, "ab".repeat(32)),
+            Target::Friends(vec![3, 44]),
+            Target::Group(12),
         ] {
             let e = Envelope {
                 origin: "n1".into(),
@@ -834,6 +856,11 @@ mod tests {
         assert_eq!(Route::of(&Target::Conv("g_5".into())), Route::All);
         assert_eq!(Route::of(&Target::Conv("nonsense".into())), Route::None);
         assert_eq!(Route::of(&Target::Resync), Route::None);
+        assert_eq!(
+            Route::of(&Target::Friends(vec![3, 4])),
+            Route::Users(vec![3, 4])
+        );
+        assert_eq!(Route::of(&Target::Group(7)), Route::All);
     }
 
     #[test]
