@@ -352,7 +352,11 @@ fn streams_bus_routes_survives_a_redis_restart_and_reports_its_health() {
     );
     assert!(killed.elapsed() >= Duration::from_secs(14));
     let r = http_get(s1.admin, "/metrics");
-    assert!(r.text().contains("wxchat_bus_healthy{node=\"n1\"} 0"), "{}", r.text());
+    assert!(
+        r.text().contains("wxchat_bus_healthy{node=\"n1\"} 0"),
+        "{}",
+        r.text()
+    );
 
     redis.restart();
     let restarted = Instant::now();
