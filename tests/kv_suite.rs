@@ -225,14 +225,17 @@ fn every_key_is_under_the_prefix_and_removed_by_cleanup() {
     let t = TestRedis::create();
     let kv = redis(&t);
     kv.put(&[1u8; 32], 1, 60).unwrap();
+    // Presence: the user's nodes and the node's users (for the cluster's totals).
     kv.set_online("n", &[1]).unwrap();
     kv.set("k", "v", Duration::from_secs(60)).unwrap();
     kv.try_lock("l", Duration::from_secs(60)).unwrap();
     kv.incr_window("r", Duration::from_secs(60)).unwrap();
+    // The node's figures and the live nodes.
+    kv.report("n", 3, Duration::from_secs(60)).unwrap();
     let keys = t.keys();
-    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert_eq!(keys.len(), 8, "{keys:?}");
     assert!(keys.iter().all(|k| k.starts_with(&t.prefix)));
-    assert_eq!(kv.delete_all_keys().unwrap(), 5);
+    assert_eq!(kv.delete_all_keys().unwrap(), 8);
     assert!(t.keys().is_empty());
 }
 
