@@ -79,7 +79,7 @@ fn cluster_json(app: &App, g: &Gauges) -> Value {
     match &app.cluster {
         Some(c) => json!({
             "nodes": c.nodes.len(),
-            "users_online": c.users_online.max(g.users_online),
+            "users_online": app.cluster_users_online(),
             "connections": c.connections(),
             "by_node": c.nodes.iter().map(|n| json!({
                 "node": n.node,

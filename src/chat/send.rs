@@ -448,17 +448,19 @@ fn deliver_to_conv_and_bus(
     except: Option<ConnId>,
     publish: Option<String>,
 ) {
-    let recipients: Vec<u64> = match proto::parse_conv(&conv_id) {
-        Some(ConvRef::Friend(a, b)) => vec![a, b],
-        Some(ConvRef::Service(c)) => app.chat.service_recipients(c),
+    // A group's cached list is shared, not copied: this runs once per message.
+    let recipients: Arc<Vec<u64>> = match proto::parse_conv(&conv_id) {
+        Some(ConvRef::Friend(a, b)) => Arc::new(vec![a, b]),
+        Some(ConvRef::Service(c)) => Arc::new(app.chat.service_recipients(c)),
         // Loaded while either side is connected here.
-        Some(ConvRef::Consult(id)) => app
-            .chat
-            .consults
-            .sides(id)
-            .map_or_else(Vec::new, |s| s.to_vec()),
+        Some(ConvRef::Consult(id)) => Arc::new(
+            app.chat
+                .consults
+                .sides(id)
+                .map_or_else(Vec::new, |s| s.to_vec()),
+        ),
         Some(ConvRef::Group(g)) => match app.chat.groups.get(&g) {
-            Some(members) => members.to_vec(),
+            Some(members) => members.clone(),
             None => {
                 // Not cached (evicted or never loaded here): load, then deliver.
                 app.job(
@@ -479,13 +481,13 @@ fn deliver_to_conv_and_bus(
     if let (Some(bus), Some(payload)) = (&app.bus, &publish) {
         match proto::parse_conv(&conv_id) {
             Some(ConvRef::Friend(..) | ConvRef::Group(_)) => {
-                bus.publish_to(Target::Conv(conv_id.clone()), payload, recipients.clone());
+                bus.publish_to(Target::Conv(conv_id.clone()), payload, recipients.to_vec());
             }
             _ => bus.publish(Target::Conv(conv_id.clone()), payload),
         }
     }
     let mut delivered = 0;
-    for uid in recipients {
+    for &uid in recipients.iter() {
         for c in app.chat.conns_of(uid) {
             if Some(*c) != except && ctx.send(*c, &frame) {
                 delivered += 1;

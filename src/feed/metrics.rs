@@ -256,30 +256,16 @@ impl Exposition {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.out.push_str(name);
-        self.out.push('{');
-        let node = std::mem::take(&mut self.node);
-        self.label("node", &node);
-        self.node = node;
+        let out = &mut self.out;
+        out.push_str(name);
+        out.push('{');
+        label(out, "node", &self.node);
         for (k, v) in labels {
-            self.out.push(',');
-            self.label(k, v);
+            out.push(',');
+            label(out, k, v);
         }
-        self.out.push('}');
-        let _ = writeln!(self.out, " {value}");
-    }
-
-    fn label(&mut self, k: &str, v: &str) {
-        let _ = write!(self.out, "{k}=\"");
-        for ch in v.chars() {
-            match ch {
-                '\\' => self.out.push_str("\\\\"),
-                '"' => self.out.push_str("\\\""),
-                '\n' => self.out.push_str("\\n"),
-                c => self.out.push(c),
-            }
-        }
-        self.out.push('"');
+        out.push('}');
+        let _ = writeln!(out, " {value}");
     }
 
     fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -308,6 +294,20 @@ impl Exposition {
         self.sample(&format!("{name}_sum"), labels, format_float(sum));
         self.sample(&format!("{name}_count"), labels, count);
     }
+}
+
+/// `k="v"`, the value escaped as the text format asks.
+fn label(out: &mut String, k: &str, v: &str) {
+    let _ = write!(out, "{k}=\"");
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Prometheus float text: integers without a fraction, others in the shortest exact form.

@@ -16,7 +16,6 @@
 use crate::cluster::bus::Target;
 use crate::config::WechatApp;
 use crate::http::Request;
-use crate::login::qr_state::Waiter;
 use crate::net::{ConnId, Ctx, Reply};
 use crate::rt::{App, Completion};
 use crate::store::{Backends, StoreResult, User, WechatIdentity};
@@ -124,24 +123,19 @@ pub fn on_open(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId, req: 
                 app.qr.set_expiry(&ticket, timer);
             }
             Err((msg, errcode)) => {
-                forget(app, &ticket);
+                app.qr.take(&ticket);
                 fail_and_close(ctx, conn, &msg, errcode);
             }
         }
     };
     if !app.job(ctx, work, then) {
-        forget(app, &ticket_if_busy);
+        app.qr.take(&ticket_if_busy);
         fail_and_close(ctx, conn, "server busy, retry", None);
     }
 }
 
-/// Drops a ticket's local state (not its timer).
-fn forget(app: &mut App, ticket: &str) -> Option<Waiter> {
-    app.qr.take(ticket)
-}
-
 fn expired(app: &mut App, ctx: &mut dyn Ctx<Completion>, ticket: &str) {
-    if let Some(w) = forget(app, ticket) {
+    if let Some(w) = app.qr.take(ticket) {
         ctx.send_text(w.conn, r#"{"message_type":"qrcode_expired"}"#);
         ctx.close(w.conn, 1000, "qrcode expired");
     }
@@ -162,7 +156,7 @@ pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) {
 
 /// Delivers a `scan_success` push to the browser holding `ticket` here, if any.
 pub fn deliver(app: &mut App, ctx: &mut dyn Ctx<Completion>, ticket: &str, payload: &str) -> bool {
-    let Some(w) = forget(app, ticket) else {
+    let Some(w) = app.qr.take(ticket) else {
         return false;
     };
     if let Some(t) = w.expiry {

@@ -243,6 +243,15 @@ impl App {
         self.persister.load()
     }
 
+    /// Distinct users online in the cluster: the last figures, never fewer than this node's own
+    /// (which may have grown since the last tick).
+    pub fn cluster_users_online(&self) -> u64 {
+        let here = self.chat.users_online() as u64;
+        self.cluster
+            .as_ref()
+            .map_or(here, |c| c.users_online.max(here))
+    }
+
     /// Jobs waiting for a worker.
     pub fn worker_queue(&self) -> usize {
         self.workers.queued()
