@@ -35,14 +35,23 @@ pub fn handler(
                     crate::cluster::bus::Target::Qr(ticket) => {
                         crate::login::qr::deliver(app, ctx, ticket, &env.payload);
                     }
+                    crate::cluster::bus::Target::Desk => {
+                        crate::chat::desk_op(app, ctx, &env.origin, &env.payload);
+                    }
                     _ => crate::chat::deliver_remote(app, ctx, env),
                 })
             },
         )?);
     }
-    if crate::chat::service_desk::restore(&mut app)? {
-        // Runs first thing once the reactor is up.
-        notifier.send(Completion::new(crate::chat::service_desk::start));
+    if app.bus.is_none() {
+        // The desk is this node's alone: restored now, its timers set once the reactor is up.
+        app.chat.role.mine = true;
+        if crate::chat::service_desk::restore(&mut app)? {
+            notifier.send(Completion::new(crate::chat::service_desk::start));
+        }
+    } else {
+        // One node of the cluster holds the desk: the lease decides which, once the reactor runs.
+        notifier.send(Completion::new(crate::chat::start_desk));
     }
     Ok(Front::new(app))
 }

@@ -8,7 +8,7 @@
 //! made meanwhile is never overwritten.
 
 use super::consult_clock::{secs, Change, Live, Rules, Tick};
-use super::push::push_users;
+use super::push::{ask_for, push_users, to_desk};
 use super::request::{conn_job, CmdResult, Pending};
 use crate::net::{ConnId, Ctx, Reply};
 use crate::proto::Command;
@@ -150,6 +150,124 @@ fn ended_by_api(app: &mut App, ctx: &mut dyn Ctx<Completion>, c: &Consultation) 
     }
 }
 
+/// Time was added to a consultation (stored already): the live copy gets it too.
+fn extended(app: &mut App, ctx: &mut dyn Ctx<Completion>, id: u64, extra_ms: u64) {
+    let warned = {
+        let now = ctx.now();
+        app.chat.consults.live.get_mut(&id).map(|l| {
+            l.settle(now);
+            l.remaining_ms += extra_ms;
+            l.total_ms += extra_ms;
+            l.ended = false;
+            l.remaining_ms
+        })
+    };
+    if let Some(remaining) = warned {
+        let w = warned_at(app, remaining);
+        if let Some(l) = app.chat.consults.live.get_mut(&id) {
+            l.warned = w;
+        }
+        push(app, ctx, id, "extended");
+        if app
+            .chat
+            .consults
+            .live
+            .get(&id)
+            .is_some_and(|l| l.since.is_some())
+        {
+            arm(app, ctx, id);
+        } else {
+            evaluate(app, ctx, id);
+        }
+    }
+}
+
+/// On the desk's node: the server API changed a consultation through another node (stored
+/// already): created ones are loaded, extensions and ends applied to the live copy.
+pub fn changed_elsewhere(app: &mut App, ctx: &mut dyn Ctx<Completion>, op: &Value) {
+    let id = op
+        .get("consult_id")
+        .or_else(|| op.get("id"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    match op.get("event").and_then(Value::as_str) {
+        Some("extended") => {
+            let extra_ms = op.get("extra_ms").and_then(Value::as_u64).unwrap_or(0);
+            extended(app, ctx, id, extra_ms);
+        }
+        Some("created" | "ended") => {
+            app.job(
+                ctx,
+                move |b| b.consultation(id),
+                move |app, ctx, r| match r {
+                    Ok(Some(c)) if c.ended => ended_by_api(app, ctx, &c),
+                    Ok(Some(c)) => {
+                        ask_for(app, &[c.user, c.consultant]);
+                        load(app, ctx, vec![c]);
+                    }
+                    Ok(None) => {}
+                    Err(e) => log::warn!("consultation {id} not loaded: {e}"),
+                },
+            );
+        }
+        _ => {}
+    }
+}
+
+/// On the desk's node: `uid` is online somewhere; their active consultations are loaded (those
+/// not in memory yet) and may run, and they are told where each stands.
+pub fn load_for(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64) {
+    app.job(
+        ctx,
+        move |b| b.active_consultations(uid),
+        move |app, ctx, r| match r {
+            Ok(list) => {
+                let sides: Vec<u64> = list.iter().flat_map(|c| [c.user, c.consultant]).collect();
+                let ids: Vec<u64> = list.iter().map(|c| c.id).collect();
+                ask_for(app, &sides);
+                load(app, ctx, list);
+                came_online(app, ctx, uid);
+                for id in ids {
+                    state_to(app, ctx, id, uid);
+                }
+            }
+            Err(e) => log::warn!("consultations of {uid} not loaded: {e}"),
+        },
+    );
+}
+
+/// The user is told the consultation's state (as a connection here is when it authenticates).
+fn state_to(app: &App, ctx: &mut dyn Ctx<Completion>, id: u64, uid: u64) {
+    let Some(l) = app.chat.consults.live.get(&id) else {
+        return;
+    };
+    let (remaining_ms, running) = l.remaining_at(ctx.now());
+    let payload = proto::push(
+        "consult",
+        &json!({ "consult_id": id, "event": "state", "remaining_s": secs(remaining_ms),
+                 "total_s": secs(l.total_ms), "running": running, "ended": l.ended }),
+    );
+    push_users(app, ctx, &[uid], &payload);
+}
+
+/// Another node holds the desk now: what was used is saved, the clocks stop here.
+pub fn drop_all(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    let ids: Vec<u64> = app.chat.consults.live.keys().copied().collect();
+    save(app, ctx, &ids);
+    let timers: Vec<_> = app
+        .chat
+        .consults
+        .live
+        .values_mut()
+        .filter_map(|l| l.timer.take())
+        .collect();
+    for t in timers {
+        app.cancel(ctx, t);
+    }
+    app.chat.consults.live.clear();
+    app.chat.consults.by_user.clear();
+}
+
 /// A user's first connection here authenticated: their consultations may start.
 pub fn came_online(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64) {
     let ids = app.chat.consults.of(uid);
@@ -169,7 +287,7 @@ pub fn went_offline(app: &mut App, ctx: &mut dyn Ctx<Completion>, uid: u64) {
             .consults
             .live
             .get(&id)
-            .is_some_and(|l| l.sides().iter().all(|u| !app.chat.is_online(*u)));
+            .is_some_and(|l| l.sides().iter().all(|u| !app.chat.online_anywhere(*u)));
         if idle {
             save(app, ctx, &[id]);
             if let Some(l) = app.chat.consults.live.remove(&id) {
@@ -192,7 +310,7 @@ fn evaluate(app: &mut App, ctx: &mut dyn Ctx<Completion>, id: u64) {
     let Some(l) = app.chat.consults.live.get(&id) else {
         return;
     };
-    let both = l.sides().iter().all(|u| app.chat.is_online(*u));
+    let both = l.sides().iter().all(|u| app.chat.online_anywhere(*u));
     let Some(l) = app.chat.consults.live.get_mut(&id) else {
         return;
     };
@@ -336,8 +454,9 @@ pub(crate) fn with_live(
         move |app, ctx, p, r| match r {
             Ok(Some(c)) => {
                 let sides = [c.user, c.consultant];
-                let here = sides.iter().any(|u| app.chat.is_online(*u));
-                if here {
+                // Only the desk's node runs the clocks.
+                let here = sides.iter().any(|u| app.chat.online_anywhere(*u));
+                if here && app.chat.role.mine {
                     load(app, ctx, vec![c]);
                 }
                 then(app, ctx, p, sides);
@@ -370,7 +489,8 @@ fn view(app: &App, ctx: &dyn Ctx<Completion>, c: &Consultation) -> Value {
     };
     json!({
         "consult_id": c.id, "conv_id": proto::consult_conv(c.id), "user": c.user,
-        "consultant": c.consultant, "remaining_s": secs(remaining_ms), "total_s": secs(total_ms),
+        "consultant": c.consultant, "remaining_s": secs(remaining_ms),
+        "remaining_ms": remaining_ms, "total_s": secs(total_ms),
         "ended": ended, "running": running,
     })
 }
@@ -427,8 +547,13 @@ pub fn server_api(
                             &json!({ "consult_id": id, "event": "created", "remaining_s": data["remaining_s"], "total_s": data["total_s"], "user": user, "consultant": consultant }),
                         );
                         push_users(app, ctx, &[user, consultant], &payload);
-                        // Then `running` when both are here.
-                        if [c.user, c.consultant].iter().any(|u| app.chat.is_online(*u)) {
+                        if !app.chat.role.mine {
+                            // The clocks run on the desk's node.
+                            to_desk(app, &json!({ "op": "consult", "id": id, "event": "created" }));
+                        } else {
+                            // Then `running` when both are online (the nodes are asked who
+                            // holds them).
+                            ask_for(app, &[c.user, c.consultant]);
                             load(app, ctx, vec![c]);
                         }
                         ctx.respond(conn, api_ok(data));
@@ -444,35 +569,16 @@ pub fn server_api(
                 ctx,
                 move |b| b.extend_consultation(id, extra_ms),
                 move |app, ctx, r| match r {
+                    Ok(c) if !app.chat.role.mine => {
+                        to_desk(
+                            app,
+                            &json!({ "op": "consult", "id": id, "event": "extended", "extra_ms": extra_ms }),
+                        );
+                        let data = view(app, ctx, &c);
+                        ctx.respond(conn, api_ok(data));
+                    }
                     Ok(c) => {
-                        let warned = {
-                            let now = ctx.now();
-                            app.chat.consults.live.get_mut(&id).map(|l| {
-                                l.settle(now);
-                                l.remaining_ms += extra_ms;
-                                l.total_ms += extra_ms;
-                                l.ended = false;
-                                l.remaining_ms
-                            })
-                        };
-                        if let Some(remaining) = warned {
-                            let w = warned_at(app, remaining);
-                            if let Some(l) = app.chat.consults.live.get_mut(&id) {
-                                l.warned = w;
-                            }
-                            push(app, ctx, id, "extended");
-                            if app
-                                .chat
-                                .consults
-                                .live
-                                .get(&id)
-                                .is_some_and(|l| l.since.is_some())
-                            {
-                                arm(app, ctx, id);
-                            } else {
-                                evaluate(app, ctx, id);
-                            }
-                        }
+                        extended(app, ctx, id, extra_ms);
                         let data = view(app, ctx, &c);
                         ctx.respond(conn, api_ok(data));
                     }
@@ -487,7 +593,11 @@ pub fn server_api(
                 move |b| b.end_consultation(id),
                 move |app, ctx, r| match r {
                     Ok(c) => {
-                        ended_by_api(app, ctx, &c);
+                        if app.chat.role.mine {
+                            ended_by_api(app, ctx, &c);
+                        } else {
+                            to_desk(app, &json!({ "op": "consult", "id": id, "event": "ended" }));
+                        }
                         let data = view(app, ctx, &c);
                         ctx.respond(conn, api_ok(data));
                     }

@@ -20,6 +20,7 @@ pub mod consult;
 pub mod consult_clock;
 pub mod conversation;
 pub mod desk;
+pub mod desk_lease;
 pub mod membership;
 pub mod office_hours;
 pub mod presence;
@@ -79,12 +80,7 @@ pub fn on_message(
     // The hot command first: a plain `send` skips the general decoder's map of every field.
     if let Message::Text(text) = &message {
         if let Some((req_id, args)) = proto::parse_send(text) {
-            let p = Pending {
-                conn,
-                cmd: "send".into(),
-                req_id,
-                at: ctx.now(),
-            };
+            let p = Pending::local(conn, "send".into(), req_id, ctx.now());
             match admit(app, ctx, &p) {
                 Admit::Yes(uid) => {
                     let result = cmd_send(app, ctx, &p, uid, SendInput::Decoded(args));
@@ -103,12 +99,7 @@ pub fn on_message(
     let Some(mut cmd) = crate::rt::reply::chat_command_of(ctx, conn, message) else {
         return;
     };
-    let p = Pending {
-        conn,
-        cmd: cmd.cmd.clone(),
-        req_id: cmd.req_id.clone(),
-        at: ctx.now(),
-    };
+    let p = Pending::local(conn, cmd.cmd.clone(), cmd.req_id.clone(), ctx.now());
     if cmd.cmd == "ping" {
         p.reply_ok(ctx, &json!({ "time": store::now_ms() }));
         return;
@@ -149,8 +140,31 @@ pub fn on_message(
     }
 }
 
+/// An operation for the customer-service desk from another node (`desk_lease`).
+pub fn desk_op(app: &mut App, ctx: &mut dyn Ctx<Completion>, origin: &str, op: &str) {
+    desk_lease::handle(app, ctx, origin, op, run_command);
+}
+
+/// The reactor started: the desk's lease (with a bus) is polled from now on.
+pub fn start_desk(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    desk_lease::start(app, ctx, run_command);
+}
+
 /// Runs an admitted command of an authenticated user.
 fn run_command(app: &mut App, ctx: &mut dyn Ctx<Completion>, p: &Pending, uid: u64, cmd: &Command) {
+    let conv_id = cmd
+        .fields
+        .get("conv_id")
+        .and_then(serde_json::Value::as_str);
+    if p.origin.is_none() && push::runs_on_desk(app, &cmd.cmd, None, conv_id) {
+        let mut object = cmd.fields.clone();
+        object.insert("cmd".into(), json!(cmd.cmd));
+        if let Some(id) = &cmd.req_id {
+            object.insert("req_id".into(), id.clone());
+        }
+        push::forward_to_desk(app, ctx, p, uid, serde_json::Value::Object(object));
+        return;
+    }
     let result = match cmd.cmd.as_str() {
         "send" => cmd_send(app, ctx, p, uid, SendInput::Command(cmd)),
         "sync" => cmd_page(app, ctx, p, uid, cmd, true),

@@ -1,9 +1,12 @@
 //! Pushes to users wherever they are connected: this process's connections (one frame, shared)
 //! and, with the bus, the other processes'.
 
+use super::request::Pending;
 use crate::cluster::bus::Target;
 use crate::net::{Ctx, Frame};
+use crate::proto::code;
 use crate::rt::{App, Completion};
+use serde_json::{json, Value};
 
 /// Sends one push to these users' connections on this process and, with the bus, on the others.
 pub(crate) fn push_users(app: &App, ctx: &mut dyn Ctx<Completion>, uids: &[u64], payload: &str) {
@@ -30,4 +33,87 @@ pub fn push_to_users(app: &App, ctx: &mut dyn Ctx<Completion>, uids: &[u64], pay
 /// Sends one push to one user wherever they are connected.
 pub(crate) fn push_to_user(app: &App, ctx: &mut dyn Ctx<Completion>, uid: u64, text: &str) {
     push_users(app, ctx, &[uid], text);
+}
+
+/// Sends an operation to the node holding the customer-service desk (`desk_lease`); dropped
+/// while nobody is known to hold it (the senders' next snapshot or retry heals that).
+pub(crate) fn to_desk(app: &App, op: &Value) {
+    if let (Some(bus), Some(owner)) = (&app.bus, app.chat.role.owner.as_deref()) {
+        if owner != app.node_id {
+            bus.publish_to_node(Target::Desk, &op.to_string(), owner);
+        }
+    }
+}
+
+/// Asks every node which of these users it holds (the desk's node, for a consultation's sides).
+pub(crate) fn desk_ask(app: &App, uids: &[u64]) {
+    if let Some(bus) = &app.bus {
+        bus.publish_all(
+            Target::Desk,
+            &json!({ "op": "ask", "uids": uids }).to_string(),
+        );
+    }
+}
+
+/// On the desk's node: the consultation's sides it does not know to be online are asked for.
+pub(crate) fn ask_for(app: &App, sides: &[u64]) {
+    let unknown: Vec<u64> = sides
+        .iter()
+        .copied()
+        .filter(|u| !app.chat.online_anywhere(*u))
+        .collect();
+    if !unknown.is_empty() {
+        desk_ask(app, &unknown);
+    }
+}
+
+/// Whether a command of a connection here must run on the desk's node instead: customer
+/// service and consultations, on a node that does not hold the desk.
+pub(crate) fn runs_on_desk(
+    app: &App,
+    cmd: &str,
+    chat_type: Option<u64>,
+    conv_id: Option<&str>,
+) -> bool {
+    if app.chat.role.mine || app.bus.is_none() {
+        return false;
+    }
+    match cmd {
+        // Who else is in the conversation is known there.
+        "typing" | "read" => matches!(
+            conv_id.and_then(crate::proto::parse_conv),
+            Some(crate::proto::ConvRef::Service(_) | crate::proto::ConvRef::Consult(_))
+        ),
+        "send" => matches!(
+            chat_type.and_then(|c| u8::try_from(c).ok()),
+            Some(crate::proto::chat_type::SERVICE | crate::proto::chat_type::CONSULT)
+        ),
+        "service_status" | "service_accept" | "service_transfer" | "service_close"
+        | "service_rate" | "service_info" | "service_customer" | "consult_get" => true,
+        _ => false,
+    }
+}
+
+/// Forwards a command of a connection here to the desk's node, which runs it and sends the
+/// replies back to the connection (`Target::Reply`). `command` is the command as a JSON object.
+pub(crate) fn forward_to_desk<C>(
+    app: &App,
+    ctx: &mut dyn Ctx<C>,
+    p: &Pending,
+    uid: u64,
+    command: Value,
+) {
+    let (Some(bus), Some(owner)) = (&app.bus, app.chat.role.owner.as_deref()) else {
+        p.reply_err(
+            ctx,
+            code::UNAVAILABLE,
+            "customer service is moving to another node, retry",
+        );
+        return;
+    };
+    let op = json!({
+        "op": "cmd", "node": app.node_id, "key": p.conn.key, "gen": p.conn.gen, "uid": uid,
+        "agent": app.chat.agents.contains(&uid), "hops": 0, "cmd": command,
+    });
+    bus.publish_to_node(Target::Desk, &op.to_string(), owner);
 }

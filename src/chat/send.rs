@@ -45,7 +45,16 @@ pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelop
                 }
             }
         }
-        Target::Conv(conv_id) => deliver_to_conv(app, ctx, conv_id, frame, None),
+        Target::Conv(conv_id) => {
+            // A service or consultation conversation's message committed on another node: the
+            // desk's node knows its recipients and sends it on to their nodes.
+            let publish = matches!(
+                proto::parse_conv(&conv_id),
+                Some(ConvRef::Service(_) | ConvRef::Consult(_))
+            )
+            .then(|| env.payload.clone());
+            deliver_to_conv_and_bus(app, ctx, conv_id, frame, None, publish);
+        }
         Target::Kick(uid) => {
             kick_local(app, ctx, uid);
         }
@@ -59,6 +68,15 @@ pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelop
         Target::Group(gid) => {
             app.chat.groups.remove(&gid);
         }
+        // A forwarded command's reply, for its connection if it still speaks for the user.
+        Target::Reply { key, gen, uid } => {
+            let conn = ConnId { key, gen };
+            if app.chat.sessions.get(&conn).and_then(|s| s.uid) == Some(uid) {
+                ctx.send_text(conn, &env.payload);
+            }
+        }
+        // The composition root hands these to `chat::desk_op`.
+        Target::Desk => {}
     }
 }
 
@@ -159,6 +177,14 @@ pub(crate) fn cmd_send(
         }
         SendInput::Command(cmd) => send_args(app, p, cmd)?,
     };
+    if p.origin.is_none() && super::push::runs_on_desk(app, "send", Some(args.chat_type), None) {
+        let command = json!({
+            "cmd": "send", "req_id": p.req_id, "chat_type": args.chat_type, "to_id": args.to_id,
+            "msg_type": args.msg_type, "client_msg_id": args.client_msg_id, "msg": args.msg,
+        });
+        super::push::forward_to_desk(app, ctx, p, uid, command);
+        return Ok(());
+    }
     let (ct, to_id, client_msg_id) = (args.chat_type, args.to_id, args.client_msg_id);
     let mt = u8::try_from(args.msg_type).map_err(|_| Failure::bad_request("unknown msg_type"))?;
     let body = proto::validate_body(mt, &args.msg, &app.chat.body_limits)?;
@@ -424,17 +450,6 @@ pub(crate) fn message_event(m: &store::StoredMessage, with_body: bool) -> Value 
     v
 }
 
-/// Sends `frame` to every connection held here of the conversation's members (except one).
-pub(crate) fn deliver_to_conv(
-    app: &mut App,
-    ctx: &mut dyn Ctx<Completion>,
-    conv_id: String,
-    frame: Frame,
-    except: Option<ConnId>,
-) {
-    deliver_to_conv_and_bus(app, ctx, conv_id, frame, except, None);
-}
-
 /// Delivers to the conversation's members here and, with `publish` (the push's text), over the
 /// bus to the nodes of the members known here: a friend conversation's two users, a group's
 /// members (loaded first when not cached). A service or consultation conversation's recipients
@@ -448,6 +463,19 @@ fn deliver_to_conv_and_bus(
     except: Option<ConnId>,
     publish: Option<String>,
 ) {
+    let desk_conv = matches!(
+        proto::parse_conv(&conv_id),
+        Some(ConvRef::Service(_) | ConvRef::Consult(_))
+    );
+    if desk_conv && !app.chat.role.mine {
+        // Who receives it is known on the desk's node only: it delivers (here too).
+        if let (Some(bus), Some(payload), Some(owner)) =
+            (&app.bus, &publish, app.chat.role.owner.as_deref())
+        {
+            bus.publish_to_node(Target::Conv(conv_id), payload, owner);
+        }
+        return;
+    }
     // A group's cached list is shared, not copied: this runs once per message.
     let recipients: Arc<Vec<u64>> = match proto::parse_conv(&conv_id) {
         Some(ConvRef::Friend(a, b)) => Arc::new(vec![a, b]),
@@ -483,7 +511,12 @@ fn deliver_to_conv_and_bus(
             Some(ConvRef::Friend(..) | ConvRef::Group(_)) => {
                 bus.publish_to(Target::Conv(conv_id.clone()), payload, recipients.to_vec());
             }
-            _ => bus.publish(Target::Conv(conv_id.clone()), payload),
+            // Computed by the desk's node: straight to the recipients' nodes.
+            _ => bus.publish_to(
+                Target::Users(recipients.to_vec()),
+                payload,
+                recipients.to_vec(),
+            ),
         }
     }
     let mut delivered = 0;

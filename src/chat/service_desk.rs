@@ -7,7 +7,7 @@
 //! made them (a write lost in a crash leaves the session queued, and it is assigned again).
 
 use super::desk::{AgentStatus, Desk, DeskError, Effect};
-use super::push::push_users;
+use super::push::{push_users, to_desk};
 use super::request::{conn_job, CmdResult, Pending};
 use super::send::{acked, submit};
 use crate::net::Ctx;
@@ -73,6 +73,13 @@ pub fn agent_disconnected(app: &mut App, ctx: &mut dyn Ctx<Completion>, agent: u
 /// A visitor logged in as `uid`: their session (queued or assigned) is now `uid`'s; the agent
 /// serving it is told.
 pub fn visitor_converted(app: &mut App, ctx: &mut dyn Ctx<Completion>, visitor: u64, uid: u64) {
+    if !app.chat.role.mine {
+        to_desk(
+            app,
+            &json!({ "op": "rekey", "visitor": visitor, "uid": uid }),
+        );
+        return;
+    }
     let agent = app.chat.desk.session(visitor).flatten();
     run(app, ctx, |d| Ok(d.rekey(visitor, uid))).ok();
     if let Some(agent) = agent {
@@ -113,6 +120,11 @@ pub(crate) fn customer_send(
 /// The customer's session is open in the store: put it on the desk (a no-op when it is there
 /// already). Returns the system messages to send after the customer's message.
 pub fn opened(app: &mut App, ctx: &mut dyn Ctx<Completion>, customer: u64) -> Vec<String> {
+    if !app.chat.role.mine {
+        // The desk's node puts it on the desk and sends the greetings.
+        to_desk(app, &json!({ "op": "opened", "customer": customer }));
+        return Vec::new();
+    }
     if app.chat.desk.session(customer).is_some() {
         return Vec::new();
     }
@@ -226,7 +238,7 @@ fn run(
         app.chat.desk.waiting(WAITING_SHOWN),
     );
     if before != after {
-        let agents: Vec<u64> = app.chat.agents.iter().copied().collect();
+        let agents = app.chat.all_agents();
         let payload = event(json!({ "event": "queue", "length": after.0, "waiting": after.1 }));
         push_users(app, ctx, &agents, &payload);
     }

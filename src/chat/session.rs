@@ -3,6 +3,7 @@
 
 use super::admission::RateWindow;
 use super::consult;
+use super::desk_lease;
 use super::presence;
 use super::request::{Pending, Replay};
 use super::send::*;
@@ -57,12 +58,7 @@ pub fn on_open(
         s.via_cookie = via_cookie && token.is_some();
     }
     if let Some(token) = token {
-        let p = Pending {
-            conn,
-            cmd: "auth".into(),
-            req_id: None,
-            at: ctx.now(),
-        };
+        let p = Pending::local(conn, "auth".into(), None, ctx.now());
         authenticate(app, ctx, p, token, replay);
     }
 }
@@ -114,10 +110,16 @@ pub(crate) fn release(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId
     };
     if now_offline {
         app.chat.online.remove(&uid);
-        if app.chat.agents.remove(&uid) {
-            service_desk::agent_disconnected(app, ctx, uid);
+        let agent = app.chat.agents.remove(&uid);
+        if app.chat.role.mine {
+            app.chat.role.reported.remove(&uid);
+            if agent && !app.chat.role.remote.contains_key(&uid) {
+                service_desk::agent_disconnected(app, ctx, uid);
+            }
+            consult::went_offline(app, ctx, uid);
+        } else {
+            desk_lease::report_offline(app, uid);
         }
-        consult::went_offline(app, ctx, uid);
         push_presence(app, ctx, uid, false);
         app.chat.friends.remove(&uid);
         presence::went_offline(app, ctx, uid);
@@ -268,17 +270,38 @@ pub(crate) fn authenticate(
                 app.chat.online.entry(uid).or_default().push(p.conn);
                 app.chat.friends.insert(uid, friends.into_iter().collect());
                 p.reply_ok(ctx, &json!({ "uid": uid }));
-                consult::load(app, ctx, consults);
-                if first {
-                    consult::came_online(app, ctx, uid);
-                    if user_type == USER_TYPE_AGENT {
-                        app.chat.agents.insert(uid);
-                        service_desk::agent_connected(app, ctx, uid);
+                let agent = user_type == USER_TYPE_AGENT;
+                let desk_cares = agent || !consults.is_empty();
+                if app.chat.role.mine {
+                    // Known online elsewhere in the cluster: the desk has them already.
+                    let elsewhere = app.chat.role.remote.contains_key(&uid);
+                    consult::load(app, ctx, consults);
+                    if first {
+                        consult::came_online(app, ctx, uid);
+                        if agent {
+                            app.chat.agents.insert(uid);
+                            if !elsewhere {
+                                service_desk::agent_connected(app, ctx, uid);
+                            }
+                        }
+                        if desk_cares {
+                            app.chat.role.reported.insert(uid, agent);
+                        }
                     }
+                    consult::connected(app, ctx, p.conn, uid);
+                } else if first {
+                    // The desk and the clocks are on another node: it is told.
+                    if agent {
+                        app.chat.agents.insert(uid);
+                    }
+                    if desk_cares {
+                        desk_lease::report_online(app, uid, agent);
+                    }
+                }
+                if first {
                     push_presence(app, ctx, uid, true);
                     presence::came_online(app, ctx, uid);
                 }
-                consult::connected(app, ctx, p.conn, uid);
                 for text in waiting {
                     replay(app, ctx, conn, &text);
                 }
@@ -402,12 +425,7 @@ pub(crate) fn check_access_token(
         let start = !session.authenticating;
         wait_for_auth(app, ctx, p.conn, text);
         if start {
-            let auth = Pending {
-                conn: p.conn,
-                cmd: "auth".into(),
-                req_id: None,
-                at: p.at,
-            };
+            let auth = Pending::local(p.conn, "auth".into(), None, p.at);
             authenticate(app, ctx, auth, token.to_string(), replay);
         }
         return TokenCheck::Handled;

@@ -57,6 +57,8 @@ pub struct ChatState {
     pub closed_by: HashMap<u64, u64>,
     pub closed_order: std::collections::VecDeque<u64>,
     pub consults: Consults,
+    /// Who holds the desk and the consultations' clocks in a cluster, and what they know.
+    pub role: DeskRole,
     /// Agents' messages on their way to WeChat users.
     pub wechat_outbox: Outbox,
     pub office_hours: office_hours::OfficeHours,
@@ -78,6 +80,7 @@ impl ChatState {
             closed_by: HashMap::new(),
             closed_order: std::collections::VecDeque::new(),
             consults: Consults::default(),
+            role: DeskRole::default(),
             wechat_outbox: Outbox::default(),
             // Validated with the config.
             office_hours: office_hours::OfficeHours::parse(
@@ -114,8 +117,29 @@ impl ChatState {
         self.consults.len()
     }
 
+    /// An agent online here or (on the desk's node) on another node.
     pub fn is_agent(&self, uid: u64) -> bool {
-        self.agents.contains(&uid)
+        self.agents.contains(&uid) || self.role.remote.get(&uid).is_some_and(|r| r.agent)
+    }
+
+    /// Online here or (on the desk's node) on another node the desk knows of: what the desk
+    /// and the consultations' clocks go by.
+    pub fn online_anywhere(&self, uid: u64) -> bool {
+        self.is_online(uid) || self.role.remote.contains_key(&uid)
+    }
+
+    /// Every agent the desk knows to be online (here and on other nodes), each once.
+    pub fn all_agents(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.agents.iter().copied().collect();
+        v.extend(
+            self.role
+                .remote
+                .iter()
+                .filter(|(uid, r)| r.agent && !self.agents.contains(uid))
+                .map(|(uid, _)| *uid),
+        );
+        v.sort_unstable();
+        v
     }
 
     /// Who a service conversation's pushes go to: the customer and their agent.
@@ -128,6 +152,95 @@ impl ChatState {
     }
 }
 
+/// The desk's node in a cluster. One node at a time holds the desk lease (`chat::desk_lease`):
+/// it runs the customer-service desk and the consultations' clocks; the others forward it the
+/// commands and events those need. Without a bus the node is always the desk's.
+#[derive(Default)]
+pub struct DeskRole {
+    /// The lease's holder as last read (None: not known yet).
+    pub owner: Option<String>,
+    /// This node holds the lease.
+    pub mine: bool,
+    /// This node took the lease and is loading the open sessions: operations wait in `held`.
+    pub restoring: bool,
+    /// Operations from other nodes that arrived while restoring (origin node, operation).
+    pub held: VecDeque<(String, String)>,
+    /// On the desk's node: users of other nodes the desk and the clocks care about.
+    pub remote: HashMap<u64, RemoteUser>,
+    /// On every node: the users here reported to the desk's node (agents, sides of a
+    /// consultation), with whether each is an agent.
+    pub reported: HashMap<u64, bool>,
+    /// On the desk's node: when each other node last reported (silent ones are dead).
+    pub last_seen: HashMap<String, std::time::Instant>,
+}
+
+/// A user connected to other nodes, as the desk's node knows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteUser {
+    pub agent: bool,
+    /// The nodes holding a connection of theirs.
+    pub nodes: Vec<String>,
+}
+
+impl DeskRole {
+    /// Most operations held while restoring; more are dropped (their senders retry).
+    pub const HELD_MAX: usize = 65_536;
+
+    /// `uid` is connected to `node`; true when they were not known to be online elsewhere.
+    pub fn remote_online(&mut self, uid: u64, agent: bool, node: &str) -> bool {
+        let new = !self.remote.contains_key(&uid);
+        let r = self.remote.entry(uid).or_default();
+        r.agent |= agent;
+        if !r.nodes.iter().any(|n| n == node) {
+            r.nodes.push(node.to_string());
+        }
+        new
+    }
+
+    /// `uid` has no connection left on `node`; true when they are gone from every other node.
+    pub fn remote_offline(&mut self, uid: u64, node: &str) -> bool {
+        let Some(r) = self.remote.get_mut(&uid) else {
+            return false;
+        };
+        r.nodes.retain(|n| n != node);
+        if r.nodes.is_empty() {
+            self.remote.remove(&uid);
+            return true;
+        }
+        false
+    }
+
+    /// `node`'s users as it reports them now: those it held before and no longer lists are
+    /// gone from it. Returns the users that came and the users that left the cluster's view.
+    pub fn replace_node(&mut self, node: &str, users: &[(u64, bool)]) -> (Vec<u64>, Vec<u64>) {
+        let listed: HashSet<u64> = users.iter().map(|(u, _)| *u).collect();
+        let before: Vec<u64> = self
+            .remote
+            .iter()
+            .filter(|(_, r)| r.nodes.iter().any(|n| n == node))
+            .map(|(u, _)| *u)
+            .collect();
+        let mut left = Vec::new();
+        for uid in before {
+            if !listed.contains(&uid) && self.remote_offline(uid, node) {
+                left.push(uid);
+            }
+        }
+        let mut came = Vec::new();
+        for (uid, agent) in users {
+            if self.remote_online(*uid, *agent, node) {
+                came.push(*uid);
+            }
+        }
+        (came, left)
+    }
+
+    /// Every user of `node` (it died or lost its lease view): those gone from the cluster.
+    pub fn drop_node(&mut self, node: &str) -> Vec<u64> {
+        self.replace_node(node, &[]).1
+    }
+}
+
 /// Agents' messages waiting to go to WeChat, per customer (one call in flight each).
 #[derive(Default)]
 pub struct Outbox {
@@ -137,5 +250,37 @@ pub struct Outbox {
 impl Outbox {
     pub fn pending(&self) -> usize {
         self.queues.values().map(VecDeque::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_user_is_online_until_their_last_node_goes() {
+        let mut r = DeskRole::default();
+        assert!(r.remote_online(7, true, "a"));
+        assert!(!r.remote_online(7, true, "b"));
+        assert!(!r.remote_offline(7, "a"));
+        assert!(r.remote.get(&7).is_some_and(|u| u.agent));
+        assert!(r.remote_offline(7, "b"));
+        assert!(r.remote.is_empty());
+        assert!(!r.remote_offline(7, "b"));
+    }
+
+    #[test]
+    fn a_snapshot_replaces_what_a_node_held() {
+        let mut r = DeskRole::default();
+        r.remote_online(1, false, "a");
+        r.remote_online(2, true, "a");
+        r.remote_online(2, true, "b");
+        let (came, left) = r.replace_node("a", &[(2, true), (3, false)]);
+        assert_eq!(came, vec![3]);
+        assert_eq!(left, vec![1]);
+        assert_eq!(r.drop_node("b"), Vec::<u64>::new());
+        let mut gone = r.drop_node("a");
+        gone.sort_unstable();
+        assert_eq!(gone, vec![2, 3]);
     }
 }

@@ -88,6 +88,13 @@ pub enum Target {
     /// Not a push: this group's members changed on another node; every node drops its cached
     /// list (a node may hold it with none of the members online: it is loaded again on use).
     Group(u64),
+    /// Not a push: an operation for the customer-service desk and the consultations' clocks
+    /// (the payload, JSON; see `chat::desk_lease`), sent to the node holding the desk lease or,
+    /// for its questions, to every live node.
+    Desk,
+    /// A reply to a command forwarded to the desk's node: written to this connection (`key`,
+    /// `gen`) if it still speaks for `uid`.
+    Reply { key: u32, gen: u32, uid: u64 },
 }
 
 /// Which nodes a push is written to (see the module doc).
@@ -120,6 +127,8 @@ impl Route {
             Target::Resync => Route::None,
             Target::Friends(uids) => Route::Users(uids.clone()),
             Target::Group(_) => Route::All,
+            // Always published to a node the caller names (or to all).
+            Target::Desk | Target::Reply { .. } => Route::None,
         }
     }
 }
@@ -151,6 +160,8 @@ impl Envelope {
                 format!("f:{}", list.join(","))
             }
             Target::Group(gid) => format!("g:{gid}"),
+            Target::Desk => "d:".to_string(),
+            Target::Reply { key, gen, uid } => format!("a:{key}.{gen}:{uid}"),
         };
         format!("{}\t{}\t{target}\t{}", self.origin, self.id, self.payload)
     }
@@ -183,6 +194,16 @@ impl Envelope {
             Target::Friends(uids?)
         } else if let Some(g) = target.strip_prefix("g:") {
             Target::Group(g.parse().ok()?)
+        } else if target == "d:" {
+            Target::Desk
+        } else if let Some(a) = target.strip_prefix("a:") {
+            let (conn, uid) = a.split_once(':')?;
+            let (key, gen) = conn.split_once('.')?;
+            Target::Reply {
+                key: key.parse().ok()?,
+                gen: gen.parse().ok()?,
+                uid: uid.parse().ok()?,
+            }
         } else {
             // `r:` included: a resync is never carried between nodes.
             return None;
@@ -303,12 +324,50 @@ struct Outgoing {
 }
 
 pub struct Bus {
-    node: String,
-    boot: String,
-    seq: std::cell::Cell<u64>,
-    tx: Option<SyncSender<Outgoing>>,
+    publisher: Option<Publisher>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// The publishing end of the bus, cheap to clone: a command forwarded to the desk's node keeps
+/// one to send its replies back (see `chat::request::Pending`).
+#[derive(Clone)]
+pub struct Publisher {
+    node: Arc<str>,
+    boot: Arc<str>,
+    seq: Arc<AtomicU64>,
+    tx: SyncSender<Outgoing>,
+}
+
+impl Publisher {
+    /// Queues a push for one node (never blocks).
+    pub fn to_node(&self, target: Target, payload: &str, node: &str) {
+        self.send(target, payload, Route::Node(node.to_string()));
+    }
+
+    fn send(&self, target: Target, payload: &str, route: Route) {
+        if route == Route::None || route == Route::Users(Vec::new()) {
+            return;
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let entry = Envelope {
+            origin: self.node.to_string(),
+            id: format!("{}-{seq}", self.boot),
+            target,
+            payload: payload.to_string(),
+        }
+        .encode();
+        match self.tx.try_send(Outgoing { entry, route }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                METRICS.bus_dropped.inc();
+                let n = METRICS.bus_dropped.get();
+                if n.is_power_of_two() {
+                    log::warn!("bus: {n} pushes dropped (publisher behind or Redis down)");
+                }
+            }
+        }
+    }
 }
 
 impl Bus {
@@ -356,10 +415,12 @@ impl Bus {
         let mut nonce = [0u8; 4];
         let _ = getrandom::getrandom(&mut nonce);
         Ok(Bus {
-            node: node.to_string(),
-            boot: format!("{:08x}", u32::from_le_bytes(nonce)),
-            seq: std::cell::Cell::new(0),
-            tx: Some(tx),
+            publisher: Some(Publisher {
+                node: node.into(),
+                boot: format!("{:08x}", u32::from_le_bytes(nonce)).into(),
+                seq: Arc::new(AtomicU64::new(0)),
+                tx,
+            }),
             shared,
             threads: vec![reader, publisher],
         })
@@ -384,29 +445,19 @@ impl Bus {
         self.send(target, payload, Route::Users(recipients));
     }
 
+    /// Queues a push for every live node (never blocks).
+    pub fn publish_all(&self, target: Target, payload: &str) {
+        self.send(target, payload, Route::All);
+    }
+
+    /// A handle that publishes from anywhere on the reactor (None once stopping).
+    pub fn publisher(&self) -> Option<Publisher> {
+        self.publisher.clone()
+    }
+
     fn send(&self, target: Target, payload: &str, route: Route) {
-        let Some(tx) = &self.tx else { return };
-        if route == Route::None || route == Route::Users(Vec::new()) {
-            return;
-        }
-        let seq = self.seq.get() + 1;
-        self.seq.set(seq);
-        let entry = Envelope {
-            origin: self.node.clone(),
-            id: format!("{}-{seq}", self.boot),
-            target,
-            payload: payload.to_string(),
-        }
-        .encode();
-        match tx.try_send(Outgoing { entry, route }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                METRICS.bus_dropped.inc();
-                let n = METRICS.bus_dropped.get();
-                if n.is_power_of_two() {
-                    log::warn!("bus: {n} pushes dropped (publisher behind or Redis down)");
-                }
-            }
+        if let Some(p) = &self.publisher {
+            p.send(target, payload, route);
         }
     }
 
@@ -431,7 +482,7 @@ impl Bus {
 impl Drop for Bus {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.tx = None;
+        self.publisher = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

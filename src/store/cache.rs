@@ -16,6 +16,10 @@ pub trait SharedCache: Send + Sync + 'static {
     fn try_lock(&self, key: &str, ttl: Duration) -> StoreResult<Option<String>>;
     /// Releases the lock if `owner` still holds it (an expired lock may have a new owner).
     fn unlock(&self, key: &str, owner: &str) -> StoreResult<()>;
+    /// A lease renewed by its holder: takes `key` for `holder` when it is free, extends it to
+    /// `ttl` when `holder` has it already, and returns whoever holds it now (the holder's lease
+    /// lapses `ttl` after its last renewal).
+    fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<String>;
     /// Counts one event in the window that started with the first event after the previous
     /// window ended; returns the count so far in this window.
     fn incr_window(&self, key: &str, window: Duration) -> StoreResult<u64>;
@@ -107,6 +111,25 @@ impl SharedCache for MemoryCache {
             e.locks.remove(key);
         }
         Ok(())
+    }
+
+    fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<String> {
+        let now = Instant::now();
+        let mut e = self.entries();
+        Self::sweep(&mut e, now);
+        let key = format!("lease:{key}");
+        match e.locks.get_mut(&key) {
+            Some((h, until)) if *until > now => {
+                if h == holder {
+                    *until = now + ttl;
+                }
+                Ok(h.clone())
+            }
+            _ => {
+                e.locks.insert(key, (holder.to_string(), now + ttl));
+                Ok(holder.to_string())
+            }
+        }
     }
 
     fn incr_window(&self, key: &str, window: Duration) -> StoreResult<u64> {

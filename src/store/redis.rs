@@ -21,6 +21,10 @@ use std::time::Duration;
 
 const UNLOCK: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/// Takes a free lease or extends one's own; returns the holder.
+const LEASE: &str = "local h = redis.call('GET', KEYS[1]) \
+    if not h then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return ARGV[1] end \
+    if h == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return h";
 const INCR_WINDOW: &str =
     "local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n";
 
@@ -428,6 +432,19 @@ impl SharedCache for RedisKv {
                 .arg(&key)
                 .arg(owner)
                 .query::<()>(c)
+        })
+    }
+
+    fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<String> {
+        let key = self.key("lease", key);
+        self.with_conn(|c| {
+            redis::cmd("EVAL")
+                .arg(LEASE)
+                .arg(1)
+                .arg(&key)
+                .arg(holder)
+                .arg((ttl.as_millis() as u64).max(1))
+                .query(c)
         })
     }
 
