@@ -268,5 +268,22 @@ fn the_desk_and_a_consultation_survive_the_death_of_the_node_holding_them() {
         w2.push_where("service", |d| d["event"] == "queued")["position"],
         1
     );
-    drop((b, c));
+
+    // A clean stop gives the lease up: the last node takes the desk at its next renewal, well
+    // before the lease would have lapsed.
+    let holder = desk_holder(&redis).unwrap();
+    let (mut stopping, survivor) = if holder == "nb" { (b, "nc") } else { (c, "nb") };
+    let stopped = Instant::now();
+    let pid = stopping.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("the last node takes the desk", || {
+        desk_holder(&redis).as_deref() == Some(survivor)
+    });
+    let moved = stopped.elapsed();
+    assert!(moved < Duration::from_secs(5), "moved after {moved:?}");
+    let _ = stopping.child.wait();
 }

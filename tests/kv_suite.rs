@@ -187,6 +187,24 @@ fn cache_suite(c: &dyn SharedCache) {
     common::wait_for("the window to end", || {
         c.incr_window("login:1.2.3.4", w).unwrap() == 1
     });
+
+    // Leases: the first taker holds it while renewing; others read the holder; it lapses
+    // after its last renewal, and a release lets the next taker in at once.
+    let ttl = Duration::from_millis(400);
+    assert_eq!(c.lease("desk", "a", ttl).unwrap(), "a");
+    assert_eq!(c.lease("desk", "b", ttl).unwrap(), "a");
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(c.lease("desk", "a", ttl).unwrap(), "a");
+    std::thread::sleep(Duration::from_millis(250));
+    // Renewed 250 ms ago: still a's, though 500 ms passed since it was taken.
+    assert_eq!(c.lease("desk", "b", ttl).unwrap(), "a");
+    common::wait_for("the lease to lapse", || {
+        c.lease("desk", "b", ttl).unwrap() == "b"
+    });
+    c.release("desk", "a").unwrap();
+    assert_eq!(c.lease("desk", "a", ttl).unwrap(), "b");
+    c.release("desk", "b").unwrap();
+    assert_eq!(c.lease("desk", "a", ttl).unwrap(), "a");
 }
 
 #[test]

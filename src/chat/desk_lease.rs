@@ -57,6 +57,9 @@ pub fn start(app: &mut App, ctx: &mut dyn Ctx<Completion>, run: Run) {
 }
 
 fn poll(app: &mut App, ctx: &mut dyn Ctx<Completion>, run: Run) {
+    if app.chat.shutting_down {
+        return;
+    }
     let node = app.node_id.clone();
     let submitted = app.job(
         ctx,
@@ -76,6 +79,28 @@ fn poll(app: &mut App, ctx: &mut dyn Ctx<Completion>, run: Run) {
         drop_silent_nodes(app, ctx, now);
     }
     app.after(ctx, RENEW_EVERY, move |app, ctx| poll(app, ctx, run));
+}
+
+/// Graceful shutdown: a held lease is given up (after the consultations' save was queued;
+/// shutdown waits for both), so another node takes the desk at its next renewal instead of
+/// after the lease lapses. Renewals stop with the shutdown.
+pub fn on_shutdown(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    if app.bus.is_none() || !app.chat.role.mine {
+        return;
+    }
+    let node = app.node_id.clone();
+    app.job(
+        ctx,
+        move |b| b.cache.release(LEASE_KEY, &node),
+        |_, _, r| {
+            if let Err(e) = r {
+                log::warn!("customer service: the desk lease was not given up: {e}");
+            }
+        },
+    );
+    // Draining connections no longer change a desk that another node is about to restore.
+    app.chat.role.mine = false;
+    app.chat.role.owner = None;
 }
 
 /// The lease's holder as just read.

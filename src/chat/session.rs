@@ -130,6 +130,7 @@ pub(crate) fn release(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId
 pub fn on_shutdown(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
     consult::on_shutdown(app, ctx);
     presence::on_shutdown(app, ctx);
+    desk_lease::on_shutdown(app, ctx);
 }
 
 /// Closes the user's connections on this process with 4003; returns how many.

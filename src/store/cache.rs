@@ -20,6 +20,9 @@ pub trait SharedCache: Send + Sync + 'static {
     /// `ttl` when `holder` has it already, and returns whoever holds it now (the holder's lease
     /// lapses `ttl` after its last renewal).
     fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<String>;
+    /// Gives the lease up if `holder` has it (a clean shutdown: the next holder need not wait
+    /// for it to lapse).
+    fn release(&self, key: &str, holder: &str) -> StoreResult<()>;
     /// Counts one event in the window that started with the first event after the previous
     /// window ended; returns the count so far in this window.
     fn incr_window(&self, key: &str, window: Duration) -> StoreResult<u64>;
@@ -130,6 +133,15 @@ impl SharedCache for MemoryCache {
                 Ok(holder.to_string())
             }
         }
+    }
+
+    fn release(&self, key: &str, holder: &str) -> StoreResult<()> {
+        let mut e = self.entries();
+        let key = format!("lease:{key}");
+        if e.locks.get(&key).is_some_and(|(h, _)| h == holder) {
+            e.locks.remove(&key);
+        }
+        Ok(())
     }
 
     fn incr_window(&self, key: &str, window: Duration) -> StoreResult<u64> {

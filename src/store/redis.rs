@@ -448,6 +448,18 @@ impl SharedCache for RedisKv {
         })
     }
 
+    fn release(&self, key: &str, holder: &str) -> StoreResult<()> {
+        let key = self.key("lease", key);
+        self.with_conn(|c| {
+            redis::cmd("EVAL")
+                .arg(UNLOCK)
+                .arg(1)
+                .arg(&key)
+                .arg(holder)
+                .query::<()>(c)
+        })
+    }
+
     fn incr_window(&self, key: &str, window: Duration) -> StoreResult<u64> {
         let key = self.key("rate", key);
         self.with_conn(|c| {
