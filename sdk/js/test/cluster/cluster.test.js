@@ -30,7 +30,7 @@ import {
 } from './harness.js';
 
 let cluster;
-const note = (msg) => console.log(`# ${msg.replace(/\n/g, '\n# ')}`);
+const note = (msg) => console.log(msg);
 
 before(async () => {
   cluster = await Cluster.start({ log: note });

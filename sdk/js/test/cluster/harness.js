@@ -521,16 +521,49 @@ export class Cluster {
   }
 
   /**
-   * Starts a killed node again and waits until its bus is healthy and nginx sends new
-   * connections to it: nginx skips a node for `fail_timeout` (10 s, deploy/nginx/wxchat.conf)
-   * after a failed connect, which the reconnects right after the kill were.
+   * Starts a killed node again and waits until its bus is healthy and nginx sends requests to
+   * it again: nginx skips a node for `fail_timeout` (10 s, deploy/nginx/wxchat.conf) after a
+   * failed connect, which the reconnects right after the kill were.
    */
   async restartNode(i) {
-    const n = this.nodes[i];
     const since = Date.now();
     await this.startNode(i);
     await this.waitHealthy({ indexes: [i], since });
-    if (n.killedAt) await sleep(Math.max(0, n.killedAt + NGINX_FAIL_TIMEOUT_MS + 500 - Date.now()));
+    await this.waitNginxReaches(i, since);
+  }
+
+  /**
+   * Until a request through nginx lands on node i (started at `since`): /healthz through nginx
+   * answers with an uptime only that node can have.
+   */
+  async waitNginxReaches(i, since, timeout = NGINX_FAIL_TIMEOUT_MS + 10000) {
+    const others = (await Promise.all(this.nodes.filter((n) => n.index !== i && running(n.child)).map((n) => this.health(n.index)))).map(([, b]) => b.uptime_s);
+    const youngest = Math.min(...others);
+    // The restarted node is the one whose uptime fits its start (others are older, and stay
+    // older by the same margin).
+    if (youngest <= Math.ceil((Date.now() - since) / 1000) + 4) {
+      // The others are too young to tell apart by uptime: wait out nginx's fail_timeout.
+      const killedAt = this.nodes[i].killedAt || since;
+      await sleep(Math.max(0, killedAt + NGINX_FAIL_TIMEOUT_MS + 500 - Date.now()));
+      return;
+    }
+    const deadline = Date.now() + timeout;
+    const seen = [];
+    for (;;) {
+      try {
+        const res = await fetch(`${this.nginx.httpUrl}/healthz`, { signal: AbortSignal.timeout(2000) });
+        const body = await res.json();
+        const maxUptime = Math.ceil((Date.now() - since) / 1000) + 1;
+        seen.push(`${res.status}:${body.uptime_s}`);
+        if (res.status === 200 && body.uptime_s <= maxUptime) return;
+      } catch (err) {
+        seen.push(err.message); // nginx answering 502 meanwhile is fine
+      }
+      if (Date.now() > deadline) {
+        throw new Error(`nginx does not send requests to ${this.nodes[i].id} ${timeout} ms after its restart (other nodes' uptime ${others}; status:uptime seen through nginx ${seen.join(' ')}; nginx: ${this.nginxErrors().slice(-1500)})`);
+      }
+      await sleep(250);
+    }
   }
 
   /** (Re)starts the private redis-server on its port: empty, nothing on disk. */
@@ -591,7 +624,9 @@ export class Cluster {
       `pid ${d}/nginx.pid;`,
       'events { worker_connections 1024; }',
       'http {',
-      '  access_log off;',
+      // Which node served each request (a WebSocket is logged when it closes).
+      "  log_format upstreams '$msec $request $status upstream=$upstream_addr upstream_status=$upstream_status';",
+      `  access_log ${d}/access.log upstreams;`,
       `  client_body_temp_path ${d}/body;`,
       `  proxy_temp_path ${d}/proxy;`,
       `  fastcgi_temp_path ${d}/fastcgi;`,
@@ -832,6 +867,12 @@ export class Cluster {
     return c;
   }
 
+  closeClient(c) {
+    c.chat.close();
+    const k = this.clients.indexOf(c);
+    if (k >= 0) this.clients.splice(k, 1);
+  }
+
   closeClients() {
     for (const c of this.clients.splice(0)) c.chat.close();
   }
@@ -1048,14 +1089,36 @@ export async function setupConversations(cluster, prefix, n) {
   await cluster.befriendAll(users);
   const g = await cluster.api('group_create', { owner_id: users[0].uid, name: `${prefix} all`, members: users.slice(1).map((u) => u.uid) });
   const group = { gid: g.group.group_id, members: users };
-  // One at a time: nginx's round robin then spreads them evenly.
+  // One at a time: nginx's round robin then spreads them evenly. Right after a node's restart
+  // nginx may still favour the others (its round-robin weights recover over a few picks); a
+  // client of the fullest node then dials again (before any traffic), a few times at most.
   const clients = [];
   for (const u of users) clients.push(await cluster.client(u));
   const dead = cluster.nodes.filter((x) => !running(x.child)).map((x) => x.id);
-  const placement = await cluster.placement(users, { excluding: dead });
-  const empty = cluster.nodes.filter((x) => running(x.child) && placement.byNode.get(x.id).length === 0);
-  if (empty.length) {
-    throw new Error(`nginx put no user on ${empty.map((x) => x.id).join(', ')}: ${JSON.stringify(Object.fromEntries([...placement.byNode].map(([k, v]) => [k, v.map((u) => u.name)])))}`);
+  let placement = await cluster.placement(users, { excluding: dead });
+  const emptyNodes = () => cluster.nodes.filter((x) => running(x.child) && placement.byNode.get(x.id).length === 0);
+  let redials = 0;
+  while (emptyNodes().length && redials < 2 * cluster.nodes.length) {
+    const fullest = [...placement.byNode.values()].sort((a, b) => b.length - a.length)[0];
+    const u = fullest[fullest.length - 1];
+    const k = clients.findIndex((c) => c.uid === u.uid);
+    cluster.closeClient(clients[k]);
+    for (const deadline = Date.now() + 10000; Date.now() < deadline; await sleep(100)) {
+      const at = await cluster.whereAre([u.uid]);
+      if (at && at.get(u.uid).length === 0) break;
+    }
+    clients[k] = await cluster.client(u);
+    redials++;
+    placement = await cluster.placement(users, { excluding: dead });
+  }
+  if (emptyNodes().length) {
+    throw new Error(
+      `nginx put no user on ${emptyNodes().map((x) => x.id).join(', ')} (${redials} dialled again): ${describePlacement(placement)}\n` +
+        `nginx's error log: ${cluster.nginxErrors().slice(-3000)}`,
+    );
+  }
+  if (redials) {
+    cluster.log(`${redials} client(s) dialled again to reach every node: ${describePlacement(placement)}; nginx: ${cluster.nginxErrors().split('\n').slice(-6).join(' | ')}`);
   }
   const pairs = crossNodePairs(placement.byNode);
   const byUid = new Map(clients.map((c) => [c.uid, c]));
@@ -1067,7 +1130,7 @@ export async function setupConversations(cluster, prefix, n) {
     byUid.get(b.uid).partner = a;
   }
   for (const c of clients) c.targets.push({ chat_type: 1, to_id: group.gid });
-  return { users, clients, group, pairs, members: convMembers(pairs, group), placement };
+  return { users, clients, group, pairs, members: convMembers(pairs, group), placement, redials };
 }
 
 /** "n1: a0 a3, n2: a1 a4, ..." */
