@@ -115,6 +115,9 @@ function sweepStale(useNetns) {
       if (name && dead(name, /^wxcl(\d+)(?:br|v\d+)$/)) tryRun('ip', ['link', 'del', name]);
     }
   }
+  for (const name of fs.readdirSync(os.tmpdir())) {
+    if (dead(name, /^wxchat-cluster-(\d+)-/)) fs.rmSync(path.join(os.tmpdir(), name), { recursive: true, force: true });
+  }
   for (const db of (tryRun('mariadb', ['-h', MYSQL.host, '-P', String(MYSQL.port), '-u', MYSQL.user, '--batch', '--skip-column-names', '-e', "SHOW DATABASES LIKE 'wxchat\\_cluster\\_%'"]) || '').split('\n')) {
     if (db && dead(db, /^wxchat_cluster_(\d+)$/)) tryRun('mariadb', ['-h', MYSQL.host, '-u', MYSQL.user, '-e', `DROP DATABASE IF EXISTS \`${db}\``]);
   }
@@ -157,9 +160,14 @@ async function waitPort(host, port, what, timeout, child) {
   }
 }
 
+// Children die with the test process even when it is killed outright (setpriv's parent-death
+// signal survives the exec of `ip netns exec` and of the program).
+const SETPRIV = which('setpriv');
+
 /** Spawns a long-lived child whose stderr (and stdout) tail is kept for failure messages. */
 function spawnChild(cmd, args, { env, what } = {}) {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: env || process.env });
+  const [file, argv] = SETPRIV ? [SETPRIV, ['--pdeathsig', 'KILL', cmd, ...args]] : [cmd, args];
+  const child = spawn(file, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: env || process.env });
   child.what = what || cmd;
   child.tail = '';
   const keep = (d) => {
@@ -324,7 +332,7 @@ export class Cluster {
     this.log = log;
     this.extraToml = extraToml;
     this.tag = `wxcl${this.pid}`;
-    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wxchat-cluster-'));
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), `wxchat-cluster-${this.pid}-`));
     this.dbName = `wxchat_cluster_${this.pid}`;
     this.prefix = `${this.tag}:`;
     this.netns = false;
