@@ -18,9 +18,18 @@
 // stop(), and also at process exit and on SIGINT/SIGTERM, so a failing run leaves nothing
 // behind; a run killed outright is swept by the next one (names carry the pid).
 //
-// The pieces a scenario uses: Cluster.start(), cluster.createUsers(), cluster.client(),
-// cluster.placement(), cluster.killNode() / restartNode(), cluster.killRedis() /
-// restartRedis(), cluster.waitHealthy(), startTraffic(), waitDelivered(), deliveryProblems().
+// The pieces a scenario uses (one more test() in cluster.test.js on the shared `cluster`):
+//   Cluster.start({extraToml}) and cluster.stop(); cluster.nodes[i] ({id, addr, httpUrl, wsUrl,
+//   dataDir}) and cluster.nginx ({wsUrl, httpUrl});
+//   cluster.api(action, body, i) (the server API of node i), createUsers(), befriendAll();
+//   cluster.client(user, {url, options}) (an instrumented, connected SDK client; through nginx by
+//   default, `url: cluster.nodes[i].wsUrl` pins it to a node), closeClient(), closeClients();
+//   cluster.whereAre(uids), placement(users) (which node holds whom, from Redis presence),
+//   nodeOnline(), storedCounts(convIds) (MySQL);
+//   cluster.killNode(i) (SIGKILL), restartNode(i), killRedis(), restartRedis(), health(i),
+//   waitHealthy(), nodeLogs(), nginxErrors();
+//   setupConversations() (users, a group, cross-node pairs), startTraffic(), waitDelivered(),
+//   deliveryProblems().
 
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
