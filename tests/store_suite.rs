@@ -752,6 +752,78 @@ fn consultations_end_on_demand_and_extend_again(f: Fixture) {
     );
 }
 
+/// Many first logins of different users at once (a morning rush, a cluster's nodes creating
+/// users in parallel) all succeed: each creates its user, none fails with a deadlock; and first
+/// logins of one user racing each other end with one user.
+fn concurrent_first_logins_all_succeed(f: Fixture) {
+    use wxchat::store::User;
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 6;
+    type Login =
+        Box<dyn Fn(&dyn Store, usize, usize) -> Result<(User, bool), StoreError> + Send + Sync>;
+    let kinds: Vec<(&str, Login)> = vec![
+        (
+            "app",
+            Box::new(|s: &dyn Store, r: usize, t: usize| {
+                s.upsert_app_user(&format!("rush-{r}-{t}"), &Profile::default(), true)
+            }),
+        ),
+        (
+            "wechat",
+            Box::new(|s: &dyn Store, r: usize, t: usize| {
+                let id = WechatIdentity {
+                    appid: "wxrush".into(),
+                    openid: format!("o-{r}-{t}"),
+                    unionid: Some(format!("u-{r}-{t}")),
+                    session_key: None,
+                };
+                s.wechat_login(&id, true)
+            }),
+        ),
+        (
+            "same app_uid",
+            Box::new(|s: &dyn Store, r: usize, _t: usize| {
+                s.upsert_app_user(&format!("same-{r}"), &Profile::default(), true)
+            }),
+        ),
+    ];
+    for (kind, login) in kinds {
+        let login = Arc::new(login);
+        for round in 0..ROUNDS {
+            let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+            let threads: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (s, barrier, login) = (f.store.clone(), barrier.clone(), login.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        login(&*s, round, t)
+                    })
+                })
+                .collect();
+            let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let users: Vec<(User, bool)> = results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|e| panic!("{kind} login, round {round}: {e:?}")))
+                .collect();
+            let uids: HashSet<u64> = users.iter().map(|(u, _)| u.uid).collect();
+            let created = users.iter().filter(|(_, c)| *c).count();
+            if kind == "same app_uid" {
+                assert_eq!(
+                    (uids.len(), created),
+                    (1, 1),
+                    "{kind}: one user, created once"
+                );
+            } else {
+                assert_eq!(
+                    (uids.len(), created),
+                    (THREADS, THREADS),
+                    "{kind}: every user created"
+                );
+            }
+        }
+    }
+}
+
 macro_rules! suite {
     ([$($backend:ident),*] $tests:tt) => {
         $( suite!(@one $backend $tests); )*
@@ -788,4 +860,5 @@ suite!([sqlite, mysql] [
     visitors_convert_once_and_hand_over_their_sessions,
     consultations_run_down_by_deltas_extend_and_end,
     consultations_end_on_demand_and_extend_again,
+    concurrent_first_logins_all_succeed,
 ]);

@@ -11,10 +11,12 @@ impl UserStore for MysqlStore {
     ) -> StoreResult<(User, bool)> {
         let now = now_ms();
         self.tx(|tx| {
-            let existing: Option<u64> = tx.exec_first(
-                "SELECT id FROM users WHERE app_uid = ? FOR UPDATE",
-                (app_uid,),
-            )?;
+            // A plain read, not FOR UPDATE: locking a row that does not exist locks the gap in
+            // the index, and first logins of different app_uids falling in one gap then deadlock
+            // on their inserts. The UPDATE below locks an existing row; a concurrent insert of
+            // the same app_uid is a duplicate key, retried.
+            let existing: Option<u64> =
+                tx.exec_first("SELECT id FROM users WHERE app_uid = ?", (app_uid,))?;
             let created = existing.is_none();
             let id = match existing {
                 Some(id) => {

@@ -7,10 +7,12 @@ impl WechatStore for MysqlStore {
     fn wechat_login(&self, id: &WechatIdentity, login: bool) -> StoreResult<(User, bool)> {
         let now = now_ms();
         // A concurrent first login of the same identity or unionid meets a unique key, and the
-        // retry finds what the other one created.
+        // retry finds what the other one created. The lookups are plain reads, not FOR UPDATE:
+        // locking a row that does not exist locks the gap in the index, and first logins of
+        // different users falling in one gap then deadlock on their inserts.
         self.tx(|tx| {
             let known: Option<u64> = tx.exec_first(
-                "SELECT user_id FROM wx_identities WHERE appid = ? AND openid = ? FOR UPDATE",
+                "SELECT user_id FROM wx_identities WHERE appid = ? AND openid = ?",
                 (&id.appid, &id.openid),
             )?;
             let (uid, created) =
@@ -27,7 +29,7 @@ impl WechatStore for MysqlStore {
                     None => {
                         let by_union: Option<u64> = match &id.unionid {
                             Some(u) => tx.exec_first(
-                                "SELECT id FROM users WHERE unionid = ? FOR UPDATE",
+                                "SELECT id FROM users WHERE unionid = ?",
                                 (u,),
                             )?,
                             None => None,
