@@ -56,8 +56,12 @@ Common options:
   --seconds 10              measured time (after 1 s of warm-up)
   --deflate on|off          offer permessage-deflate as browsers do, and compress every message
                             sent (echo, p2p, group); off by default
-  --pid PID                 the server's pid: its CPU per message over the measured window is
-                            reported (echo, p2p, group; also idle's memory), with loadgen's own
+  --nodes ADDR,ADDR,..      a cluster: chat connections spread over these nodes (user i on
+                            node i mod n; a p2p pair's two users on different nodes); the
+                            server API and the admin listener stay on --target (p2p, group, idle)
+  --pid PID[,PID..]         the server's pid (a cluster's: one per node): its CPU per message over
+                            the measured window is reported, per node and in all (echo, p2p,
+                            group; the first pid's memory for idle), with loadgen's own
 ";
 
 /// `loadgen --help`: every scenario.
@@ -101,6 +105,10 @@ struct Opts {
     missed: usize,
     rate_given: bool,
     pid: u32,
+    /// Every server's pid (`--pid a,b,c`); `pid` is the first.
+    pids: Vec<u32>,
+    /// Chat connections go to these (`--nodes`; empty: `target`).
+    nodes: Vec<SocketAddr>,
     /// Offer permessage-deflate (and compress what is sent, as browsers do).
     deflate: bool,
 }
@@ -142,6 +150,8 @@ fn parse() -> Result<Opts, String> {
         missed: 20,
         rate_given: false,
         pid: 0,
+        pids: Vec::new(),
+        nodes: Vec::new(),
         deflate: false,
     };
     while let Some(flag) = args.next() {
@@ -169,7 +179,27 @@ fn parse() -> Result<Opts, String> {
             "--missed" => o.missed = num(&value)? as usize,
             "--api-key" => o.api_key = value,
             "--hold" => o.hold = num(&value)?,
-            "--pid" => o.pid = num(&value)? as u32,
+            "--pid" => {
+                o.pids = value
+                    .split(',')
+                    .map(|p| {
+                        p.trim()
+                            .parse::<u32>()
+                            .map_err(|_| "--pid: a number or a list")
+                    })
+                    .collect::<Result<_, _>>()?;
+                o.pid = o.pids.first().copied().unwrap_or(0);
+            }
+            "--nodes" => {
+                o.nodes = value
+                    .split(',')
+                    .map(|a| {
+                        a.trim()
+                            .parse::<SocketAddr>()
+                            .map_err(|_| "--nodes: host:port,..")
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             "--deflate" => {
                 o.deflate = match value.as_str() {
                     "on" => true,
@@ -180,7 +210,10 @@ fn parse() -> Result<Opts, String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
-    if !o.target.ip().is_loopback() || !o.admin.ip().is_loopback() {
+    if !o.target.ip().is_loopback()
+        || !o.admin.ip().is_loopback()
+        || o.nodes.iter().any(|n| !n.ip().is_loopback())
+    {
         return Err("loadgen aims at loopback only".into());
     }
     if o.seconds == 0 || o.seconds > 600 || o.connections == 0 || o.connections > 200_000 {
@@ -499,8 +532,13 @@ fn make_friends(o: &Opts, pairs: &[(u64, u64)]) -> Result<(), String> {
 /// Opens authenticated chat connections (`?token=`) and waits for every `auth` reply (which may
 /// arrive in the same read as the upgrade's 101).
 fn login_all(net: &mut Net, o: &Opts, users: &[(u64, String)]) -> Result<(), String> {
-    for (_, token) in users {
-        net.connect(o.target, &format!("/ws?token={token}"))
+    for (i, (_, token)) in users.iter().enumerate() {
+        let node = if o.nodes.is_empty() {
+            o.target
+        } else {
+            o.nodes[i % o.nodes.len()]
+        };
+        net.connect(node, &format!("/ws?token={token}"))
             .map_err(|e| format!("connect: {e}"))?;
     }
     let mut authed = 0;
@@ -644,13 +682,14 @@ fn p2p(o: &Opts) -> Result<String, String> {
 /// loadgen itself, from /proc. A figure taken while loadgen's own core is full measures
 /// loadgen, so its CPU is always reported beside the server's.
 struct Meter {
-    pid: u32,
+    pids: Vec<u32>,
     start: Option<Snap>,
 }
 
 struct Snap {
     at: Instant,
-    server: f64,
+    /// Each server's CPU seconds, in the order of `--pid`.
+    server: Vec<f64>,
     me: f64,
     rx: u64,
     tx: u64,
@@ -673,7 +712,7 @@ fn cpu_secs(pid: &str) -> f64 {
 impl Meter {
     fn new(o: &Opts) -> Meter {
         Meter {
-            pid: o.pid,
+            pids: o.pids.iter().copied().filter(|p| *p > 0).collect(),
             start: None,
         }
     }
@@ -681,11 +720,7 @@ impl Meter {
     fn snap(&self, net: &Net) -> Snap {
         Snap {
             at: Instant::now(),
-            server: if self.pid > 0 {
-                cpu_secs(&self.pid.to_string())
-            } else {
-                0.0
-            },
+            server: self.pids.iter().map(|p| cpu_secs(&p.to_string())).collect(),
             me: cpu_secs("self"),
             rx: net.rx_bytes,
             tx: net.tx_bytes,
@@ -714,12 +749,22 @@ impl Meter {
             (b.tx - a.tx) as f64 / n,
             100.0 * (b.me - a.me) / secs
         );
-        if self.pid > 0 {
+        let used: Vec<f64> = b.server.iter().zip(&a.server).map(|(b, a)| b - a).collect();
+        let total: f64 = used.iter().sum();
+        if !used.is_empty() {
             out.push_str(&format!(
                 "; server CPU {:.2} us/msg ({:.0}% of a core)",
-                1e6 * (b.server - a.server) / n,
-                100.0 * (b.server - a.server) / secs
+                1e6 * total / n,
+                100.0 * total / secs
             ));
+        }
+        if used.len() > 1 {
+            let each: Vec<String> = used
+                .iter()
+                .zip(&self.pids)
+                .map(|(u, p)| format!("{p}: {:.0}%", 100.0 * u / secs))
+                .collect();
+            out.push_str(&format!(" [per node {}]", each.join(", ")));
         }
         out
     }
