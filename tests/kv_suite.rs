@@ -81,6 +81,15 @@ fn presence_suite(p: &dyn Presence) {
     p.set_online("node-a", &[1, 2]).unwrap();
     p.set_online("node-b", &[2, 3]).unwrap();
     assert_eq!(p.online(&[3, 1, 2, 4]).unwrap(), vec![3, 1, 2]);
+    // Where each is, in the input order (the bus routes a batch of pushes with one call).
+    assert_eq!(
+        p.nodes_by_user(&[2, 4, 1]).unwrap(),
+        vec![
+            vec!["node-a".to_string(), "node-b".to_string()],
+            vec![],
+            vec!["node-a".to_string()]
+        ]
+    );
     // Offline on one node, still online on the other.
     p.set_offline("node-b", 2).unwrap();
     assert_eq!(p.online(&[1, 2, 3]).unwrap(), vec![1, 2, 3]);

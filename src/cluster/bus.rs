@@ -697,15 +697,48 @@ fn read_loop<C>(
     }
 }
 
+/// The nodes of every user a batch's `Users` routes name.
+fn users_nodes(routing: &Routing, batch: &[Outgoing]) -> Result<HashMap<u64, Vec<String>>, String> {
+    let mut uids: Vec<u64> = batch
+        .iter()
+        .filter_map(|o| match &o.route {
+            Route::Users(u) => Some(u.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if uids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    let nodes = routing
+        .presence
+        .nodes_by_user(&uids)
+        .map_err(|e| e.to_string())?;
+    Ok(uids.into_iter().zip(nodes).collect())
+}
+
 /// The nodes each route names, resolved for one batch.
 fn resolve(
     routing: &Routing,
     conn: &mut redis::Connection,
     keys: &Keys,
     route: &Route,
+    by_user: &HashMap<u64, Vec<String>>,
 ) -> Result<Vec<String>, String> {
     let mut nodes = match route {
-        Route::Users(uids) => routing.presence.nodes_of(uids).map_err(|e| e.to_string())?,
+        Route::Users(uids) => {
+            let mut nodes: Vec<String> = uids
+                .iter()
+                .filter_map(|u| by_user.get(u))
+                .flatten()
+                .cloned()
+                .collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            nodes
+        }
         Route::Qr(ticket) => routing
             .cache
             .get(&format!("qr:{ticket}"))
@@ -777,10 +810,12 @@ fn publish_loop(
             let mut pipe = redis::pipe();
             let mut written = 0;
             let mut all: Option<Vec<String>> = None;
+            // Where every recipient of the batch is, in one round trip (not one per push).
+            let by_user = users_nodes(routing, &batch)?;
             for out in &batch {
                 let nodes = match (&out.route, &all) {
                     (Route::All, Some(nodes)) => nodes.clone(),
-                    _ => resolve(routing, c, keys, &out.route)?,
+                    _ => resolve(routing, c, keys, &out.route, &by_user)?,
                 };
                 if out.route == Route::All {
                     all = Some(nodes.clone());

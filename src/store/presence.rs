@@ -22,6 +22,11 @@ pub trait Presence: Send + Sync + 'static {
     /// The nodes holding a connection of any of `uids` (each once, sorted): where the bus
     /// routes a push for them.
     fn nodes_of(&self, uids: &[u64]) -> StoreResult<Vec<String>>;
+    /// The nodes of each of `uids` (each list sorted), in the input order: one round trip for a
+    /// batch of pushes to route.
+    fn nodes_by_user(&self, uids: &[u64]) -> StoreResult<Vec<Vec<String>>> {
+        uids.iter().map(|u| self.nodes_of(&[*u])).collect()
+    }
     /// Publishes this node's figures (its `connections`; its users come from `set_online`),
     /// valid for `ttl` (a node that stops reporting drops out of the totals), and returns the
     /// cluster's: every live node's figures and the distinct users online anywhere.

@@ -383,6 +383,25 @@ impl Presence for RedisKv {
         out.dedup();
         Ok(out)
     }
+
+    fn nodes_by_user(&self, uids: &[u64]) -> StoreResult<Vec<Vec<String>>> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for &uid in uids {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(self.key("presence", &uid.to_string()))
+                .arg(format!("({now}"))
+                .arg("+inf");
+        }
+        let mut lists: Vec<Vec<String>> = self.with_conn(|c| pipe.query(c))?;
+        for l in &mut lists {
+            l.sort();
+        }
+        Ok(lists)
+    }
 }
 
 impl SharedCache for RedisKv {
