@@ -82,19 +82,49 @@ fn on_refresh(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
 }
 
 /// Re-reports every user of this process now (the periodic refresh, and after the bus found
-/// Redis lost entries: presence was likely lost with them).
+/// Redis lost entries: presence was likely lost with them, and pushes from other nodes find
+/// nobody here until it is back, so a failed report is tried again every half second for a
+/// while instead of waiting for the next refresh).
 pub fn report_all(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
+    report_all_tries(app, ctx, 20);
+}
+
+fn report_all_tries(app: &mut App, ctx: &mut dyn Ctx<Completion>, tries: u32) {
     if app.chat.online.is_empty() || app.chat.shutting_down {
         return;
     }
     let uids: Vec<u64> = app.chat.online.keys().copied().collect();
-    update(app, ctx, "refresh", move |p, node| {
+    let node = app.node_id.clone();
+    let report = move |p: &dyn crate::store::presence::Presence| -> StoreResult<()> {
         // Bounded pipelines: one huge one would hold a connection (and Redis) for long.
         for chunk in uids.chunks(1000) {
-            p.set_online(node, chunk)?;
+            p.set_online(&node, chunk)?;
         }
         Ok(())
-    });
+    };
+    if app.backends.presence.is_local() {
+        if let Err(e) = report(&*app.backends.presence) {
+            log::warn!("presence refresh: {e}");
+        }
+        return;
+    }
+    let submitted = app.job(
+        ctx,
+        move |b| report(&*b.presence),
+        move |app, ctx, r| {
+            if let Err(e) = r {
+                log::warn!("presence refresh: {e}");
+                if tries > 1 {
+                    app.after(ctx, Duration::from_millis(500), move |app, ctx| {
+                        report_all_tries(app, ctx, tries - 1)
+                    });
+                }
+            }
+        },
+    );
+    if !submitted {
+        log::warn!("presence refresh: worker queue full; the next refresh repairs it");
+    }
 }
 
 /// Graceful shutdown: withdraw every user of this process at once.

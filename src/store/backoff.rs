@@ -1,7 +1,8 @@
 //! Reconnect backoff for a network service (MySQL, Redis). After a connection-level failure the
 //! service is treated as down and requests fail at once with "unavailable" instead of each one
 //! waiting for a connect timeout on a worker; after the backoff delay one request is let through
-//! to try again, and its success closes the breaker. Delays double from 100 ms up to 5 s.
+//! to try again, and its success closes the breaker. Delays double from 100 ms up to 5 s (MySQL)
+//! or 1 s (Redis: a probe costs nothing, and the cluster's live pushes wait for presence).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ const MAX_DELAY: Duration = Duration::from_secs(5);
 
 pub struct Backoff {
     service: &'static str,
+    max: Duration,
     state: Mutex<State>,
 }
 
@@ -22,8 +24,14 @@ struct State {
 
 impl Backoff {
     pub fn new(service: &'static str) -> Backoff {
+        Backoff::with_max(service, MAX_DELAY)
+    }
+
+    /// Delays capped at `max` instead of 5 s.
+    pub fn with_max(service: &'static str, max: Duration) -> Backoff {
         Backoff {
             service,
+            max,
             state: Mutex::new(State::default()),
         }
     }
@@ -47,7 +55,7 @@ impl Backoff {
             )),
             Some(_) => {
                 // Half-open: this caller probes; the others keep failing fast meanwhile.
-                s.retry_at = Some(Instant::now() + delay(s.failures));
+                s.retry_at = Some(Instant::now() + delay_max(s.failures, self.max));
                 Ok(())
             }
             None => Ok(()),
@@ -61,7 +69,7 @@ impl Backoff {
             log::warn!("{} connection lost: {why}", self.service);
         }
         s.failures = s.failures.saturating_add(1);
-        s.retry_at = Some(Instant::now() + delay(s.failures));
+        s.retry_at = Some(Instant::now() + delay_max(s.failures, self.max));
     }
 
     /// Records a success: the service is up.
@@ -83,9 +91,9 @@ impl Backoff {
     }
 }
 
-fn delay(failures: u32) -> Duration {
+fn delay_max(failures: u32, max: Duration) -> Duration {
     let shift = failures.saturating_sub(1).min(16);
-    (FIRST_DELAY * (1u32 << shift)).min(MAX_DELAY)
+    (FIRST_DELAY * (1u32 << shift)).min(max)
 }
 
 #[cfg(test)]
@@ -110,9 +118,15 @@ mod tests {
 
     #[test]
     fn delays_double_and_are_capped() {
+        let delay = |n| delay_max(n, MAX_DELAY);
         assert_eq!(delay(1), FIRST_DELAY);
         assert_eq!(delay(2), FIRST_DELAY * 2);
         assert_eq!(delay(4), FIRST_DELAY * 8);
         assert_eq!(delay(30), MAX_DELAY);
+        assert_eq!(
+            delay_max(30, Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(delay_max(2, Duration::from_secs(1)), FIRST_DELAY * 2);
     }
 }

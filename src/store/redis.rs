@@ -75,7 +75,7 @@ impl RedisKv {
             presence_ttl,
             idle: Mutex::new(Vec::new()),
             max_idle: max_idle.max(1),
-            backoff: Backoff::new("redis"),
+            backoff: Backoff::with_max("redis", std::time::Duration::from_secs(1)),
         };
         let pong: String = kv.with_conn(|c| redis::cmd("PING").query(c))?;
         if pong != "PONG" {
