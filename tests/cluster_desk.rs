@@ -208,6 +208,15 @@ fn the_desk_and_a_consultation_survive_the_death_of_the_node_holding_them() {
     a.child.wait().unwrap();
     let killed = Instant::now();
     let at_kill = r0 - killed.duration_since(t0).as_millis() as u64;
+    // A request forwarded to the dead node is answered by its own node after the forwarding
+    // timeout: 503, retry (not left hanging).
+    let r = w1.request(json!({ "cmd": "service_info" }));
+    assert_eq!(r["code"], 503, "{r}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        killed.elapsed()
+    );
     wait_for("another node takes the desk", || {
         matches!(desk_holder(&redis).as_deref(), Some("nb" | "nc"))
     });

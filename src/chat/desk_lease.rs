@@ -356,9 +356,7 @@ fn command(app: &mut App, ctx: &mut dyn Ctx<Completion>, node: &str, v: &Value, 
     let uid = field(v, "uid");
     let origin = Arc::new(Origin {
         node: node.to_string(),
-        key: u32::try_from(field(v, "key")).unwrap_or(u32::MAX),
-        gen: u32::try_from(field(v, "gen")).unwrap_or(u32::MAX),
-        uid,
+        fid: field(v, "fid"),
         bus,
     });
     let Ok(cmd) = proto::parse_command(&text) else {
@@ -415,11 +413,7 @@ fn not_mine(app: &mut App, ctx: &mut dyn Ctx<Completion>, origin: &str, v: &Valu
             code::UNAVAILABLE,
             "customer service is moving to another node, retry",
         );
-        let target = crate::cluster::bus::Target::Reply {
-            key: u32::try_from(field(v, "key")).unwrap_or(u32::MAX),
-            gen: u32::try_from(field(v, "gen")).unwrap_or(u32::MAX),
-            uid: field(v, "uid"),
-        };
+        let target = crate::cluster::bus::Target::Reply(field(v, "fid"));
         bus.publish_to_node(target, &text, node);
     }
 }

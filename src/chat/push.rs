@@ -2,11 +2,13 @@
 //! and, with the bus, the other processes'.
 
 use super::request::Pending;
+use crate::chat::state::Forwarded;
 use crate::cluster::bus::Target;
 use crate::net::{Ctx, Frame};
 use crate::proto::code;
 use crate::rt::{App, Completion};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// Sends one push to these users' connections on this process and, with the bus, on the others.
 pub(crate) fn push_users(app: &App, ctx: &mut dyn Ctx<Completion>, uids: &[u64], payload: &str) {
@@ -94,26 +96,77 @@ pub(crate) fn runs_on_desk(
     }
 }
 
+/// How long a forwarded command waits for the desk's node before it is answered 503 (retry):
+/// the node may have died with it (the lease moves within 8 s).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most commands waiting on the desk's node; more are answered 503 at once.
+const FORWARDED_MAX: usize = 65_536;
+
 /// Forwards a command of a connection here to the desk's node, which runs it and sends the
-/// replies back to the connection (`Target::Reply`). `command` is the command as a JSON object.
-pub(crate) fn forward_to_desk<C>(
-    app: &App,
-    ctx: &mut dyn Ctx<C>,
+/// reply back (`Target::Reply` with this node's number for it). `command` is the command as a
+/// JSON object.
+pub(crate) fn forward_to_desk(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
     p: &Pending,
     uid: u64,
     command: Value,
 ) {
-    let (Some(bus), Some(owner)) = (&app.bus, app.chat.role.owner.as_deref()) else {
-        p.reply_err(
-            ctx,
-            code::UNAVAILABLE,
-            "customer service is moving to another node, retry",
-        );
+    let owner = app.chat.role.owner.clone();
+    let (Some(bus), Some(owner)) = (&app.bus, owner) else {
+        p.reply_err(ctx, code::UNAVAILABLE, MOVING);
         return;
     };
+    if app.chat.forwarded.len() >= FORWARDED_MAX {
+        p.reply_err(ctx, code::UNAVAILABLE, "server busy, retry");
+        return;
+    }
+    app.chat.next_forward += 1;
+    let fid = app.chat.next_forward;
     let op = json!({
-        "op": "cmd", "node": app.node_id, "key": p.conn.key, "gen": p.conn.gen, "uid": uid,
+        "op": "cmd", "node": app.node_id, "fid": fid, "uid": uid,
         "agent": app.chat.agents.contains(&uid), "hops": 0, "cmd": command,
     });
-    bus.publish_to_node(Target::Desk, &op.to_string(), owner);
+    bus.publish_to_node(Target::Desk, &op.to_string(), &owner);
+    let timer = app.after(ctx, FORWARD_TIMEOUT, move |app, ctx| {
+        if let Some(f) = app.chat.forwarded.remove(&fid) {
+            let text = crate::proto::fail(
+                &f.cmd,
+                &f.req_id,
+                code::UNAVAILABLE,
+                "customer service did not answer (its node may be moving), retry",
+            );
+            deliver_forwarded_reply(app, ctx, &f, &text);
+        }
+    });
+    app.chat.forwarded.insert(
+        fid,
+        Forwarded {
+            conn: p.conn,
+            uid,
+            cmd: p.cmd.clone(),
+            req_id: p.req_id.clone(),
+            timer: Some(timer),
+        },
+    );
 }
+
+/// The reply to a forwarded command arrived: to its connection if it still speaks for the user
+/// (a reply after the timeout's 503 is dropped: the client retried).
+pub(crate) fn forwarded_reply(app: &mut App, ctx: &mut dyn Ctx<Completion>, fid: u64, text: &str) {
+    if let Some(mut f) = app.chat.forwarded.remove(&fid) {
+        if let Some(t) = f.timer.take() {
+            app.cancel(ctx, t);
+        }
+        deliver_forwarded_reply(app, ctx, &f, text);
+    }
+}
+
+fn deliver_forwarded_reply(app: &App, ctx: &mut dyn Ctx<Completion>, f: &Forwarded, text: &str) {
+    if app.chat.sessions.get(&f.conn).and_then(|s| s.uid) == Some(f.uid) {
+        ctx.send_text(f.conn, text);
+    }
+}
+
+/// The answer while no node is known to hold the desk.
+pub(crate) const MOVING: &str = "customer service is moving to another node, retry";

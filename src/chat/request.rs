@@ -40,12 +40,11 @@ pub const REMOTE: ConnId = ConnId {
     gen: u32::MAX,
 };
 
-/// Where a forwarded command came from: its node and connection, and the bus back to them.
+/// Where a forwarded command came from: its node, that node's number for it (it knows the
+/// connection), and the bus back.
 pub struct Origin {
     pub node: String,
-    pub key: u32,
-    pub gen: u32,
-    pub uid: u64,
+    pub fid: u64,
     pub bus: Publisher,
 }
 
@@ -67,14 +66,7 @@ impl Pending {
             None => {
                 ctx.send_text(self.conn, text);
             }
-            Some(o) => {
-                let target = Target::Reply {
-                    key: o.key,
-                    gen: o.gen,
-                    uid: o.uid,
-                };
-                o.bus.to_node(target, text, &o.node);
-            }
+            Some(o) => o.bus.to_node(Target::Reply(o.fid), text, &o.node),
         }
     }
 

@@ -68,13 +68,8 @@ pub fn deliver_remote(app: &mut App, ctx: &mut dyn Ctx<Completion>, env: Envelop
         Target::Group(gid) => {
             app.chat.groups.remove(&gid);
         }
-        // A forwarded command's reply, for its connection if it still speaks for the user.
-        Target::Reply { key, gen, uid } => {
-            let conn = ConnId { key, gen };
-            if app.chat.sessions.get(&conn).and_then(|s| s.uid) == Some(uid) {
-                ctx.send_text(conn, &env.payload);
-            }
-        }
+        // A forwarded command's reply.
+        Target::Reply(fid) => super::push::forwarded_reply(app, ctx, fid, &env.payload),
         // The composition root hands these to `chat::desk_op`.
         Target::Desk => {}
     }

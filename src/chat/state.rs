@@ -59,6 +59,10 @@ pub struct ChatState {
     pub consults: Consults,
     /// Who holds the desk and the consultations' clocks in a cluster, and what they know.
     pub role: DeskRole,
+    /// Commands of connections here forwarded to the desk's node, by number, until answered
+    /// or timed out.
+    pub forwarded: HashMap<u64, Forwarded>,
+    pub next_forward: u64,
     /// Agents' messages on their way to WeChat users.
     pub wechat_outbox: Outbox,
     pub office_hours: office_hours::OfficeHours,
@@ -81,6 +85,8 @@ impl ChatState {
             closed_order: std::collections::VecDeque::new(),
             consults: Consults::default(),
             role: DeskRole::default(),
+            forwarded: HashMap::new(),
+            next_forward: 0,
             wechat_outbox: Outbox::default(),
             // Validated with the config.
             office_hours: office_hours::OfficeHours::parse(
@@ -172,6 +178,16 @@ pub struct DeskRole {
     pub reported: HashMap<u64, bool>,
     /// On the desk's node: when each other node last reported (silent ones are dead).
     pub last_seen: HashMap<String, std::time::Instant>,
+}
+
+/// A command forwarded to the desk's node, waiting for its reply.
+pub struct Forwarded {
+    pub conn: ConnId,
+    pub uid: u64,
+    pub cmd: String,
+    pub req_id: Option<serde_json::Value>,
+    /// Answers 503 if the desk's node does not (it may have died with the command).
+    pub timer: Option<AppTimer>,
 }
 
 /// A user connected to other nodes, as the desk's node knows them.

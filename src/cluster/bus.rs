@@ -92,9 +92,9 @@ pub enum Target {
     /// (the payload, JSON; see `chat::desk_lease`), sent to the node holding the desk lease or,
     /// for its questions, to every live node.
     Desk,
-    /// A reply to a command forwarded to the desk's node: written to this connection (`key`,
-    /// `gen`) if it still speaks for `uid`.
-    Reply { key: u32, gen: u32, uid: u64 },
+    /// A reply to a command forwarded to the desk's node, by the forwarding node's number for
+    /// it (which knows the connection).
+    Reply(u64),
 }
 
 /// Which nodes a push is written to (see the module doc).
@@ -128,7 +128,7 @@ impl Route {
             Target::Friends(uids) => Route::Users(uids.clone()),
             Target::Group(_) => Route::All,
             // Always published to a node the caller names (or to all).
-            Target::Desk | Target::Reply { .. } => Route::None,
+            Target::Desk | Target::Reply(_) => Route::None,
         }
     }
 }
@@ -161,7 +161,7 @@ impl Envelope {
             }
             Target::Group(gid) => format!("g:{gid}"),
             Target::Desk => "d:".to_string(),
-            Target::Reply { key, gen, uid } => format!("a:{key}.{gen}:{uid}"),
+            Target::Reply(fid) => format!("a:{fid}"),
         };
         format!("{}\t{}\t{target}\t{}", self.origin, self.id, self.payload)
     }
@@ -197,13 +197,7 @@ impl Envelope {
         } else if target == "d:" {
             Target::Desk
         } else if let Some(a) = target.strip_prefix("a:") {
-            let (conn, uid) = a.split_once(':')?;
-            let (key, gen) = conn.split_once('.')?;
-            Target::Reply {
-                key: key.parse().ok()?,
-                gen: gen.parse().ok()?,
-                uid: uid.parse().ok()?,
-            }
+            Target::Reply(a.parse().ok()?)
         } else {
             // `r:` included: a resync is never carried between nodes.
             return None;
