@@ -356,6 +356,7 @@ test("customer service and a consultation across nodes: the desk's node is kill 
     assert.equal(before.running, true, `running before the kill: ${JSON.stringify(before)}`);
 
     // The desk's node dies without a goodbye, mid-session.
+    assert.equal(await cluster.deskHolder(), holder, 'the desk stayed on its node until the kill');
     const killStart = Date.now();
     await cluster.killNode(hi);
     killed = true;
