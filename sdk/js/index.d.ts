@@ -90,7 +90,8 @@ export interface ServiceInfoCustomer { session: null | { agent: number | null; p
 
 export interface Consultation {
   consult_id: number; conv_id: string; user: number; consultant: number;
-  remaining_s: number; total_s: number; ended: boolean; running: boolean;
+  /** rounded up to whole seconds; `remaining_ms` is the exact figure */
+  remaining_s: number; remaining_ms: number; total_s: number; ended: boolean; running: boolean;
 }
 
 /** The server's pushes, emitted as events named after their `cmd` (protocol-spec 2.4-2.11). */
@@ -265,7 +266,11 @@ export class WxChat extends Emitter<WxChatEvents> {
   pending(): PendingSend[];
   clearOutbox(): void;
 
-  /** Any command; resolves with the reply's data. */
+  /**
+   * Any command; resolves with the reply's data. `service_info`, `service_customer`,
+   * `consult_get` and `read` (which a cluster may run on another node) are sent again after a
+   * 503 and when unanswered for a third of `requestTimeout`, until the timeout.
+   */
   request<T = any>(cmd: string, fields?: object, opts?: { timeout?: number }): Promise<T>;
   ping(): Promise<{ time: number }>;
   sync(conv_id: string, after_seq?: number, limit?: number): Promise<Page>;

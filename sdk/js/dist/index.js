@@ -190,6 +190,10 @@ function sendOutcome(code) {
   return PERMANENT_SEND_CODES.has(code) ? "drop" : "retry";
 }
 var PERMANENT_SEND_CODES = /* @__PURE__ */ new Set([400, 403, 404, 409, 410, 413, 415]);
+var RETRIED_REQUESTS = /* @__PURE__ */ new Set(["service_info", "service_customer", "consult_get", "read"]);
+function requestOutcome(cmd, code) {
+  return code === 503 && RETRIED_REQUESTS.has(cmd) ? "retry" : "settle";
+}
 
 // src/storage.js
 function memoryStorage() {
@@ -470,6 +474,7 @@ var IDEMPOTENT = /* @__PURE__ */ new Set([
   "groups",
   "group_members",
   "service_info",
+  "service_customer",
   "consult_get",
   "ping"
 ]);
@@ -696,7 +701,10 @@ var WxChat = class extends Emitter {
    * carrying the reply's code. Made while not connected, it waits for the connection; either
    * way it rejects with code 'timeout' after `timeout` ms (default options.requestTimeout)
    * from the call. A lost connection resends idempotent commands and rejects the others with
-   * code 'disconnected'.
+   * code 'disconnected'. The customer-service reads that may run on another node
+   * (RETRIED_REQUESTS in rules.js) are also sent again after a 503 (after a backoff delay) and
+   * when unanswered for a third of requestTimeout; when the time is up after a 503, they
+   * reject with that 503.
    */
   request(cmd, fields = {}, { timeout } = {}) {
     return new Promise((resolve, reject) => {
@@ -704,12 +712,14 @@ var WxChat = class extends Emitter {
         reject(new WxChatError("closed", `WxChat: ${cmd}: not connected (call connect() first)`));
         return;
       }
-      const entry = { cmd, fields, resolve, reject, reqId: 0, timer: null };
+      const entry = { cmd, fields, resolve, reject, reqId: 0, timer: null, retry: null, attempt: null, refusals: 0, lastError: null };
       entry.timer = this._clock.setTimeout(() => {
+        entry.timer = null;
         this._inflight.delete(entry.reqId);
         const i = this._queue.indexOf(entry);
         if (i >= 0) this._queue.splice(i, 1);
-        reject(new WxChatError("timeout", `WxChat: ${cmd}: no reply in time`, { cmd }));
+        this._endRequest(entry);
+        reject(entry.lastError || new WxChatError("timeout", `WxChat: ${cmd}: no reply in time`, { cmd }));
       }, timeout || this.options.requestTimeout);
       if (this.state === "connected") this._dispatch(entry);
       else this._queue.push(entry);
@@ -1031,8 +1041,15 @@ var WxChat = class extends Emitter {
   _rejectAll(err) {
     for (const w of this._connectWaiters.splice(0)) w.reject(err);
     for (const entry of this._queue.splice(0)) {
-      this._clock.clearTimeout(entry.timer);
+      this._endRequest(entry);
       entry.reject(err);
+    }
+  }
+  /** Stops a public request's timers (it is being settled). */
+  _endRequest(entry) {
+    for (const name of ["timer", "retry", "attempt"]) {
+      if (entry[name] !== null) this._clock.clearTimeout(entry[name]);
+      entry[name] = null;
     }
   }
   /**
@@ -1117,27 +1134,68 @@ var WxChat = class extends Emitter {
   }
   /** Sends a public request on the connected socket. */
   _dispatch(entry) {
+    if (entry.retry !== null) {
+      this._clock.clearTimeout(entry.retry);
+      entry.retry = null;
+    }
     const reqId = this._nextReqId();
     entry.reqId = reqId;
-    this._inflight.set(reqId, {
+    const clearAttempt = () => {
+      if (entry.attempt !== null) this._clock.clearTimeout(entry.attempt);
+      entry.attempt = null;
+    };
+    const inflight = {
       onReply: (f) => {
-        this._clock.clearTimeout(entry.timer);
+        clearAttempt();
+        if (requestOutcome(entry.cmd, f.code) === "retry") {
+          entry.lastError = new WxChatError(f.code, f.msg || `${entry.cmd} failed`, { cmd: entry.cmd, data: f });
+          this._retryRequest(entry);
+          return;
+        }
+        this._endRequest(entry);
         if (f.code === 200) entry.resolve(f.data || {});
         else entry.reject(new WxChatError(f.code, f.msg || `${entry.cmd} failed`, { cmd: entry.cmd, data: f }));
       },
       onLost: () => {
+        clearAttempt();
         if (IDEMPOTENT.has(entry.cmd)) {
           this._queue.push(entry);
         } else {
-          this._clock.clearTimeout(entry.timer);
+          this._endRequest(entry);
           entry.reject(new WxChatError("disconnected", `${entry.cmd}: connection lost before the reply; it may or may not have run`, { cmd: entry.cmd }));
         }
       }
-    });
+    };
+    this._inflight.set(reqId, inflight);
     if (!this._sendRaw(__spreadProps(__spreadValues({}, entry.fields), { cmd: entry.cmd, req_id: reqId }))) {
       this._inflight.delete(reqId);
       this._queue.push(entry);
+      return;
     }
+    if (RETRIED_REQUESTS.has(entry.cmd)) {
+      entry.attempt = this._clock.setTimeout(() => {
+        entry.attempt = null;
+        if (this._inflight.get(reqId) !== inflight) return;
+        this._inflight.delete(reqId);
+        this._dispatch(entry);
+      }, Math.max(1, Math.floor(this.options.requestTimeout / 3)));
+    }
+  }
+  /**
+   * A request refused with 503 goes out again after a full-jitter delay; it waits in the queue
+   * meanwhile, so a lost connection, close() and its timeout treat it like any waiting request.
+   */
+  _retryRequest(entry) {
+    const delay = fullJitter(entry.refusals++, this.options.backoffBase, this.options.backoffCap, this._random);
+    this._queue.push(entry);
+    entry.retry = this._clock.setTimeout(() => {
+      entry.retry = null;
+      if (this.state !== "connected") return;
+      const i = this._queue.indexOf(entry);
+      if (i < 0) return;
+      this._queue.splice(i, 1);
+      this._dispatch(entry);
+    }, delay);
   }
   // ---------------------------------------------------------------------------------------
   // Outbox internals

@@ -16,7 +16,7 @@
 import { Emitter } from './emitter.js';
 import { fullJitter } from './backoff.js';
 import { WxChatError } from './errors.js';
-import { newTracker, holdMessage, addMessage, addPage, skipHole, takeRun, hasHole, startSeq, afterClose, sendOutcome } from './rules.js';
+import { newTracker, holdMessage, addMessage, addPage, skipHole, takeRun, hasHole, startSeq, afterClose, sendOutcome, requestOutcome, RETRIED_REQUESTS } from './rules.js';
 import { memoryStorage, webStorage, miniProgramStorage, readJson } from './storage.js';
 import { webSocketTransport, socketTaskTransport } from './transport.js';
 import { uploadFile } from './http.js';
@@ -30,7 +30,8 @@ const AUTH_FAILED = 4001;
  */
 const IDEMPOTENT = new Set([
   'sync', 'history', 'conversations', 'read', 'read_count', 'presence', 'friends',
-  'friend_requests', 'groups', 'group_members', 'service_info', 'consult_get', 'ping',
+  'friend_requests', 'groups', 'group_members', 'service_info', 'service_customer', 'consult_get',
+  'ping',
 ]);
 
 const DEFAULTS = {
@@ -287,7 +288,10 @@ export class WxChat extends Emitter {
    * carrying the reply's code. Made while not connected, it waits for the connection; either
    * way it rejects with code 'timeout' after `timeout` ms (default options.requestTimeout)
    * from the call. A lost connection resends idempotent commands and rejects the others with
-   * code 'disconnected'.
+   * code 'disconnected'. The customer-service reads that may run on another node
+   * (RETRIED_REQUESTS in rules.js) are also sent again after a 503 (after a backoff delay) and
+   * when unanswered for a third of requestTimeout; when the time is up after a 503, they
+   * reject with that 503.
    */
   request(cmd, fields = {}, { timeout } = {}) {
     return new Promise((resolve, reject) => {
@@ -295,12 +299,15 @@ export class WxChat extends Emitter {
         reject(new WxChatError('closed', `WxChat: ${cmd}: not connected (call connect() first)`));
         return;
       }
-      const entry = { cmd, fields, resolve, reject, reqId: 0, timer: null };
+      // timer: the whole request's; retry: the delay after a 503; attempt: no reply to this try.
+      const entry = { cmd, fields, resolve, reject, reqId: 0, timer: null, retry: null, attempt: null, refusals: 0, lastError: null };
       entry.timer = this._clock.setTimeout(() => {
+        entry.timer = null;
         this._inflight.delete(entry.reqId);
         const i = this._queue.indexOf(entry);
         if (i >= 0) this._queue.splice(i, 1);
-        reject(new WxChatError('timeout', `WxChat: ${cmd}: no reply in time`, { cmd }));
+        this._endRequest(entry);
+        reject(entry.lastError || new WxChatError('timeout', `WxChat: ${cmd}: no reply in time`, { cmd }));
       }, timeout || this.options.requestTimeout);
       if (this.state === 'connected') this._dispatch(entry);
       else this._queue.push(entry);
@@ -604,8 +611,16 @@ export class WxChat extends Emitter {
   _rejectAll(err) {
     for (const w of this._connectWaiters.splice(0)) w.reject(err);
     for (const entry of this._queue.splice(0)) {
-      this._clock.clearTimeout(entry.timer);
+      this._endRequest(entry);
       entry.reject(err);
+    }
+  }
+
+  /** Stops a public request's timers (it is being settled). */
+  _endRequest(entry) {
+    for (const name of ['timer', 'retry', 'attempt']) {
+      if (entry[name] !== null) this._clock.clearTimeout(entry[name]);
+      entry[name] = null;
     }
   }
 
@@ -699,27 +714,70 @@ export class WxChat extends Emitter {
 
   /** Sends a public request on the connected socket. */
   _dispatch(entry) {
+    if (entry.retry !== null) {
+      this._clock.clearTimeout(entry.retry);
+      entry.retry = null;
+    }
     const reqId = this._nextReqId();
     entry.reqId = reqId;
-    this._inflight.set(reqId, {
+    const clearAttempt = () => {
+      if (entry.attempt !== null) this._clock.clearTimeout(entry.attempt);
+      entry.attempt = null;
+    };
+    const inflight = {
       onReply: (f) => {
-        this._clock.clearTimeout(entry.timer);
+        clearAttempt();
+        if (requestOutcome(entry.cmd, f.code) === 'retry') {
+          entry.lastError = new WxChatError(f.code, f.msg || `${entry.cmd} failed`, { cmd: entry.cmd, data: f });
+          this._retryRequest(entry);
+          return;
+        }
+        this._endRequest(entry);
         if (f.code === 200) entry.resolve(f.data || {});
         else entry.reject(new WxChatError(f.code, f.msg || `${entry.cmd} failed`, { cmd: entry.cmd, data: f }));
       },
       onLost: () => {
+        clearAttempt();
         if (IDEMPOTENT.has(entry.cmd)) {
           this._queue.push(entry);
         } else {
-          this._clock.clearTimeout(entry.timer);
+          this._endRequest(entry);
           entry.reject(new WxChatError('disconnected', `${entry.cmd}: connection lost before the reply; it may or may not have run`, { cmd: entry.cmd }));
         }
       },
-    });
+    };
+    this._inflight.set(reqId, inflight);
     if (!this._sendRaw({ ...entry.fields, cmd: entry.cmd, req_id: reqId })) {
       this._inflight.delete(reqId);
       this._queue.push(entry);
+      return;
     }
+    if (RETRIED_REQUESTS.has(entry.cmd)) {
+      // Sent to a node that died before answering: no reply will ever come for this req_id.
+      entry.attempt = this._clock.setTimeout(() => {
+        entry.attempt = null;
+        if (this._inflight.get(reqId) !== inflight) return;
+        this._inflight.delete(reqId);
+        this._dispatch(entry);
+      }, Math.max(1, Math.floor(this.options.requestTimeout / 3)));
+    }
+  }
+
+  /**
+   * A request refused with 503 goes out again after a full-jitter delay; it waits in the queue
+   * meanwhile, so a lost connection, close() and its timeout treat it like any waiting request.
+   */
+  _retryRequest(entry) {
+    const delay = fullJitter(entry.refusals++, this.options.backoffBase, this.options.backoffCap, this._random);
+    this._queue.push(entry);
+    entry.retry = this._clock.setTimeout(() => {
+      entry.retry = null;
+      if (this.state !== 'connected') return; // sent with the queue when connected again
+      const i = this._queue.indexOf(entry);
+      if (i < 0) return;
+      this._queue.splice(i, 1);
+      this._dispatch(entry);
+    }, delay);
   }
 
   // ---------------------------------------------------------------------------------------

@@ -103,3 +103,21 @@ export function sendOutcome(code) {
  * is retried with the same client_msg_id, which the server deduplicates.
  */
 export const PERMANENT_SEND_CODES = new Set([400, 403, 404, 409, 410, 413, 415]);
+
+/**
+ * Requests the server may run on another node: in a cluster the customer-service desk's node
+ * answers `service_*`, `consult_get`, and `read` in service and consultation conversations
+ * (protocol-spec 2.10 "In a cluster"). While the desk moves (its node died: up to 8 s) such a
+ * request is refused with 503 ("customer service is moving to another node, retry"), or, sent
+ * to the node just lost, never answered. The ones that only read or repeat a state are sent
+ * again: after a 503, and when unanswered for a while on a live connection.
+ */
+export const RETRIED_REQUESTS = new Set(['service_info', 'service_customer', 'consult_get', 'read']);
+
+/**
+ * A request's reply: 'settle' (resolve with 200, reject otherwise) or 'retry' (send it again
+ * after a backoff delay, within the request's timeout).
+ */
+export function requestOutcome(cmd, code) {
+  return code === 503 && RETRIED_REQUESTS.has(cmd) ? 'retry' : 'settle';
+}

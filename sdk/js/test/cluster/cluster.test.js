@@ -10,6 +10,12 @@
 // 2. Redis is killed and restarted empty mid-traffic: no acknowledged message is lost and live
 //    pushes resume with no client reconnecting.
 // 3. An image uploaded through node A is served by node B (and through nginx).
+// 4. Customer service and a timed consultation across nodes: an agent on node A and a visitor on
+//    node B complete a session through the desk's node (the holder of the Redis desk lease, a
+//    third node); two customers wait in the queue; a consultation runs between users on A and
+//    B. The desk's node is `kill -9`ed mid-session: another node takes the lease, and the
+//    session, the queue positions and the consultation's remaining time (within 1 s) survive
+//    there, with no client reconnecting (they are on A and B). The killed node is restarted.
 //
 // The harness (harness.js) is shared: a further scenario is one more test() on `cluster`.
 import { test, before, after } from 'node:test';
@@ -19,8 +25,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { until } from '../helpers/wait.js';
+import { createVisitor } from '../../src/index.js';
 import {
   Cluster,
+  eventually,
+  waitPush,
   setupConversations,
   describePlacement,
   startTraffic,
@@ -33,7 +42,9 @@ let cluster;
 const note = (msg) => console.log(msg);
 
 before(async () => {
-  cluster = await Cluster.start({ log: note });
+  // The customer-service scenario: one customer per agent (so two more queue) and the
+  // consultations' time saved every second (what a takeover may count again).
+  cluster = await Cluster.start({ log: note, extraToml: '[service]\nmax_sessions_per_agent = 1\n[consult]\nsave_every_s = 1\n' });
 }, { timeout: 120000 });
 
 after(async () => {
@@ -245,4 +256,208 @@ test('an image uploaded through node A is served by node B (and through nginx), 
   assert.deepEqual(Buffer.from(await res.arrayBuffer()), bytes);
   t.diagnostic(`${bytes.length} bytes uploaded through ${A.id} (${A.addr}), served by ${B.id} (${B.addr}) and nginx`);
   cluster.closeClients();
+});
+
+/** `p`, or a rejection naming `what` when it has not settled within `ms`. */
+function within(p, ms, what) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not settled after ${ms} ms`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+test("customer service and a consultation across nodes: the desk's node is kill -9ed mid-session; the session, the queue positions and the consultation's remaining time survive on the new holder", { timeout: 150000 }, async (t) => {
+  // Every node runs (the first scenario restarted its victim) and one holds the desk.
+  const holder = await eventually(async () => {
+    const h = await cluster.deskHolder();
+    return h && cluster.isRunning(cluster.nodeIndex(h)) ? h : null;
+  }, { what: 'a running node holding the desk lease', timeout: 15000 });
+  const hi = cluster.nodeIndex(holder);
+  const [A, B] = cluster.nodes.filter((n) => n.index !== hi && cluster.isRunning(n.index));
+  assert.ok(A && B, `two running nodes besides the desk's ${holder}`);
+  t.diagnostic(`desk on ${holder}; agent, second customer and patient on ${A.id}; visitor, first customer and consultant on ${B.id}`);
+
+  // Acknowledged sends by conversation (seq -> {msg_id, from, text}), for deliveryProblems.
+  const ledger = new Map();
+  const say = async (c, toId, text, chatType = 2) => {
+    const ack = await c.chat.send({ chat_type: chatType, to_id: toId, msg_type: 0, msg: text });
+    if (!ledger.has(ack.conv_id)) ledger.set(ack.conv_id, new Map());
+    ledger.get(ack.conv_id).set(ack.seq, { msg_id: ack.msg_id, from: c.uid, text });
+    return { ...ack, at: Date.now() };
+  };
+  const heard = (c, conv, text) =>
+    until(() => (c.got.get(conv) || []).find((m) => m.msg === text && m.from_id !== c.uid), { what: `${c.name} to receive ${JSON.stringify(text)} in ${conv}`, timeout: 20000 });
+  let killed = false;
+
+  try {
+    // The agent, on A. The desk knows them once their node has reported them (a forwarded
+    // command of theirs also says they are an agent): service_info answers as to an agent.
+    const ag = await cluster.api('user', { app_uid: 'desk-agent', name: 'desk-agent', user_type: 1 }, A.index);
+    const agent = await cluster.client({ name: 'agent', uid: ag.uid, token: ag.token }, { url: A.wsUrl });
+    const info0 = await agent.chat.serviceInfo();
+    assert.equal(info0.status, 'available', `the agent as the desk sees them: ${JSON.stringify(info0)}`);
+
+    // An anonymous visitor (created through nginx), on B, writes and is served by the agent.
+    const v = await createVisitor({ baseUrl: cluster.nginx.httpUrl });
+    const visitor = await cluster.client({ name: 'visitor', uid: v.uid, token: v.token }, { url: B.wsUrl });
+    const conv = `s_${v.uid}`;
+    let since = Date.now();
+    await say(visitor, 0, '你好');
+    const assigned = await waitPush(visitor, 'service', (d) => d.event === 'assigned', { since });
+    assert.equal(assigned.data.agent, agent.uid, 'the visitor is served by the agent');
+    await waitPush(agent, 'service', (d) => d.event === 'assigned' && d.customer === v.uid, { since });
+    await heard(agent, conv, '你好');
+    await say(agent, v.uid, '您好，请讲');
+    await heard(visitor, conv, '您好，请讲');
+
+    // Two customers wait: the agent takes one at a time.
+    const [u1, u2] = await cluster.createUsers('desk-w', 2);
+    const w1 = await cluster.client(u1, { url: B.wsUrl });
+    const w2 = await cluster.client(u2, { url: A.wsUrl });
+    since = Date.now();
+    await say(w1, 0, '排队1');
+    assert.equal((await waitPush(w1, 'service', (d) => d.event === 'queued', { since })).data.position, 1, 'the first customer waits first');
+    await say(w2, 0, '排队2');
+    assert.equal((await waitPush(w2, 'service', (d) => d.event === 'queued', { since })).data.position, 2, 'the second customer waits second');
+
+    // A consultation between a patient on A and a consultant on B, created through A's API.
+    const [pu, du] = await cluster.createUsers('desk-c', 2);
+    const patient = await cluster.client(pu, { url: A.wsUrl });
+    const doctor = await cluster.client(du, { url: B.wsUrl });
+    since = Date.now();
+    const created = await cluster.api('consult_create', { user: pu.uid, consultant: du.uid, seconds: 600 }, A.index);
+    const id = created.consult_id;
+    const cconv = `c_${id}`;
+    for (const c of [patient, doctor]) {
+      await waitPush(c, 'consult', (d) => d.consult_id === id && d.event === 'running', { since, what: `consultation ${id} running for ${c.name}` });
+    }
+    await say(patient, id, '医生好', 3);
+    await heard(doctor, cconv, '医生好');
+    // Its clock has run and been saved (every second) at least twice: wait for a save to land
+    // (after the previous look began).
+    let seen = null;
+    const saved = await eventually(() => {
+      const at = Date.now();
+      const st = cluster.storedConsult(id);
+      const landed = st && seen && st.remaining_ms < seen.st.remaining_ms && st.remaining_ms <= st.total_ms - 2000;
+      const prev = seen;
+      seen = { st, at };
+      return landed ? { ...st, after: prev.at } : null;
+    }, { what: `consultation ${id}'s used time saved at least twice`, timeout: 15000, every: 25 });
+    // The kill comes half a save period after that save, not right after one: the takeover then
+    // counts again the use not saved yet (half a second or a little more), within the 1 s allowed.
+    await sleep(500 - (Date.now() - saved.after));
+
+    const clients = [agent, visitor, w1, w2, patient, doctor];
+    const sent0 = Date.now();
+    const before = await patient.chat.consultGet(id);
+    const t0 = Date.now();
+    assert.equal(before.running, true, `running before the kill: ${JSON.stringify(before)}`);
+
+    // The desk's node dies without a goodbye, mid-session.
+    assert.equal(await cluster.deskHolder(), holder, 'the desk stayed on its node until the kill');
+    const killStart = Date.now();
+    await cluster.killNode(hi);
+    killed = true;
+    const killedAt = Date.now();
+    // Meanwhile both sides write and the agent asks the desk: their nodes forward to the dead
+    // node (no reply) or refuse with 503 while the lease moves; the SDK sends again.
+    const midVisitor = say(visitor, 0, '在吗？');
+    const midAgent = say(agent, v.uid, '我在，稍等');
+    const midInfo = agent.chat.request('service_info', {}, { timeout: 30000 }).then((d) => ({ ...d, at: Date.now() }));
+    midInfo.catch(() => {}); // awaited below; rejected by closeClients() if the test fails first
+    // What the dead node had saved: where the new holder resumes.
+    const savedAtKill = cluster.storedConsult(id);
+
+    const newHolder = await eventually(async () => {
+      const h = await cluster.deskHolder();
+      return h && h !== holder ? h : null;
+    }, { what: `another node to take the desk lease from ${holder}`, timeout: 20000, every: 50 });
+    const tookMs = Date.now() - killedAt;
+    assert.ok([A.id, B.id].includes(newHolder), `the new holder ${newHolder} is a surviving node`);
+    assert.ok(tookMs < 10000, `the desk moved ${tookMs} ms after the kill`);
+
+    // The consultation runs again on the new holder with the time it had left: saved every
+    // second, so at most one second of use is counted again, and none while nobody held it.
+    const resumed = await waitPush(patient, 'consult', (d) => d.consult_id === id && d.event === 'running', { since: killedAt, timeout: 20000, what: `consultation ${id} running again after the kill` });
+    await waitPush(doctor, 'consult', (d) => d.consult_id === id && d.event === 'running', { since: killedAt, timeout: 10000, what: `consultation ${id} running again for the consultant` });
+    const after = await patient.chat.consultGet(id);
+    const got1 = Date.now();
+    assert.equal(after.running, true, `running after the takeover: ${JSON.stringify(after)}`);
+    // The remaining time at the kill, from before's figure (computed between sent0 and t0) and
+    // the kill (between killStart and killedAt): at most / at least.
+    const atKillMax = before.remaining_ms - (killStart - t0);
+    const atKillMin = before.remaining_ms - (killedAt - sent0);
+    const ran = got1 - resumed.at;
+    const r1 = after.remaining_ms;
+    t.diagnostic(
+      `desk lease moved ${holder} -> ${newHolder} ${tookMs} ms after the kill; consultation running again ${resumed.at - killedAt} ms after it; ` +
+        `remaining ${atKillMin}-${atKillMax} ms at the kill, ${r1} ms ${ran} ms after running again ` +
+        `(counted again: ${r1 + ran - atKillMax}..${r1 + ran - atKillMin} ms; not saved at the kill: ${savedAtKill.remaining_ms - atKillMax}..${savedAtKill.remaining_ms - atKillMin} ms; ` +
+        `resumed from ${r1 + ran} ms, saved ${savedAtKill.remaining_ms} ms)`,
+    );
+    assert.ok(r1 <= atKillMax + 1000, `remaining ${r1} ms after the takeover, at most ${atKillMax} ms at the kill: more than 1 s of use given back`);
+    assert.ok(r1 >= atKillMin - ran - 1000, `remaining ${r1} ms ${ran} ms after the takeover, at least ${atKillMin} ms at the kill: time counted while nobody held the desk`);
+
+    // What was written and asked during the takeover went through, exactly once.
+    const [ackV, ackA, info] = await within(Promise.all([midVisitor, midAgent, midInfo]), 30000, 'the sends and service_info made during the takeover');
+    await heard(agent, conv, '在吗？');
+    await heard(visitor, conv, '我在，稍等');
+    t.diagnostic(`during the takeover: the visitor's send acked ${ackV.at - killedAt} ms after the kill, the agent's ${ackA.at - killedAt} ms, service_info answered ${info.at - killedAt} ms`);
+    assert.deepEqual(info.customers, [v.uid], `the agent's customers on the new desk: ${JSON.stringify(info)}`);
+
+    // The session is still the agent's: the visitor and the agent go on talking.
+    await say(visitor, 0, '还在吗');
+    await heard(agent, conv, '还在吗');
+    await say(agent, v.uid, '在的');
+    await heard(visitor, conv, '在的');
+    await say(doctor, id, '请讲', 3);
+    await heard(patient, cconv, '请讲');
+    const ai = await agent.chat.serviceInfo();
+    assert.deepEqual(ai.customers, [v.uid], `agent's service_info: ${JSON.stringify(ai)}`);
+    assert.equal(ai.queue_length, 2, `agent's service_info: ${JSON.stringify(ai)}`);
+    assert.deepEqual(ai.waiting, [u1.uid, u2.uid], 'the queue kept its order');
+
+    // The queue kept its positions.
+    const i1 = await w1.chat.serviceInfo();
+    const i2 = await w2.chat.serviceInfo();
+    assert.equal(i1.session && i1.session.position, 1, `first customer: ${JSON.stringify(i1)}`);
+    assert.equal(i2.session && i2.session.position, 2, `second customer: ${JSON.stringify(i2)}`);
+
+    // Closing the visitor's session hands the agent the first customer waiting.
+    since = Date.now();
+    const closed = await agent.chat.serviceClose(v.uid);
+    assert.equal(closed.customer, v.uid);
+    assert.equal((await waitPush(w1, 'service', (d) => d.event === 'assigned', { since })).data.agent, agent.uid, 'the first customer is served next');
+    assert.equal((await waitPush(w2, 'service', (d) => d.event === 'queued', { since })).data.position, 1, 'the second customer moves up');
+    await waitPush(visitor, 'service', (d) => d.event === 'closed', { since });
+    await waitPush(agent, 'service', (d) => d.event === 'assigned' && d.customer === u1.uid, { since });
+    await say(agent, u1.uid, '您好，久等了');
+    await heard(w1, `s_${u1.uid}`, '您好，久等了');
+
+    // Every acknowledged message reached both sides exactly once, in order.
+    const members = new Map([
+      [conv, [v.uid, agent.uid]],
+      [cconv, [pu.uid, du.uid]],
+      [`s_${u1.uid}`, [u1.uid, agent.uid]],
+      [`s_${u2.uid}`, [u2.uid]],
+    ]);
+    await waitDelivered(clients, ledger, members, { timeout: 20000 });
+    assert.deepEqual(deliveryProblems(clients, ledger, members), [], 'delivery problems');
+    const refusals = clients.map((c) => Object.entries(c.replies).filter(([k]) => !k.endsWith(':200')).map(([k, n]) => `${k} x${n}`).join(' ')).filter(Boolean);
+    t.diagnostic(`replies other than 200: ${refusals.join('; ') || 'none'}`);
+    // Nobody was on the dead node: the kill tested forwarding and the takeover, not reconnecting.
+    for (const c of clients) {
+      assert.equal(c.opens, 1, `${c.name} opened another socket: ${JSON.stringify(c.states)}`);
+      assert.deepEqual(c.states.map((st) => st.state), ['connecting', 'connected'], `${c.name} never left 'connected'`);
+    }
+  } catch (err) {
+    err.message = withLogs(err.message);
+    throw err;
+  } finally {
+    cluster.closeClients();
+    // The node comes back for any scenario after this one.
+    if (killed) await cluster.restartNode(hi);
+  }
 });

@@ -23,13 +23,17 @@
 //   dataDir}) and cluster.nginx ({wsUrl, httpUrl});
 //   cluster.api(action, body, i) (the server API of node i), createUsers(), befriendAll();
 //   cluster.client(user, {url, options}) (an instrumented, connected SDK client; through nginx by
-//   default, `url: cluster.nodes[i].wsUrl` pins it to a node), closeClient(), closeClients();
+//   default, `url: cluster.nodes[i].wsUrl` pins it to a node; c.pushes records the service,
+//   consult... pushes for waitPush(), c.replies counts replies by cmd:code), closeClient(),
+//   closeClients();
 //   cluster.whereAre(uids), placement(users) (which node holds whom, from Redis presence),
-//   nodeOnline(), storedCounts(convIds) (MySQL);
+//   deskHolder() (the node id holding the customer-service desk lease), nodeIndex(id),
+//   isRunning(i), nodeOnline(), storedCounts(convIds), storedConsult(id) (MySQL);
 //   cluster.killNode(i) (SIGKILL), restartNode(i), killRedis(), restartRedis(), health(i),
 //   waitHealthy(), nodeLogs(), nginxErrors();
 //   setupConversations() (users, a group, cross-node pairs), startTraffic(), waitDelivered(),
-//   deliveryProblems().
+//   deliveryProblems(); eventually(asyncProbe) and waitPush(c, cmd, pred, {since}) to wait.
+// Tokens live in Redis: a scenario after the Redis restart creates its users itself.
 
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -53,6 +57,42 @@ const NGINX_FAIL_TIMEOUT_MS = 10000;
 const MYSQL = { host: '127.0.0.1', port: 3306, user: 'root' };
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Polls the async `probe` every `every` ms until it returns a truthy value (resolved with it);
+ * rejects after `timeout` ms naming `what` and the last value or error `probe` gave.
+ */
+export async function eventually(probe, { what = 'condition', timeout = 10000, every = 100 } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v) return v;
+      last = v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      const seen = last instanceof Error ? `${last.code !== undefined ? `${last.code} ` : ''}${last.message}` : JSON.stringify(last);
+      throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${seen})`);
+    }
+    await sleep(every);
+  }
+}
+
+/**
+ * The first push of `cmd` to client `c` (see Cluster.client: c.pushes) received at or after
+ * `since` (ms) whose data satisfies `pred`: {at, cmd, data}. Rejects after `timeout` ms with the
+ * pushes of that kind it did get.
+ */
+export function waitPush(c, cmd, pred = () => true, { since = 0, timeout = 15000, what } = {}) {
+  const find = () => c.pushes.find((p) => p.cmd === cmd && p.at >= since && pred(p.data));
+  return until(find, { what: what || `a ${cmd} push to ${c.name}`, timeout, every: 20 }).catch((err) => {
+    const got = c.pushes.filter((p) => p.cmd === cmd && p.at >= since).map((p) => JSON.stringify(p.data));
+    throw new Error(`${err.message}; ${c.name}'s ${cmd} pushes since then: ${got.join(' ') || 'none'}`);
+  });
+}
 
 // ---------------------------------------------------------------------------------------------
 // Cleanup at exit
@@ -763,6 +803,31 @@ export class Cluster {
   }
 
   /**
+   * The node holding the customer-service desk (src/chat/desk_lease.rs): the value of the Redis
+   * key `lease:desk`, a node id; null when nobody holds it or Redis is down.
+   */
+  async deskHolder() {
+    try {
+      const [holder] = await redisCommands(this.hostAddr, this.redis.port, [['GET', `${this.prefix}lease:desk`]]);
+      return holder;
+    } catch {
+      return null;
+    }
+  }
+
+  /** The index of the node with this id (cluster.nodes[i].id). */
+  nodeIndex(id) {
+    const i = this.nodes.findIndex((n) => n.id === id);
+    if (i < 0) throw new Error(`no node ${JSON.stringify(id)} (nodes ${this.nodes.map((n) => n.id).join(' ')})`);
+    return i;
+  }
+
+  /** Whether node i's process runs. */
+  isRunning(i) {
+    return running(this.nodes[i].child);
+  }
+
+  /**
    * Waits until every user is present on exactly one node (not `excluding`) and returns
    * {byUser: Map uid -> node id, byNode: Map node id -> [users]}.
    */
@@ -812,12 +877,21 @@ export class Cluster {
     return counts;
   }
 
+  /** A consultation as stored in MySQL (what its clock saved): {remaining_ms, total_ms, state}, or null. */
+  storedConsult(id) {
+    const out = mysqlExec(`SELECT remaining_ms, total_ms, state FROM \`${this.dbName}\`.consultations WHERE id = ${Number(id)}`).trim();
+    if (!out) return null;
+    const [remaining, total, state] = out.split('\t').map(Number);
+    return { remaining_ms: remaining, total_ms: total, state };
+  }
+
   /**
    * A connected SDK client for `user` through nginx (or `url`), instrumented: `got` (messages
    * emitted, per conversation), `states` (state changes with times), `opens` (sockets opened),
-   * `frames` (frames received by cmd), `livePushes` ({at, from, conv, seq} of each live message
-   * frame), `resyncs` (times of resync pushes) and `syncTimes` (when the SDK itself sent a
-   * `sync`).
+   * `frames` (frames received by cmd), `replies` (replies by `cmd:code`), `pushes` ({at, cmd,
+   * data} of every push but `message`: `service`, `consult`...; see waitPush), `livePushes`
+   * ({at, from, conv, seq} of each live message frame), `resyncs` (times of resync pushes) and
+   * `syncTimes` (when the SDK itself sent a `sync`).
    */
   async client(user, { url = this.nginx.wsUrl, options = {} } = {}) {
     const inner = webSocketTransport(WebSocket);
@@ -829,6 +903,8 @@ export class Cluster {
       states: [],
       opens: 0,
       frames: {},
+      replies: {},
+      pushes: [],
       livePushes: [],
       syncTimes: [],
       resyncs: [],
@@ -844,6 +920,12 @@ export class Cluster {
               const f = JSON.parse(text);
               const key = f.code === undefined ? f.cmd : `${f.cmd}:reply`;
               c.frames[key] = (c.frames[key] || 0) + 1;
+              if (f.code !== undefined) {
+                const rk = `${f.cmd}:${f.code}`;
+                c.replies[rk] = (c.replies[rk] || 0) + 1;
+              } else if (f.cmd !== 'message' && typeof f.cmd === 'string') {
+                c.pushes.push({ at: Date.now(), cmd: f.cmd, data: f.data || {} });
+              }
               if (f.cmd === 'message' && f.code === undefined && f.data) c.livePushes.push({ at: Date.now(), from: f.data.from_id, conv: f.data.conv_id, seq: f.data.seq });
               if (f.cmd === 'resync') c.resyncs.push(Date.now());
             } catch {

@@ -27,6 +27,7 @@ async function main() {
   await chat.serviceRate(1, 5, 'good');
   const c = await chat.consultGet(3);
   c.running;
+  const left: number = c.remaining_ms;
   // @ts-expect-error chat_type is required
   await chat.send({ to_id: 2, msg_type: 0, msg: 'hi' });
   // @ts-expect-error ratings are 1-5

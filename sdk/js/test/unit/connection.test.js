@@ -196,6 +196,93 @@ test('a lost connection resends idempotent requests and rejects the others with 
   assert.equal(c.server.last.sentOf('history').length, 1);
 });
 
+test('customer-service reads refused with 503 (the desk moving between nodes) are sent again after a backoff delay', async () => {
+  const c = setup({ backoffBase: 500, backoffCap: 4000, requestTimeout: 15000 });
+  c.chat.connect();
+  await accept(c);
+  let refusals = 2;
+  c.server.replyOverride = (f) => {
+    if (f.cmd !== 'consult_get') return undefined;
+    if (refusals-- > 0) return { cmd: f.cmd, req_id: f.req_id, code: 503, msg: 'customer service is moving to another node, retry' };
+    return { cmd: f.cmd, req_id: f.req_id, code: 200, data: { consult_id: f.consult_id, remaining_ms: 1234 } };
+  };
+  const got = c.chat.consultGet(9);
+  await flush();
+  const s = c.server.last;
+  assert.equal(s.sentOf('consult_get').length, 1);
+  await c.clock.advance(249); // random 0.5 x min(4000, 500 * 2^0)
+  assert.equal(s.sentOf('consult_get').length, 1, 'not before the backoff delay');
+  await c.clock.advance(1);
+  assert.equal(s.sentOf('consult_get').length, 2);
+  await c.clock.advance(500); // 0.5 x 1000
+  assert.equal(s.sentOf('consult_get').length, 3);
+  assert.deepEqual(await got, { consult_id: 9, remaining_ms: 1234 });
+  // Commands that cannot be repeated safely reject with the 503 at once.
+  c.server.replyOverride = (f) => (f.cmd === 'service_close' ? { cmd: f.cmd, req_id: f.req_id, code: 503, msg: 'customer service is moving to another node, retry' } : undefined);
+  await assert.rejects(c.chat.serviceClose(5), (e) => e.code === 503);
+  assert.equal(s.sentOf('service_close').length, 1);
+});
+
+test('a customer-service read unanswered (sent to a node that died) goes out again after a third of requestTimeout; still refused at the timeout, it rejects with the 503', async () => {
+  const c = setup({ backoffBase: 500, backoffCap: 1000, requestTimeout: 15000 });
+  c.chat.connect();
+  await accept(c);
+  c.server.hold.add('service_info');
+  const info = c.chat.serviceInfo();
+  await flush();
+  const s = c.server.last;
+  await c.clock.advance(4999);
+  assert.equal(s.sentOf('service_info').length, 1);
+  await c.clock.advance(1);
+  assert.equal(s.sentOf('service_info').length, 2, 'sent again after 5 s without a reply');
+  assert.notEqual(s.sentOf('service_info')[1].req_id, s.sentOf('service_info')[0].req_id);
+  // The late reply to the first try is ignored; the second try's settles it.
+  c.server.hold.clear();
+  s.release('service_info');
+  assert.deepEqual(await info, {});
+  assert.equal(c.clock.pending().length, 1, 'only the heartbeat is left');
+
+  // Refused until the request's own time is up: the 503 is what the caller learns.
+  c.server.replyOverride = (f) => (f.cmd === 'service_info' ? { cmd: f.cmd, req_id: f.req_id, code: 503, msg: 'customer service is moving to another node, retry' } : undefined);
+  const refused = assert.rejects(c.chat.request('service_info', {}, { timeout: 3000 }), (e) => e.code === 503 && /moving/.test(e.message));
+  await flush();
+  assert.ok(s.sentOf('service_info').length > 2, 'refused at once');
+  await c.clock.advance(3000);
+  await refused;
+  const tries = s.sentOf('service_info').length;
+  await c.clock.advance(60000);
+  assert.equal(s.sentOf('service_info').length, tries, 'no try after the timeout');
+  // Other commands never go out twice on a live connection.
+  c.server.hold.add('friends');
+  const friends = assert.rejects(c.chat.friends(), (e) => e.code === 'timeout');
+  await c.clock.advance(15000);
+  await friends;
+  assert.equal(s.sentOf('friends').length, 1);
+});
+
+test('a customer-service read waiting to be retried rejects with closed on close(), and goes out on the next connection after a disconnect', async () => {
+  const c = setup({ backoffBase: 1000, backoffCap: 8000, requestTimeout: 30000 });
+  c.chat.connect();
+  await accept(c);
+  let refuse = true;
+  c.server.replyOverride = (f) => (f.cmd === 'consult_get' && refuse ? { cmd: f.cmd, req_id: f.req_id, code: 503, msg: 'busy' } : undefined);
+  const got = c.chat.consultGet(3);
+  await flush();
+  c.server.last.serverClose(1006);
+  refuse = false;
+  await nextSocket(c);
+  await accept(c);
+  assert.deepEqual(await got, {});
+  assert.equal(c.server.last.sentOf('consult_get').length, 1, 'sent once on the new connection');
+
+  refuse = true;
+  const closed = assert.rejects(c.chat.consultGet(3), (e) => e.code === 'closed');
+  await flush();
+  c.chat.close();
+  await closed;
+  assert.deepEqual(c.clock.pending(), [], 'no timer left behind');
+});
+
 test('close() stops everything: state closed, no reconnect, pending requests reject', async () => {
   const c = setup();
   c.chat.connect();

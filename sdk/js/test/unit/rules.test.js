@@ -1,7 +1,7 @@
 // The pure rules of rules.js, with no client, socket or clock.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { newTracker, holdMessage, addMessage, addPage, skipHole, takeRun, hasHole, startSeq, afterClose, sendOutcome } from '../../src/rules.js';
+import { newTracker, holdMessage, addMessage, addPage, skipHole, takeRun, hasHole, startSeq, afterClose, sendOutcome, requestOutcome } from '../../src/rules.js';
 
 const m = (seq) => ({ seq, msg_id: 100 + seq });
 const seqs = (run) => run.map((x) => x.seq);
@@ -73,4 +73,15 @@ test('sendOutcome: permanent codes drop, the rest retry', () => {
   assert.equal(sendOutcome(200), 'ack');
   for (const code of [400, 403, 404, 409, 410, 413, 415]) assert.equal(sendOutcome(code), 'drop', String(code));
   for (const code of [401, 429, 500, 502, 503]) assert.equal(sendOutcome(code), 'retry', String(code));
+});
+
+test('requestOutcome: the customer-service reads that may run on another node retry a 503, nothing else does', () => {
+  for (const cmd of ['service_info', 'service_customer', 'consult_get', 'read']) {
+    assert.equal(requestOutcome(cmd, 503), 'retry', cmd);
+    for (const code of [200, 400, 403, 404, 429, 500]) assert.equal(requestOutcome(cmd, code), 'settle', `${cmd} ${code}`);
+  }
+  // Not repeatable (a second close or accept answers 404), or not the desk's.
+  for (const cmd of ['service_close', 'service_accept', 'service_transfer', 'service_rate', 'service_status', 'sync', 'group_create']) {
+    assert.equal(requestOutcome(cmd, 503), 'settle', cmd);
+  }
 });
