@@ -9,11 +9,14 @@
 //! Layer: below the state owner (`rt`), generic over the completion type; imports only the
 //! codecs (`ws`, `http`), `config` and `logger`.
 
+pub mod connmap;
 pub mod fd_limit;
 pub mod memory;
 pub mod outqueue;
 pub mod reactor;
 pub mod timer;
+
+pub use connmap::ConnMap;
 
 use crate::http;
 use std::fmt;
