@@ -22,6 +22,15 @@ use wxchat::server::Server;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, which it reads when it starts (`_RJEM_MALLOC_CONF` in the environment
+/// still overrides them). Freed memory goes back to the kernel within about a second even when
+/// the server then goes quiet: without `background_thread`, jemalloc returns freed pages only
+/// from inside later allocations, so a server idle after a burst kept the burst's pages
+/// resident for as long as it stayed idle (BENCHMARKS.md, "Memory after load").
+/// `dirty_decay_ms` (10 s by default) is how long unused pages stay ready for reuse.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8; 43] = b"background_thread:true,dirty_decay_ms:1000\0";
+
 const USAGE: &str = "\
 usage: server [run|daemon|stop|status|upgrade] [--config FILE]
 

@@ -31,8 +31,10 @@ pub struct Session {
     pub token_hash: Option<[u8; 32]>,
     /// Frames that arrived while the connection was authenticating, run once it is done
     /// (at most `MAX_WAITING_BYTES`).
-    pub waiting: Vec<String>,
-    pub auth_timer: Option<AppTimer>,
+    pub waiting: Waiting,
+    /// Set until the connection authenticates (boxed: an authenticated session keeps 8 bytes
+    /// here, not 24).
+    pub auth_timer: Option<Box<AppTimer>>,
     /// Store requests in flight for this connection.
     pub pending: usize,
     /// Messages sent in the current one-second window (`[chat] max_msgs_per_sec`).
@@ -42,6 +44,34 @@ pub struct Session {
 /// Bytes a chat connection's session takes in `ChatState::sessions` (reserved up front, so not
 /// seen by an allocation count; tests/memory_profile.rs adds it).
 pub const SESSION_SLOT_BYTES: usize = ConnMap::<Session>::SLOT_BYTES;
+
+/// A session's frames held while it authenticates: 8 bytes and no allocation the rest of the
+/// time.
+#[derive(Default)]
+pub struct Waiting(Option<Box<Vec<String>>>);
+
+impl Waiting {
+    pub fn push(&mut self, frame: String) {
+        self.0.get_or_insert_with(Box::default).push(frame);
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.as_deref().map_or([].iter(), |v| v.iter())
+    }
+}
+
+impl IntoIterator for Waiting {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.map_or_else(Vec::new, |v| *v).into_iter()
+    }
+}
 
 /// The hub's in-memory state (reactor-owned).
 pub struct ChatState {
