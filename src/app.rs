@@ -109,7 +109,7 @@ impl Front {
         Front {
             app,
             routes,
-            endpoints: ConnMap::with_capacity(max_connections),
+            endpoints: ConnMap::for_connections(max_connections),
             pages,
         }
     }

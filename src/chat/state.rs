@@ -106,7 +106,7 @@ impl ChatState {
     pub fn new(config: &Config) -> ChatState {
         ChatState {
             // Reserved like the reactor's slab: address space until connections come.
-            sessions: ConnMap::with_capacity(config.server.max_connections),
+            sessions: ConnMap::for_connections(config.server.max_connections),
             online: HashMap::new(),
             friends: HashMap::new(),
             groups: HashMap::new(),

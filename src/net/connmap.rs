@@ -26,12 +26,13 @@ impl<T> ConnMap<T> {
         }
     }
 
-    /// Reserves `keys` slots: address space only (pages become resident as slots are first
-    /// written), so growing never copies the table and leaves the old copies' pages behind.
-    /// Sized like the reactor's slab (`[server] max_connections`).
-    pub fn with_capacity(keys: usize) -> ConnMap<T> {
+    /// Reserves slots for the connections `max_connections` allows, like the reactor's slab
+    /// (`super::connection_slots`): address space only (pages become resident as slots are
+    /// first written), so growing never copies the table and leaves the old copies' pages
+    /// behind.
+    pub fn for_connections(max_connections: usize) -> ConnMap<T> {
         ConnMap {
-            slots: Vec::with_capacity(keys),
+            slots: Vec::with_capacity(super::connection_slots(max_connections)),
             len: 0,
         }
     }
@@ -122,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_stale_generation_never_reads_the_new_occupant() {
-        let mut m = ConnMap::with_capacity(4);
+        let mut m = ConnMap::for_connections(4);
         assert_eq!(m.insert(id(3, 1), "a"), None);
         assert_eq!(m.get(&id(3, 1)), Some(&"a"));
         assert_eq!(m.get(&id(3, 2)), None, "another generation of the key");

@@ -291,6 +291,17 @@ impl<C> Notifier<C> {
     }
 }
 
+/// How many connections' records to reserve address space for (the reactor's slab, the
+/// application's `ConnMap`s): `max_connections` and the extra listeners' headroom, but never
+/// more than the process may open descriptors for, since every connection is one.
+pub fn connection_slots(max_connections: usize) -> usize {
+    let ceiling = fd_limit::ceiling().map_or(1 << 20, |c| usize::try_from(c).unwrap_or(1 << 20));
+    max_connections
+        .saturating_add(reactor::EXTRA_LISTENER_HEADROOM)
+        .min(ceiling)
+        .min(1 << 22)
+}
+
 /// The log prefix every connection line shares.
 pub fn conn_prefix(conn: ConnId, uid: Option<u64>, peer: Option<SocketAddr>) -> String {
     let uid = uid.map_or_else(|| "-".to_string(), |u| u.to_string());

@@ -35,7 +35,7 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 const LISTENER_BASE: usize = usize::MAX - 16;
 /// Extra listeners (the admin listener) accept this many connections beyond `max_connections`,
 /// so an operator can still look at a server that is full.
-const EXTRA_LISTENER_HEADROOM: usize = 64;
+pub const EXTRA_LISTENER_HEADROOM: usize = 64;
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -468,10 +468,7 @@ impl<C: Send + 'static> Reactor<C> {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = channel();
         let now = Instant::now();
-        let slots = cfg
-            .max_connections
-            .saturating_add(EXTRA_LISTENER_HEADROOM)
-            .min(1 << 22);
+        let slots = super::connection_slots(cfg.max_connections);
         let reactor = Reactor {
             poll,
             listeners: Vec::new(),
