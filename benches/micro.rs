@@ -76,6 +76,7 @@ fn main() {
     utf8(&r);
     commands(&r);
     fan_out(&r);
+    echo_out(&r);
     compression(&r);
     wechat(&r);
 }
@@ -190,6 +191,40 @@ fn frames(r: &Runner) {
             },
         );
     }
+    // The same 64-byte frames arriving in reads that end mid-frame (1000 bytes each): every
+    // read leaves a frame's payload for the decoder to hold until the next one (its boxed
+    // mid-message state, freed once the frame is complete) or a header for the caller to keep.
+    let template = masked_stream(1000, 64);
+    let mut buf = template.clone();
+    let mut decoder = Decoder::default();
+    let mut read = Vec::with_capacity(1100);
+    r.bench(
+        "frame parse 64 B in 1000-byte reads (x1000)",
+        1000,
+        template.len() as u64,
+        || {
+            buf.copy_from_slice(&template);
+            let mut seen = 0;
+            read.clear();
+            for piece in buf.chunks(1000) {
+                read.extend_from_slice(piece);
+                let mut pos = 0;
+                while pos < read.len() {
+                    let (n, ev) = decoder.decode(&mut read[pos..]).expect("valid frames");
+                    if let Some(Event::Text(t)) = ev {
+                        seen += black_box(t).len();
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    pos += n;
+                }
+                decoder.shrink();
+                read.drain(..pos);
+            }
+            assert_eq!(seen, 1000 * 64);
+        },
+    );
     for len in [64usize, 4096] {
         let payload = vec![b'x'; len];
         let mut out = Vec::with_capacity(len + 16);
@@ -328,6 +363,28 @@ fn fan_out(r: &Runner) {
             assert_eq!(sink.len(), frame.len());
         },
     );
+}
+
+/// An echo server's output per read: a reply queued on an empty queue and written at once
+/// (ping-pong), or a read's worth of replies queued, then one write (firehose).
+fn echo_out(r: &Runner) {
+    let payload = [b'x'; 64];
+    let mut q = OutQueue::default();
+    let mut sink = Vec::with_capacity(1 << 20);
+    r.bench("echo: queue a 64 B reply + write", 1, 0, || {
+        sink.clear();
+        q.push_ws(OpCode::Binary, black_box(&payload));
+        q.write_to(&mut sink).expect("write");
+        assert_eq!(sink.len(), 66);
+    });
+    r.bench("echo: queue 900 64 B replies + one write", 900, 0, || {
+        sink.clear();
+        for _ in 0..900 {
+            q.push_ws(OpCode::Binary, black_box(&payload));
+        }
+        q.write_to(&mut sink).expect("write");
+        assert_eq!(sink.len(), 900 * 66);
+    });
 }
 
 fn wechat(r: &Runner) {

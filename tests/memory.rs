@@ -51,8 +51,9 @@ fn ten_thousand_idle_connections() {
     println!(
         "idle websocket connections: {N}; server RSS {before} KiB -> {after} KiB; {per_conn:.0} bytes per connection (kernel socket memory not included)"
     );
-    // A generous bound: the point is that idle connections own no buffers.
-    assert!(per_conn < 4096.0, "{per_conn} bytes per idle connection");
+    // A generous bound (BENCHMARKS.md measures ~0.2 KiB; tests/memory_profile.rs holds the
+    // exact count under 300 bytes): the point is that idle connections own no buffers.
+    assert!(per_conn < 1024.0, "{per_conn} bytes per idle connection");
     drop(conns);
     drop(warm);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -22,6 +22,35 @@ use wxchat::server::Server;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, which it reads when it starts (`_RJEM_MALLOC_CONF` in the environment
+/// still overrides them): unused pages go back to the kernel after a second (10 s by default),
+/// by jemalloc's background thread, which `return_freed_memory` starts.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8; 20] = b"dirty_decay_ms:1000\0";
+
+/// Starts jemalloc's background thread, which returns freed pages to the kernel even while the
+/// server is quiet: without it jemalloc purges only from inside later allocations, so a server
+/// idle after a burst kept the burst's pages resident for as long as it stayed idle
+/// (BENCHMARKS.md, "Memory after load"). Started here, after `daemon`'s fork, not by
+/// `malloc_conf`: a fork leaves the child without jemalloc's thread, and disabled.
+fn return_freed_memory() {
+    let on = true;
+    // SAFETY: "background_thread" is a bool control; jemalloc reads `size_of::<bool>()` bytes
+    // from a live local and writes nothing back (null old-value pointers).
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"background_thread".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            (&on as *const bool).cast_mut().cast(),
+            std::mem::size_of::<bool>(),
+        )
+    };
+    if rc != 0 {
+        log::warn!("jemalloc background thread not started (error {rc}): freed memory returns to the kernel only as the server allocates");
+    }
+}
+
 const USAGE: &str = "\
 usage: server [run|daemon|stop|status|upgrade] [--config FILE]
 
@@ -140,6 +169,7 @@ fn init_logging(config: &Config, file: Option<PathBuf>) -> Result<(), String> {
 
 fn run_foreground(config: Config) -> Result<(), String> {
     init_logging(&config, None)?;
+    return_freed_memory();
     let server = Server::bind_exclusive(config)?;
     server.run()
 }
@@ -228,6 +258,7 @@ fn daemon(config: Config, takeover: bool) -> Result<(), String> {
 fn daemon_child(config: &Config, report: &mut std::fs::File, takeover: bool) -> Result<(), String> {
     redirect_stdio()?;
     init_logging(config, Some(config.log_file()))?;
+    return_freed_memory();
     let server = if takeover {
         Server::takeover(config.clone())?
     } else {

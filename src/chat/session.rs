@@ -39,8 +39,8 @@ pub fn on_open(
             authenticating: false,
             via_cookie: false,
             token_hash: None,
-            waiting: Vec::new(),
-            auth_timer: Some(timer),
+            waiting: Default::default(),
+            auth_timer: Some(Box::new(timer)),
             pending: 0,
             rate: RateWindow::new(ctx.now()),
         },
@@ -91,7 +91,7 @@ pub(crate) fn auth_deadline(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: 
 pub fn on_close(app: &mut App, ctx: &mut dyn Ctx<Completion>, conn: ConnId) -> Option<u64> {
     let session = app.chat.sessions.remove(&conn)?;
     if let Some(t) = session.auth_timer {
-        app.cancel(ctx, t);
+        app.cancel(ctx, *t);
     }
     let uid = session.uid?;
     release(app, ctx, conn, uid);
@@ -265,7 +265,7 @@ pub(crate) fn authenticate(
                     json!({ "event": "auth", "conn": conn.to_string(), "uid": uid, "user_type": user_type })
                 });
                 if let Some(t) = session.auth_timer.take() {
-                    app.cancel(ctx, t);
+                    app.cancel(ctx, *t);
                 }
                 let first = !app.chat.is_online(uid);
                 app.chat.online.entry(uid).or_default().push(p.conn);

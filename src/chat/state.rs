@@ -8,7 +8,7 @@ use crate::chat::consult_clock::Consults;
 use crate::chat::desk;
 use crate::chat::office_hours;
 use crate::config::Config;
-use crate::net::ConnId;
+use crate::net::{ConnId, ConnMap};
 use crate::proto;
 use crate::rt::timer::AppTimer;
 use crate::store::StoredMessage;
@@ -31,21 +31,57 @@ pub struct Session {
     pub token_hash: Option<[u8; 32]>,
     /// Frames that arrived while the connection was authenticating, run once it is done
     /// (at most `MAX_WAITING_BYTES`).
-    pub waiting: Vec<String>,
-    pub auth_timer: Option<AppTimer>,
+    pub waiting: Waiting,
+    /// Set until the connection authenticates (boxed: an authenticated session keeps 8 bytes
+    /// here, not 24).
+    pub auth_timer: Option<Box<AppTimer>>,
     /// Store requests in flight for this connection.
     pub pending: usize,
     /// Messages sent in the current one-second window (`[chat] max_msgs_per_sec`).
     pub rate: RateWindow,
 }
 
+/// Bytes a chat connection's session takes in `ChatState::sessions` (reserved up front, so not
+/// seen by an allocation count; tests/memory_profile.rs adds it).
+pub const SESSION_SLOT_BYTES: usize = ConnMap::<Session>::SLOT_BYTES;
+
+/// A session's frames held while it authenticates: 8 bytes and no allocation the rest of the
+/// time.
+#[derive(Default)]
+#[allow(clippy::box_collection)] // The box is the point: 8 bytes in every session, not 24.
+pub struct Waiting(Option<Box<Vec<String>>>);
+
+impl Waiting {
+    pub fn push(&mut self, frame: String) {
+        self.0.get_or_insert_with(Box::default).push(frame);
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.as_deref().map_or([].iter(), |v| v.iter())
+    }
+}
+
+impl IntoIterator for Waiting {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.map_or_else(Vec::new, |v| *v).into_iter()
+    }
+}
+
 /// The hub's in-memory state (reactor-owned).
 pub struct ChatState {
-    pub sessions: HashMap<ConnId, Session>,
+    /// By connection, dense by slab key (no hash table's spare buckets per idle connection).
+    pub sessions: ConnMap<Session>,
     /// uid -> its open, authenticated connections.
-    pub online: HashMap<u64, Vec<ConnId>>,
+    pub online: HashMap<u64, Conns>,
     /// Friends of online users (authorisation and presence without a store round trip).
-    pub friends: HashMap<u64, HashSet<u64>>,
+    pub friends: HashMap<u64, FriendSet>,
     /// Group members, loaded on demand, updated by membership changes made through this server.
     pub groups: HashMap<u64, Arc<Vec<u64>>>,
     /// Online agents (`user_type` 1) on this process.
@@ -75,7 +111,8 @@ pub struct ChatState {
 impl ChatState {
     pub fn new(config: &Config) -> ChatState {
         ChatState {
-            sessions: HashMap::new(),
+            // Reserved like the reactor's slab: address space until connections come.
+            sessions: ConnMap::for_connections(config.server.max_connections),
             online: HashMap::new(),
             friends: HashMap::new(),
             groups: HashMap::new(),
@@ -154,7 +191,128 @@ impl ChatState {
     }
 
     pub fn conns_of(&self, uid: u64) -> &[ConnId] {
-        self.online.get(&uid).map_or(&[], Vec::as_slice)
+        self.online.get(&uid).map_or(&[], |c| c)
+    }
+}
+
+/// A user's connections here: the one most users have is kept inline (no allocation).
+#[derive(Clone, Debug)]
+pub enum Conns {
+    One([ConnId; 1]),
+    Many(Vec<ConnId>),
+}
+
+impl Default for Conns {
+    fn default() -> Self {
+        Conns::Many(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Conns {
+    type Target = [ConnId];
+
+    fn deref(&self) -> &[ConnId] {
+        match self {
+            Conns::One(one) => one,
+            Conns::Many(v) => v,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Conns {
+    type Item = &'a ConnId;
+    type IntoIter = std::slice::Iter<'a, ConnId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl Conns {
+    pub fn push(&mut self, conn: ConnId) {
+        match self {
+            Conns::Many(v) if v.is_empty() => *self = Conns::One([conn]),
+            Conns::Many(v) => v.push(conn),
+            Conns::One([first]) => *self = Conns::Many(vec![*first, conn]),
+        }
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&ConnId) -> bool) {
+        match self {
+            Conns::One([c]) => {
+                if !keep(c) {
+                    *self = Conns::default();
+                }
+            }
+            Conns::Many(v) => {
+                v.retain(keep);
+                if let [one] = v[..] {
+                    *self = Conns::One([one]);
+                }
+            }
+        }
+    }
+}
+
+/// An online user's friends: a sorted boxed slice (16 bytes, none allocated for nobody), not
+/// a hash set (48 bytes before its table).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FriendSet(Box<[u64]>);
+
+impl FriendSet {
+    pub fn contains(&self, uid: &u64) -> bool {
+        self.0.binary_search(uid).is_ok()
+    }
+
+    /// Adds `uid`; false when it was there already.
+    pub fn insert(&mut self, uid: u64) -> bool {
+        match self.0.binary_search(&uid) {
+            Ok(_) => false,
+            Err(at) => {
+                let mut v = std::mem::take(&mut self.0).into_vec();
+                v.insert(at, uid);
+                self.0 = v.into_boxed_slice();
+                true
+            }
+        }
+    }
+
+    /// Removes `uid`; false when it was not there.
+    pub fn remove(&mut self, uid: &u64) -> bool {
+        match self.0.binary_search(uid) {
+            Ok(at) => {
+                let mut v = std::mem::take(&mut self.0).into_vec();
+                v.remove(at);
+                self.0 = v.into_boxed_slice();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = Box::default();
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, u64> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<u64> for FriendSet {
+    fn from_iter<I: IntoIterator<Item = u64>>(iter: I) -> FriendSet {
+        let mut v: Vec<u64> = iter.into_iter().collect();
+        v.sort_unstable();
+        v.dedup();
+        FriendSet(v.into_boxed_slice())
     }
 }
 

@@ -9,11 +9,14 @@
 //! Layer: below the state owner (`rt`), generic over the completion type; imports only the
 //! codecs (`ws`, `http`), `config` and `logger`.
 
+pub mod connmap;
 pub mod fd_limit;
 pub mod memory;
 pub mod outqueue;
 pub mod reactor;
 pub mod timer;
+
+pub use connmap::ConnMap;
 
 use crate::http;
 use std::fmt;
@@ -286,6 +289,17 @@ impl<C> Notifier<C> {
         }
         true
     }
+}
+
+/// How many connections' records to reserve address space for (the reactor's slab, the
+/// application's `ConnMap`s): `max_connections` and the extra listeners' headroom, but never
+/// more than the process may open descriptors for, since every connection is one.
+pub fn connection_slots(max_connections: usize) -> usize {
+    let ceiling = fd_limit::ceiling().map_or(1 << 20, |c| usize::try_from(c).unwrap_or(1 << 20));
+    max_connections
+        .saturating_add(reactor::EXTRA_LISTENER_HEADROOM)
+        .min(ceiling)
+        .min(1 << 22)
 }
 
 /// The log prefix every connection line shares.

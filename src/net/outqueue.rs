@@ -1,6 +1,6 @@
 //! A connection's output queue: small writes are coalesced into owned chunks (one `writev` entry
 //! for many frames), large shared frames are queued by reference (never copied per recipient).
-//! The queue owns no memory while empty, so idle connections cost nothing here.
+//! The queue owns no memory while empty, so an idle connection holds only its 16 bytes.
 
 use super::Frame;
 use std::collections::VecDeque;
@@ -37,12 +37,23 @@ pub enum Flush {
     Blocked,
 }
 
+/// 16 bytes in the connection's record; empty, it owns no memory.
 #[derive(Default)]
-pub struct OutQueue {
-    /// The whole queue when it holds just one shared frame, the common case of a fan-out to
-    /// idle connections: queued by reference, so a recipient costs no allocation and no copy.
-    /// When it is set, `chunks` is empty.
-    lone: Option<Frame>,
+pub struct OutQueue(State);
+
+#[derive(Default)]
+enum State {
+    #[default]
+    Empty,
+    /// The whole queue is one shared frame, the common case of a fan-out to idle connections:
+    /// queued by reference, so a recipient costs no allocation and no copy. `off` bytes of it
+    /// are written (frames of 4 GiB and more never queue this way).
+    Lone { frame: Frame, off: u32 },
+    /// Anything more: the chunks, boxed so an empty queue stays small.
+    Many(Box<Chunks>),
+}
+
+struct Chunks {
     chunks: VecDeque<Chunk>,
     /// Bytes of the head chunk already written.
     head_off: usize,
@@ -53,11 +64,20 @@ pub struct OutQueue {
 impl OutQueue {
     /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
-        self.bytes
+        match &self.0 {
+            State::Empty => 0,
+            State::Lone { frame, off } => frame.len() - *off as usize,
+            State::Many(m) => m.bytes,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes == 0
+        self.len() == 0
+    }
+
+    /// True when the queue holds heap memory (chunks); an empty or lone-frame queue does not.
+    pub fn owns_chunks(&self) -> bool {
+        matches!(self.0, State::Many(_))
     }
 
     /// Appends bytes, coalescing them into the owned tail chunk.
@@ -68,17 +88,19 @@ impl OutQueue {
     /// Appends a shared frame: referenced when it is all there is to send or when large, copied
     /// (coalesced with its neighbours) otherwise.
     pub fn push_frame(&mut self, frame: &Frame) {
-        if self.bytes == 0 && self.chunks.is_empty() {
-            self.bytes = frame.len();
-            self.lone = Some(frame.clone());
+        if matches!(self.0, State::Empty) && u32::try_from(frame.len()).is_ok() {
+            self.0 = State::Lone {
+                frame: frame.clone(),
+                off: 0,
+            };
             return;
         }
-        self.unlone();
         if frame.len() <= COPY_SHARED_MAX {
             self.push_bytes(frame.bytes());
         } else {
-            self.bytes += frame.len();
-            self.chunks.push_back(Chunk::Shared(frame.clone()));
+            let m = self.many();
+            m.bytes += frame.len();
+            m.chunks.push_back(Chunk::Shared(frame.clone()));
         }
     }
 
@@ -106,13 +128,13 @@ impl OutQueue {
     /// Runs `fill` (which appends exactly `extra` bytes) on the owned tail chunk, starting a new
     /// chunk when the tail is shared or full.
     fn append_owned(&mut self, extra: usize, fill: impl FnOnce(&mut Vec<u8>)) {
-        self.unlone();
+        let m = self.many();
         // A chunk is never grown: growing copied the whole backlog again at every doubling
         // (a quarter of the reactor's time in a 10,000-member fan-out to slow readers). A full
         // chunk is followed by one as large as the backlog, so chunks stay few as it builds up.
-        let room = extra.max(self.bytes.clamp(256, COALESCE_MAX));
-        self.bytes += extra;
-        if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+        let room = extra.max(m.bytes.clamp(256, COALESCE_MAX));
+        m.bytes += extra;
+        if let Some(Chunk::Owned(v)) = m.chunks.back_mut() {
             if v.len() + extra <= v.capacity() {
                 fill(v);
                 return;
@@ -120,57 +142,90 @@ impl OutQueue {
         }
         let mut v = Vec::with_capacity(room);
         fill(&mut v);
-        self.chunks.push_back(Chunk::Owned(v));
+        m.chunks.push_back(Chunk::Owned(v));
     }
 
-    /// A second thing to send: the lone frame becomes the head chunk (copied when small, so
-    /// what follows can be coalesced with it). What of it was written stays in `head_off`.
-    fn unlone(&mut self) {
-        let Some(frame) = self.lone.take() else {
-            return;
-        };
-        if frame.len() <= COPY_SHARED_MAX {
-            let mut v = Vec::with_capacity(frame.len().max(256));
-            v.extend_from_slice(frame.bytes());
-            self.chunks.push_back(Chunk::Owned(v));
-        } else {
-            self.chunks.push_back(Chunk::Shared(frame));
+    /// The chunks, made on the first thing queued after a lone frame or an empty queue. A lone
+    /// frame becomes the head chunk (copied when small, so what follows can be coalesced with
+    /// it); what of it was written stays in `head_off`.
+    fn many(&mut self) -> &mut Chunks {
+        if !matches!(self.0, State::Many(_)) {
+            let mut m = Box::new(Chunks {
+                chunks: VecDeque::new(),
+                head_off: 0,
+                bytes: 0,
+            });
+            if let State::Lone { frame, off } = std::mem::take(&mut self.0) {
+                m.head_off = off as usize;
+                m.bytes = frame.len() - off as usize;
+                if frame.len() <= COPY_SHARED_MAX {
+                    let mut v = Vec::with_capacity(frame.len().max(256));
+                    v.extend_from_slice(frame.bytes());
+                    m.chunks.push_back(Chunk::Owned(v));
+                } else {
+                    m.chunks.push_back(Chunk::Shared(frame));
+                }
+            }
+            self.0 = State::Many(m);
+        }
+        match &mut self.0 {
+            State::Many(m) => m,
+            _ => unreachable!("made just above"),
         }
     }
 
     /// Drops everything not yet started, keeping a partially written head chunk so the byte
     /// stream stays well-formed (used before a forced close frame).
     pub fn truncate_unstarted(&mut self) {
-        self.unlone();
-        let keep = if self.head_off > 0 { 1 } else { 0 };
-        self.chunks.truncate(keep);
-        self.bytes = self
-            .chunks
-            .front()
-            .map_or(0, |c| c.bytes().len() - self.head_off);
-        if self.chunks.is_empty() {
-            self.release();
+        match &mut self.0 {
+            State::Empty => {}
+            State::Lone { off, .. } => {
+                if *off == 0 {
+                    self.0 = State::Empty;
+                }
+            }
+            State::Many(m) => {
+                let keep = if m.head_off > 0 { 1 } else { 0 };
+                m.chunks.truncate(keep);
+                m.bytes = m.chunks.front().map_or(0, |c| c.bytes().len() - m.head_off);
+                if m.chunks.is_empty() {
+                    self.0 = State::Empty;
+                }
+            }
         }
     }
 
-    /// Writes as much as the socket takes, in `writev` batches.
+    /// Writes as much as the socket takes, in `writev` batches. Once everything is written the
+    /// queue frees its memory.
     pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<Flush> {
-        while let Some(frame) = &self.lone {
-            match w.write(&frame.bytes()[self.head_off..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.bytes -= n;
-                    self.head_off += n;
-                    if self.bytes == 0 {
-                        self.lone = None;
-                        self.head_off = 0;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let flush = match &mut self.0 {
+            State::Empty => Flush::Done,
+            State::Lone { frame, off } => write_lone(w, frame, off)?,
+            State::Many(m) => m.write_to(w)?,
+        };
+        if flush == Flush::Done {
+            self.0 = State::Empty;
         }
+        Ok(flush)
+    }
+}
+
+fn write_lone<W: Write>(w: &mut W, frame: &Frame, off: &mut u32) -> io::Result<Flush> {
+    while (*off as usize) < frame.len() {
+        match w.write(&frame.bytes()[*off as usize..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            // At most what is left of a frame under 4 GiB.
+            Ok(n) => *off += n as u32,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Flush::Done)
+}
+
+impl Chunks {
+    fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<Flush> {
         while self.bytes > 0 {
             let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -187,7 +242,6 @@ impl OutQueue {
                 Err(e) => return Err(e),
             }
         }
-        self.release();
         Ok(Flush::Done)
     }
 
@@ -206,15 +260,6 @@ impl OutQueue {
                 self.head_off += n;
                 n = 0;
             }
-        }
-    }
-
-    /// Frees the queue's memory once it is empty.
-    fn release(&mut self) {
-        if self.bytes == 0 {
-            self.lone = None;
-            self.chunks = VecDeque::new();
-            self.head_off = 0;
         }
     }
 }
@@ -245,6 +290,23 @@ mod tests {
         }
     }
 
+    fn chunks(q: &OutQueue) -> &VecDeque<Chunk> {
+        match &q.0 {
+            State::Many(m) => &m.chunks,
+            _ => panic!("no chunks"),
+        }
+    }
+
+    #[test]
+    fn an_idle_queue_is_sixteen_bytes_and_owns_nothing() {
+        assert_eq!(std::mem::size_of::<OutQueue>(), 16);
+        let mut q = OutQueue::default();
+        q.push_ws(crate::ws::OpCode::Text, b"hello");
+        assert!(q.owns_chunks());
+        assert_eq!(q.write_to(&mut Vec::new()).unwrap(), Flush::Done);
+        assert!(matches!(q.0, State::Empty));
+    }
+
     #[test]
     fn preserves_order_across_partial_writes() {
         let mut q = OutQueue::default();
@@ -268,7 +330,7 @@ mod tests {
         expect.extend_from_slice(&[0x81, 2, b'h', b'i']);
         assert_eq!(w.out, expect);
         assert!(q.is_empty());
-        assert_eq!(q.chunks.capacity(), 0, "memory released when drained");
+        assert!(!q.owns_chunks(), "memory released when drained");
     }
 
     #[test]
@@ -276,10 +338,7 @@ mod tests {
         let mut q = OutQueue::default();
         let small = Frame::text(b"hello");
         q.push_frame(&small);
-        assert!(
-            q.lone.is_some() && q.chunks.capacity() == 0,
-            "no allocation"
-        );
+        assert!(matches!(q.0, State::Lone { .. }), "no allocation");
         let mut w = Trickle {
             out: Vec::new(),
             cap: 3,
@@ -289,29 +348,29 @@ mod tests {
         // A forced close keeps the half-written frame whole.
         let mut t = OutQueue::default();
         t.push_frame(&small);
-        t.head_off = 2;
-        t.bytes -= 2;
+        if let State::Lone { off, .. } = &mut t.0 {
+            *off = 2;
+        }
         t.truncate_unstarted();
         assert_eq!(t.len(), small.len() - 2);
         // Something else queued behind the half-written frame: both go out in order.
         q.push_ws(crate::ws::OpCode::Text, b"next");
-        assert!(q.lone.is_none());
-        assert_eq!(q.chunks.len(), 1, "coalesced");
+        assert_eq!(chunks(&q).len(), 1, "coalesced");
         w.budget = 100;
         assert_eq!(q.write_to(&mut w).unwrap(), Flush::Done);
         let mut expected = small.bytes().to_vec();
         expected.extend_from_slice(&crate::ws::frame(crate::ws::OpCode::Text, b"next"));
         assert_eq!(w.out, expected);
-        assert!(q.is_empty() && q.lone.is_none());
+        assert!(q.is_empty() && matches!(q.0, State::Empty));
 
         // A large lone frame stays shared when more follows.
         let big = Frame::binary(&[9u8; 4000]);
         q.push_frame(&big);
         q.push_frame(&small);
-        assert!(matches!(q.chunks.front(), Some(Chunk::Shared(_))));
+        assert!(matches!(chunks(&q).front(), Some(Chunk::Shared(_))));
         assert_eq!(q.len(), big.len() + small.len());
         q.truncate_unstarted();
-        assert!(q.is_empty() && q.chunks.capacity() == 0);
+        assert!(q.is_empty() && !q.owns_chunks());
     }
 
     #[test]
@@ -322,15 +381,15 @@ mod tests {
             q.push_frame(&f);
         }
         // 700 bytes: chunks of 256, 256 and 512 bytes (each as large as the backlog).
-        assert_eq!(q.chunks.len(), 3);
+        assert_eq!(chunks(&q).len(), 3);
         assert_eq!(q.len(), 100 * f.len());
         // A backlog of 10 MB: chunks double up to 64 KiB, then stay there; none is regrown.
         for _ in 0..1_500_000 {
             q.push_frame(&f);
         }
-        let chunks: Vec<usize> = q.chunks.iter().map(|c| c.bytes().len()).collect();
-        assert!(chunks.len() < 170, "{} chunks", chunks.len());
-        assert!(q.chunks.iter().all(|c| match c {
+        let sizes: Vec<usize> = chunks(&q).iter().map(|c| c.bytes().len()).collect();
+        assert!(sizes.len() < 170, "{} chunks", sizes.len());
+        assert!(chunks(&q).iter().all(|c| match c {
             Chunk::Owned(v) => v.capacity() <= COALESCE_MAX,
             Chunk::Shared(_) => false,
         }));

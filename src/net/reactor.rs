@@ -35,7 +35,7 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 const LISTENER_BASE: usize = usize::MAX - 16;
 /// Extra listeners (the admin listener) accept this many connections beyond `max_connections`,
 /// so an operator can still look at a server that is full.
-const EXTRA_LISTENER_HEADROOM: usize = 64;
+pub const EXTRA_LISTENER_HEADROOM: usize = 64;
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -108,19 +108,25 @@ enum Phase {
     Closing,
 }
 
+/// One connection's record. Idle, this is all it holds (`CONN_RECORD_BYTES` in the slab, a
+/// unit test keeps it small): no read buffer, an empty output queue and decoder, times in
+/// 32 bits, the peer's address inline when it is IPv4.
 struct Conn {
     gen: u32,
     /// Index of the listener that accepted it (0: the client listener).
     listener: u8,
     stream: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     phase: Phase,
     /// Unparsed input: an incomplete request (HTTP) or frame header (WebSocket).
-    inbuf: Vec<u8>,
+    inbuf: InBuf,
     out: OutQueue,
     decoder: ws::Decoder,
-    /// How frames to this peer are compressed (permessage-deflate).
-    deflate: DeflateOut,
+    /// This connection's own compressor (context takeover, or a smaller window).
+    deflater: Option<Box<ws::deflate::Deflater>>,
+    /// permessage-deflate without context takeover and with the default window: shared frames
+    /// are compressed once for everyone.
+    deflate_shared: bool,
     /// The socket may have more to read (edge-triggered readiness memo).
     readable: bool,
     /// The peer's FIN (or an error) was reported: read until it shows, short reads or not.
@@ -145,39 +151,209 @@ struct Conn {
     /// HTTP: a deferred reply is awaited: (keep_alive, head_only) of that request.
     awaiting_reply: Option<(bool, bool)>,
     /// HTTP: the request must be complete by then; WebSocket closing: the peer must be done by then.
-    io_deadline: Instant,
-    last_read: Instant,
-    ping_sent: Option<Instant>,
-    soft_since: Option<Instant>,
+    io_deadline: Ms,
+    last_read: Ms,
+    ping_sent: Option<Ms>,
+    soft_since: Option<Ms>,
     /// The wheel entry currently in force for this connection.
-    armed: Option<Instant>,
+    armed: Option<Ms>,
 }
 
-/// The sending side of permessage-deflate for one connection.
-enum DeflateOut {
+impl Conn {
+    /// The peer's address for a log line ("-" once the socket cannot say).
+    fn peer(&self) -> ShownPeer {
+        ShownPeer(self.peer.get(&self.stream))
+    }
+}
+
+/// A time of a connection: milliseconds since the reactor started, in 32 bits (never 0, so an
+/// `Option<Ms>` is 32 bits too). They wrap after 49 days, so they are only compared with times
+/// less than 24 days away: deadlines, and the last read while pings run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ms(std::num::NonZeroU32);
+
+impl Ms {
+    fn from_raw(ms: u64) -> Ms {
+        Ms(std::num::NonZeroU32::new(ms as u32).unwrap_or(std::num::NonZeroU32::MIN))
+    }
+
+    fn plus(self, d: Duration) -> Ms {
+        let d = u32::try_from(d.as_millis())
+            .unwrap_or(u32::MAX / 2)
+            .min(u32::MAX / 2);
+        Ms::from_raw(u64::from(self.0.get().wrapping_add(d)))
+    }
+
+    /// Signed milliseconds from `self` to `later`.
+    fn until(self, later: Ms) -> i64 {
+        i64::from(later.0.get().wrapping_sub(self.0.get()) as i32)
+    }
+
+    /// `self` is `at` or later.
+    fn reached(self, at: Ms) -> bool {
+        at.until(self) >= 0
+    }
+
+    fn min(self, other: Ms) -> Ms {
+        if self.until(other) < 0 {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// A peer's address in 7 bytes: IPv4 and IPv4-mapped IPv6 inline; any other (IPv6 peers,
+/// which are rare behind a proxy) is asked of the socket when a log line or the handler wants
+/// it.
+#[derive(Clone, Copy)]
+struct Peer {
+    /// 0: ask the socket; 4: IPv4; 6: IPv4-mapped IPv6.
+    kind: u8,
+    ip: [u8; 4],
+    port: [u8; 2],
+}
+
+impl Peer {
+    fn of(addr: SocketAddr) -> Peer {
+        let port = addr.port().to_be_bytes();
+        match addr {
+            SocketAddr::V4(a) => Peer {
+                kind: 4,
+                ip: a.ip().octets(),
+                port,
+            },
+            SocketAddr::V6(a) if a.flowinfo() == 0 && a.scope_id() == 0 => {
+                match a.ip().to_ipv4_mapped() {
+                    Some(v4) => Peer {
+                        kind: 6,
+                        ip: v4.octets(),
+                        port,
+                    },
+                    None => Peer {
+                        kind: 0,
+                        ip: [0; 4],
+                        port,
+                    },
+                }
+            }
+            SocketAddr::V6(_) => Peer {
+                kind: 0,
+                ip: [0; 4],
+                port,
+            },
+        }
+    }
+
+    fn get(&self, stream: &TcpStream) -> Option<SocketAddr> {
+        let ip = std::net::Ipv4Addr::from(self.ip);
+        let port = u16::from_be_bytes(self.port);
+        match self.kind {
+            4 => Some(SocketAddr::new(ip.into(), port)),
+            6 => Some(SocketAddr::new(ip.to_ipv6_mapped().into(), port)),
+            _ => stream.peer_addr().ok(),
+        }
+    }
+}
+
+struct ShownPeer(Option<SocketAddr>);
+
+impl std::fmt::Display for ShownPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// A connection's unparsed input: 8 bytes and no allocation while empty, which it is for an
+/// idle connection (a WebSocket keeps at most an incomplete frame header here, an HTTP
+/// connection an incomplete request).
+#[derive(Default)]
+#[allow(clippy::box_collection)] // The box is the point: 8 bytes in every record, not 24.
+struct InBuf(Option<Box<Vec<u8>>>);
+
+impl InBuf {
+    fn bytes(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+
+    fn extend(&mut self, data: &[u8]) {
+        if !data.is_empty() {
+            self.0
+                .get_or_insert_with(Box::default)
+                .extend_from_slice(data);
+        }
+    }
+
+    /// Drops the first `n` bytes; the buffer is freed once nothing is left.
+    fn consume(&mut self, n: usize) {
+        if let Some(v) = self.0.as_deref_mut() {
+            v.drain(..n.min(v.len()));
+            if v.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+
+    /// Takes the bytes out (the connection then holds none).
+    fn take(&mut self) -> Vec<u8> {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+
+    /// Puts bytes taken with `take` back.
+    fn put(&mut self, v: Vec<u8>) {
+        self.0 = (!v.is_empty()).then(|| Box::new(v));
+    }
+}
+
+/// Bytes one connection's record takes in the reactor's slab (`slab` stores `Conn`s in an enum
+/// of this shape), whatever the connection is doing; what it holds besides is on the heap.
+pub const CONN_RECORD_BYTES: usize = {
+    #[allow(dead_code)]
+    enum SlabEntry {
+        Vacant(usize),
+        Occupied(Conn),
+    }
+    std::mem::size_of::<SlabEntry>()
+};
+
+// What an idle connection costs the reactor: a record that grows fails the build
+// (BENCHMARKS.md, "Memory per connection"). Debug builds of mio add a selector id to each
+// socket.
+const _: () = assert!(
+    CONN_RECORD_BYTES <= if cfg!(debug_assertions) { 128 } else { 112 },
+    "the connection record grew"
+);
+
+/// The sending side of permessage-deflate for one connection, as `Conn::deflater` and
+/// `Conn::deflate_shared` hold it.
+enum DeflateOut<'a> {
     /// Not negotiated.
     Off,
     /// Stateless with the default window: shared frames are compressed once for everyone.
     Shared,
     /// This connection's own compressor (context takeover, or a smaller window).
-    Own(Box<ws::deflate::Deflater>),
+    Own(&'a mut ws::deflate::Deflater),
 }
 
-impl DeflateOut {
-    fn for_params(p: &ws::deflate::Params) -> DeflateOut {
-        if p.shares_compressed_frames() {
-            DeflateOut::Shared
-        } else {
-            DeflateOut::Own(Box::new(ws::deflate::Deflater::new(
-                p.server_max_window_bits,
-                !p.server_no_context_takeover,
-            )))
+impl DeflateOut<'_> {
+    fn of(own: &mut Option<Box<ws::deflate::Deflater>>, shared: bool) -> DeflateOut<'_> {
+        match own {
+            Some(d) => DeflateOut::Own(d),
+            None if shared => DeflateOut::Shared,
+            None => DeflateOut::Off,
         }
     }
 }
 
 enum TimerEntry {
-    Conn(ConnId, Instant),
+    Conn(ConnId, Ms),
     App(TimerId),
 }
 
@@ -230,6 +406,10 @@ struct Core<C> {
     dropping: Vec<usize>,
     close_notices: Vec<(ConnId, CloseInfo)>,
     now: Instant,
+    /// When the reactor started: connections keep their times as `Ms` since then.
+    epoch: Instant,
+    /// `now` as milliseconds since `epoch` (64 bits: never wraps).
+    now_ms: u64,
     notifier: Notifier<C>,
     shutting_down: bool,
     /// Where payloads are compressed before they are queued (reused between messages).
@@ -288,13 +468,17 @@ impl<C: Send + 'static> Reactor<C> {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = channel();
         let now = Instant::now();
+        let slots = super::connection_slots(cfg.max_connections);
         let reactor = Reactor {
             poll,
             listeners: Vec::new(),
             signals: None,
             core: Core {
                 cfg,
-                conns: Slab::new(),
+                // Reserved up front: address space only, pages become resident as records are
+                // first written. Grown by doubling instead, the slab's last copy and the freed
+                // smaller copies stayed resident (jemalloc keeps freed pages until it decays them).
+                conns: Slab::with_capacity(slots),
                 next_gen: 0,
                 wheel: Wheel::new(now),
                 app_timers: Slab::new(),
@@ -304,6 +488,8 @@ impl<C: Send + 'static> Reactor<C> {
                 dropping: Vec::new(),
                 close_notices: Vec::new(),
                 now,
+                epoch: now,
+                now_ms: 0,
                 notifier: Notifier::new(tx, Some(waker.clone())),
                 shutting_down: false,
                 deflate_scratch: Vec::new(),
@@ -407,7 +593,7 @@ impl<C: Send + 'static> Reactor<C> {
         let mut events = Events::with_capacity(1024);
         let mut expired = Vec::new();
         let mut shutdown_deadline: Option<Instant> = None;
-        self.core.now = Instant::now();
+        self.core.set_now(Instant::now());
         handler.on_start(&mut self.core);
         loop {
             let now = Instant::now();
@@ -430,7 +616,7 @@ impl<C: Send + 'static> Reactor<C> {
                     return Err(e);
                 }
             }
-            self.core.now = Instant::now();
+            self.core.set_now(Instant::now());
 
             for event in events.iter() {
                 match event.token() {
@@ -682,17 +868,18 @@ impl<C: Send + 'static> Reactor<C> {
                     // are already batched per loop iteration.
                     let _ = stream.set_nodelay(true);
                     self.core.next_gen = self.core.next_gen.wrapping_add(1);
-                    let now = self.core.now;
+                    let now = Ms::from_raw(self.core.now_ms);
                     entry.insert(Conn {
                         gen: self.core.next_gen,
                         listener: index as u8,
                         stream,
-                        peer,
+                        peer: Peer::of(peer),
                         phase: Phase::Http,
-                        inbuf: Vec::new(),
+                        inbuf: InBuf::default(),
                         out: OutQueue::default(),
                         decoder: ws::Decoder::default(),
-                        deflate: DeflateOut::Off,
+                        deflater: None,
+                        deflate_shared: false,
                         readable: true,
                         peer_shut: false,
                         write_blocked: false,
@@ -708,13 +895,14 @@ impl<C: Send + 'static> Reactor<C> {
                         pending_input: false,
                         close_after_flush: false,
                         awaiting_reply: None,
-                        io_deadline: now + self.core.cfg.handshake_timeout,
+                        io_deadline: now.plus(self.core.cfg.handshake_timeout),
                         last_read: now,
                         ping_sent: None,
                         soft_since: None,
                         armed: None,
                     });
-                    self.core.arm(key, now + self.core.cfg.handshake_timeout);
+                    self.core
+                        .arm(key, now.plus(self.core.cfg.handshake_timeout));
                     // Edge-triggered: the request may already be waiting; read it next pass.
                     self.core.mark_ready(key);
                     if l.paused {
@@ -787,7 +975,7 @@ impl<C: Send + 'static> Reactor<C> {
             {
                 Ok(0) => return Err("peer closed the connection".into()),
                 Ok(n) => {
-                    conn.last_read = self.core.now;
+                    conn.last_read = Ms::from_raw(self.core.now_ms);
                     conn.ping_sent = None;
                     // A short read emptied the socket: whatever arrives next raises a new edge,
                     // so the read that would only say EAGAIN (one syscall per message in
@@ -813,7 +1001,7 @@ impl<C: Send + 'static> Reactor<C> {
         if let Some(conn) = self.core.conns.get_mut(key) {
             if conn.pending_input {
                 conn.pending_input = false;
-                let prefix = std::mem::take(&mut conn.inbuf);
+                let prefix = conn.inbuf.take();
                 self.scratch[..prefix.len()].copy_from_slice(&prefix);
                 self.decode_ws(handler, key, prefix.len());
             }
@@ -833,7 +1021,7 @@ impl<C: Send + 'static> Reactor<C> {
                 self.core.mark_ready(key);
                 return;
             }
-            let prefix = std::mem::take(&mut conn.inbuf);
+            let prefix = conn.inbuf.take();
             let need = prefix.len() + READ_CHUNK;
             if self.scratch.len() < need {
                 self.scratch.resize(need, 0);
@@ -846,7 +1034,7 @@ impl<C: Send + 'static> Reactor<C> {
                 }
                 Ok(None) => {
                     if let Some(conn) = self.core.conns.get_mut(key) {
-                        conn.inbuf = prefix;
+                        conn.inbuf.put(prefix);
                     }
                     return;
                 }
@@ -905,7 +1093,7 @@ impl<C: Send + 'static> Reactor<C> {
                         ws::Event::Close { code, reason } => {
                             log::debug!(
                                 "conn={id} peer={} close received code={code:?} reason_len={}",
-                                conn.peer,
+                                conn.peer(),
                                 reason.len()
                             );
                             conn.close_received = true;
@@ -947,15 +1135,18 @@ impl<C: Send + 'static> Reactor<C> {
         if conn.gen != id.gen {
             return;
         }
+        // What a message in progress needed is freed once it is over: an idle decoder owns no
+        // memory.
+        decoder.shrink();
         conn.decoder = decoder;
         if let Some(e) = failure {
-            log::debug!("conn={id} peer={} protocol error: {e}", conn.peer);
+            log::debug!("conn={id} peer={} protocol error: {e}", conn.peer());
             conn.discard_input = true;
             self.core.close_ws(key, e.close_code(), &e.to_string());
             return;
         }
         if pos < len && !conn.close_received {
-            conn.inbuf.extend_from_slice(&self.scratch[pos..len]);
+            conn.inbuf.extend(&self.scratch[pos..len]);
         }
     }
 
@@ -972,22 +1163,19 @@ impl<C: Send + 'static> Reactor<C> {
                 // Pipelined requests wait for the deferred reply (responses stay in order).
                 break;
             }
-            match http::parse_request(&conn.inbuf, &self.core.cfg.http_limits) {
+            match http::parse_request(conn.inbuf.bytes(), &self.core.cfg.http_limits) {
                 Ok(Some((request, used))) => {
-                    conn.inbuf.drain(..used);
-                    if conn.inbuf.is_empty() {
-                        conn.inbuf = Vec::new();
-                    }
+                    conn.inbuf.consume(used);
                     self.handle_request(handler, key, request);
                     continue;
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    log::debug!("conn={key} peer={} bad request: {e}", conn.peer);
+                    log::debug!("conn={key} peer={} bad request: {e}", conn.peer());
                     let resp = http::Response::error(e.status(), &e.to_string());
                     conn.out.push_bytes(&resp.to_bytes(false, false));
                     conn.close_after_flush = true;
-                    conn.inbuf = Vec::new();
+                    conn.inbuf = InBuf::default();
                     self.core.mark_dirty(key);
                     break;
                 }
@@ -1003,7 +1191,7 @@ impl<C: Send + 'static> Reactor<C> {
                 Ok(Some(n)) => {
                     budget = budget.saturating_sub(n);
                     if let Some(conn) = self.core.conns.get_mut(key) {
-                        conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                        conn.inbuf.extend(&self.scratch[..n]);
                     }
                 }
                 Ok(None) => break,
@@ -1016,7 +1204,7 @@ impl<C: Send + 'static> Reactor<C> {
                     if conn.awaiting_reply.is_some() || !conn.out.is_empty() {
                         conn.close_after_flush = true;
                     } else {
-                        log::trace!("conn={key} peer={}: {why}", conn.peer);
+                        log::trace!("conn={key} peer={}: {why}", conn.peer());
                         self.core.drop_conn(key);
                     }
                     break;
@@ -1038,7 +1226,7 @@ impl<C: Send + 'static> Reactor<C> {
             key: key as u32,
             gen: conn.gen,
         };
-        conn.io_deadline = self.core.now + self.core.cfg.idle_timeout;
+        conn.io_deadline = Ms::from_raw(self.core.now_ms).plus(self.core.cfg.idle_timeout);
         if handler.is_websocket_path(&request.path) {
             let hs = ws::handshake::HandshakeConfig {
                 allowed_origins: &self.core.cfg.allowed_origins,
@@ -1076,18 +1264,25 @@ impl<C: Send + 'static> Reactor<C> {
                     if let Some((params, _)) = &accepted.deflate {
                         conn.decoder
                             .enable_deflate(!params.client_no_context_takeover);
-                        conn.deflate = DeflateOut::for_params(params);
+                        if params.shares_compressed_frames() {
+                            conn.deflate_shared = true;
+                        } else {
+                            conn.deflater = Some(Box::new(ws::deflate::Deflater::new(
+                                params.server_max_window_bits,
+                                !params.server_no_context_takeover,
+                            )));
+                        }
                     }
                     conn.pending_input = !conn.inbuf.is_empty();
-                    conn.last_read = self.core.now;
+                    conn.last_read = Ms::from_raw(self.core.now_ms);
                     log::debug!(
                         "conn={id} peer={} websocket open {}",
-                        conn.peer,
+                        conn.peer(),
                         request.path
                     );
                     self.core.mark_dirty(key);
                     if let Some(interval) = self.core.cfg.ping_interval {
-                        let at = self.core.now + interval;
+                        let at = Ms::from_raw(self.core.now_ms).plus(interval);
                         self.core.arm(key, at);
                     }
                     handler.on_open(&mut self.core, id, &request);
@@ -1111,8 +1306,8 @@ impl<C: Send + 'static> Reactor<C> {
     }
 
     /// A connection's wheel entry fired: time out, ping, or enforce the soft output limit.
-    fn conn_timer(&mut self, id: ConnId, at: Instant) {
-        let now = self.core.now;
+    fn conn_timer(&mut self, id: ConnId, at: Ms) {
+        let now = Ms::from_raw(self.core.now_ms);
         let cfg_ping = self.core.cfg.ping_interval;
         let soft_time = self.core.cfg.soft_out_time;
         let key = id.key as usize;
@@ -1124,10 +1319,10 @@ impl<C: Send + 'static> Reactor<C> {
         }
         conn.armed = None;
         if let Some(since) = conn.soft_since {
-            if now >= since + soft_time && conn.out.len() > self.core.cfg.soft_out_bytes {
+            if now.reached(since.plus(soft_time)) && conn.out.len() > self.core.cfg.soft_out_bytes {
                 log::warn!(
                     "conn={id} peer={} closed: {} bytes queued for over {}s (soft limit {})",
-                    conn.peer,
+                    conn.peer(),
                     conn.out.len(),
                     soft_time.as_secs(),
                     self.core.cfg.soft_out_bytes
@@ -1136,23 +1331,23 @@ impl<C: Send + 'static> Reactor<C> {
                 return;
             }
         }
-        let mut next: Option<Instant> = conn.soft_since.map(|s| s + soft_time);
+        let mut next: Option<Ms> = conn.soft_since.map(|s| s.plus(soft_time));
         match conn.phase {
             Phase::Http => {
-                if conn.awaiting_reply.is_none() && now >= conn.io_deadline {
-                    log::debug!("conn={id} peer={} http timeout", conn.peer);
+                if conn.awaiting_reply.is_none() && now.reached(conn.io_deadline) {
+                    log::debug!("conn={id} peer={} http timeout", conn.peer());
                     self.core.drop_conn(key);
                     return;
                 }
                 let at = if conn.awaiting_reply.is_some() {
-                    now + self.core.cfg.idle_timeout
+                    now.plus(self.core.cfg.idle_timeout)
                 } else {
                     conn.io_deadline
                 };
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
             Phase::Closing => {
-                if now >= conn.io_deadline {
+                if now.reached(conn.io_deadline) {
                     self.core.drop_conn(key);
                     return;
                 }
@@ -1161,20 +1356,20 @@ impl<C: Send + 'static> Reactor<C> {
             Phase::Ws => {
                 if let Some(interval) = cfg_ping {
                     let at = match conn.ping_sent {
-                        Some(sent) if now >= sent + interval => {
-                            log::debug!("conn={id} peer={} ping timeout", conn.peer);
+                        Some(sent) if now.reached(sent.plus(interval)) => {
+                            log::debug!("conn={id} peer={} ping timeout", conn.peer());
                             self.core
                                 .close_ws(key, close_code::GOING_AWAY, "ping timeout");
                             return;
                         }
-                        Some(sent) => sent + interval,
-                        None if now >= conn.last_read + interval => {
+                        Some(sent) => sent.plus(interval),
+                        None if now.reached(conn.last_read.plus(interval)) => {
                             conn.out.push_ws(OpCode::Ping, b"");
                             conn.ping_sent = Some(now);
                             self.core.mark_dirty(key);
-                            now + interval
+                            now.plus(interval)
                         }
-                        None => conn.last_read + interval,
+                        None => conn.last_read.plus(interval),
                     };
                     next = Some(next.map_or(at, |n| n.min(at)));
                 }
@@ -1190,7 +1385,7 @@ impl<C: Send + 'static> Reactor<C> {
         for key in dirty {
             let soft = self.core.cfg.soft_out_bytes;
             let soft_time = self.core.cfg.soft_out_time;
-            let now = self.core.now;
+            let now = Ms::from_raw(self.core.now_ms);
             let Some(conn) = self.core.conns.get_mut(key) else {
                 continue;
             };
@@ -1222,7 +1417,7 @@ impl<C: Send + 'static> Reactor<C> {
                 conn.soft_since = None;
             } else if conn.soft_since.is_none() {
                 conn.soft_since = Some(now);
-                self.core.arm(key, now + soft_time);
+                self.core.arm(key, now.plus(soft_time));
             }
         }
     }
@@ -1231,7 +1426,7 @@ impl<C: Send + 'static> Reactor<C> {
         for key in std::mem::take(&mut self.core.dropping) {
             if let Some(conn) = self.core.conns.try_remove(key) {
                 // Dropping the stream closes the socket, which also removes it from epoll.
-                log::trace!("conn={}.{} peer={} freed", key, conn.gen, conn.peer);
+                log::trace!("conn={}.{} peer={} freed", key, conn.gen, conn.peer());
             }
         }
     }
@@ -1263,18 +1458,31 @@ impl<C> Core<C> {
     }
 
     /// Makes sure the connection's timer fires no later than `at`.
-    fn arm(&mut self, key: usize, at: Instant) {
+    fn arm(&mut self, key: usize, at: Ms) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.armed.is_none_or(|a| at < a) {
+        if c.armed.is_none_or(|a| at.until(a) > 0) {
             c.armed = Some(at);
             let id = ConnId {
                 key: key as u32,
                 gen: c.gen,
             };
-            self.wheel.insert(at, TimerEntry::Conn(id, at));
+            let ahead = Duration::from_millis(Ms::from_raw(self.now_ms).until(at).max(0) as u64);
+            self.wheel
+                .insert(self.now + ahead, TimerEntry::Conn(id, at));
         }
+    }
+
+    /// Sets the time of this loop iteration.
+    fn set_now(&mut self, now: Instant) {
+        self.now = now;
+        self.now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+    }
+
+    /// `now` as a connection keeps times.
+    fn ms(&self) -> Ms {
+        Ms::from_raw(self.now_ms)
     }
 
     fn notify_close(&mut self, key: usize, info: CloseInfo) {
@@ -1312,7 +1520,7 @@ impl<C> Core<C> {
         } else {
             1006
         };
-        log::debug!("conn={key}.{} peer={} gone: {why}", c.gen, c.peer);
+        log::debug!("conn={key}.{} peer={} gone: {why}", c.gen, c.peer());
         self.notify_close(
             key,
             CloseInfo {
@@ -1325,7 +1533,7 @@ impl<C> Core<C> {
 
     /// Starts the WebSocket close handshake from our side.
     fn close_ws(&mut self, key: usize, code: u16, reason: &str) {
-        let now = self.now;
+        let now = self.ms();
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -1335,7 +1543,7 @@ impl<C> Core<C> {
         c.out.push_bytes(&ws::close_frame(code, reason));
         c.close_sent = true;
         c.phase = Phase::Closing;
-        c.io_deadline = now + CLOSE_TIMEOUT;
+        c.io_deadline = now.plus(CLOSE_TIMEOUT);
         self.notify_close(
             key,
             CloseInfo {
@@ -1344,7 +1552,7 @@ impl<C> Core<C> {
             },
         );
         self.mark_dirty(key);
-        self.arm(key, now + CLOSE_TIMEOUT);
+        self.arm(key, now.plus(CLOSE_TIMEOUT));
     }
 
     /// Output limit exceeded: drop what the peer has not started receiving, tell it why, close.
@@ -1407,7 +1615,7 @@ impl<C> Core<C> {
             log::warn!(
                 "conn={key}.{} peer={} closed: {} bytes queued over the hard limit {}",
                 c.gen,
-                c.peer,
+                c.peer(),
                 c.out.len(),
                 self.cfg.max_out_bytes
             );
@@ -1425,7 +1633,7 @@ impl<C> Core<C> {
         let min = self.cfg.deflate_min_bytes;
         let c = &mut self.conns[key];
         let mut out = std::mem::take(&mut self.deflate_scratch);
-        let compressed = match &mut c.deflate {
+        let compressed = match DeflateOut::of(&mut c.deflater, c.deflate_shared) {
             DeflateOut::Off => None,
             DeflateOut::Shared => super::deflate_payload(payload, min, &mut out, |p, o| {
                 ws::deflate::compress_stateless(p, o)
@@ -1459,7 +1667,7 @@ impl<C> Ctx<C> for Core<C> {
         };
         let min = self.cfg.deflate_min_bytes;
         let c = &mut self.conns[key];
-        match &mut c.deflate {
+        match DeflateOut::of(&mut c.deflater, c.deflate_shared) {
             DeflateOut::Off => c.out.push_frame(frame),
             // Compressed once, on the first recipient that needs it, then shared.
             DeflateOut::Shared => c.out.push_frame(frame.deflated(min).unwrap_or(frame)),
@@ -1522,7 +1730,7 @@ impl<C> Ctx<C> for Core<C> {
         self.conns
             .get(conn.key as usize)
             .filter(|c| c.gen == conn.gen)
-            .map(|c| c.peer)
+            .and_then(|c| c.peer.get(&c.stream))
     }
 
     fn set_timer(&mut self, after: Duration, token: u64) -> TimerId {
@@ -1572,5 +1780,79 @@ impl<C> Ctx<C> for Core<C> {
             .get(conn.key as usize)
             .filter(|c| c.gen == conn.gen)
             .map_or(0, |c| c.out.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// What an idle connection holds in the reactor is its record: these bounds keep it small
+    /// (BENCHMARKS.md, "Memory per connection", has the byte-by-byte table).
+    #[test]
+    fn an_idle_connection_record_stays_small() {
+        assert_eq!(size_of::<Peer>(), 7);
+        assert_eq!(size_of::<Option<Ms>>(), 4);
+        assert_eq!(size_of::<InBuf>(), 8);
+        assert_eq!(size_of::<OutQueue>(), 16);
+        assert_eq!(size_of::<ws::Decoder>(), 24);
+        #[cfg(not(debug_assertions))]
+        assert_eq!(
+            size_of::<TcpStream>(),
+            4,
+            "a descriptor (release builds of mio)"
+        );
+        assert_eq!(
+            size_of::<Conn>(),
+            CONN_RECORD_BYTES,
+            "no tag beside the record"
+        );
+    }
+
+    #[test]
+    fn connection_times_survive_the_32_bit_wrap() {
+        let near_wrap = Ms::from_raw(u64::from(u32::MAX) - 500);
+        let later = near_wrap.plus(Duration::from_secs(2));
+        assert!(later.0.get() < 2000, "wrapped");
+        assert!(later.reached(near_wrap));
+        assert!(!near_wrap.reached(later));
+        assert_eq!(near_wrap.until(later), 2000);
+        assert_eq!(later.min(near_wrap), near_wrap);
+        // 0 is never a time, so Option<Ms> stays 32 bits.
+        assert_eq!(Ms::from_raw(1 << 32).0.get(), 1);
+    }
+
+    #[test]
+    fn peer_addresses_are_kept_inline_when_ipv4() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, from) = listener.accept().unwrap();
+        let stream = TcpStream::from_std(server_side);
+        assert_eq!(Peer::of(from).get(&stream), Some(from));
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:4567".parse().unwrap();
+        assert_eq!(Peer::of(mapped).get(&stream), Some(mapped));
+        // Any other IPv6 address is asked of the socket (here: the IPv4 peer it really has).
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        assert_eq!(Peer::of(v6).kind, 0);
+        assert_eq!(Peer::of(v6).get(&stream), Some(from));
+        drop(client);
+    }
+
+    #[test]
+    fn the_read_leftover_is_freed_once_consumed() {
+        let mut b = InBuf::default();
+        b.extend(b"");
+        assert!(b.0.is_none(), "nothing allocated for nothing");
+        b.extend(b"GET / HT");
+        b.extend(b"TP/1.1");
+        assert_eq!(b.bytes(), b"GET / HTTP/1.1");
+        b.consume(4);
+        assert_eq!(b.bytes(), b"/ HTTP/1.1");
+        b.consume(100);
+        assert!(b.0.is_none() && b.is_empty());
+        b.put(b"ab".to_vec());
+        assert_eq!(b.take(), b"ab");
+        assert!(b.0.is_none());
     }
 }

@@ -88,6 +88,11 @@ impl<T> Wheel<T> {
                     i += 1;
                 }
             }
+            // A burst (thousands of connections opened in one tick) leaves its slot's capacity
+            // behind: give back what is far more than the slot now holds.
+            if slot.capacity() > 16 && slot.len() * 4 < slot.capacity() {
+                slot.shrink_to(slot.len() * 2);
+            }
         }
         self.current = now_tick + 1;
     }

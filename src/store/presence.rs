@@ -60,19 +60,86 @@ pub struct NodeFigures {
 /// Presence in this process's memory.
 pub struct MemoryPresence {
     ttl: Duration,
+    users: Mutex<Users>,
+}
+
+#[derive(Default)]
+struct Users {
+    /// Node names, named by their index below (one process has one).
+    nodes: Vec<String>,
     /// uid -> node -> lapses at.
-    users: Mutex<HashMap<u64, Vec<(String, Instant)>>>,
+    by_uid: HashMap<u64, Lapses>,
+}
+
+impl Users {
+    fn node_index(&mut self, node: &str) -> u32 {
+        match self.nodes.iter().position(|n| n == node) {
+            Some(i) => i as u32,
+            None => {
+                self.nodes.push(node.to_string());
+                (self.nodes.len() - 1) as u32
+            }
+        }
+    }
+
+    fn known(&self, node: &str) -> Option<u32> {
+        self.nodes.iter().position(|n| n == node).map(|i| i as u32)
+    }
+}
+
+/// Where one user is online and until when: the one node of an embedded deployment inline
+/// (no allocation per user), more in a list.
+enum Lapses {
+    One([(u32, Instant); 1]),
+    Many(Vec<(u32, Instant)>),
+}
+
+impl Lapses {
+    fn entries(&self) -> &[(u32, Instant)] {
+        match self {
+            Lapses::One(one) => one,
+            Lapses::Many(v) => v,
+        }
+    }
+
+    fn set(&mut self, node: u32, until: Instant) {
+        let entries = match self {
+            Lapses::One(one) => &mut one[..],
+            Lapses::Many(v) => &mut v[..],
+        };
+        if let Some(e) = entries.iter_mut().find(|(n, _)| *n == node) {
+            e.1 = until;
+            return;
+        }
+        let mut v = self.entries().to_vec();
+        v.push((node, until));
+        *self = Lapses::Many(v);
+    }
+
+    /// Keeps the entries `keep` accepts; false when none is left.
+    fn retain(&mut self, mut keep: impl FnMut(&(u32, Instant)) -> bool) -> bool {
+        match self {
+            Lapses::One([e]) => keep(e),
+            Lapses::Many(v) => {
+                v.retain(keep);
+                if let [one] = v[..] {
+                    *self = Lapses::One([one]);
+                }
+                !self.entries().is_empty()
+            }
+        }
+    }
 }
 
 impl MemoryPresence {
     pub fn new(ttl: Duration) -> MemoryPresence {
         MemoryPresence {
             ttl,
-            users: Mutex::new(HashMap::new()),
+            users: Mutex::new(Users::default()),
         }
     }
 
-    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<(String, Instant)>>> {
+    fn users(&self) -> std::sync::MutexGuard<'_, Users> {
         match self.users.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -88,11 +155,13 @@ impl Presence for MemoryPresence {
     fn set_online(&self, node: &str, uids: &[u64]) -> StoreResult<()> {
         let until = Instant::now() + self.ttl;
         let mut users = self.users();
+        let node = users.node_index(node);
         for &uid in uids {
-            let nodes = users.entry(uid).or_default();
-            match nodes.iter_mut().find(|(n, _)| n == node) {
-                Some(entry) => entry.1 = until,
-                None => nodes.push((node.to_string(), until)),
+            match users.by_uid.get_mut(&uid) {
+                Some(l) => l.set(node, until),
+                None => {
+                    users.by_uid.insert(uid, Lapses::One([(node, until)]));
+                }
             }
         }
         Ok(())
@@ -100,10 +169,12 @@ impl Presence for MemoryPresence {
 
     fn set_offline(&self, node: &str, uid: u64) -> StoreResult<()> {
         let mut users = self.users();
-        if let Some(nodes) = users.get_mut(&uid) {
-            nodes.retain(|(n, _)| n != node);
-            if nodes.is_empty() {
-                users.remove(&uid);
+        let Some(node) = users.known(node) else {
+            return Ok(());
+        };
+        if let Some(l) = users.by_uid.get_mut(&uid) {
+            if !l.retain(|(n, _)| *n != node) {
+                users.by_uid.remove(&uid);
             }
         }
         Ok(())
@@ -114,10 +185,9 @@ impl Presence for MemoryPresence {
         let mut users = self.users();
         let mut out = Vec::new();
         for &uid in uids {
-            if let Some(nodes) = users.get_mut(&uid) {
-                nodes.retain(|(_, until)| *until > now);
-                if nodes.is_empty() {
-                    users.remove(&uid);
+            if let Some(l) = users.by_uid.get_mut(&uid) {
+                if !l.retain(|(_, until)| *until > now) {
+                    users.by_uid.remove(&uid);
                 } else if !out.contains(&uid) {
                     out.push(uid);
                 }
@@ -136,11 +206,17 @@ impl Presence for MemoryPresence {
     /// One process: the cluster is this node.
     fn report(&self, node: &str, connections: u64, _ttl: Duration) -> StoreResult<ClusterFigures> {
         let now = Instant::now();
-        let users = self
-            .users()
-            .values()
-            .filter(|nodes| nodes.iter().any(|(n, until)| n == node && *until > now))
-            .count() as u64;
+        let users = {
+            let users = self.users();
+            match users.known(node) {
+                Some(i) => users
+                    .by_uid
+                    .values()
+                    .filter(|l| l.entries().iter().any(|(n, until)| *n == i && *until > now))
+                    .count() as u64,
+                None => 0,
+            }
+        };
         Ok(ClusterFigures {
             nodes: vec![NodeFigures {
                 node: node.to_string(),
@@ -156,10 +232,10 @@ impl Presence for MemoryPresence {
         let users = self.users();
         let mut out: Vec<String> = uids
             .iter()
-            .filter_map(|uid| users.get(uid))
-            .flatten()
+            .filter_map(|uid| users.by_uid.get(uid))
+            .flat_map(|l| l.entries())
             .filter(|(_, until)| *until > now)
-            .map(|(n, _)| n.clone())
+            .filter_map(|(n, _)| users.nodes.get(*n as usize).cloned())
             .collect();
         out.sort();
         out.dedup();

@@ -19,33 +19,35 @@ struct Partial {
 }
 
 /// The decoder's side of permessage-deflate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Inflate {
     /// Not negotiated: RSV1 is a protocol error.
     Off,
     /// Every message inflates on its own, with the thread's shared inflater.
     Stateless,
-    /// The client keeps its context: this connection's own inflater (made on first use).
-    Takeover(Option<Box<Inflater>>),
-}
-
-impl std::fmt::Debug for Inflate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Inflate::Off => "Off",
-            Inflate::Stateless => "Stateless",
-            Inflate::Takeover(_) => "Takeover",
-        })
-    }
+    /// The client keeps its context: this connection's own inflater (made on first use, held
+    /// in the cold state).
+    Takeover,
 }
 
 /// Incremental server-side decoder. Complete single-frame messages are returned straight from the
 /// caller's buffer (unmasked in place); fragmented or streamed messages are reassembled here.
-/// Idle, it owns no heap memory.
+/// Idle, it is 24 bytes and owns no heap memory: whatever only a message in progress needs is in
+/// `cold`, allocated when such a message starts and freed by [`Decoder::shrink`] once it is over.
 #[derive(Debug)]
 pub struct Decoder {
-    limits: Limits,
+    /// The limits (larger ones saturate: nothing of 4 GiB is ever accepted).
+    max_frame: u32,
+    max_message: u32,
     /// Server side: frames must be masked. Client side: frames must not be.
     expect_masked: bool,
+    inflate: Inflate,
+    cold: Option<Box<Cold>>,
+}
+
+/// What the decoder holds only mid-message, after an error, or with an inflater of its own.
+#[derive(Default)]
+struct Cold {
     poisoned: Option<Error>,
     partial: Option<Partial>,
     /// Opcode of the open fragmented message (Text or Binary).
@@ -54,15 +56,30 @@ pub struct Decoder {
     data: Vec<u8>,
     /// Bytes of `data` known to be valid UTF-8 (text messages; always at a char boundary).
     validated: usize,
-    /// `data` holds a message already handed out; cleared on the next call.
+    /// `data` (or `inflated`) holds a message already handed out; cleared on the next call.
     data_done: bool,
     /// A control frame's payload when it spans reads (<= 125 bytes).
     control: Vec<u8>,
-    inflate: Inflate,
     /// The open message is compressed.
     compressed: bool,
     /// A compressed message, inflated (handed out from here).
     inflated: Vec<u8>,
+    /// `Inflate::Takeover`'s context, kept between messages.
+    inflater: Option<Box<Inflater>>,
+}
+
+impl std::fmt::Debug for Cold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cold")
+            .field("poisoned", &self.poisoned)
+            .field("partial", &self.partial)
+            .field("message", &self.message)
+            .field("data", &self.data.len())
+            .field("control", &self.control.len())
+            .field("inflated", &self.inflated.len())
+            .field("inflater", &self.inflater.is_some())
+            .finish()
+    }
 }
 
 impl Default for Decoder {
@@ -74,21 +91,18 @@ impl Default for Decoder {
 /// Reassembly buffers larger than this are freed after their message instead of kept.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 impl Decoder {
     pub fn new(limits: Limits) -> Decoder {
         Decoder {
-            limits,
+            max_frame: saturate(limits.max_frame_bytes),
+            max_message: saturate(limits.max_message_bytes),
             expect_masked: true,
-            poisoned: None,
-            partial: None,
-            message: None,
-            data: Vec::new(),
-            validated: 0,
-            data_done: false,
-            control: Vec::new(),
             inflate: Inflate::Off,
-            compressed: false,
-            inflated: Vec::new(),
+            cold: None,
         }
     }
 
@@ -97,25 +111,32 @@ impl Decoder {
     /// inflater of its own.
     pub fn enable_deflate(&mut self, client_takeover: bool) {
         self.inflate = if client_takeover {
-            Inflate::Takeover(None)
+            Inflate::Takeover
         } else {
             Inflate::Stateless
         };
     }
 
-    /// Inflates `compressed` into `self.inflated` and validates it as `kind`.
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// Inflates `compressed` into the cold state's `inflated` and validates it as `kind`.
     fn inflate_message(&mut self, kind: OpCode, compressed: &[u8]) -> Result<(), Error> {
-        let limit = self.limits.max_message_bytes;
-        let r = match &mut self.inflate {
-            Inflate::Takeover(own) => own
+        let limit = self.max_message as usize;
+        let takeover = self.inflate == Inflate::Takeover;
+        let c = self.cold();
+        let r = if takeover {
+            c.inflater
                 .get_or_insert_with(|| Box::new(Inflater::new(true)))
-                .inflate(compressed, limit, &mut self.inflated),
-            _ => super::deflate::inflate_stateless(compressed, limit, &mut self.inflated),
+                .inflate(compressed, limit, &mut c.inflated)
+        } else {
+            super::deflate::inflate_stateless(compressed, limit, &mut c.inflated)
         };
         if let Err(e) = r {
             return Err(self.fail(e));
         }
-        if kind == OpCode::Text && simdutf8::basic::from_utf8(&self.inflated).is_err() {
+        if kind == OpCode::Text && simdutf8::basic::from_utf8(&c.inflated).is_err() {
             return Err(self.fail(Error::InvalidUtf8));
         }
         Ok(())
@@ -131,27 +152,49 @@ impl Decoder {
 
     /// True while a fragmented message or a partial frame is held.
     pub fn is_mid_message(&self) -> bool {
-        self.partial.is_some() || self.message.is_some()
+        self.cold
+            .as_ref()
+            .is_some_and(|c| c.partial.is_some() || c.message.is_some())
     }
 
     /// Bytes held in the reassembly buffers.
     pub fn buffered_bytes(&self) -> usize {
-        self.data.len() + self.control.len() + self.inflated.len()
+        self.cold
+            .as_ref()
+            .map_or(0, |c| c.data.len() + c.control.len() + c.inflated.len())
     }
 
-    /// Releases buffer capacity when nothing is held.
+    /// True when the decoder holds heap memory (a message in progress, an error, or an
+    /// inflater of its own); an idle decoder does not.
+    pub fn holds_memory(&self) -> bool {
+        self.cold.is_some()
+    }
+
+    /// Releases the cold state when nothing is held (call once what the last `decode`
+    /// returned is used); an inflater of its own (context takeover) and an error are kept.
     pub fn shrink(&mut self) {
-        if !self.is_mid_message() {
-            self.data = Vec::new();
-            self.inflated = Vec::new();
-            self.control = Vec::new();
-            self.validated = 0;
-            self.data_done = false;
+        if self.is_mid_message() {
+            return;
+        }
+        let Some(c) = self.cold.as_deref_mut() else {
+            return;
+        };
+        if c.poisoned.is_some() {
+            return;
+        }
+        if c.inflater.is_none() {
+            self.cold = None;
+        } else {
+            c.data = Vec::new();
+            c.inflated = Vec::new();
+            c.control = Vec::new();
+            c.validated = 0;
+            c.data_done = false;
         }
     }
 
     fn fail(&mut self, e: Error) -> Error {
-        self.poisoned = Some(e.clone());
+        self.cold().poisoned = Some(e.clone());
         e
     }
 
@@ -167,23 +210,27 @@ impl Decoder {
         &'a mut self,
         input: &'a mut [u8],
     ) -> Result<(usize, Option<Event<'a>>), Error> {
-        if let Some(e) = &self.poisoned {
-            return Err(e.clone());
-        }
-        if self.data_done {
-            self.data_done = false;
-            self.data.clear();
-            self.inflated.clear();
-            self.validated = 0;
-            if self.data.capacity() > KEEP_CAPACITY {
-                self.data = Vec::new();
+        let mut streaming = false;
+        if let Some(c) = self.cold.as_deref_mut() {
+            if let Some(e) = &c.poisoned {
+                return Err(e.clone());
             }
-            if self.inflated.capacity() > KEEP_CAPACITY {
-                self.inflated = Vec::new();
+            if c.data_done {
+                c.data_done = false;
+                c.data.clear();
+                c.inflated.clear();
+                c.validated = 0;
+                if c.data.capacity() > KEEP_CAPACITY {
+                    c.data = Vec::new();
+                }
+                if c.inflated.capacity() > KEEP_CAPACITY {
+                    c.inflated = Vec::new();
+                }
             }
+            streaming = c.partial.is_some();
         }
         let mut pos = 0;
-        if self.partial.is_none() {
+        if !streaming {
             let Some((header_len, partial)) = self.parse_header(input)? else {
                 return Ok((0, None));
             };
@@ -193,9 +240,10 @@ impl Decoder {
             if complete && partial.opcode.is_control() {
                 let payload = &mut input[header_len..header_len + len];
                 apply_mask(payload, partial.mask, 0);
-                let event = control_event(partial.opcode, payload)
-                    .inspect_err(|e| self.poisoned = Some(e.clone()))?;
-                return Ok((header_len + len, Some(event)));
+                return match control_event(partial.opcode, payload) {
+                    Ok(event) => Ok((header_len + len, Some(event))),
+                    Err(e) => Err(self.fail(e)),
+                };
             }
             if complete && partial.fin && partial.opcode != OpCode::Continuation {
                 // Fast path: a whole unfragmented message in the caller's buffer, zero copy.
@@ -203,8 +251,9 @@ impl Decoder {
                 apply_mask(payload, partial.mask, 0);
                 if partial.compressed {
                     self.inflate_message(partial.opcode, payload)?;
-                    self.data_done = true;
-                    return Ok((header_len + len, Some(self.inflated_event(partial.opcode))));
+                    let c = self.cold();
+                    c.data_done = true;
+                    return Ok((header_len + len, Some(c.inflated_event(partial.opcode))));
                 }
                 let event = if partial.opcode == OpCode::Text {
                     match simdutf8::basic::from_utf8(payload) {
@@ -216,16 +265,18 @@ impl Decoder {
                 };
                 return Ok((header_len + len, Some(event)));
             }
+            let c = self.cold();
             if partial.opcode.is_control() {
-                self.control.clear();
+                c.control.clear();
             } else if partial.opcode != OpCode::Continuation {
-                self.message = Some(partial.opcode);
-                self.compressed = partial.compressed;
+                c.message = Some(partial.opcode);
+                c.compressed = partial.compressed;
             }
-            self.partial = Some(partial);
+            c.partial = Some(partial);
         }
         // Streaming: take what payload is there.
-        let Some(mut partial) = self.partial else {
+        let c = self.cold();
+        let Some(mut partial) = c.partial else {
             return Ok((pos, None));
         };
         let avail = ((input.len() - pos) as u64).min(partial.remaining) as usize;
@@ -235,76 +286,54 @@ impl Decoder {
         partial.remaining -= avail as u64;
         partial.received += avail as u64;
         if partial.opcode.is_control() {
-            self.control.extend_from_slice(chunk);
+            c.control.extend_from_slice(chunk);
         } else {
-            self.data.extend_from_slice(chunk);
+            c.data.extend_from_slice(chunk);
             // A compressed text is validated once inflated.
-            if self.message == Some(OpCode::Text) && !self.compressed {
-                self.check_utf8(false)?;
+            if c.message == Some(OpCode::Text) && !c.compressed && !c.check_utf8(false) {
+                return Err(self.fail(Error::InvalidUtf8));
             }
         }
+        let c = self.cold();
         if partial.remaining > 0 {
-            self.partial = Some(partial);
+            c.partial = Some(partial);
             return Ok((pos, None));
         }
-        self.partial = None;
+        c.partial = None;
         if partial.opcode.is_control() {
             // Validate first without holding the borrow the returned event needs.
-            if let Some(e) = control_event(partial.opcode, &self.control).err() {
+            if let Some(e) = control_event(partial.opcode, &c.control).err() {
                 return Err(self.fail(e));
             }
-            return Ok((pos, Some(control_event(partial.opcode, &self.control)?)));
+            let c = self.cold();
+            return Ok((pos, Some(control_event(partial.opcode, &c.control)?)));
         }
         if !partial.fin {
             return Ok((pos, None));
         }
         // The last fragment: hand out the whole message.
-        let kind = self.message.take().unwrap_or(OpCode::Binary);
-        self.data_done = true;
-        if std::mem::take(&mut self.compressed) {
-            let compressed = std::mem::take(&mut self.data);
+        let kind = c.message.take().unwrap_or(OpCode::Binary);
+        c.data_done = true;
+        if std::mem::take(&mut c.compressed) {
+            let compressed = std::mem::take(&mut c.data);
             let r = self.inflate_message(kind, &compressed);
-            self.data = compressed;
+            let c = self.cold();
+            c.data = compressed;
             r?;
-            return Ok((pos, Some(self.inflated_event(kind))));
+            return Ok((pos, Some(c.inflated_event(kind))));
         }
         if kind == OpCode::Text {
-            self.check_utf8(true)?;
+            if !c.check_utf8(true) {
+                return Err(self.fail(Error::InvalidUtf8));
+            }
+            let c = self.cold();
             // SAFETY: check_utf8(true) has just validated all of `data` (piece by piece as the
             // fragments came); validating it again here doubled the cost of long messages.
-            let text = unsafe { std::str::from_utf8_unchecked(&self.data) };
+            let text = unsafe { std::str::from_utf8_unchecked(&c.data) };
             Ok((pos, Some(Event::Text(text))))
         } else {
-            Ok((pos, Some(Event::Binary(&self.data))))
-        }
-    }
-
-    /// The event of a message inflated into `self.inflated` (validated by `inflate_message`).
-    fn inflated_event(&self, kind: OpCode) -> Event<'_> {
-        if kind == OpCode::Text {
-            // SAFETY: inflate_message validated all of `inflated` as UTF-8 for a text message.
-            Event::Text(unsafe { std::str::from_utf8_unchecked(&self.inflated) })
-        } else {
-            Event::Binary(&self.inflated)
-        }
-    }
-
-    /// Validates the unvalidated part of a text message, failing as soon as the bytes so far
-    /// cannot begin valid UTF-8. `end`: the message is complete, so an unfinished sequence fails.
-    fn check_utf8(&mut self, end: bool) -> Result<(), Error> {
-        let rest = &self.data[self.validated..];
-        // SIMD validation: Chinese text (3-byte sequences) validates ~11x faster than with std
-        // (benches/micro.rs).
-        match simdutf8::compat::from_utf8(rest) {
-            Ok(_) => {
-                self.validated = self.data.len();
-                Ok(())
-            }
-            Err(e) if e.error_len().is_none() && !end => {
-                self.validated += e.valid_up_to();
-                Ok(())
-            }
-            Err(_) => Err(self.fail(Error::InvalidUtf8)),
+            let c = self.cold();
+            Ok((pos, Some(Event::Binary(&c.data))))
         }
     }
 
@@ -314,14 +343,18 @@ impl Decoder {
         let (Some(&b0), Some(&b1)) = (input.first(), input.get(1)) else {
             return Ok(None);
         };
+        let (message, assembled) = self
+            .cold
+            .as_ref()
+            .map_or((None, 0), |c| (c.message, c.data.len()));
         let fin = b0 & 0x80 != 0;
         let Some(opcode) = OpCode::from_u8(b0 & 0x0f) else {
             return Err(self.fail(Error::Protocol("unknown opcode")));
         };
         // RSV1 is permessage-deflate's "compressed" bit, on a message's first frame only.
         let rsv1 = b0 & 0x40 != 0;
-        let rsv1_ok = !matches!(self.inflate, Inflate::Off)
-            && matches!(opcode, OpCode::Text | OpCode::Binary);
+        let rsv1_ok =
+            self.inflate != Inflate::Off && matches!(opcode, OpCode::Text | OpCode::Binary);
         if b0 & 0x30 != 0 || (rsv1 && !rsv1_ok) {
             return Err(self.fail(Error::Protocol("reserved bits set without an extension")));
         }
@@ -342,10 +375,10 @@ impl Decoder {
                 return Err(self.fail(Error::Protocol("control frame over 125 bytes")));
             }
         } else if opcode == OpCode::Continuation {
-            if self.message.is_none() {
+            if message.is_none() {
                 return Err(self.fail(Error::Protocol("continuation frame without a message")));
             }
-        } else if self.message.is_some() {
+        } else if message.is_some() {
             return Err(self.fail(Error::Protocol("new message inside a fragmented message")));
         }
         let (ext, len) = match len7 {
@@ -370,16 +403,14 @@ impl Decoder {
             n => (0, u64::from(n)),
         };
         // Limits are checked on the declared length, before anything is buffered.
-        if len > self.limits.max_frame_bytes as u64 {
+        if len > u64::from(self.max_frame) {
             return Err(self.fail(Error::TooBig {
-                limit: self.limits.max_frame_bytes,
+                limit: self.max_frame as usize,
             }));
         }
-        if !opcode.is_control()
-            && self.data.len() as u64 + len > self.limits.max_message_bytes as u64
-        {
+        if !opcode.is_control() && assembled as u64 + len > u64::from(self.max_message) {
             return Err(self.fail(Error::TooBig {
-                limit: self.limits.max_message_bytes,
+                limit: self.max_message as usize,
             }));
         }
         let header_len = 2 + ext + if masked { 4 } else { 0 };
@@ -403,6 +434,38 @@ impl Decoder {
                 compressed: rsv1,
             },
         )))
+    }
+}
+
+impl Cold {
+    /// The event of a message inflated into `inflated` (validated by `inflate_message`).
+    fn inflated_event(&self, kind: OpCode) -> Event<'_> {
+        if kind == OpCode::Text {
+            // SAFETY: inflate_message validated all of `inflated` as UTF-8 for a text message.
+            Event::Text(unsafe { std::str::from_utf8_unchecked(&self.inflated) })
+        } else {
+            Event::Binary(&self.inflated)
+        }
+    }
+
+    /// Validates the unvalidated part of a text message, failing (false) as soon as the bytes
+    /// so far cannot begin valid UTF-8. `end`: the message is complete, so an unfinished
+    /// sequence fails.
+    fn check_utf8(&mut self, end: bool) -> bool {
+        let rest = &self.data[self.validated..];
+        // SIMD validation: Chinese text (3-byte sequences) validates ~11x faster than with std
+        // (benches/micro.rs).
+        match simdutf8::compat::from_utf8(rest) {
+            Ok(_) => {
+                self.validated = self.data.len();
+                true
+            }
+            Err(e) if e.error_len().is_none() && !end => {
+                self.validated += e.valid_up_to();
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -941,8 +1004,17 @@ mod tests {
             pos += n;
         }
         assert!(!d.is_mid_message());
+        assert!(
+            d.holds_memory(),
+            "the fragments were assembled in the cold state"
+        );
         d.shrink();
-        assert_eq!(d.data.capacity() + d.control.capacity(), 0);
+        assert!(!d.holds_memory());
+        assert_eq!(
+            std::mem::size_of::<Decoder>(),
+            24,
+            "an idle decoder is 24 bytes"
+        );
     }
 }
 
