@@ -122,6 +122,16 @@ pub fn parse_chat_command(text: &str) -> Result<Command, &'static str> {
 
 fn decode_command(text: &str, online_chat_send: bool) -> Result<Command, &'static str> {
     let value: Value = serde_json::from_str(text).map_err(|_| "not valid JSON")?;
+    command_of_value(value, online_chat_send)
+}
+
+/// A command already decoded as JSON (one forwarded between nodes), checked as
+/// [`parse_command`] checks a frame.
+pub fn command_from_value(value: Value) -> Result<Command, &'static str> {
+    command_of_value(value, false)
+}
+
+fn command_of_value(value: Value, online_chat_send: bool) -> Result<Command, &'static str> {
     let Value::Object(mut fields) = value else {
         return Err("a command must be a JSON object");
     };

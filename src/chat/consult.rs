@@ -185,11 +185,7 @@ fn extended(app: &mut App, ctx: &mut dyn Ctx<Completion>, id: u64, extra_ms: u64
 /// On the desk's node: the server API changed a consultation through another node (stored
 /// already): created ones are loaded, extensions and ends applied to the live copy.
 pub fn changed_elsewhere(app: &mut App, ctx: &mut dyn Ctx<Completion>, op: &Value) {
-    let id = op
-        .get("consult_id")
-        .or_else(|| op.get("id"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let id = op.get("id").and_then(Value::as_u64).unwrap_or(0);
     match op.get("event").and_then(Value::as_str) {
         Some("extended") => {
             let extra_ms = op.get("extra_ms").and_then(Value::as_u64).unwrap_or(0);

@@ -233,16 +233,7 @@ fn drop_silent_nodes(app: &mut App, ctx: &mut dyn Ctx<Completion>, now: Instant)
     for node in silent {
         log::warn!("customer service: node {node} is silent; its users count as offline");
         app.chat.role.last_seen.remove(&node);
-        let agents: Vec<(u64, bool)> = app
-            .chat
-            .role
-            .remote
-            .iter()
-            .map(|(u, r)| (*u, r.agent))
-            .collect();
-        let gone = app.chat.role.drop_node(&node);
-        for uid in gone {
-            let agent = agents.iter().any(|(u, a)| *u == uid && *a);
+        for (uid, agent) in app.chat.role.drop_node(&node) {
             if !app.chat.is_online(uid) {
                 left(app, ctx, uid, agent);
             }
@@ -252,7 +243,7 @@ fn drop_silent_nodes(app: &mut App, ctx: &mut dyn Ctx<Completion>, now: Instant)
 
 /// An operation from another node (or, `ask`, from the desk's node).
 pub fn handle(app: &mut App, ctx: &mut dyn Ctx<Completion>, origin: &str, op: &str, run: Run) {
-    let Ok(v) = serde_json::from_str::<Value>(op) else {
+    let Ok(mut v) = serde_json::from_str::<Value>(op) else {
         log::warn!("customer service: a malformed desk operation from {origin} was dropped");
         return;
     };
@@ -261,7 +252,7 @@ pub fn handle(app: &mut App, ctx: &mut dyn Ctx<Completion>, origin: &str, op: &s
         return answer_ask(app, &v);
     }
     if !app.chat.role.mine {
-        return not_mine(app, ctx, origin, &v);
+        return not_mine(app, origin, &v);
     }
     if app.chat.role.restoring {
         if app.chat.role.held.len() < crate::chat::state::DeskRole::HELD_MAX {
@@ -273,12 +264,17 @@ pub fn handle(app: &mut App, ctx: &mut dyn Ctx<Completion>, origin: &str, op: &s
         return;
     }
     let uid = field(&v, "uid");
-    let node = v.get("node").and_then(Value::as_str).unwrap_or(origin);
+    let node = v
+        .get("node")
+        .and_then(Value::as_str)
+        .unwrap_or(origin)
+        .to_string();
+    let node = node.as_str();
     if kind != "cmd" {
         app.chat.role.last_seen.insert(node.to_string(), ctx.now());
     }
     match kind {
-        "cmd" => command(app, ctx, node, &v, run),
+        "cmd" => command(app, ctx, node, &mut v, run),
         "online" => {
             let agent = v.get("agent").and_then(Value::as_bool).unwrap_or(false);
             let before = app.chat.online_anywhere(uid);
@@ -306,25 +302,17 @@ pub fn handle(app: &mut App, ctx: &mut dyn Ctx<Completion>, origin: &str, op: &s
                         .collect()
                 })
                 .unwrap_or_default();
-            let agents: Vec<u64> = app.chat.all_agents();
-            let here: Vec<bool> = users
-                .iter()
-                .map(|(u, _)| app.chat.online_anywhere(*u))
-                .collect();
             let (came_now, left_now) = app.chat.role.replace_node(node, &users);
+            // New to the remote view; those connected here too were the desk's already.
             for uid in came_now {
-                let known = users
-                    .iter()
-                    .zip(&here)
-                    .any(|((u, _), was)| *u == uid && *was);
-                let agent = users.iter().any(|(u, a)| *u == uid && *a);
-                if !known {
+                if !app.chat.is_online(uid) {
+                    let agent = app.chat.is_agent(uid);
                     came(app, ctx, uid, agent);
                 }
             }
-            for uid in left_now {
+            for (uid, agent) in left_now {
                 if !app.chat.is_online(uid) {
-                    left(app, ctx, uid, agents.binary_search(&uid).is_ok());
+                    left(app, ctx, uid, agent);
                 }
             }
         }
@@ -346,10 +334,10 @@ fn field(v: &Value, name: &str) -> u64 {
 }
 
 /// A forwarded command, run here as if its connection were local.
-fn command(app: &mut App, ctx: &mut dyn Ctx<Completion>, node: &str, v: &Value, run: Run) {
-    let (Some(bus), Some(text)) = (
+fn command(app: &mut App, ctx: &mut dyn Ctx<Completion>, node: &str, v: &mut Value, run: Run) {
+    let (Some(bus), Some(object)) = (
         app.bus.as_ref().and_then(|b| b.publisher()),
-        v.get("cmd").map(Value::to_string),
+        v.get_mut("cmd").map(Value::take),
     ) else {
         return;
     };
@@ -359,7 +347,7 @@ fn command(app: &mut App, ctx: &mut dyn Ctx<Completion>, node: &str, v: &Value, 
         fid: field(v, "fid"),
         bus,
     });
-    let Ok(cmd) = proto::parse_command(&text) else {
+    let Ok(cmd) = proto::command_from_value(object) else {
         return;
     };
     let p = Pending {
@@ -383,7 +371,7 @@ fn command(app: &mut App, ctx: &mut dyn Ctx<Completion>, node: &str, v: &Value, 
 
 /// An operation for the desk reached a node that no longer holds it: a command goes on to the
 /// holder (or is refused, retry), anything else is dropped (the next snapshot heals it).
-fn not_mine(app: &mut App, ctx: &mut dyn Ctx<Completion>, origin: &str, v: &Value) {
+fn not_mine(app: &App, origin: &str, v: &Value) {
     if v.get("op").and_then(Value::as_str) != Some("cmd") {
         return;
     }
@@ -401,8 +389,12 @@ fn not_mine(app: &mut App, ctx: &mut dyn Ctx<Completion>, origin: &str, v: &Valu
             return;
         }
     }
-    let _ = ctx;
-    let node = v.get("node").and_then(Value::as_str).unwrap_or(origin);
+    let node = v
+        .get("node")
+        .and_then(Value::as_str)
+        .unwrap_or(origin)
+        .to_string();
+    let node = node.as_str();
     if let Some(bus) = &app.bus {
         let cmd = v.get("cmd").cloned().unwrap_or(Value::Null);
         let name = cmd.get("cmd").and_then(Value::as_str).unwrap_or("error");
@@ -427,16 +419,9 @@ fn answer_ask(app: &mut App, v: &Value) {
         .map(|l| l.iter().filter_map(Value::as_u64).collect())
         .unwrap_or_default();
     for uid in uids {
-        if !app.chat.is_online(uid) || app.chat.role.reported.contains_key(&uid) {
-            continue;
-        }
-        let agent = app.chat.agents.contains(&uid);
-        app.chat.role.reported.insert(uid, agent);
-        if !app.chat.role.mine {
-            to_desk(
-                app,
-                &json!({ "op": "online", "node": app.node_id, "uid": uid, "agent": agent }),
-            );
+        if app.chat.is_online(uid) && !app.chat.role.reported.contains_key(&uid) {
+            let agent = app.chat.agents.contains(&uid);
+            report_online(app, uid, agent);
         }
     }
 }

@@ -34,6 +34,17 @@ fn update(
     what: &'static str,
     f: impl FnOnce(&dyn crate::store::presence::Presence, &str) -> StoreResult<()> + Send + 'static,
 ) {
+    update_then(app, ctx, what, f, |_, _| {});
+}
+
+/// As [`update`], and `failed` runs on the reactor when the worker's update failed.
+fn update_then(
+    app: &mut App,
+    ctx: &mut dyn Ctx<Completion>,
+    what: &'static str,
+    f: impl FnOnce(&dyn crate::store::presence::Presence, &str) -> StoreResult<()> + Send + 'static,
+    failed: impl FnOnce(&mut App, &mut dyn Ctx<Completion>) + Send + 'static,
+) {
     let node = app.node_id.clone();
     if app.backends.presence.is_local() {
         if let Err(e) = f(&*app.backends.presence, &node) {
@@ -44,9 +55,10 @@ fn update(
     let submitted = app.job(
         ctx,
         move |b| f(&*b.presence, &node),
-        move |_app, _ctx, r| {
+        move |app, ctx, r| {
             if let Err(e) = r {
                 log::warn!("presence {what}: {e}");
+                failed(app, ctx);
             }
         },
     );
@@ -94,37 +106,20 @@ fn report_all_tries(app: &mut App, ctx: &mut dyn Ctx<Completion>, tries: u32) {
         return;
     }
     let uids: Vec<u64> = app.chat.online.keys().copied().collect();
-    let node = app.node_id.clone();
-    let report = move |p: &dyn crate::store::presence::Presence| -> StoreResult<()> {
+    let report = move |p: &dyn crate::store::presence::Presence, node: &str| {
         // Bounded pipelines: one huge one would hold a connection (and Redis) for long.
         for chunk in uids.chunks(1000) {
-            p.set_online(&node, chunk)?;
+            p.set_online(node, chunk)?;
         }
         Ok(())
     };
-    if app.backends.presence.is_local() {
-        if let Err(e) = report(&*app.backends.presence) {
-            log::warn!("presence refresh: {e}");
+    update_then(app, ctx, "refresh", report, move |app, ctx| {
+        if tries > 1 {
+            app.after(ctx, Duration::from_millis(500), move |app, ctx| {
+                report_all_tries(app, ctx, tries - 1)
+            });
         }
-        return;
-    }
-    let submitted = app.job(
-        ctx,
-        move |b| report(&*b.presence),
-        move |app, ctx, r| {
-            if let Err(e) = r {
-                log::warn!("presence refresh: {e}");
-                if tries > 1 {
-                    app.after(ctx, Duration::from_millis(500), move |app, ctx| {
-                        report_all_tries(app, ctx, tries - 1)
-                    });
-                }
-            }
-        },
-    );
-    if !submitted {
-        log::warn!("presence refresh: worker queue full; the next refresh repairs it");
-    }
+    });
 }
 
 /// Graceful shutdown: withdraw every user of this process at once.

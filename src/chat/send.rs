@@ -458,10 +458,10 @@ fn deliver_to_conv_and_bus(
     except: Option<ConnId>,
     publish: Option<String>,
 ) {
-    let desk_conv = matches!(
-        proto::parse_conv(&conv_id),
-        Some(ConvRef::Service(_) | ConvRef::Consult(_))
-    );
+    let Some(conv) = proto::parse_conv(&conv_id) else {
+        return;
+    };
+    let desk_conv = matches!(conv, ConvRef::Service(_) | ConvRef::Consult(_));
     if desk_conv && !app.chat.role.mine {
         // Who receives it is known on the desk's node only: it delivers (here too).
         if let (Some(bus), Some(payload), Some(owner)) =
@@ -472,17 +472,17 @@ fn deliver_to_conv_and_bus(
         return;
     }
     // A group's cached list is shared, not copied: this runs once per message.
-    let recipients: Arc<Vec<u64>> = match proto::parse_conv(&conv_id) {
-        Some(ConvRef::Friend(a, b)) => Arc::new(vec![a, b]),
-        Some(ConvRef::Service(c)) => Arc::new(app.chat.service_recipients(c)),
+    let recipients: Arc<Vec<u64>> = match conv {
+        ConvRef::Friend(a, b) => Arc::new(vec![a, b]),
+        ConvRef::Service(c) => Arc::new(app.chat.service_recipients(c)),
         // Loaded while either side is connected here.
-        Some(ConvRef::Consult(id)) => Arc::new(
+        ConvRef::Consult(id) => Arc::new(
             app.chat
                 .consults
                 .sides(id)
                 .map_or_else(Vec::new, |s| s.to_vec()),
         ),
-        Some(ConvRef::Group(g)) => match app.chat.groups.get(&g) {
+        ConvRef::Group(g) => match app.chat.groups.get(&g) {
             Some(members) => members.clone(),
             None => {
                 // Not cached (evicted or never loaded here): load, then deliver.
@@ -499,19 +499,17 @@ fn deliver_to_conv_and_bus(
                 return;
             }
         },
-        None => return,
     };
     if let (Some(bus), Some(payload)) = (&app.bus, &publish) {
-        match proto::parse_conv(&conv_id) {
-            Some(ConvRef::Friend(..) | ConvRef::Group(_)) => {
-                bus.publish_to(Target::Conv(conv_id.clone()), payload, recipients.to_vec());
-            }
+        if desk_conv {
             // Computed by the desk's node: straight to the recipients' nodes.
-            _ => bus.publish_to(
+            bus.publish_to(
                 Target::Users(recipients.to_vec()),
                 payload,
                 recipients.to_vec(),
-            ),
+            );
+        } else {
+            bus.publish_to(Target::Conv(conv_id.clone()), payload, recipients.to_vec());
         }
     }
     let mut delivered = 0;

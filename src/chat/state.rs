@@ -385,32 +385,35 @@ impl DeskRole {
     }
 
     /// `node`'s users as it reports them now: those it held before and no longer lists are
-    /// gone from it. Returns the users that came and the users that left the cluster's view.
-    pub fn replace_node(&mut self, node: &str, users: &[(u64, bool)]) -> (Vec<u64>, Vec<u64>) {
+    /// gone from it. Returns the users that came and the users (with whether each is an agent)
+    /// that left the cluster's view.
+    pub fn replace_node(
+        &mut self,
+        node: &str,
+        users: &[(u64, bool)],
+    ) -> (Vec<u64>, Vec<(u64, bool)>) {
         let listed: HashSet<u64> = users.iter().map(|(u, _)| *u).collect();
-        let before: Vec<u64> = self
+        let before: Vec<(u64, bool)> = self
             .remote
             .iter()
-            .filter(|(_, r)| r.nodes.iter().any(|n| n == node))
-            .map(|(u, _)| *u)
+            .filter(|(u, r)| !listed.contains(u) && r.nodes.iter().any(|n| n == node))
+            .map(|(u, r)| (*u, r.agent))
             .collect();
-        let mut left = Vec::new();
-        for uid in before {
-            if !listed.contains(&uid) && self.remote_offline(uid, node) {
-                left.push(uid);
-            }
-        }
-        let mut came = Vec::new();
-        for (uid, agent) in users {
-            if self.remote_online(*uid, *agent, node) {
-                came.push(*uid);
-            }
-        }
+        let left = before
+            .into_iter()
+            .filter(|(uid, _)| self.remote_offline(*uid, node))
+            .collect();
+        let came = users
+            .iter()
+            .filter(|(uid, agent)| self.remote_online(*uid, *agent, node))
+            .map(|(uid, _)| *uid)
+            .collect();
         (came, left)
     }
 
-    /// Every user of `node` (it died or lost its lease view): those gone from the cluster.
-    pub fn drop_node(&mut self, node: &str) -> Vec<u64> {
+    /// Every user of `node` (it died or lost its lease view): those gone from the cluster, with
+    /// whether each is an agent.
+    pub fn drop_node(&mut self, node: &str) -> Vec<(u64, bool)> {
         self.replace_node(node, &[]).1
     }
 }
@@ -451,10 +454,10 @@ mod tests {
         r.remote_online(2, true, "b");
         let (came, left) = r.replace_node("a", &[(2, true), (3, false)]);
         assert_eq!(came, vec![3]);
-        assert_eq!(left, vec![1]);
-        assert_eq!(r.drop_node("b"), Vec::<u64>::new());
+        assert_eq!(left, vec![(1, false)]);
+        assert_eq!(r.drop_node("b"), Vec::<(u64, bool)>::new());
         let mut gone = r.drop_node("a");
         gone.sort_unstable();
-        assert_eq!(gone, vec![2, 3]);
+        assert_eq!(gone, vec![(2, true), (3, false)]);
     }
 }

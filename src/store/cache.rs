@@ -136,12 +136,8 @@ impl SharedCache for MemoryCache {
     }
 
     fn release(&self, key: &str, holder: &str) -> StoreResult<()> {
-        let mut e = self.entries();
-        let key = format!("lease:{key}");
-        if e.locks.get(&key).is_some_and(|(h, _)| h == holder) {
-            e.locks.remove(&key);
-        }
-        Ok(())
+        // Leases live beside the locks, under `lease:`.
+        self.unlock(&format!("lease:{key}"), holder)
     }
 
     fn incr_window(&self, key: &str, window: Duration) -> StoreResult<u64> {

@@ -366,19 +366,7 @@ impl Presence for RedisKv {
     }
 
     fn nodes_of(&self, uids: &[u64]) -> StoreResult<Vec<String>> {
-        if uids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = now_ms();
-        let mut pipe = redis::pipe();
-        for &uid in uids {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(self.key("presence", &uid.to_string()))
-                .arg(format!("({now}"))
-                .arg("+inf");
-        }
-        let lists: Vec<Vec<String>> = self.with_conn(|c| pipe.query(c))?;
-        let mut out: Vec<String> = lists.into_iter().flatten().collect();
+        let mut out: Vec<String> = self.nodes_by_user(uids)?.into_iter().flatten().collect();
         out.sort();
         out.dedup();
         Ok(out)
@@ -401,6 +389,21 @@ impl Presence for RedisKv {
             l.sort();
         }
         Ok(lists)
+    }
+}
+
+impl RedisKv {
+    /// Deletes a lock's or lease's key if `holder` still holds it (one may have lapsed and been
+    /// taken by another since).
+    fn delete_if_held(&self, key: &str, holder: &str) -> StoreResult<()> {
+        self.with_conn(|c| {
+            redis::cmd("EVAL")
+                .arg(UNLOCK)
+                .arg(1)
+                .arg(key)
+                .arg(holder)
+                .query::<()>(c)
+        })
     }
 }
 
@@ -443,15 +446,7 @@ impl SharedCache for RedisKv {
     }
 
     fn unlock(&self, key: &str, owner: &str) -> StoreResult<()> {
-        let key = self.key("lock", key);
-        self.with_conn(|c| {
-            redis::cmd("EVAL")
-                .arg(UNLOCK)
-                .arg(1)
-                .arg(&key)
-                .arg(owner)
-                .query::<()>(c)
-        })
+        self.delete_if_held(&self.key("lock", key), owner)
     }
 
     fn lease(&self, key: &str, holder: &str, ttl: Duration) -> StoreResult<String> {
@@ -468,15 +463,7 @@ impl SharedCache for RedisKv {
     }
 
     fn release(&self, key: &str, holder: &str) -> StoreResult<()> {
-        let key = self.key("lease", key);
-        self.with_conn(|c| {
-            redis::cmd("EVAL")
-                .arg(UNLOCK)
-                .arg(1)
-                .arg(&key)
-                .arg(holder)
-                .query::<()>(c)
-        })
+        self.delete_if_held(&self.key("lease", key), holder)
     }
 
     fn incr_window(&self, key: &str, window: Duration) -> StoreResult<u64> {

@@ -180,26 +180,10 @@ fn parse() -> Result<Opts, String> {
             "--api-key" => o.api_key = value,
             "--hold" => o.hold = num(&value)?,
             "--pid" => {
-                o.pids = value
-                    .split(',')
-                    .map(|p| {
-                        p.trim()
-                            .parse::<u32>()
-                            .map_err(|_| "--pid: a number or a list")
-                    })
-                    .collect::<Result<_, _>>()?;
+                o.pids = list(&value, "--pid: a number or a list")?;
                 o.pid = o.pids.first().copied().unwrap_or(0);
             }
-            "--nodes" => {
-                o.nodes = value
-                    .split(',')
-                    .map(|a| {
-                        a.trim()
-                            .parse::<SocketAddr>()
-                            .map_err(|_| "--nodes: host:port,..")
-                    })
-                    .collect::<Result<_, _>>()?;
-            }
+            "--nodes" => o.nodes = list(&value, "--nodes: host:port,..")?,
             "--deflate" => {
                 o.deflate = match value.as_str() {
                     "on" => true,
@@ -223,6 +207,14 @@ fn parse() -> Result<Opts, String> {
         return Err("bounds: 2..=100000 members, senders <= members, missed <= 10000".into());
     }
     Ok(o)
+}
+
+/// A comma-separated option value, every item parsed (`why` when one is not).
+fn list<T: std::str::FromStr>(value: &str, why: &str) -> Result<Vec<T>, String> {
+    value
+        .split(',')
+        .map(|v| v.trim().parse().map_err(|_| why.to_string()))
+        .collect()
 }
 
 fn main() -> ExitCode {

@@ -43,7 +43,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { WxChat, memoryStorage, webSocketTransport } from '../../src/index.js';
-import { SERVER_BIN } from '../helpers/server.js';
+import { SERVER_BIN, addressOf } from '../helpers/server.js';
 import { until } from '../helpers/wait.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -553,15 +553,9 @@ export class Cluster {
     this.children.add(child);
     await until(() => {
       if (!running(child)) throw new Error(`${n.id} exited at start (${child.exitCode ?? child.signalCode}): ${child.tail}`);
-      let text;
-      try {
-        text = fs.readFileSync(pidFile, 'utf8');
-      } catch {
-        return false;
-      }
       // `ip netns exec` execs the server: the pid is the child's.
-      const [pid, addr] = text.split('\n').map((l) => l.trim());
-      return Number(pid) === child.pid && addr ? (n.addr = addr) : false;
+      const addr = addressOf(pidFile, child.pid);
+      return addr ? (n.addr = addr) : false;
     }, { what: `${n.id}'s pid file`, timeout: 30000 });
     n.httpUrl = `http://${n.addr}`;
     n.wsUrl = `ws://${n.addr}/ws`;

@@ -28,6 +28,18 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
   });
 }
 
+/** The address in a server's pid file (line 2) once the file names `pid` (line 1), else null. */
+export function addressOf(pidFile, pid) {
+  let text;
+  try {
+    text = fs.readFileSync(pidFile, 'utf8');
+  } catch {
+    return null;
+  }
+  const [filePid, addr] = text.split('\n').map((l) => l.trim());
+  return Number(filePid) === pid && addr ? addr : null;
+}
+
 export class TestServer {
   constructor(extraToml = '') {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wxchat-sdk-'));
@@ -82,14 +94,8 @@ export class TestServer {
     const pidFile = path.join(this.dataDir, 'server.pid');
     await until(() => {
       if (exited) throw new Error(`server exited (${JSON.stringify(exited)}): ${this.stderr}`);
-      let text;
-      try {
-        text = fs.readFileSync(pidFile, 'utf8');
-      } catch {
-        return false;
-      }
-      const [pid, addr] = text.split('\n').map((l) => l.trim());
-      return Number(pid) === child.pid && addr ? (this.addr = addr) : false;
+      const addr = addressOf(pidFile, child.pid);
+      return addr ? (this.addr = addr) : false;
     }, { what: 'the server pid file', timeout: 15000 });
     this.port = Number(this.addr.split(':').pop());
     return this.addr;
