@@ -40,12 +40,13 @@
 //! dropped and counted) to the publisher thread, which keeps a failed batch and retries it.
 
 use crate::feed::metrics::METRICS;
+use crate::jobs::{bounded, BoundedRx, BoundedTx};
 use crate::net::Notifier;
 use crate::store::cache::SharedCache;
 use crate::store::presence::Presence;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -330,7 +331,7 @@ pub struct Publisher {
     node: Arc<str>,
     boot: Arc<str>,
     seq: Arc<AtomicU64>,
-    tx: SyncSender<Outgoing>,
+    tx: BoundedTx<Outgoing>,
 }
 
 impl Publisher {
@@ -353,7 +354,7 @@ impl Publisher {
         .encode();
         match self.tx.try_send(Outgoing { entry, route }) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 METRICS.bus_dropped.inc();
                 let n = METRICS.bus_dropped.get();
                 if n.is_power_of_two() {
@@ -391,7 +392,7 @@ impl Bus {
             reader_up: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
-        let (tx, rx) = sync_channel::<Outgoing>(QUEUE);
+        let (tx, rx) = bounded::<Outgoing>(QUEUE);
         let reader = {
             let (client, keys, shared) = (client.clone(), keys.clone(), shared.clone());
             std::thread::Builder::new()
@@ -761,7 +762,7 @@ fn publish_loop(
     client: &redis::Client,
     keys: &Keys,
     routing: &Routing,
-    rx: &Receiver<Outgoing>,
+    rx: &BoundedRx<Outgoing>,
     shared: &Shared,
 ) {
     let mut conn: Option<redis::Connection> = None;

@@ -5,9 +5,10 @@
 //! nothing.
 
 use crate::feed::metrics::METRICS;
+use crate::jobs::{bounded, BoundedRx, BoundedTx};
 use crate::store::{Appended, NewMessage, Store, StoreResult};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::TryRecvError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ struct Load {
 }
 
 pub struct Persister<C> {
-    tx: Option<SyncSender<Item<C>>>,
+    tx: Option<BoundedTx<Item<C>>>,
     thread: Option<JoinHandle<()>>,
     load: Arc<Load>,
 }
@@ -48,7 +49,7 @@ impl<C: Send + 'static> Persister<C> {
         queue: usize,
         deliver: impl Fn(Vec<C>) + Send + 'static,
     ) -> std::io::Result<Persister<C>> {
-        let (tx, rx) = sync_channel::<Item<C>>(queue);
+        let (tx, rx) = bounded::<Item<C>>(queue);
         let load = Arc::new(Load::default());
         let shared = load.clone();
         let thread = std::thread::Builder::new()
@@ -79,13 +80,10 @@ impl<C: Send + 'static> Persister<C> {
             then,
             queued_at: Instant::now(),
         };
-        match tx.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.load.queued.fetch_sub(1, Relaxed);
-                Err(Busy)
-            }
-        }
+        tx.try_send(item).map_err(|_| {
+            self.load.queued.fetch_sub(1, Relaxed);
+            Busy
+        })
     }
 }
 
@@ -113,7 +111,7 @@ fn take<C>(item: Item<C>, messages: &mut Vec<NewMessage>, waiting: &mut Vec<(The
 
 fn run<C>(
     store: &dyn Store,
-    rx: &Receiver<Item<C>>,
+    rx: &BoundedRx<Item<C>>,
     max_batch: usize,
     deliver: &dyn Fn(Vec<C>),
     load: &Load,
