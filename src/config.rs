@@ -583,8 +583,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Hard cap on bytes queued for one connection; over it the connection is closed at once.
     pub max_out_bytes: usize,
-    /// Soft cap: a connection whose queue stays above this for `soft_out_secs` is closed, and while
-    /// it is above it the server stops reading from that connection (backpressure).
+    /// Soft cap: a connection whose queue stays above this for `soft_out_secs` is closed. The
+    /// server stops reading from a connection above 64 KiB of unsent output, or above this when
+    /// it is lower (backpressure).
     pub soft_out_bytes: usize,
     /// Seconds a connection may stay above `soft_out_bytes`.
     pub soft_out_secs: u64,

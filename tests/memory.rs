@@ -66,7 +66,7 @@ fn memory_stays_flat_while_peers_stop_reading() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        "[server]\nlog_level = \"warn\"\nmax_out_bytes = 1048576\nsoft_out_bytes = 262144\nsoft_out_secs = 1\n[ws]\necho_path = \"/echo\"\n",
+        "[server]\nlog_level = \"warn\"\nmax_out_bytes = 1048576\nsoft_out_bytes = 32768\nsoft_out_secs = 1\n[ws]\necho_path = \"/echo\"\n",
     );
     let (mut child, addr) = spawn_foreground(&config, &dir.path().join("data"));
     let before = rss_kib(child.id());
@@ -126,6 +126,79 @@ fn memory_stays_flat_while_peers_stop_reading() {
         growth < (PEERS as u64) * 3 * 1024 + 16 * 1024,
         "memory grew by {growth} KiB"
     );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn flooding_peers_are_held_back_by_tcp_not_by_server_memory() {
+    // The default limits (soft 1 MiB): a peer that sends without reading gets its input paused
+    // once 64 KiB of its echoes wait, so what it sends waits in the kernel's buffers and TCP's
+    // window. Before, each such peer held up to the soft limit plus a read budget (~1.25 MiB)
+    // in the server.
+    const PEERS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[server]\nlog_level = \"warn\"\n[ws]\necho_path = \"/echo\"\n",
+    );
+    let (mut child, addr) = spawn_foreground(&config, &dir.path().join("data"));
+    let frame = encode_client_frame(true, 0, OP_BINARY, &[1u8; 65_000], true);
+    let mut peers: Vec<TcpStream> = (0..PEERS).map(|_| open_ws(addr)).collect();
+    let before = rss_kib(child.id());
+    let mut offsets = [0usize; PEERS];
+    let mut sent = [0usize; PEERS];
+    for p in peers.iter_mut() {
+        p.set_write_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+    }
+    let mut peak = before;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        for ((p, off), sent) in peers
+            .iter_mut()
+            .zip(offsets.iter_mut())
+            .zip(sent.iter_mut())
+        {
+            for _ in 0..8 {
+                match p.write(&frame[*off..]) {
+                    Ok(n) => {
+                        *off = (*off + n) % frame.len();
+                        *sent += n;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        peak = peak.max(rss_kib(child.id()));
+    }
+    let growth = peak.saturating_sub(before);
+    println!(
+        "{PEERS} flooding peers: sent {:?} KiB each; server RSS {before} KiB, peak {peak} KiB (+{growth} KiB)",
+        sent.iter().map(|s| s / 1024).collect::<Vec<_>>()
+    );
+    // Every peer was stopped by flow control long before 3 s of loopback speed.
+    assert!(
+        sent.iter().all(|&s| s < 64 << 20),
+        "a peer was never pushed back: {sent:?}"
+    );
+    // At most ~two reads' worth of echoes per peer, plus allocator slack.
+    assert!(
+        growth < (PEERS as u64) * 320 + 4 * 1024,
+        "memory grew by {growth} KiB"
+    );
+    // The peers are still served: one reads, and its echoes arrive.
+    let mut p = peers.pop().unwrap();
+    let mut got = [0u8; 4096];
+    let n = p.read(&mut got).unwrap();
+    assert!(
+        n > 0 && got[0] == 0x82,
+        "no echo for a peer that reads again"
+    );
+    let healthy = http_get(addr, "/healthz").json()["connections"]
+        .as_u64()
+        .unwrap();
+    assert!(healthy as usize >= PEERS, "peers were closed: {healthy}");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }

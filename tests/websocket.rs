@@ -256,8 +256,11 @@ fn chat_path_holds_the_connection_open() {
 
 #[test]
 fn reader_that_stops_reading_is_closed_at_the_cap() {
+    // A soft limit under the 64 KiB at which reading pauses: the paused peer's queue stays above
+    // it, so the slow-consumer clock runs. (Above 64 KiB, a peer that only answers its own
+    // requests is held back by TCP and never reaches the soft limit; see tests/memory.rs.)
     let s = TestServer::start(
-        "[server]\nmax_out_bytes = 1048576\nsoft_out_bytes = 262144\nsoft_out_secs = 1\n[ws]\necho_path = \"/echo\"\n",
+        "[server]\nmax_out_bytes = 1048576\nsoft_out_bytes = 32768\nsoft_out_secs = 1\n[ws]\necho_path = \"/echo\"\n",
     );
     let mut c = WsClient::connect(s.addr, "/echo");
     c.stream

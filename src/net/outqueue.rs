@@ -105,13 +105,37 @@ impl OutQueue {
     }
 
     /// Appends a WebSocket frame encoded in place (header then payload): no intermediate buffer.
+    #[inline]
     pub fn push_ws(&mut self, opcode: crate::ws::OpCode, payload: &[u8]) {
         let mut header = [0u8; 10];
         let n = crate::ws::encode_header(opcode, payload.len(), &mut header);
+        if let Some(v) = self.tail_with_room(n + payload.len()) {
+            // The common case, every reply of a read after the first: two copies into the
+            // chunk already there.
+            v.extend_from_slice(&header[..n]);
+            v.extend_from_slice(payload);
+            return;
+        }
         self.append_owned(n + payload.len(), |v| {
             v.extend_from_slice(&header[..n]);
             v.extend_from_slice(payload);
         });
+    }
+
+    /// The owned tail chunk, when `extra` more bytes fit in it without growing it; counts them
+    /// as queued (the caller appends exactly `extra` bytes).
+    #[inline]
+    fn tail_with_room(&mut self, extra: usize) -> Option<&mut Vec<u8>> {
+        let State::Many(m) = &mut self.0 else {
+            return None;
+        };
+        match m.chunks.back_mut() {
+            Some(Chunk::Owned(v)) if v.capacity() - v.len() >= extra => {
+                m.bytes += extra;
+                Some(v)
+            }
+            _ => None,
+        }
     }
 
     /// Appends a permessage-deflate frame (RSV1 set) of an already compressed payload.

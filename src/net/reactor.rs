@@ -7,10 +7,12 @@
 //!   no buffers. Each connection reads at most `READ_BUDGET` bytes per wake-up; the rest waits on
 //!   the ready list so one busy peer cannot starve the others.
 //! - Output is queued during the iteration and written once per connection before sleeping
-//!   (one `writev` for everything one read produced). A full socket leaves the rest queued until
-//!   the next WRITABLE edge.
-//! - Output above `soft_out_bytes` stops reading from that connection (backpressure); staying
-//!   there for `soft_out_secs`, or passing `max_out_bytes`, closes it with 1008.
+//!   (one `writev` for everything queued to it); what a read produces for its own connection is
+//!   written right after that read. A full socket leaves the rest queued until the next
+//!   WRITABLE edge.
+//! - Unsent output above `READ_PAUSE_BYTES` (or `soft_out_bytes`, if lower) stops reading from
+//!   that connection (backpressure); staying above `soft_out_bytes` for `soft_out_secs`, or
+//!   passing `max_out_bytes`, closes it with 1008.
 //! - Closing is deferred: connections are marked, and slots are freed at the end of the iteration.
 
 use super::outqueue::{Flush, OutQueue};
@@ -41,6 +43,10 @@ pub const EXTRA_LISTENER_HEADROOM: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes one connection may read per wake-up before others get their turn.
 const READ_BUDGET: usize = 256 * 1024;
+/// Unsent output above which a connection is not read from until it drains (or
+/// `soft_out_bytes`, when that is lower): one read's worth of replies, so a peer that sends
+/// faster than it reads is held back by TCP instead of by the server's memory.
+const READ_PAUSE_BYTES: usize = 64 * 1024;
 /// How long a closing connection waits for the peer's close frame or FIN.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long graceful shutdown waits for peers and in-flight work.
@@ -1013,8 +1019,9 @@ impl<C: Send + 'static> Reactor<C> {
             if conn.dropping || !conn.readable {
                 return;
             }
-            // Backpressure: a peer that does not read its output gets no more input processed.
-            if conn.out.len() > self.core.cfg.soft_out_bytes {
+            // Backpressure: a peer that does not read its output gets no more input processed,
+            // so what waits for it stays in the kernel's buffers and TCP's window, not here.
+            if conn.out.len() > self.core.cfg.soft_out_bytes.min(READ_PAUSE_BYTES) {
                 return;
             }
             if budget == 0 {
@@ -1031,6 +1038,10 @@ impl<C: Send + 'static> Reactor<C> {
                 Ok(Some(n)) => {
                     budget = budget.saturating_sub(n);
                     self.decode_ws(handler, key, prefix.len() + n);
+                    // What this read produced for its own connection (echoes, replies, pongs)
+                    // goes to the socket now, while it is in cache, instead of piling up over
+                    // the whole read budget until the end of the pass.
+                    self.flush_conn(key, false);
                 }
                 Ok(None) => {
                     if let Some(conn) = self.core.conns.get_mut(key) {
@@ -1383,42 +1394,49 @@ impl<C: Send + 'static> Reactor<C> {
     fn flush_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.core.dirty);
         for key in dirty {
-            let soft = self.core.cfg.soft_out_bytes;
-            let soft_time = self.core.cfg.soft_out_time;
-            let now = Ms::from_raw(self.core.now_ms);
-            let Some(conn) = self.core.conns.get_mut(key) else {
-                continue;
-            };
-            conn.in_dirty = false;
-            if conn.dropping {
-                continue;
-            }
-            if !conn.write_blocked {
-                match conn.out.write_to(&mut conn.stream) {
-                    Ok(Flush::Done) => {
-                        conn.soft_since = None;
-                        if conn.readable && !conn.close_received {
-                            // Reading may have been paused by backpressure.
-                            self.core.mark_ready(key);
-                        }
-                        self.core.after_drain(key);
-                        continue;
+            self.flush_conn(key, true);
+        }
+    }
+
+    /// Writes one connection's queued output. `resume` puts a connection whose output drained
+    /// back on the ready list (its reading may have been paused by backpressure); the read loop
+    /// itself flushes with `resume` off, since it is reading that connection already.
+    fn flush_conn(&mut self, key: usize, resume: bool) {
+        let soft = self.core.cfg.soft_out_bytes;
+        let soft_time = self.core.cfg.soft_out_time;
+        let now = Ms::from_raw(self.core.now_ms);
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        // Flushed earlier in this pass (by the read loop) and nothing queued since.
+        if !conn.in_dirty || conn.dropping {
+            return;
+        }
+        conn.in_dirty = false;
+        if !conn.write_blocked {
+            match conn.out.write_to(&mut conn.stream) {
+                Ok(Flush::Done) => {
+                    conn.soft_since = None;
+                    if resume && conn.readable && !conn.close_received {
+                        self.core.mark_ready(key);
                     }
-                    Ok(Flush::Blocked) => conn.write_blocked = true,
-                    Err(e) => {
-                        let why = format!("write error: {e}");
-                        self.core.peer_gone(key, &why);
-                        continue;
-                    }
+                    self.core.after_drain(key);
+                    return;
+                }
+                Ok(Flush::Blocked) => conn.write_blocked = true,
+                Err(e) => {
+                    let why = format!("write error: {e}");
+                    self.core.peer_gone(key, &why);
+                    return;
                 }
             }
-            // Still queued (this write or an earlier one blocked): run the soft-limit clock.
-            if conn.out.len() <= soft {
-                conn.soft_since = None;
-            } else if conn.soft_since.is_none() {
-                conn.soft_since = Some(now);
-                self.core.arm(key, now.plus(soft_time));
-            }
+        }
+        // Still queued (this write or an earlier one blocked): run the soft-limit clock.
+        if conn.out.len() <= soft {
+            conn.soft_since = None;
+        } else if conn.soft_since.is_none() {
+            conn.soft_since = Some(now);
+            self.core.arm(key, now.plus(soft_time));
         }
     }
 
@@ -1632,6 +1650,18 @@ impl<C> Core<C> {
         };
         let min = self.cfg.deflate_min_bytes;
         let c = &mut self.conns[key];
+        if c.deflater.is_none() && !c.deflate_shared {
+            // No compression (every echo and most chat traffic): queue it and mark the
+            // connection for the flush, on the record already in hand.
+            c.out.push_ws(opcode, payload);
+            if c.out.len() > self.cfg.max_out_bytes {
+                self.after_queue(key);
+            } else if !c.in_dirty {
+                c.in_dirty = true;
+                self.dirty.push(key);
+            }
+            return true;
+        }
         let mut out = std::mem::take(&mut self.deflate_scratch);
         let compressed = match DeflateOut::of(&mut c.deflater, c.deflate_shared) {
             DeflateOut::Off => None,

@@ -206,7 +206,67 @@ impl Decoder {
     /// - Call again on the rest of the input until it returns `(0, None)` or the input is used up.
     ///
     /// After an error the decoder is poisoned and keeps returning it.
+    #[inline]
     pub fn decode<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+    ) -> Result<(usize, Option<Event<'a>>), Error> {
+        if self.expect_masked && self.between_messages() {
+            if let Some(len) = self.small_frame_len(input) {
+                return self.decode_small(input, len);
+            }
+        }
+        self.decode_any(input)
+    }
+
+    /// No message or frame is open and nothing failed: the next frame starts a message. (A cold
+    /// part left from a frame that spanned two reads stays until the end of the read; it does
+    /// not stop the fast path.)
+    #[inline]
+    fn between_messages(&self) -> bool {
+        self.cold
+            .as_deref()
+            .is_none_or(|c| c.poisoned.is_none() && c.partial.is_none() && c.message.is_none())
+    }
+
+    /// The payload length when `input` starts with the frame nearly every client sends: a whole
+    /// masked, unfragmented, uncompressed text or binary frame under 126 bytes, within the
+    /// limits, with no message open. Anything else, valid or not, takes [`Self::decode_any`],
+    /// which would accept exactly this frame the same way (a unit test holds the two together).
+    #[inline]
+    fn small_frame_len(&self, input: &[u8]) -> Option<usize> {
+        let (&b0, &b1) = (input.first()?, input.get(1)?);
+        // FIN, no RSV bits, opcode 1 or 2; the mask bit and a 7-bit length.
+        if (b0 != 0x81 && b0 != 0x82) || b1 & 0x80 == 0 || b1 & 0x7f >= 126 {
+            return None;
+        }
+        let len = usize::from(b1 & 0x7f);
+        let fits = len as u32 <= self.max_frame && len as u32 <= self.max_message;
+        (fits && input.len() >= 6 + len).then_some(len)
+    }
+
+    /// Unmasks and hands out the frame [`Self::small_frame_len`] accepted.
+    #[inline]
+    fn decode_small<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        len: usize,
+    ) -> Result<(usize, Option<Event<'a>>), Error> {
+        let mask = [input[2], input[3], input[4], input[5]];
+        let text = input[0] == 0x81;
+        let payload = &mut input[6..6 + len];
+        apply_mask(payload, mask, 0);
+        if !text {
+            return Ok((6 + len, Some(Event::Binary(payload))));
+        }
+        match simdutf8::basic::from_utf8(payload) {
+            Ok(s) => Ok((6 + len, Some(Event::Text(s)))),
+            Err(_) => Err(self.fail(Error::InvalidUtf8)),
+        }
+    }
+
+    /// Any frame, whole or in part; see [`Self::decode`].
+    fn decode_any<'a>(
         &'a mut self,
         input: &'a mut [u8],
     ) -> Result<(usize, Option<Event<'a>>), Error> {
@@ -501,6 +561,7 @@ fn parse_close(payload: &[u8]) -> Result<Event<'_>, Error> {
 
 /// XORs `buf` with the mask, `offset` being the position of `buf[0]` within the payload. Works a
 /// word at a time: this runs over every byte a client sends.
+#[inline]
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     if mask == [0; 4] {
         return;
@@ -631,7 +692,7 @@ mod tests {
 
     /// An owned copy of an event, for comparing runs.
     #[derive(Debug, PartialEq, Eq, Clone)]
-    enum Ev {
+    pub(super) enum Ev {
         Text(String),
         Binary(Vec<u8>),
         Ping(Vec<u8>),
@@ -639,7 +700,7 @@ mod tests {
         Close(Option<u16>, String),
     }
 
-    fn own(e: Event<'_>) -> Ev {
+    pub(super) fn own(e: Event<'_>) -> Ev {
         match e {
             Event::Text(s) => Ev::Text(s.to_string()),
             Event::Binary(b) => Ev::Binary(b.to_vec()),
@@ -1035,6 +1096,55 @@ mod robustness {
 
     /// Random bytes and mutated valid frames, fed in random pieces: the decoder may refuse them
     /// but must never panic, loop, or report consuming more than it was given.
+    #[test]
+    fn the_small_frame_path_decodes_as_the_general_one() {
+        // Every first-two-byte combination, with 0..=130 payload bytes after a mask: the result
+        // (consumed, event, error) is the same whether the fast path may take it or not.
+        let limits = Limits {
+            max_frame_bytes: 100,
+            max_message_bytes: 100,
+        };
+        let mut frames = Vec::new();
+        for b0 in [
+            0x01u8, 0x02, 0x80, 0x81, 0x82, 0x88, 0x89, 0x8a, 0xc1, 0xa2, 0x92,
+        ] {
+            for len in [0usize, 1, 5, 64, 99, 100, 101, 125] {
+                let mut f = vec![b0, 0x80 | len as u8, 1, 2, 3, 4];
+                f.extend((0..len).map(|i| (i as u8 % 90 + 32) ^ [1, 2, 3, 4][i % 4]));
+                frames.push(f.clone());
+                f[1] &= 0x7f; // unmasked: refused either way
+                frames.push(f.clone());
+            }
+        }
+        // Invalid UTF-8 in a small text frame.
+        let mut bad = vec![0x81u8, 0x82, 0, 0, 0, 0, 0xff, 0xfe];
+        frames.push(bad.clone());
+        bad.truncate(7);
+        frames.push(bad);
+        for f in frames {
+            for cut in [f.len(), f.len().saturating_sub(1), 3] {
+                let fast = {
+                    let mut d = Decoder::new(limits);
+                    let mut input = f[..cut.min(f.len())].to_vec();
+                    d.decode(&mut input)
+                        .map(|(n, e)| (n, e.map(super::tests::own)))
+                };
+                let general = {
+                    let mut d = Decoder::new(limits);
+                    let mut input = f[..cut.min(f.len())].to_vec();
+                    d.decode_any(&mut input)
+                        .map(|(n, e)| (n, e.map(super::tests::own)))
+                };
+                assert_eq!(
+                    format!("{fast:?}"),
+                    format!("{general:?}"),
+                    "frame {:02x?}",
+                    &f[..cut.min(f.len())]
+                );
+            }
+        }
+    }
+
     #[test]
     fn hostile_input_never_panics() {
         let limits = Limits {
