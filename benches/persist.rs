@@ -2,12 +2,17 @@
 //!
 //!   cargo bench --bench persist                  # 200,000 messages per store
 //!   cargo bench --bench persist -- mysql 500000  # one store, another count
+//!   cargo bench --bench persist -- sqlite 200000 10000  # ... across 10,000 conversations
 //!
 //! MySQL: a scratch database `wxchat_bench_<pid>` is created through WXCHAT_BENCH_MYSQL_URL
 //! (default mysql://root@127.0.0.1:3306/test) and dropped at the end. Messages are one-to-one
-//! text messages (~100 bytes) across 1,000 conversations, each with a client_msg_id, so the
+//! text messages (~100 bytes) across 1,000 conversations (the third argument, or the environment's
+//! WXCHAT_BENCH_CONVERSATIONS, sets another count: 1,000 senders, each writing round-robin to
+//! count / 1,000 friends; message i goes to conversation i mod count, so a batch's messages are
+//! in as many different conversations as it can be), each with a client_msg_id, so the
 //! dedupe lookup, seq allocation, cursor upserts and the commit are all in the figure. Under
-//! `cargo test` (no `--bench` flag) it runs a small smoke round instead.
+//! `cargo test` (no `--bench` flag) it runs a small smoke round instead. Batches are bounded by
+//! `[store] max_batch`'s default, or by WXCHAT_BENCH_MAX_BATCH.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,9 +22,12 @@ use wxchat::store::mysql::MysqlStore;
 use wxchat::store::sqlite::SqliteStore;
 use wxchat::store::{NewMessage, Store};
 
-fn message(i: u64) -> NewMessage {
-    let a = i % 1000;
-    let b = 1000 + (i * 7) % 1000;
+/// Message `i` of a run across `convs` conversations: conversation `i % convs`, whose sender
+/// is one of 1,000 users and whose receiver is that sender's `(i % convs) / 1000`-th friend.
+fn message(i: u64, convs: u64) -> NewMessage {
+    let c = i % convs;
+    let a = c % 1000;
+    let b = 1000 + (a * 7 + c / 1000) % 1000.max(convs);
     NewMessage {
         conv_id: format!("p_{a}_{b}"),
         chat_type: 0,
@@ -39,7 +47,7 @@ fn message(i: u64) -> NewMessage {
 }
 
 /// Pushes `n` messages through a persister as fast as it takes them; returns messages/second.
-fn run(store: Arc<dyn Store>, n: u64, max_batch: usize) -> f64 {
+fn run(store: Arc<dyn Store>, n: u64, convs: u64, max_batch: usize) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let (d, f) = (done.clone(), failed.clone());
@@ -51,14 +59,14 @@ fn run(store: Arc<dyn Store>, n: u64, max_batch: usize) -> f64 {
     .expect("persister");
     let started = Instant::now();
     for i in 0..n {
-        let mut m = message(i);
+        let mut m = message(i, convs);
         loop {
             match persister.submit(m, Box::new(|r| r.is_ok())) {
                 Ok(()) => break,
                 Err(_) => {
                     // Queue full: the store is the bottleneck, as it should be.
                     std::thread::sleep(Duration::from_micros(200));
-                    m = message(i);
+                    m = message(i, convs);
                 }
             }
         }
@@ -104,14 +112,27 @@ fn main() {
         None if bench => 200_000,
         None => 2_000,
     };
-    let max_batch = 1000;
+    let convs: u64 = match rest.get(2) {
+        Some(s) => s.parse().expect("conversations"),
+        None => std::env::var("WXCHAT_BENCH_CONVERSATIONS")
+            .map_or(1000, |s| s.parse().expect("WXCHAT_BENCH_CONVERSATIONS")),
+    };
+    assert!(
+        convs >= 1000,
+        "at least 1,000 conversations (one per sender)"
+    );
+    // The server's own batch bound unless WXCHAT_BENCH_MAX_BATCH says otherwise.
+    let max_batch: usize = std::env::var("WXCHAT_BENCH_MAX_BATCH").map_or_else(
+        |_| wxchat::config::StoreConfig::default().max_batch,
+        |s| s.parse().expect("WXCHAT_BENCH_MAX_BATCH"),
+    );
     if only.is_none() || only == Some("sqlite") {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("b.db"), false).unwrap());
-        let rate = run(store, n, max_batch);
+        let rate = run(store, n, convs, max_batch);
         let size = |f: &str| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len() >> 20);
         println!(
-            "sqlite (synchronous=normal): {n} messages, {rate:.0} msg/s (database {} MiB, WAL {} MiB)",
+            "sqlite (synchronous=normal): {n} messages in {convs} conversations, {rate:.0} msg/s (database {} MiB, WAL {} MiB)",
             size("b.db"),
             size("b.db-wal")
         );
@@ -119,8 +140,8 @@ fn main() {
     if only.is_none() || only == Some("mysql") {
         with_mysql(|url| {
             let store = Arc::new(MysqlStore::open(url, 4, Duration::from_secs(30)).unwrap());
-            let rate = run(store, n, max_batch);
-            println!("mysql: {n} messages, {rate:.0} msg/s");
+            let rate = run(store, n, convs, max_batch);
+            println!("mysql: {n} messages in {convs} conversations, {rate:.0} msg/s");
         });
     }
 }

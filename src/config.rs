@@ -479,7 +479,9 @@ pub struct StoreConfig {
     pub sqlite_path: String,
     /// `normal`: commits survive a process crash (kill -9); `full`: also a power loss.
     pub sqlite_synchronous: String,
-    /// Most messages written in one transaction by the persister.
+    /// Most messages written in one transaction by the persister. A batch takes what is queued,
+    /// so this only matters under load: large batches share each page they write among more
+    /// messages (issue 23: many conversations), and each commit's fixed cost with them.
     pub max_batch: usize,
 }
 
@@ -492,7 +494,7 @@ impl Default for StoreConfig {
             mysql_timeout_s: 10,
             sqlite_path: "wxchat.db".into(),
             sqlite_synchronous: "normal".into(),
-            max_batch: 1000,
+            max_batch: 16384,
         }
     }
 }

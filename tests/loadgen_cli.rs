@@ -51,3 +51,17 @@ fn the_overview_lists_every_scenario_and_unknown_ones_are_refused() {
     assert_eq!(code, 2);
     assert!(err.contains("unknown scenario \"nope\""), "{err}");
 }
+
+/// `p2p --friends K` spreads each sender over K conversations; K is bounded by the pairs (each
+/// friend is another pair's receiver), and the bound is checked before anything connects.
+#[test]
+fn p2p_friends_is_documented_and_bounded() {
+    let (code, out, _) = loadgen(&["p2p", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--friends 1"), "{out}");
+    for bad in ["0", "6"] {
+        let (code, _, err) = loadgen(&["p2p", "--pairs", "5", "--friends", bad]);
+        assert_eq!(code, 2, "--friends {bad}: {err}");
+        assert!(err.contains("1 <= friends <= pairs"), "{err}");
+    }
+}

@@ -824,6 +824,45 @@ fn concurrent_first_logins_all_succeed(f: Fixture) {
     }
 }
 
+/// New users logging in at once each get a token: issuing one (which also clears the user's
+/// expired tokens) must not deadlock with another new user's (MySQL: a DELETE that finds
+/// nothing locked the index gap both inserts went into).
+fn concurrent_tokens_for_new_users_all_succeed(f: Fixture) {
+    const THREADS: usize = 8;
+    for round in 0..6 {
+        let uids: Vec<u64> = (0..THREADS)
+            .map(|t| {
+                let name = format!("tok-{round}-{t}");
+                f.store
+                    .upsert_app_user(&name, &Profile::default(), false)
+                    .unwrap()
+                    .0
+                    .uid
+            })
+            .collect();
+        let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+        let threads: Vec<_> = uids
+            .iter()
+            .enumerate()
+            .map(|(t, &uid)| {
+                let (s, barrier) = (f.store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let hash = [round as u8 * 16 + t as u8 + 1; 32];
+                    s.put_token(&hash, uid, i64::MAX / 2).map(|_| hash)
+                })
+            })
+            .collect();
+        for (t, th) in threads.into_iter().enumerate() {
+            let hash = th
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}, user {t}: {e:?}"));
+            assert_eq!(f.store.token_user(&hash, 0).unwrap(), Some(uids[t]));
+        }
+    }
+}
+
 macro_rules! suite {
     ([$($backend:ident),*] $tests:tt) => {
         $( suite!(@one $backend $tests); )*
@@ -861,4 +900,5 @@ suite!([sqlite, mysql] [
     consultations_run_down_by_deltas_extend_and_end,
     consultations_end_on_demand_and_extend_again,
     concurrent_first_logins_all_succeed,
+    concurrent_tokens_for_new_users_all_succeed,
 ]);

@@ -27,6 +27,9 @@ const SCENARIOS: &[(&str, &str)] = &[
         "pairs of users chatting (friend chat, persisted); acked and delivered per second
   and send-to-deliver latency
     --pairs 50  --rate 0 (messages/s in total; 0 = flat out)  --inflight 16
+    --friends 1: each pair's sender writes round-robin to this many receivers (its own
+      and the next pairs'), so pairs x friends conversations are active over 2 x pairs
+      connections (e.g. --pairs 1000 --friends 10: 10,000 conversations)
     --size 64 (message text bytes)  --api-key KEY (users are created through it)",
     ),
     (
@@ -96,6 +99,8 @@ struct Opts {
     mode: String,
     inflight: usize,
     pairs: usize,
+    /// p2p: receivers per sender (conversations = pairs x friends).
+    friends: usize,
     rate: u64,
     api_key: String,
     admin: SocketAddr,
@@ -141,6 +146,7 @@ fn parse() -> Result<Opts, String> {
         mode: String::new(),
         inflight: 32,
         pairs: 50,
+        friends: 1,
         rate: 0,
         api_key: String::new(),
         admin: "127.0.0.1:9502".parse().unwrap_or_else(|_| unreachable!()),
@@ -170,6 +176,7 @@ fn parse() -> Result<Opts, String> {
             "--mode" => o.mode = value,
             "--inflight" => o.inflight = (num(&value)? as usize).max(1),
             "--pairs" => o.pairs = num(&value)? as usize,
+            "--friends" => o.friends = num(&value)? as usize,
             "--rate" => {
                 o.rate = num(&value)?;
                 o.rate_given = true;
@@ -202,6 +209,9 @@ fn parse() -> Result<Opts, String> {
     }
     if o.seconds == 0 || o.seconds > 600 || o.connections == 0 || o.connections > 200_000 {
         return Err("bounds: 1..=600 seconds, 1..=200000 connections".into());
+    }
+    if o.friends == 0 || o.friends > o.pairs.max(1) {
+        return Err("bounds: 1 <= friends <= pairs".into());
     }
     if o.members < 2 || o.members > 100_000 || o.senders > o.members || o.missed > 10_000 {
         return Err("bounds: 2..=100000 members, senders <= members, missed <= 10000".into());
@@ -569,8 +579,11 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
 
 fn p2p(o: &Opts) -> Result<String, String> {
     let users = create_users(o, "p2p-", o.pairs * 2)?;
+    // Sender 2p's friends: the receivers 2(p + j) + 1 (mod pairs), j < friends.
+    let friend_of = |p: usize, j: usize| 2 * ((p + j) % o.pairs) + 1;
     let pairs: Vec<(u64, u64)> = (0..o.pairs)
-        .map(|p| (users[2 * p].0, users[2 * p + 1].0))
+        .flat_map(|p| (0..o.friends).map(move |j| (p, j)))
+        .map(|(p, j)| (users[2 * p].0, users[friend_of(p, j)].0))
         .collect();
     make_friends(o, &pairs)?;
     let mut net = Net::new(o.target).map_err(|e| e.to_string())?;
@@ -586,6 +599,8 @@ fn p2p(o: &Opts) -> Result<String, String> {
     let senders: Vec<usize> = (0..o.pairs).map(|p| 2 * p).collect();
     let mut in_flight = vec![0usize; users.len()];
     let mut next_req = vec![0u64; users.len()];
+    // Each sender's next friend (round-robin over its `friends`).
+    let mut next_friend = vec![0usize; users.len()];
     let mut lat = Latencies::new();
     let (mut acked, mut delivered, mut refused) = (0u64, 0u64, 0u64);
     let mut budget = 0f64;
@@ -614,7 +629,9 @@ fn p2p(o: &Opts) -> Result<String, String> {
         if o.rate == 0 {
             for &c in &senders {
                 while in_flight[c] < o.inflight {
-                    send(&mut net.out, c, &mut next_req[c], users[c + 1].0, now_ns);
+                    let to = users[friend_of(c / 2, next_friend[c])].0;
+                    next_friend[c] = (next_friend[c] + 1) % o.friends;
+                    send(&mut net.out, c, &mut next_req[c], to, now_ns);
                     in_flight[c] += 1;
                 }
             }
@@ -625,7 +642,9 @@ fn p2p(o: &Opts) -> Result<String, String> {
                 let c = senders[i % senders.len()];
                 i += 1;
                 if in_flight[c] < o.inflight {
-                    send(&mut net.out, c, &mut next_req[c], users[c + 1].0, now_ns);
+                    let to = users[friend_of(c / 2, next_friend[c])].0;
+                    next_friend[c] = (next_friend[c] + 1) % o.friends;
+                    send(&mut net.out, c, &mut next_req[c], to, now_ns);
                     in_flight[c] += 1;
                     budget -= 1.0;
                 }
@@ -657,8 +676,9 @@ fn p2p(o: &Opts) -> Result<String, String> {
     }
     let secs = o.seconds as f64;
     Ok(format!(
-        "p2p: {} pairs, {} B text, rate {}{}: {:.0} acked msg/s, {:.0} delivered msg/s, {} refused; send-to-deliver {}{}",
+        "p2p: {} pairs, {} conversations, {} B text, rate {}{}: {:.0} acked msg/s, {:.0} delivered msg/s, {} refused; send-to-deliver {}{}",
         o.pairs,
+        o.pairs * o.friends,
         o.size,
         if o.rate == 0 { "flat out".to_string() } else { format!("{}/s", o.rate) },
         if o.deflate { ", permessage-deflate offered" } else { "" },

@@ -37,10 +37,15 @@ pub struct SqliteStore {
     checkpointer: Option<mpsc::SyncSender<()>>,
 }
 
-/// The writer connection's page cache (KiB): 4x SQLite's default. Much larger was slower in
-/// the p2p load (SQLite scans its page hash at the end of every write transaction: 10% of the
-/// persister's time at 64 MiB).
-const WRITER_CACHE_KIB: i64 = 8 * 1024;
+/// The writer connection's page cache (KiB). A batch across many conversations dirties about
+/// two pages per message (each conversation's leaf of `messages`, each sender's leaf of the
+/// client-id index); with 8 MiB, a batch of thousands spilled dirty pages to the WAL before
+/// its commit and read them back, and the leaves fell out between batches. 64 MiB holds a
+/// large batch's pages: with batches of up to 16,384 (`[store] max_batch`) the persist
+/// benchmark over 10,000 conversations went from 20-24k to 47-76k msg/s. (An earlier note held
+/// 64 MiB slower for small commits; the per-commit cache work SQLite does walks the dirty
+/// pages, not the cache: see BENCHMARKS.md, issue 23 sixth session, for the small-commit runs.)
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 /// The checkpoint thread finishes the log (see `start_checkpointer`) once it holds this many
 /// frames: 16 MiB of 4 KiB pages, a finishing pass about every 70 ms at 10,000 msg/s.
