@@ -481,9 +481,14 @@ pub struct StoreConfig {
     pub sqlite_synchronous: String,
     /// Most messages written in one transaction by the persister. A batch takes what is queued,
     /// so this only matters under load: large batches share each page they write among more
-    /// messages (issue 23: many conversations), and each commit's fixed cost with them.
+    /// messages (issue 23: many conversations), and each commit's fixed cost with them. The
+    /// default equals the persister's queue bound (65,536): a batch may take the whole queue.
     pub max_batch: usize,
 }
+
+/// Messages waiting for the persister at most (sends beyond it are refused as busy); the
+/// default `[store] max_batch`, so one batch can take everything queued.
+pub const PERSIST_QUEUE_MESSAGES: usize = 64 * 1024;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -494,7 +499,7 @@ impl Default for StoreConfig {
             mysql_timeout_s: 10,
             sqlite_path: "wxchat.db".into(),
             sqlite_synchronous: "normal".into(),
-            max_batch: 16384,
+            max_batch: PERSIST_QUEUE_MESSAGES,
         }
     }
 }

@@ -102,7 +102,7 @@ impl App {
         let persister = Persister::start(
             store.clone(),
             config.store.max_batch,
-            64 * 1024,
+            crate::config::PERSIST_QUEUE_MESSAGES,
             move |batch: Vec<Completion>| {
                 deliver.send(Completion::new(move |app, ctx| {
                     for c in batch {

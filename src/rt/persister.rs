@@ -103,6 +103,17 @@ impl<C> Drop for Persister<C> {
     }
 }
 
+/// Capacity the batch buffers keep between batches. They grow with a burst (a batch may take
+/// the whole queue, 65,536 messages: ~9 MB of buffers) and give it back after it, so memory
+/// left after the load stays near idle.
+const KEPT_BATCH_CAPACITY: usize = 1024;
+
+/// Empties a batch buffer, releasing what a burst grew it to beyond `KEPT_BATCH_CAPACITY`.
+fn recycle<T>(buffer: &mut Vec<T>) {
+    buffer.clear();
+    buffer.shrink_to(KEPT_BATCH_CAPACITY);
+}
+
 /// Splits a queued item into the batch's message list and its waiting continuations.
 fn take<C>(item: Item<C>, messages: &mut Vec<NewMessage>, waiting: &mut Vec<(Then<C>, Instant)>) {
     messages.push(item.message);
@@ -118,8 +129,9 @@ fn run<C>(
 ) {
     // A batch's messages (moved into the store call, never cloned) and, in the same order,
     // what waits on each.
-    let mut messages: Vec<NewMessage> = Vec::with_capacity(max_batch);
-    let mut waiting: Vec<(Then<C>, Instant)> = Vec::with_capacity(max_batch);
+    let mut messages: Vec<NewMessage> = Vec::with_capacity(KEPT_BATCH_CAPACITY.min(max_batch));
+    let mut waiting: Vec<(Then<C>, Instant)> =
+        Vec::with_capacity(KEPT_BATCH_CAPACITY.min(max_batch));
     loop {
         match rx.recv() {
             Ok(first) => take(first, &mut messages, &mut waiting),
@@ -156,7 +168,26 @@ fn run<C>(
                     .collect()
             }
         };
-        messages.clear();
+        recycle(&mut messages);
+        recycle(&mut waiting);
         deliver(outcomes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst's buffer goes back to the kept capacity; a small one keeps what it has.
+    #[test]
+    fn recycled_buffers_give_back_what_a_burst_grew() {
+        let mut big: Vec<u64> = (0..65_536).collect();
+        recycle(&mut big);
+        assert!(big.is_empty());
+        assert!(big.capacity() <= KEPT_BATCH_CAPACITY, "{}", big.capacity());
+        let mut small: Vec<u64> = Vec::with_capacity(100);
+        small.extend(0..100);
+        recycle(&mut small);
+        assert!(small.is_empty() && small.capacity() >= 100);
     }
 }

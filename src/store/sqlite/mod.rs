@@ -43,7 +43,8 @@ pub struct SqliteStore {
 /// client-id index); with 8 MiB, a batch of thousands spilled dirty pages to the WAL before
 /// its commit and read them back, and the leaves fell out between batches. 64 MiB holds a
 /// large batch's pages: with batches of up to 16,384 (`[store] max_batch`) the persist
-/// benchmark over 10,000 conversations went from 20-24k to 47-76k msg/s. (An earlier note held
+/// benchmark over 10,000 conversations went from 20-24k to 47-76k msg/s (65,536: 75-90k;
+/// 128 MiB was no faster there). (An earlier note held
 /// 64 MiB slower for small commits; the per-commit cache work SQLite does walks the dirty
 /// pages, not the cache: see BENCHMARKS.md, issue 23 sixth session, for the small-commit runs.)
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
