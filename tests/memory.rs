@@ -130,6 +130,94 @@ fn memory_stays_flat_while_peers_stop_reading() {
     assert!(child.wait().unwrap().success());
 }
 
+/// A connection to 127.0.0.1 whose receive buffer is set small before connecting, so the
+/// window it advertises holds the server's writes to a few KiB.
+fn connect_with_small_window(addr: std::net::SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("an IPv4 test server");
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns until it hands it to
+    // TcpStream; the sockaddr and the option value live on the stack for each call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn a_slow_consumer_stuck_in_a_half_sent_frame_is_freed() {
+    // Echoes far larger than the peer's window: the server writes the start of one, the rest
+    // stays queued above the soft limit, and the peer never reads again. The soft limit closes
+    // the connection; the unsent part of a started frame cannot be dropped, so the close frame
+    // waits behind it and the close deadline (3 s) must free the connection. Before, the
+    // soft-limit clock fired again at every close deadline and the connection stayed forever.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[server]\nlog_level = \"warn\"\nmax_out_bytes = 1048576\nsoft_out_bytes = 32768\nsoft_out_secs = 1\n[ws]\necho_path = \"/echo\"\n",
+    );
+    let (mut child, addr) = spawn_foreground(&config, &dir.path().join("data"));
+    let mut s = connect_with_small_window(addr);
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1);
+        got.push(byte[0]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    // Four echoes of 900,000 bytes: more than the kernel's buffers take, so one frame is left
+    // half-sent in the server's queue when the peer's window closes.
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    let frame = encode_client_frame(true, 0, OP_BINARY, &[7u8; 900_000], true);
+    for _ in 0..4 {
+        s.write_all(&frame).unwrap();
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let open = http_get(addr, "/healthz").json()["connections"]
+            .as_u64()
+            .unwrap();
+        if open <= 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the non-reading peer is still open after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(s);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn flooding_peers_are_held_back_by_tcp_not_by_server_memory() {
     // The default limits (soft 1 MiB): a peer that sends without reading gets its input paused
