@@ -31,7 +31,8 @@ impl Writer {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(unavailable)?;
-        let mut out = Vec::with_capacity(batch.len());
+        // Outcomes by the message's place in the batch, filled in conversation order (below).
+        let mut out: Vec<Option<Appended>> = vec![None; batch.len()];
         // Seqs and ids handed out in this batch; kept only if the commit succeeds. The batch's
         // own bookkeeping borrows its keys from the batch: no allocation per message.
         let mut seqs: HashMap<&str, u64> = HashMap::new();
@@ -81,13 +82,20 @@ impl Writer {
                     "INSERT OR IGNORE INTO read_cursors (user_id, conv_id, read_seq) VALUES (?1, ?2, 0)",
                 )
                 .map_err(unavailable)?;
-            for m in batch {
+            // The batch is written in conversation order (a stable sort: a conversation's own
+            // messages keep their order, so their seqs do): consecutive inserts then land on
+            // the same or the next leaf of `messages` and of the client-id index, and msg ids,
+            // handed out in this order, append to their index. In arrival order a large batch
+            // across many conversations touched its leaves at random.
+            let mut order: Vec<usize> = (0..batch.len()).collect();
+            order.sort_by(|&a, &b| batch[a].conv_id.cmp(&batch[b].conv_id));
+            for at in order {
+                let m = &batch[at];
                 if let Some(cmid) = m.client_msg_id.as_deref() {
                     if let Some(&i) = batch_dupes.get(&(m.from_id, cmid)) {
-                        let first: &Appended = &out[i];
-                        let message = first.message.clone();
-                        out.push(Appended {
-                            message,
+                        let first = out[i].as_ref().expect("an earlier message of this batch");
+                        out[at] = Some(Appended {
+                            message: first.message.clone(),
                             duplicate: true,
                         });
                         continue;
@@ -128,14 +136,14 @@ impl Writer {
                     let message = find_dup
                         .query_row(params![m.from_id as i64, cmid], msg_row)
                         .map_err(unavailable)?;
-                    out.push(Appended {
+                    out[at] = Some(Appended {
                         message,
                         duplicate: true,
                     });
                     continue;
                 }
                 if let Some(cmid) = m.client_msg_id.as_deref() {
-                    batch_dupes.insert((m.from_id, cmid), out.len());
+                    batch_dupes.insert((m.from_id, cmid), at);
                 }
                 seqs.insert(&m.conv_id, seq);
                 msg_id += 1;
@@ -159,7 +167,7 @@ impl Writer {
                     }
                 }
                 sender_reads.insert((m.from_id, &m.conv_id), seq);
-                out.push(Appended {
+                out[at] = Some(Appended {
                     message: StoredMessage {
                         msg_id: id,
                         conv_id: m.conv_id.clone(),
@@ -183,10 +191,16 @@ impl Writer {
                 )
                 .map_err(unavailable)?;
             let mut last_of: HashMap<&str, &Appended> = HashMap::new();
-            for a in out.iter().filter(|a| !a.duplicate) {
-                last_of.insert(&a.message.conv_id, a);
+            for a in out.iter().flatten().filter(|a| !a.duplicate) {
+                let last = last_of.entry(&a.message.conv_id).or_insert(a);
+                if a.message.seq > last.message.seq {
+                    *last = a;
+                }
             }
-            for a in last_of.values() {
+            // In key order, like the messages.
+            let mut lasts: Vec<&Appended> = last_of.into_values().collect();
+            lasts.sort_unstable_by(|a, b| a.message.conv_id.cmp(&b.message.conv_id));
+            for a in lasts {
                 let m = &a.message;
                 upsert_conv
                     .execute(params![
@@ -204,6 +218,8 @@ impl Writer {
                     "UPDATE read_cursors SET read_seq = MAX(read_seq, ?3) WHERE user_id = ?1 AND conv_id = ?2",
                 )
                 .map_err(unavailable)?;
+            let mut sender_reads: Vec<((u64, &str), u64)> = sender_reads.into_iter().collect();
+            sender_reads.sort_unstable();
             for ((uid, conv), seq) in &sender_reads {
                 read.execute(params![*uid as i64, conv, *seq as i64])
                     .map_err(unavailable)?;
@@ -225,7 +241,10 @@ impl Writer {
                 users.push(uid);
             }
         }
-        Ok(out)
+        // Every place is filled: each message was appended or matched an earlier one.
+        out.into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| StoreError::unavailable("a batch's message got no outcome"))
     }
 }
 
@@ -443,6 +462,62 @@ mod tests {
             p.contains("PRIMARY KEY") && !p.contains("TEMP B-TREE"),
             "{p}"
         );
+    }
+
+    /// The batch is written in conversation order, but its outcomes come back in the batch's
+    /// order, each conversation's seqs follow its messages' arrival, and a resend inside the
+    /// batch gets the first one's message, wherever the two sit.
+    #[test]
+    fn a_batch_written_in_conversation_order_answers_in_its_own_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
+        let msg = |conv: &str, from: u64, cmid: &str| NewMessage {
+            conv_id: conv.into(),
+            chat_type: 0,
+            from_id: from,
+            to_id: 99,
+            msg_type: 0,
+            body: format!("\"{cmid}\""),
+            client_msg_id: Some(cmid.into()),
+            created_at: 1,
+        };
+        let batch = vec![
+            msg("p_3_99", 3, "c1"),
+            msg("p_1_99", 1, "a1"),
+            msg("p_3_99", 3, "c2"),
+            msg("p_2_99", 2, "b1"),
+            msg("p_1_99", 1, "a2"),
+            msg("p_3_99", 3, "c1"),
+            msg("p_1_99", 1, "a3"),
+        ];
+        let out = s.append_batch(&batch).unwrap();
+        let got: Vec<(&str, u64, bool, &str)> = out
+            .iter()
+            .map(|a| {
+                let m = &a.message;
+                (m.conv_id.as_str(), m.seq, a.duplicate, m.body.as_str())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("p_3_99", 1, false, "\"c1\""),
+                ("p_1_99", 1, false, "\"a1\""),
+                ("p_3_99", 2, false, "\"c2\""),
+                ("p_2_99", 1, false, "\"b1\""),
+                ("p_1_99", 2, false, "\"a2\""),
+                ("p_3_99", 1, true, "\"c1\""),
+                ("p_1_99", 3, false, "\"a3\""),
+            ]
+        );
+        assert_eq!(out[5].message.msg_id, out[0].message.msg_id);
+        let stored: Vec<u64> = s
+            .sync("p_1_99", 0, 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(stored, vec![1, 2, 3]);
     }
 
     /// Two stores on one file, as an old and a new process during an upgrade: appending in
