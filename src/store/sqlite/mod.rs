@@ -430,8 +430,21 @@ mod tests {
         let path = dir.path().join("t.db");
         let mut s = SqliteStore::open(&path, false).unwrap();
         s.checkpointer = None;
-        // 5,000 conversations: their index leaves fill the writer's cache.
-        for round in 0..5 {
+        // The checkpoint thread empties the log as it stops, and a writer that finds the log
+        // started over drops its cache: wait for that before filling the cache, or it can
+        // land between the batches below and leave only the last ones cached.
+        let wal = dir.path().join("t.db-wal");
+        let waiting = std::time::Instant::now();
+        while std::fs::metadata(&wal).map_or(0, |m| m.len()) > 0 {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "the log was never emptied"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // 10,000 conversations: their leaves fill the writer's cache (written in conversation
+        // order they pack densely: 5,000 came to just over 1 MiB, 10,000 to about 2 MiB).
+        for round in 0..10 {
             s.append_batch(&batch(7 + round, 1000, &format!("r{round}")))
                 .unwrap();
         }
