@@ -17,7 +17,11 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn open_ws(addr: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
+    upgrade(TcpStream::connect(addr).unwrap())
+}
+
+/// The WebSocket handshake for /echo on a connected stream.
+fn upgrade(mut s: TcpStream) -> TcpStream {
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
     s.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
     let mut got = Vec::new();
@@ -29,6 +33,13 @@ fn open_ws(addr: std::net::SocketAddr) -> TcpStream {
     }
     assert!(got.starts_with(b"HTTP/1.1 101"));
     s
+}
+
+/// Connections the server holds open, the health request itself included.
+fn open_connections(addr: std::net::SocketAddr) -> u64 {
+    http_get(addr, "/healthz").json()["connections"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
@@ -100,9 +111,7 @@ fn memory_stays_flat_while_peers_stop_reading() {
         if round.is_multiple_of(5) {
             peak = peak.max(rss_kib(child.id()));
             // Only the health request itself is left once every peer is closed.
-            let open = http_get(addr, "/healthz").json()["connections"]
-                .as_u64()
-                .unwrap();
+            let open = open_connections(addr);
             if open <= 1 {
                 break;
             }
@@ -182,16 +191,7 @@ fn a_slow_consumer_stuck_in_a_half_sent_frame_is_freed() {
         "[server]\nlog_level = \"warn\"\nmax_out_bytes = 1048576\nsoft_out_bytes = 32768\nsoft_out_secs = 1\n[ws]\necho_path = \"/echo\"\n",
     );
     let (mut child, addr) = spawn_foreground(&config, &dir.path().join("data"));
-    let mut s = connect_with_small_window(addr);
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1);
-        got.push(byte[0]);
-    }
-    assert!(got.starts_with(b"HTTP/1.1 101"));
+    let mut s = upgrade(connect_with_small_window(addr));
     // Four echoes of 900,000 bytes: more than the kernel's buffers take, so one frame is left
     // half-sent in the server's queue when the peer's window closes.
     s.set_write_timeout(Some(TIMEOUT)).unwrap();
@@ -200,13 +200,7 @@ fn a_slow_consumer_stuck_in_a_half_sent_frame_is_freed() {
         s.write_all(&frame).unwrap();
     }
     let started = std::time::Instant::now();
-    loop {
-        let open = http_get(addr, "/healthz").json()["connections"]
-            .as_u64()
-            .unwrap();
-        if open <= 1 {
-            break;
-        }
+    while open_connections(addr) > 1 {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the non-reading peer is still open after 20 s"

@@ -1329,8 +1329,13 @@ impl<C: Send + 'static> Reactor<C> {
             return;
         }
         conn.armed = None;
-        // (Not once closing: the close deadline is what frees a closing connection.)
-        if let Some(since) = conn.soft_since.filter(|_| conn.phase != Phase::Closing) {
+        // The soft-limit clock stops once the connection is closing: the close deadline frees
+        // it. A frame the peer had started receiving stays queued after a slow-consumer close
+        // and may still be over the limit; left running, the clock fired again at each close
+        // deadline, closed afresh and set a new deadline, and a peer that never read again was
+        // never freed.
+        let soft_since = conn.soft_since.filter(|_| conn.phase != Phase::Closing);
+        if let Some(since) = soft_since {
             if now.reached(since.plus(soft_time)) && conn.out.len() > self.core.cfg.soft_out_bytes {
                 log::warn!(
                     "conn={id} peer={} closed: {} bytes queued for over {}s (soft limit {})",
@@ -1343,10 +1348,7 @@ impl<C: Send + 'static> Reactor<C> {
                 return;
             }
         }
-        let mut next: Option<Ms> = conn
-            .soft_since
-            .filter(|_| conn.phase != Phase::Closing)
-            .map(|s| s.plus(soft_time));
+        let mut next: Option<Ms> = soft_since.map(|s| s.plus(soft_time));
         match conn.phase {
             Phase::Http => {
                 if conn.awaiting_reply.is_none() && now.reached(conn.io_deadline) {
@@ -1584,11 +1586,6 @@ impl<C> Core<C> {
         };
         c.out.truncate_unstarted();
         c.discard_input = true;
-        // From here the close deadline frees the slot. A frame the peer had started receiving
-        // stays queued and may still be over the soft limit: left running, the soft-limit
-        // clock fired again at each close deadline, closed afresh and set a new deadline, and
-        // a peer that never read again was never freed.
-        c.soft_since = None;
         match c.phase {
             Phase::Http => self.drop_conn(key),
             Phase::Ws | Phase::Closing => {

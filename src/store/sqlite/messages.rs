@@ -191,11 +191,9 @@ impl Writer {
                 )
                 .map_err(unavailable)?;
             let mut last_of: HashMap<&str, &Appended> = HashMap::new();
+            // `out` is in arrival order, which within a conversation is seq order.
             for a in out.iter().flatten().filter(|a| !a.duplicate) {
-                let last = last_of.entry(&a.message.conv_id).or_insert(a);
-                if a.message.seq > last.message.seq {
-                    *last = a;
-                }
+                last_of.insert(&a.message.conv_id, a);
             }
             // In key order, like the messages.
             let mut lasts: Vec<&Appended> = last_of.into_values().collect();
