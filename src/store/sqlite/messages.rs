@@ -33,9 +33,6 @@ impl Writer {
             .map_err(unavailable)?;
         // Outcomes by the message's place in the batch, filled in conversation order (below).
         let mut out: Vec<Option<Appended>> = vec![None; batch.len()];
-        // Seqs and ids handed out in this batch; kept only if the commit succeeds. The batch's
-        // own bookkeeping borrows its keys from the batch: no allocation per message.
-        let mut seqs: HashMap<&str, u64> = HashMap::new();
         // The caches hold while this writer is the only one. Another process may write to the
         // same file for a moment (a zero-downtime upgrade hands over while the old process
         // drains): every writer numbers messages from MAX(msg_id) + 1 inside its write lock,
@@ -56,9 +53,13 @@ impl Writer {
             cursors.clear();
         }
         let mut msg_id = next_free;
-        let mut batch_dupes: HashMap<(u64, &str), usize> = HashMap::new();
+        // Per conversation, in key order: its new last seq, and the batch's last message in it.
+        // Seqs and ids handed out in this batch are kept only if the commit succeeds; the
+        // batch's own bookkeeping borrows its keys from the batch (no allocation per message).
+        let mut new_lasts: Vec<(&str, u64, usize)> = Vec::new();
         let mut new_cursors: Vec<(u64, &str)> = Vec::new();
-        let mut sender_reads: HashMap<(u64, &str), u64> = HashMap::new();
+        // (user, conversation, seq): a sender has read their conversation up to what they sent.
+        let mut sender_reads: Vec<(u64, &str, u64)> = Vec::new();
         {
             let mut find_dup = tx
                 .prepare_cached(&format!(
@@ -84,103 +85,99 @@ impl Writer {
                 .map_err(unavailable)?;
             // The batch is written in conversation order (a stable sort: a conversation's own
             // messages keep their order, so their seqs do): consecutive inserts then land on
-            // the same or the next leaf of `messages` and of the client-id index, and msg ids,
-            // handed out in this order, append to their index. In arrival order a large batch
-            // across many conversations touched its leaves at random.
+            // the same or the next leaf of the `(conv_id, seq)` index, and the rows themselves,
+            // keyed by msg ids handed out in this order, append to the end of the table. In
+            // arrival order a large batch across many conversations touched its leaves at
+            // random. Each conversation's run is handled as one: its last seq and its known
+            // cursors are looked up once, not per message.
             let mut order: Vec<usize> = (0..batch.len()).collect();
             order.sort_by(|&a, &b| batch[a].conv_id.cmp(&batch[b].conv_id));
-            for at in order {
-                let m = &batch[at];
-                if let Some(cmid) = m.client_msg_id.as_deref() {
-                    if let Some(&i) = batch_dupes.get(&(m.from_id, cmid)) {
-                        let first = out[i].as_ref().expect("an earlier message of this batch");
-                        out[at] = Some(Appended {
-                            message: first.message.clone(),
-                            duplicate: true,
-                        });
-                        continue;
-                    }
-                }
-                let prev = match seqs
-                    .get(m.conv_id.as_str())
-                    .or_else(|| last_seq.get(&m.conv_id))
-                {
+            for run in order.chunk_by(|&a, &b| batch[a].conv_id == batch[b].conv_id) {
+                let conv = batch[run[0]].conv_id.as_str();
+                let before = match last_seq.get(conv) {
                     Some(s) => *s,
                     None => get_seq
-                        .query_row(params![m.conv_id], |r| r.get::<_, i64>(0))
+                        .query_row(params![conv], |r| r.get::<_, i64>(0))
                         .optional()
                         .map_err(unavailable)?
                         .unwrap_or(0) as u64,
                 };
-                let seq = prev + 1;
-                let id = msg_id;
-                // Insert first: the unique index on (from_id, client_msg_id) refuses a resend,
-                // and only then is the earlier message looked up. A lookup before every insert
-                // cost more than the insert itself.
-                let inserted = insert
-                    .execute(params![
-                        m.conv_id,
-                        seq as i64,
-                        id as i64,
-                        m.client_msg_id,
-                        m.from_id as i64,
-                        m.to_id as i64,
-                        m.chat_type as i64,
-                        m.msg_type as i64,
-                        m.body,
-                        m.created_at
-                    ])
-                    .map_err(unavailable)?;
-                if inserted == 0 {
-                    let cmid = m.client_msg_id.as_deref().unwrap_or_default();
-                    let message = find_dup
-                        .query_row(params![m.from_id as i64, cmid], msg_row)
+                let known: &[u64] = cursors.get(conv).map_or(&[], |users| users.as_slice());
+                let (mut seq, mut last_at) = (before, None);
+                let senders_from = sender_reads.len();
+                let cursors_from = new_cursors.len();
+                for &at in run {
+                    let m = &batch[at];
+                    // Insert first: the unique index on (from_id, client_msg_id) refuses a
+                    // resend (also of a message earlier in this batch, already inserted), and
+                    // only then is the earlier message looked up. A lookup before every insert
+                    // cost more than the insert itself.
+                    let inserted = insert
+                        .execute(params![
+                            m.conv_id,
+                            (seq + 1) as i64,
+                            msg_id as i64,
+                            m.client_msg_id,
+                            m.from_id as i64,
+                            m.to_id as i64,
+                            m.chat_type as i64,
+                            m.msg_type as i64,
+                            m.body,
+                            m.created_at
+                        ])
                         .map_err(unavailable)?;
-                    out[at] = Some(Appended {
-                        message,
-                        duplicate: true,
-                    });
-                    continue;
-                }
-                if let Some(cmid) = m.client_msg_id.as_deref() {
-                    batch_dupes.insert((m.from_id, cmid), at);
-                }
-                seqs.insert(&m.conv_id, seq);
-                msg_id += 1;
-                // Both sides of a one-to-one conversation list it from its first message on.
-                let members: &[u64] = if m.chat_type == 1 {
-                    &[]
-                } else {
-                    &[m.from_id, m.to_id]
-                };
-                for &uid in members {
-                    // (A second message of a new conversation in the same batch inserts again;
-                    // the row is there and the insert is ignored.)
-                    let known = cursors
-                        .get(&m.conv_id)
-                        .is_some_and(|users| users.contains(&uid));
-                    if uid != 0 && !known {
-                        add_cursor
-                            .execute(params![uid as i64, m.conv_id])
+                    if inserted == 0 {
+                        let cmid = m.client_msg_id.as_deref().unwrap_or_default();
+                        let message = find_dup
+                            .query_row(params![m.from_id as i64, cmid], msg_row)
                             .map_err(unavailable)?;
-                        new_cursors.push((uid, &m.conv_id));
+                        out[at] = Some(Appended {
+                            message,
+                            duplicate: true,
+                        });
+                        continue;
                     }
+                    seq += 1;
+                    // Both sides of a one-to-one conversation list it from its first message
+                    // on (a group's members get their rows when they join).
+                    if m.chat_type != 1 {
+                        for uid in [m.from_id, m.to_id] {
+                            let added = new_cursors[cursors_from..].iter().any(|c| c.0 == uid);
+                            if uid != 0 && !known.contains(&uid) && !added {
+                                add_cursor
+                                    .execute(params![uid as i64, conv])
+                                    .map_err(unavailable)?;
+                                new_cursors.push((uid, conv));
+                            }
+                        }
+                    }
+                    match sender_reads[senders_from..]
+                        .iter_mut()
+                        .find(|r| r.0 == m.from_id)
+                    {
+                        Some(read) => read.2 = seq,
+                        None => sender_reads.push((m.from_id, conv, seq)),
+                    }
+                    out[at] = Some(Appended {
+                        message: StoredMessage {
+                            msg_id,
+                            conv_id: m.conv_id.clone(),
+                            seq,
+                            chat_type: m.chat_type,
+                            from_id: m.from_id,
+                            to_id: m.to_id,
+                            msg_type: m.msg_type,
+                            body: m.body.clone(),
+                            created_at: m.created_at,
+                        },
+                        duplicate: false,
+                    });
+                    msg_id += 1;
+                    last_at = Some(at);
                 }
-                sender_reads.insert((m.from_id, &m.conv_id), seq);
-                out[at] = Some(Appended {
-                    message: StoredMessage {
-                        msg_id: id,
-                        conv_id: m.conv_id.clone(),
-                        seq,
-                        chat_type: m.chat_type,
-                        from_id: m.from_id,
-                        to_id: m.to_id,
-                        msg_type: m.msg_type,
-                        body: m.body.clone(),
-                        created_at: m.created_at,
-                    },
-                    duplicate: false,
-                });
+                if let Some(at) = last_at {
+                    new_lasts.push((conv, seq, at));
+                }
             }
             let mut upsert_conv = tx
                 .prepare_cached(
@@ -190,16 +187,9 @@ impl Writer {
                        last_msg_id = excluded.last_msg_id, updated_at = excluded.updated_at",
                 )
                 .map_err(unavailable)?;
-            let mut last_of: HashMap<&str, &Appended> = HashMap::new();
-            // `out` is in arrival order, which within a conversation is seq order.
-            for a in out.iter().flatten().filter(|a| !a.duplicate) {
-                last_of.insert(&a.message.conv_id, a);
-            }
-            // In key order, like the messages.
-            let mut lasts: Vec<&Appended> = last_of.into_values().collect();
-            lasts.sort_unstable_by(|a, b| a.message.conv_id.cmp(&b.message.conv_id));
-            for a in lasts {
-                let m = &a.message;
+            // In key order, like the messages (the runs were).
+            for &(_, _, at) in &new_lasts {
+                let m = &out[at].as_ref().expect("appended above").message;
                 upsert_conv
                     .execute(params![
                         m.conv_id,
@@ -210,21 +200,19 @@ impl Writer {
                     ])
                     .map_err(unavailable)?;
             }
-            // A sender has read their own conversation up to what they sent.
             let mut read = tx
                 .prepare_cached(
                     "UPDATE read_cursors SET read_seq = MAX(read_seq, ?3) WHERE user_id = ?1 AND conv_id = ?2",
                 )
                 .map_err(unavailable)?;
-            let mut sender_reads: Vec<((u64, &str), u64)> = sender_reads.into_iter().collect();
             sender_reads.sort_unstable();
-            for ((uid, conv), seq) in &sender_reads {
-                read.execute(params![*uid as i64, conv, *seq as i64])
+            for &(uid, conv, seq) in &sender_reads {
+                read.execute(params![uid as i64, conv, seq as i64])
                     .map_err(unavailable)?;
             }
         }
         tx.commit().map_err(unavailable)?;
-        for (conv, seq) in seqs {
+        for (conv, seq, _) in new_lasts {
             match last_seq.get_mut(conv) {
                 Some(last) => *last = seq,
                 None => {
@@ -457,9 +445,20 @@ mod tests {
             "SELECT {MSG_COLS} FROM messages WHERE conv_id = 'p_1_2' AND seq > 5 ORDER BY seq LIMIT 10"
         ));
         assert!(
-            p.contains("PRIMARY KEY") && !p.contains("TEMP B-TREE"),
+            p.contains("messages_conv_seq") && !p.contains("TEMP B-TREE"),
             "{p}"
         );
+        let p = plan(&format!(
+            "SELECT {MSG_COLS} FROM messages WHERE conv_id = 'p_1_2' AND seq < 5 ORDER BY seq DESC LIMIT 10"
+        ));
+        assert!(
+            p.contains("messages_conv_seq") && !p.contains("TEMP B-TREE"),
+            "{p}"
+        );
+        let p = plan(&format!("SELECT {MSG_COLS} FROM messages WHERE msg_id = 7"));
+        assert!(p.contains("INTEGER PRIMARY KEY"), "{p}");
+        let p = plan("SELECT MAX(msg_id) FROM messages");
+        assert!(!p.contains("SCAN messages"), "{p}");
     }
 
     /// The batch is written in conversation order, but its outcomes come back in the batch's

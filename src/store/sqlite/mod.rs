@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/sqlite/006_consultations.sql"),
     include_str!("../../../sql/sqlite/007_group_join_seq.sql"),
     include_str!("../../../sql/sqlite/008_visitor_purge.sql"),
+    include_str!("../../../sql/sqlite/009_messages_by_id.sql"),
 ];
 
 pub struct SqliteStore {
@@ -39,8 +40,9 @@ pub struct SqliteStore {
 }
 
 /// The writer connection's page cache (KiB). A batch across many conversations dirties about
-/// two pages per message (each conversation's leaf of `messages`, each sender's leaf of the
-/// client-id index); with 8 MiB, a batch of thousands spilled dirty pages to the WAL before
+/// two pages per message (each conversation's leaf of the `(conv_id, seq)` index, each
+/// sender's leaf of the client-id index; before schema 9, the conversation's leaf of the
+/// messages themselves); with 8 MiB, a batch of thousands spilled dirty pages to the WAL before
 /// its commit and read them back, and the leaves fell out between batches. 64 MiB holds a
 /// large batch's pages: with batches of up to 16,384 (`[store] max_batch`) the persist
 /// benchmark over 10,000 conversations went from 20-24k to 47-76k msg/s (65,536: 75-90k;
@@ -461,6 +463,77 @@ mod tests {
         assert!(after < before / 10, "{before} -> {after} bytes");
         // The store goes on working from a cold cache.
         s.append_batch(&batch(7, 10, "later")).unwrap();
+    }
+
+    /// Version 9 re-keys `messages` by msg_id: a database written by version 8 keeps every
+    /// message, its order in each conversation and its resend protection, and goes on from
+    /// the ids it had.
+    #[test]
+    fn messages_written_before_version_9_survive_the_rekeying() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let mut c = Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            for sql in &MIGRATIONS[..8] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 8).unwrap();
+            // Two conversations, interleaved, ids not in (conv_id, seq) order.
+            for (msg_id, conv, seq) in [(1, "p_2_9", 1), (2, "p_1_9", 1), (3, "p_2_9", 2)] {
+                tx.execute(
+                    "INSERT INTO messages (conv_id, seq, msg_id, client_msg_id, from_id, to_id,
+                     chat_type, msg_type, body, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 9, 0, 0, ?6, 5)",
+                    params![
+                        conv,
+                        seq,
+                        msg_id,
+                        format!("c{msg_id}"),
+                        &conv[2..3],
+                        format!("\"m{msg_id}\"")
+                    ],
+                )
+                .unwrap();
+            }
+            tx.execute_batch(
+                "INSERT INTO conversations (conv_id, chat_type, last_seq, last_msg_id, updated_at)
+                 VALUES ('p_2_9', 0, 2, 3, 5), ('p_1_9', 0, 1, 2, 5)",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = SqliteStore::open(&path, false).unwrap();
+        let version: i64 = s
+            .with_conn(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        let got: Vec<(u64, u64, String)> = s
+            .sync("p_2_9", 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.msg_id, m.seq, m.body))
+            .collect();
+        assert_eq!(got, vec![(1, 1, "\"m1\"".into()), (3, 2, "\"m3\"".into())]);
+        assert_eq!(s.message(2).unwrap().unwrap().conv_id, "p_1_9");
+        let next = |cmid: &str| NewMessage {
+            conv_id: "p_2_9".into(),
+            chat_type: 0,
+            from_id: 2,
+            to_id: 9,
+            msg_type: 0,
+            body: "\"again\"".into(),
+            client_msg_id: Some(cmid.into()),
+            created_at: 6,
+        };
+        // A resend of a message stored before the re-keying is still recognised...
+        let out = s.append_batch(&[next("c3")]).unwrap();
+        assert!(out[0].duplicate);
+        assert_eq!((out[0].message.msg_id, out[0].message.seq), (3, 2));
+        // ...and a new message continues both the ids and the conversation's seqs.
+        let out = s.append_batch(&[next("c4")]).unwrap();
+        assert!(!out[0].duplicate);
+        assert_eq!((out[0].message.msg_id, out[0].message.seq), (4, 3));
     }
 
     #[test]
