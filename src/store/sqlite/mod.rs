@@ -17,6 +17,9 @@ mod social;
 mod users;
 mod wechat;
 
+/// The migration that re-keys `messages` by msg_id (a copy of the table, announced in the log).
+const REKEY_MIGRATION: usize = 9;
+
 /// Migrations in order; PRAGMA user_version records how many are applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/sqlite/001_init.sql"),
@@ -212,6 +215,19 @@ impl SqliteStore {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(unavailable)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            if i + 1 == REKEY_MIGRATION {
+                // The one migration that copies a table: say how long writes will wait.
+                let messages: Option<i64> = w
+                    .conn
+                    .query_row("SELECT MAX(msg_id) FROM messages", [], |r| r.get(0))
+                    .map_err(unavailable)?;
+                let messages = messages.unwrap_or(0);
+                if messages > 0 {
+                    log::warn!(
+                        "store: sqlite migration {REKEY_MIGRATION} copies the messages table (about {messages} messages, roughly 2.5 s per million); writes wait until it is done"
+                    );
+                }
+            }
             let tx = w.conn.transaction().map_err(unavailable)?;
             tx.execute_batch(sql).map_err(unavailable)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)
@@ -470,6 +486,8 @@ mod tests {
     /// the ids it had.
     #[test]
     fn messages_written_before_version_9_survive_the_rekeying() {
+        // The log line that announces the copy names the right migration.
+        assert!(MIGRATIONS[REKEY_MIGRATION - 1].contains("CREATE TABLE messages_by_id"));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         {
