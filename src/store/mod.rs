@@ -148,6 +148,23 @@ pub struct NewMessage {
     pub created_at: i64,
 }
 
+impl NewMessage {
+    /// This message as stored under the id and seq its writer handed out.
+    pub fn stored(&self, msg_id: u64, seq: u64) -> StoredMessage {
+        StoredMessage {
+            msg_id,
+            conv_id: self.conv_id.clone(),
+            seq,
+            chat_type: self.chat_type,
+            from_id: self.from_id,
+            to_id: self.to_id,
+            msg_type: self.msg_type,
+            body: self.body.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
 /// A stored message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMessage {

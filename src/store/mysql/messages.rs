@@ -164,17 +164,7 @@ fn append_in(
         next_id += 1;
         fresh.push(out.len());
         out.push(Appended {
-            message: StoredMessage {
-                msg_id: id,
-                conv_id: m.conv_id.clone(),
-                seq: *seq,
-                chat_type: m.chat_type,
-                from_id: m.from_id,
-                to_id: m.to_id,
-                msg_type: m.msg_type,
-                body: m.body.clone(),
-                created_at: m.created_at,
-            },
+            message: m.stored(id, *seq),
             duplicate: false,
         });
     }

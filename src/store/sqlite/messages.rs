@@ -20,6 +20,11 @@ fn msg_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     })
 }
 
+/// The message a batch's place `at` was appended as (filled in by the loop over the runs).
+fn appended(out: &[Option<Appended>], at: usize) -> &StoredMessage {
+    &out[at].as_ref().expect("appended in this batch").message
+}
+
 impl Writer {
     fn append(&mut self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
         let Writer {
@@ -53,10 +58,11 @@ impl Writer {
             cursors.clear();
         }
         let mut msg_id = next_free;
-        // Per conversation, in key order: its new last seq, and the batch's last message in it.
-        // Seqs and ids handed out in this batch are kept only if the commit succeeds; the
-        // batch's own bookkeeping borrows its keys from the batch (no allocation per message).
-        let mut new_lasts: Vec<(&str, u64, usize)> = Vec::new();
+        // Per conversation, in key order: the place in the batch of its last message appended
+        // (whose outcome holds the conversation's new last seq). Seqs and ids handed out in
+        // this batch are kept only if the commit succeeds; the batch's own bookkeeping borrows
+        // its keys from the batch (no allocation per message).
+        let mut new_lasts: Vec<usize> = Vec::new();
         let mut new_cursors: Vec<(u64, &str)> = Vec::new();
         // (user, conversation, seq): a sender has read their conversation up to what they sent.
         let mut sender_reads: Vec<(u64, &str, u64)> = Vec::new();
@@ -94,7 +100,7 @@ impl Writer {
             order.sort_by(|&a, &b| batch[a].conv_id.cmp(&batch[b].conv_id));
             for run in order.chunk_by(|&a, &b| batch[a].conv_id == batch[b].conv_id) {
                 let conv = batch[run[0]].conv_id.as_str();
-                let before = match last_seq.get(conv) {
+                let mut seq = match last_seq.get(conv) {
                     Some(s) => *s,
                     None => get_seq
                         .query_row(params![conv], |r| r.get::<_, i64>(0))
@@ -103,7 +109,7 @@ impl Writer {
                         .unwrap_or(0) as u64,
                 };
                 let known: &[u64] = cursors.get(conv).map_or(&[], |users| users.as_slice());
-                let (mut seq, mut last_at) = (before, None);
+                let mut last_at = None;
                 let senders_from = sender_reads.len();
                 let cursors_from = new_cursors.len();
                 for &at in run {
@@ -159,25 +165,13 @@ impl Writer {
                         None => sender_reads.push((m.from_id, conv, seq)),
                     }
                     out[at] = Some(Appended {
-                        message: StoredMessage {
-                            msg_id,
-                            conv_id: m.conv_id.clone(),
-                            seq,
-                            chat_type: m.chat_type,
-                            from_id: m.from_id,
-                            to_id: m.to_id,
-                            msg_type: m.msg_type,
-                            body: m.body.clone(),
-                            created_at: m.created_at,
-                        },
+                        message: m.stored(msg_id, seq),
                         duplicate: false,
                     });
                     msg_id += 1;
                     last_at = Some(at);
                 }
-                if let Some(at) = last_at {
-                    new_lasts.push((conv, seq, at));
-                }
+                new_lasts.extend(last_at);
             }
             let mut upsert_conv = tx
                 .prepare_cached(
@@ -188,8 +182,8 @@ impl Writer {
                 )
                 .map_err(unavailable)?;
             // In key order, like the messages (the runs were).
-            for &(_, _, at) in &new_lasts {
-                let m = &out[at].as_ref().expect("appended above").message;
+            for &at in &new_lasts {
+                let m = appended(&out, at);
                 upsert_conv
                     .execute(params![
                         m.conv_id,
@@ -212,7 +206,8 @@ impl Writer {
             }
         }
         tx.commit().map_err(unavailable)?;
-        for (conv, seq, _) in new_lasts {
+        for at in new_lasts {
+            let (conv, seq) = (batch[at].conv_id.as_str(), appended(&out, at).seq);
             match last_seq.get_mut(conv) {
                 Some(last) => *last = seq,
                 None => {
