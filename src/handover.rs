@@ -22,11 +22,15 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Waits (on a thread of its own) for one successor: sends it `fds` and this process's pid,
-/// then calls `handed_over` (which starts the drain). The socket file is replaced if one was
-/// left behind; only the holder of the data directory's pid lock calls this.
+/// then calls `handed_over` (which starts the drain). Just before sending, `sole_writer(false)`
+/// tells the store another process is about to write beside this one (it leaves its commit
+/// log); if that fails nothing is sent, and if the send fails `sole_writer(true)` takes the
+/// store back. The socket file is replaced if one was left behind; only the holder of the data
+/// directory's pid lock calls this.
 pub fn serve(
     data_dir: &Path,
     fds: Vec<RawFd>,
+    sole_writer: impl Fn(bool) -> io::Result<()> + Send + 'static,
     handed_over: impl FnOnce() + Send + 'static,
 ) -> io::Result<()> {
     let path = socket_path(data_dir);
@@ -41,7 +45,7 @@ pub fn serve(
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                match answer(&mut stream, &fds) {
+                match answer(&mut stream, &fds, &sole_writer) {
                     Ok(()) => {
                         log::info!("upgrade: listeners handed to the successor; draining");
                         handed_over();
@@ -54,15 +58,26 @@ pub fn serve(
     Ok(())
 }
 
-fn answer(stream: &mut UnixStream, fds: &[RawFd]) -> io::Result<()> {
+fn answer(
+    stream: &mut UnixStream,
+    fds: &[RawFd],
+    sole_writer: &dyn Fn(bool) -> io::Result<()>,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     let mut req = [0u8; REQUEST.len()];
     stream.read_exact(&mut req)?;
     if req != REQUEST {
         return Err(io::Error::other("not a handover request"));
     }
+    sole_writer(false)?;
     let pid = std::process::id().to_string();
-    send_fds(stream, pid.as_bytes(), fds)
+    let sent = send_fds(stream, pid.as_bytes(), fds);
+    if sent.is_err() {
+        if let Err(e) = sole_writer(true) {
+            log::warn!("upgrade: the store stays in its shared-writer mode: {e}");
+        }
+    }
+    sent
 }
 
 /// The successor's side: asks the running server for its listeners. Returns its pid and the
@@ -175,13 +190,26 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        serve(dir.path(), vec![listener.as_raw_fd()], move || {
-            tx.send(()).unwrap();
-        })
+        let (writes, writes_told) = std::sync::mpsc::channel();
+        let sole_writer = move |sole: bool| {
+            writes.send(sole).unwrap();
+            Ok(())
+        };
+        serve(
+            dir.path(),
+            vec![listener.as_raw_fd()],
+            sole_writer,
+            move || {
+                tx.send(()).unwrap();
+            },
+        )
         .unwrap();
         let (pid, fds) = take(dir.path()).unwrap();
         assert_eq!(pid, std::process::id());
+        // The store was told before the listeners went, and not taken back after.
+        assert_eq!(writes_told.try_recv(), Ok(false));
         rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        assert!(writes_told.try_recv().is_err());
         // The old one closes its descriptor; the socket lives on in the successor's.
         drop(listener);
         let taken = std::net::TcpListener::from(fds.into_iter().next().unwrap());

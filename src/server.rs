@@ -93,6 +93,13 @@ impl Server {
             debug_assert_eq!(index, crate::admin::ADMIN_LISTENER);
         }
         let app = handler(config, reactor.notifier())?;
+        // A server started on its own is its database's only writer (a second one on the same
+        // data directory is refused by the pid lock, and the store's own lock covers the rest).
+        app.app
+            .backends
+            .store
+            .set_sole_writer(true)
+            .map_err(|e| format!("cannot open the store's commit log: {e}"))?;
         Ok(Server {
             reactor,
             app,
@@ -139,6 +146,7 @@ impl Server {
         // and this one can hand over in turn.
         let slot = server.pid_lock.clone();
         let config = server.app.app.config.clone();
+        let store = server.app.app.backends.store.clone();
         let (addr, admin) = (server.local_addr(), server.admin_addr());
         let fds = server.reactor.listener_fds();
         let stop = server.stop_handle();
@@ -159,7 +167,11 @@ impl Server {
                         "upgrade complete: pid {} owns the data directory",
                         std::process::id()
                     );
-                    serve_handover(&config, fds, stop);
+                    // The predecessor has exited: its writes beside this process are over.
+                    if let Err(e) = store.set_sole_writer(true) {
+                        log::warn!("store: staying in the shared-writer mode: {e}");
+                    }
+                    serve_handover(&config, fds, store, stop);
                 }
                 Err(e) => log::error!("upgrade: {e}"),
             })
@@ -203,6 +215,7 @@ impl Server {
         serve_handover(
             &server.app.app.config,
             server.reactor.listener_fds(),
+            server.app.app.backends.store.clone(),
             server.stop_handle(),
         );
         Ok(server)
@@ -321,10 +334,17 @@ impl Drop for Running {
 }
 
 /// Waits for a successor (`server upgrade`) to ask for the listeners; then drains.
-fn serve_handover(config: &Config, fds: Vec<std::os::fd::RawFd>, stop: StopHandle) {
+fn serve_handover(
+    config: &Config,
+    fds: Vec<std::os::fd::RawFd>,
+    store: Arc<dyn crate::store::Store>,
+    stop: StopHandle,
+) {
     let period = std::time::Duration::from_secs(config.server.drain_s);
-    if let Err(e) = crate::handover::serve(&config.server.data_dir, fds, move || stop.drain(period))
-    {
+    let sole_writer = move |sole: bool| store.set_sole_writer(sole).map_err(std::io::Error::other);
+    if let Err(e) = crate::handover::serve(&config.server.data_dir, fds, sole_writer, move || {
+        stop.drain(period)
+    }) {
         log::warn!("upgrades are not possible: cannot open the handover socket: {e}");
     }
 }

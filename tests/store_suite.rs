@@ -31,6 +31,29 @@ fn sqlite() -> Fixture {
     }
 }
 
+/// The embedded store as the server runs it: the sole writer, small batches through its commit
+/// log. A reopen is a restart: the running store is closed first (which applies its log and
+/// lets it go), as a server stopping does before the next one starts.
+fn sqlite_logged() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let running: std::sync::Mutex<Option<Arc<dyn Store>>> = std::sync::Mutex::new(None);
+    let open = move || -> Arc<dyn Store> {
+        if let Some(old) = running.lock().unwrap().take() {
+            old.close();
+        }
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, false).unwrap());
+        store.set_sole_writer(true).unwrap();
+        *running.lock().unwrap() = Some(store.clone());
+        store
+    };
+    Fixture {
+        store: open(),
+        reopen: Box::new(open),
+        _guard: Box::new(dir),
+    }
+}
+
 fn mysql() -> Fixture {
     let db = TestDb::create();
     let url = db.url.clone();
@@ -879,7 +902,7 @@ macro_rules! suite {
     };
 }
 
-suite!([sqlite, mysql] [
+suite!([sqlite, sqlite_logged, mysql] [
     seqs_start_at_one_and_have_no_gaps_across_batches_and_reopen,
     client_msg_id_dedupes_within_and_across_batches,
     large_batches_with_duplicates_keep_order,

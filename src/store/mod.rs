@@ -357,6 +357,15 @@ pub trait MessageStore: Send + Sync + 'static {
     /// ids, returns the stored original for a repeated (from_id, client_msg_id). All or nothing.
     fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>>;
 
+    /// Whether this process is the only one writing messages to the database. The server says
+    /// so once it holds the data directory (`true`), and takes it back just before it hands its
+    /// listeners to a successor that will write beside it during an upgrade (`false`). A store
+    /// may take faster paths while it is the sole writer (the embedded store's commit log);
+    /// switching back to `false` leaves everything in the database's own tables first.
+    fn set_sole_writer(&self, _sole: bool) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// A clean shutdown, after the persister's last commit: leave the data complete in its
     /// main files (the embedded store folds its WAL into the database file, so a copy of that
     /// one file is a full backup). The store may still be used afterwards.

@@ -3,10 +3,10 @@
 
 use super::*;
 
-const MSG_COLS: &str =
+pub(super) const MSG_COLS: &str =
     "msg_id, conv_id, seq, chat_type, from_id, to_id, msg_type, body, created_at";
 
-fn msg_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+pub(super) fn msg_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
         msg_id: r.get::<_, i64>(0)? as u64,
         conv_id: r.get(1)?,
@@ -20,19 +20,125 @@ fn msg_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     })
 }
 
-/// The message a batch's place `at` was appended as (filled in by the loop over the runs).
-fn appended(out: &[Option<Appended>], at: usize) -> &StoredMessage {
-    &out[at].as_ref().expect("appended in this batch").message
+/// What a batch writes besides the messages, gathered while its runs (one conversation each,
+/// in key order) are written: each conversation's new last message, the read-cursor rows of
+/// one-to-one conversations that do not exist yet, and each sender's read cursor (a sender has
+/// read their conversation up to what they sent). Shared by the direct path and the log's
+/// apply; the keys borrow from the batch (no allocation per message).
+#[derive(Default)]
+pub(super) struct BatchTail<'a> {
+    /// (conversation, chat_type, last seq, its msg id, its time), in key order.
+    lasts: Vec<(&'a str, u8, u64, u64, i64)>,
+    new_cursors: Vec<(u64, &'a str)>,
+    sender_reads: Vec<(u64, &'a str, u64)>,
+    /// Where the current run's cursors and sender reads start.
+    run: (usize, usize),
+}
+
+impl<'a> BatchTail<'a> {
+    pub(super) fn start_run(&mut self) {
+        self.run = (self.new_cursors.len(), self.sender_reads.len());
+    }
+
+    /// A message of the current run, appended as `seq`; `known`: the conversation's users
+    /// known to have a cursor row.
+    pub(super) fn message(&mut self, conv: &'a str, known: &[u64], m: (u8, u64, u64), seq: u64) {
+        let (chat_type, from, to) = m;
+        // Both sides of a one-to-one conversation list it from its first message on (a
+        // group's members get their rows when they join).
+        if chat_type != 1 {
+            for uid in [from, to] {
+                let added = self.new_cursors[self.run.0..].iter().any(|c| c.0 == uid);
+                if uid != 0 && !known.contains(&uid) && !added {
+                    self.new_cursors.push((uid, conv));
+                }
+            }
+        }
+        match self.sender_reads[self.run.1..]
+            .iter_mut()
+            .find(|r| r.0 == from)
+        {
+            Some(read) => read.2 = seq,
+            None => self.sender_reads.push((from, conv, seq)),
+        }
+    }
+
+    /// The current run's last message appended.
+    pub(super) fn last(&mut self, conv: &'a str, m: &StoredMessage) {
+        self.lasts
+            .push((conv, m.chat_type, m.seq, m.msg_id, m.created_at));
+    }
+
+    /// Writes the rows gathered, in key order.
+    pub(super) fn write(&mut self, tx: &Transaction) -> StoreResult<()> {
+        let mut add_cursor = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO read_cursors (user_id, conv_id, read_seq) VALUES (?1, ?2, 0)",
+            )
+            .map_err(unavailable)?;
+        for &(uid, conv) in &self.new_cursors {
+            add_cursor
+                .execute(params![uid as i64, conv])
+                .map_err(unavailable)?;
+        }
+        let mut upsert_conv = tx
+            .prepare_cached(
+                "INSERT INTO conversations (conv_id, chat_type, last_seq, last_msg_id, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(conv_id) DO UPDATE SET last_seq = excluded.last_seq,
+                   last_msg_id = excluded.last_msg_id, updated_at = excluded.updated_at",
+            )
+            .map_err(unavailable)?;
+        for &(conv, chat_type, seq, msg_id, at) in &self.lasts {
+            upsert_conv
+                .execute(params![
+                    conv,
+                    chat_type as i64,
+                    seq as i64,
+                    msg_id as i64,
+                    at
+                ])
+                .map_err(unavailable)?;
+        }
+        let mut read = tx
+            .prepare_cached(
+                "UPDATE read_cursors SET read_seq = MAX(read_seq, ?3) WHERE user_id = ?1 AND conv_id = ?2",
+            )
+            .map_err(unavailable)?;
+        self.sender_reads.sort_unstable();
+        for &(uid, conv, seq) in &self.sender_reads {
+            read.execute(params![uid as i64, conv, seq as i64])
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// After the commit: the cursor rows written are known from now on.
+    pub(super) fn remember_cursors(&self, cursors: &mut HashMap<String, Vec<u64>>) {
+        for &(uid, conv) in &self.new_cursors {
+            let users = cursors.entry(conv.to_owned()).or_default();
+            if !users.contains(&uid) {
+                users.push(uid);
+            }
+        }
+    }
+
+    /// (conversation, new last seq), in key order.
+    pub(super) fn last_seqs(&self) -> impl Iterator<Item = (&'a str, u64)> + '_ {
+        self.lasts.iter().map(|l| (l.0, l.2))
+    }
 }
 
 impl Writer {
-    fn append(&mut self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
-        let Writer {
-            conn,
+    /// A batch straight into SQLite, in one transaction (numbered with `seq`'s caches): the path
+    /// of large batches, and of every batch while the process is not the sole writer.
+    fn append(&mut self, seq: &mut Sequencer, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
+        let Writer { conn, cursors } = self;
+        let Sequencer {
             last_seq,
             next_msg_id,
-            cursors,
-        } = self;
+            ..
+        } = seq;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(unavailable)?;
@@ -58,14 +164,8 @@ impl Writer {
             cursors.clear();
         }
         let mut msg_id = next_free;
-        // Per conversation, in key order: the place in the batch of its last message appended
-        // (whose outcome holds the conversation's new last seq). Seqs and ids handed out in
-        // this batch are kept only if the commit succeeds; the batch's own bookkeeping borrows
-        // its keys from the batch (no allocation per message).
-        let mut new_lasts: Vec<usize> = Vec::new();
-        let mut new_cursors: Vec<(u64, &str)> = Vec::new();
-        // (user, conversation, seq): a sender has read their conversation up to what they sent.
-        let mut sender_reads: Vec<(u64, &str, u64)> = Vec::new();
+        // Seqs and ids handed out in this batch are kept only if the commit succeeds.
+        let mut tail = BatchTail::default();
         {
             let mut find_dup = tx
                 .prepare_cached(&format!(
@@ -82,11 +182,6 @@ impl Writer {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (from_id, client_msg_id) WHERE client_msg_id IS NOT NULL
                      DO NOTHING",
-                )
-                .map_err(unavailable)?;
-            let mut add_cursor = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO read_cursors (user_id, conv_id, read_seq) VALUES (?1, ?2, 0)",
                 )
                 .map_err(unavailable)?;
             // The batch is written in conversation order (a stable sort: a conversation's own
@@ -110,8 +205,7 @@ impl Writer {
                 };
                 let known: &[u64] = cursors.get(conv).map_or(&[], |users| users.as_slice());
                 let mut last_at = None;
-                let senders_from = sender_reads.len();
-                let cursors_from = new_cursors.len();
+                tail.start_run();
                 for &at in run {
                     let m = &batch[at];
                     // Insert first: the unique index on (from_id, client_msg_id) refuses a
@@ -144,26 +238,7 @@ impl Writer {
                         continue;
                     }
                     seq += 1;
-                    // Both sides of a one-to-one conversation list it from its first message
-                    // on (a group's members get their rows when they join).
-                    if m.chat_type != 1 {
-                        for uid in [m.from_id, m.to_id] {
-                            let added = new_cursors[cursors_from..].iter().any(|c| c.0 == uid);
-                            if uid != 0 && !known.contains(&uid) && !added {
-                                add_cursor
-                                    .execute(params![uid as i64, conv])
-                                    .map_err(unavailable)?;
-                                new_cursors.push((uid, conv));
-                            }
-                        }
-                    }
-                    match sender_reads[senders_from..]
-                        .iter_mut()
-                        .find(|r| r.0 == m.from_id)
-                    {
-                        Some(read) => read.2 = seq,
-                        None => sender_reads.push((m.from_id, conv, seq)),
-                    }
+                    tail.message(conv, known, (m.chat_type, m.from_id, m.to_id), seq);
                     out[at] = Some(Appended {
                         message: m.stored(msg_id, seq),
                         duplicate: false,
@@ -171,43 +246,15 @@ impl Writer {
                     msg_id += 1;
                     last_at = Some(at);
                 }
-                new_lasts.extend(last_at);
+                if let Some(at) = last_at {
+                    let last = &out[at].as_ref().expect("appended in this run").message;
+                    tail.last(conv, last);
+                }
             }
-            let mut upsert_conv = tx
-                .prepare_cached(
-                    "INSERT INTO conversations (conv_id, chat_type, last_seq, last_msg_id, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(conv_id) DO UPDATE SET last_seq = excluded.last_seq,
-                       last_msg_id = excluded.last_msg_id, updated_at = excluded.updated_at",
-                )
-                .map_err(unavailable)?;
-            // In key order, like the messages (the runs were).
-            for &at in &new_lasts {
-                let m = appended(&out, at);
-                upsert_conv
-                    .execute(params![
-                        m.conv_id,
-                        m.chat_type as i64,
-                        m.seq as i64,
-                        m.msg_id as i64,
-                        m.created_at
-                    ])
-                    .map_err(unavailable)?;
-            }
-            let mut read = tx
-                .prepare_cached(
-                    "UPDATE read_cursors SET read_seq = MAX(read_seq, ?3) WHERE user_id = ?1 AND conv_id = ?2",
-                )
-                .map_err(unavailable)?;
-            sender_reads.sort_unstable();
-            for &(uid, conv, seq) in &sender_reads {
-                read.execute(params![uid as i64, conv, seq as i64])
-                    .map_err(unavailable)?;
-            }
+            tail.write(&tx)?;
         }
         tx.commit().map_err(unavailable)?;
-        for at in new_lasts {
-            let (conv, seq) = (batch[at].conv_id.as_str(), appended(&out, at).seq);
+        for (conv, seq) in tail.last_seqs() {
             match last_seq.get_mut(conv) {
                 Some(last) => *last = seq,
                 None => {
@@ -216,12 +263,7 @@ impl Writer {
             }
         }
         *next_msg_id = Some(msg_id);
-        for (uid, conv) in new_cursors {
-            let users = cursors.entry(conv.to_owned()).or_default();
-            if !users.contains(&uid) {
-                users.push(uid);
-            }
-        }
+        tail.remember_cursors(cursors);
         // Every place is filled: each message was appended or matched an earlier one.
         out.into_iter()
             .collect::<Option<Vec<_>>>()
@@ -231,25 +273,39 @@ impl Writer {
 
 impl MessageStore for SqliteStore {
     fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>> {
-        let mut w = self.lock_writer();
-        let result = w.append(batch);
-        if let Some(wake) = &self.checkpointer {
-            // Full: a wake-up is already pending, which covers this commit too.
-            let _ = wake.try_send(());
+        let mut seq = self.lock_sequencer();
+        if self.fits_the_log(&seq, batch.len()) {
+            return self.append_logged(&mut seq, batch);
         }
+        let mut w = self.lock_writer();
+        // Whatever the log holds goes first: its messages were numbered before this batch.
+        self.apply_all(&mut w, &mut seq)?;
+        let result = w.append(&mut seq, batch);
+        self.wake_checkpointer();
         if result.is_err() {
-            // What was handed out in the failed transaction is void: reload from disk next time.
-            w.last_seq.clear();
-            w.next_msg_id = None;
+            // What was handed out in the failed transaction is void: reload from disk next time
+            // (nothing is pending: it was all applied above).
+            seq.forget();
             w.cursors.clear();
         }
         result
+    }
+
+    fn set_sole_writer(&self, sole: bool) -> StoreResult<()> {
+        if sole {
+            self.enter_log_mode()
+        } else {
+            self.leave_log_mode()
+        }
     }
 
     /// Folds the whole WAL into the database file and empties it: after a clean stop the `.db`
     /// file alone holds everything (a backup may copy just that file), and the next start has no
     /// log to read.
     fn close(&self) {
+        if let Err(e) = self.leave_log_mode() {
+            log::error!("store: applying the commit log at close failed (it is applied at the next start): {e}");
+        }
         let w = self.lock_writer();
         // The checkpoint thread or a worker's last read may still hold the log for a moment:
         // try again for up to a second (this runs once, after the reactor has stopped).
@@ -270,6 +326,7 @@ impl MessageStore for SqliteStore {
     }
 
     fn sync(&self, conv_id: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<StoredMessage>> {
+        self.settle()?;
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {MSG_COLS} FROM messages WHERE conv_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
@@ -285,6 +342,7 @@ impl MessageStore for SqliteStore {
         before_seq: u64,
         limit: u32,
     ) -> StoreResult<Vec<StoredMessage>> {
+        self.settle()?;
         let before = if before_seq == 0 {
             i64::MAX
         } else {
@@ -300,6 +358,7 @@ impl MessageStore for SqliteStore {
     }
 
     fn message(&self, msg_id: u64) -> StoreResult<Option<StoredMessage>> {
+        self.settle()?;
         self.with_conn(|c| {
             c.query_row(
                 &format!("SELECT {MSG_COLS} FROM messages WHERE msg_id = ?1"),
@@ -311,6 +370,7 @@ impl MessageStore for SqliteStore {
     }
 
     fn blank_message(&self, msg_id: u64) -> StoreResult<()> {
+        self.settle()?;
         self.with_tx(|tx| {
             tx.execute(
                 "UPDATE messages SET body = 'null' WHERE msg_id = ?1",
@@ -322,6 +382,7 @@ impl MessageStore for SqliteStore {
     }
 
     fn conversations(&self, uid: u64, limit: u32) -> StoreResult<Vec<ConversationSummary>> {
+        self.settle()?;
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT rc.conv_id, COALESCE(cv.chat_type, 1), COALESCE(cv.last_seq, 0), rc.read_seq
@@ -365,6 +426,7 @@ impl MessageStore for SqliteStore {
     }
 
     fn mark_read(&self, uid: u64, conv_id: &str, seq: u64) -> StoreResult<ReadMark> {
+        self.settle()?;
         self.with_tx(|tx| {
             // The write transaction holds SQLite's write lock: the last seq cannot move under it.
             let last: i64 = tx
@@ -405,6 +467,7 @@ impl MessageStore for SqliteStore {
     }
 
     fn read_count(&self, conv_id: &str, seq: u64) -> StoreResult<u64> {
+        self.settle()?;
         self.with_conn(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM read_cursors WHERE conv_id = ?1 AND read_seq >= ?2",

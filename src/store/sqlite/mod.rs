@@ -11,6 +11,8 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+mod commit_log;
+mod logged;
 mod messages;
 mod service;
 mod social;
@@ -38,8 +40,15 @@ pub struct SqliteStore {
     synchronous_full: bool,
     readers: Arc<Mutex<Vec<Connection>>>,
     writer: Arc<Mutex<Writer>>,
+    /// What numbers messages: last seqs, the next msg id and (while this process is the sole
+    /// writer) the commit log. Taken before `writer` by whoever needs both.
+    sequencer: Arc<Mutex<Sequencer>>,
+    /// Messages in the commit log not yet applied to SQLite (see `logged`).
+    pending: Arc<logged::Pending>,
     /// Wakes the checkpointer thread after a commit; dropping it stops the thread.
     checkpointer: Option<mpsc::SyncSender<()>>,
+    /// Wakes the apply thread (see `logged`); dropping it stops the thread.
+    applier: Mutex<Option<mpsc::SyncSender<()>>>,
 }
 
 /// The writer connection's page cache (KiB). A batch across many conversations dirties about
@@ -85,12 +94,31 @@ const CHECKPOINT_REST_FACTOR: u32 = 4;
 /// The persister's connection and what it remembers between batches.
 struct Writer {
     conn: Connection,
-    /// Last seq per conversation (authoritative while the process lives: one writer).
-    last_seq: HashMap<String, u64>,
-    next_msg_id: Option<u64>,
     /// The users of each conversation known to have a read cursor row (looked up by `&str`,
     /// without building a key per message).
     cursors: HashMap<String, Vec<u64>>,
+}
+
+/// How messages get their numbers, and (in log mode) where a small batch is made durable.
+struct Sequencer {
+    /// Last seq per conversation (authoritative while the process lives: one writer).
+    last_seq: HashMap<String, u64>,
+    next_msg_id: Option<u64>,
+    /// The commit log, while this process is the database's sole writer (log mode).
+    log: Option<commit_log::CommitLog>,
+    /// Log mode's read connection, for the lookups a batch needs before it is numbered.
+    probe: Option<Connection>,
+    /// A record being built (kept for its capacity).
+    record: Vec<u8>,
+}
+
+impl Sequencer {
+    /// Forgets the numbers handed out, to be read again from the database. Only while nothing
+    /// is pending: the pending messages' numbers are in no table yet.
+    fn forget(&mut self) {
+        self.last_seq.clear();
+        self.next_msg_id = None;
+    }
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -106,11 +134,18 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             writer: Arc::new(Mutex::new(Writer {
                 conn: Self::connect_writer(path, synchronous_full)?,
-                last_seq: HashMap::new(),
-                next_msg_id: None,
                 cursors: HashMap::new(),
             })),
+            sequencer: Arc::new(Mutex::new(Sequencer {
+                last_seq: HashMap::new(),
+                next_msg_id: None,
+                log: None,
+                probe: None,
+                record: Vec::new(),
+            })),
+            pending: Arc::new(logged::Pending::default()),
             checkpointer: None,
+            applier: Mutex::new(None),
         };
         store.migrate()?;
         store.checkpointer = Some(Self::start_checkpointer(
@@ -240,6 +275,10 @@ impl SqliteStore {
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         lock_ignoring_poison(&self.writer)
+    }
+
+    fn lock_sequencer(&self) -> std::sync::MutexGuard<'_, Sequencer> {
+        lock_ignoring_poison(&self.sequencer)
     }
 
     /// Runs `f` on a pooled reader connection.
@@ -382,8 +421,8 @@ impl Checkpointer {
 
 /// The writer's state stays consistent through a panic elsewhere (it is reloaded after any
 /// failed batch), so a poisoned lock is taken as it is.
-fn lock_ignoring_poison(writer: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
-    match writer.lock() {
+fn lock_ignoring_poison<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match lock.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }

@@ -184,7 +184,8 @@ impl SocialStore for SqliteStore {
 
     fn add_group_members(&self, gid: u64, uids: &[u64]) -> StoreResult<()> {
         let now = now_ms();
-        self.with_tx(|tx| {
+        // No message is numbered while the join seq is read (below).
+        self.exclusive(false, || self.with_tx(|tx| {
             let exists: bool = tx
                 .prepare_cached("SELECT 1 FROM groups WHERE id = ?1")
                 .and_then(|mut s| s.exists(params![gid as i64]))
@@ -193,8 +194,8 @@ impl SocialStore for SqliteStore {
                 return Err(StoreError::NotFound("group"));
             }
             {
-                // The join seq is read in the write transaction: the persister's commits of
-                // this conversation are serialised with it, so it is exactly the last seq.
+                // The join seq is read in the write transaction, with the commit log applied and
+                // no message being numbered (`exclusive`): it is exactly the last seq.
                 let mut add = tx
                     .prepare_cached(
                         "INSERT OR IGNORE INTO group_members (group_id, user_id, role, joined_at, join_seq)
@@ -209,7 +210,7 @@ impl SocialStore for SqliteStore {
             }
             join_group_conversation(tx, gid, uids).map_err(unavailable)?;
             Ok(())
-        })
+        }))
     }
 
     fn group_history_floor(&self, gid: u64, uid: u64) -> StoreResult<u64> {
