@@ -138,7 +138,6 @@ impl CommitLog {
         Ok(())
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.len
     }
