@@ -272,7 +272,7 @@ impl SqliteStore {
             was_empty
         };
         let len = self.pending.len();
-        if was_empty || (len >= APPLY_AT && len - fresh.len() < APPLY_AT) {
+        if was_empty || (len >= APPLY_AT && len.saturating_sub(fresh.len()) < APPLY_AT) {
             self.wake_applier();
         }
         Ok(out)
@@ -352,17 +352,62 @@ impl SqliteStore {
                 .query_row("SELECT MAX(msg_id) FROM messages", [], |r| r.get(0))
                 .map_err(unavailable)?;
             let max = max.unwrap_or(0) as u64;
-            let missing: Vec<Logged> = left
-                .into_iter()
-                .filter(|l| l.message.msg_id > max)
-                .collect();
-            if !missing.is_empty() {
+            // Records up to MAX(msg_id) were applied before the log could be emptied: each must
+            // be in the table as numbered. One that is not was numbered by someone else too.
+            let (applied, missing): (Vec<Logged>, Vec<Logged>) =
+                left.into_iter().partition(|l| l.message.msg_id <= max);
+            let mut foreign = 0;
+            {
+                // (Not the body: a recall blanks it.)
+                let mut stored = w
+                    .conn
+                    .prepare_cached(
+                        "SELECT 1 FROM messages WHERE msg_id = ?1 AND conv_id = ?2 AND seq = ?3
+                         AND from_id = ?4 AND created_at = ?5 AND client_msg_id IS ?6",
+                    )
+                    .map_err(unavailable)?;
+                for l in &applied {
+                    let m = &l.message;
+                    let same = stored
+                        .exists(params![
+                            m.msg_id as i64,
+                            m.conv_id,
+                            m.seq as i64,
+                            m.from_id as i64,
+                            m.created_at,
+                            l.client_msg_id
+                        ])
+                        .map_err(unavailable)?;
+                    if !same {
+                        foreign += 1;
+                    }
+                }
+            }
+            if foreign > 0 || !missing.is_empty() {
                 log::warn!(
                     "store: applying {} acknowledged messages from the commit log (the last run did not stop cleanly)",
                     missing.len()
                 );
-                for chunk in missing.chunks(APPLY_CHUNK) {
-                    apply_records(&mut w, chunk)?;
+                let replayed = if foreign > 0 {
+                    Err(StoreError::Conflict(
+                        "messages in the log were numbered again by another writer",
+                    ))
+                } else {
+                    missing
+                        .chunks(APPLY_CHUNK)
+                        .try_for_each(|chunk| apply_records(&mut w, chunk))
+                };
+                if let Err(e) = replayed {
+                    // Only another writer numbering the same messages gets here (an older
+                    // version run on this data after a crash, say). The records are kept aside
+                    // for the operator rather than holding up the start.
+                    let aside = CommitLog::path_for(&self.path)
+                        .with_extension(format!("commitlog.unapplied-{}", now_ms() / 1000));
+                    std::fs::copy(CommitLog::path_for(&self.path), &aside).map_err(io)?;
+                    log::error!(
+                        "store: the commit log could not be applied ({e}); its records are kept in {}",
+                        aside.display()
+                    );
                 }
             }
         }
@@ -745,6 +790,42 @@ mod tests {
             acked.last().unwrap().message.msg_id + 1
         );
         assert_eq!(b.conversations(1_000, 10).unwrap()[0].last_seq, 5);
+        drop(a);
+    }
+
+    /// If something else numbered the same messages meanwhile (an older version run on the
+    /// data after a crash), the log cannot be applied: it is kept aside and the start goes on.
+    #[test]
+    fn a_log_that_no_longer_fits_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = logged(&dir);
+        a.pause_applier();
+        a.append_batch(&batch(1, 2, "logged")).unwrap();
+        a.crash();
+        let older = SqliteStore::open(&a.path, false).unwrap();
+        older.append_batch(&batch(1, 2, "direct")).unwrap();
+        drop(older);
+        let b = logged(&dir);
+        assert_eq!(b.log_bytes(), 0);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .contains(".commitlog.unapplied-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert!(aside[0].metadata().unwrap().len() > 0);
+        let bodies: Vec<String> = b
+            .sync("p_1_1000", 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(bodies, vec!["\"direct 0\""]);
+        assert!(b.lock_sequencer().log.is_some(), "log mode on");
         drop(a);
     }
 
