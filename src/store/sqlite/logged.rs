@@ -629,20 +629,7 @@ fn apply_records(w: &mut Writer, records: &[Logged]) -> StoreResult<()> {
             tail.start_run();
             for &at in run {
                 let (m, cmid) = (&records[at].message, &records[at].client_msg_id);
-                insert
-                    .execute(params![
-                        m.conv_id,
-                        m.seq as i64,
-                        m.msg_id as i64,
-                        cmid,
-                        m.from_id as i64,
-                        m.to_id as i64,
-                        m.chat_type as i64,
-                        m.msg_type as i64,
-                        m.body,
-                        m.created_at
-                    ])
-                    .map_err(unavailable)?;
+                super::messages::insert_row(&mut insert, m, cmid.as_deref())?;
                 tail.message(conv, known, (m.chat_type, m.from_id, m.to_id), m.seq);
             }
             tail.last(conv, &records[run[run.len() - 1]].message);

@@ -20,6 +20,29 @@ pub(super) fn msg_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> 
     })
 }
 
+/// Binds one message to an `INSERT INTO messages` of `Writer::append` or the log's apply
+/// (the same ten columns in the same order); returns the rows inserted.
+pub(super) fn insert_row(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    m: &StoredMessage,
+    client_msg_id: Option<&str>,
+) -> StoreResult<usize> {
+    insert
+        .execute(params![
+            m.conv_id,
+            m.seq as i64,
+            m.msg_id as i64,
+            client_msg_id,
+            m.from_id as i64,
+            m.to_id as i64,
+            m.chat_type as i64,
+            m.msg_type as i64,
+            m.body,
+            m.created_at
+        ])
+        .map_err(unavailable)
+}
+
 /// What a batch writes besides the messages, gathered while its runs (one conversation each,
 /// in key order) are written: each conversation's new last message, the read-cursor rows of
 /// one-to-one conversations that do not exist yet, and each sender's read cursor (a sender has
@@ -212,20 +235,8 @@ impl Writer {
                     // resend (also of a message earlier in this batch, already inserted), and
                     // only then is the earlier message looked up. A lookup before every insert
                     // cost more than the insert itself.
-                    let inserted = insert
-                        .execute(params![
-                            m.conv_id,
-                            (seq + 1) as i64,
-                            msg_id as i64,
-                            m.client_msg_id,
-                            m.from_id as i64,
-                            m.to_id as i64,
-                            m.chat_type as i64,
-                            m.msg_type as i64,
-                            m.body,
-                            m.created_at
-                        ])
-                        .map_err(unavailable)?;
+                    let stored = m.stored(msg_id, seq + 1);
+                    let inserted = insert_row(&mut insert, &stored, m.client_msg_id.as_deref())?;
                     if inserted == 0 {
                         let cmid = m.client_msg_id.as_deref().unwrap_or_default();
                         let message = find_dup
@@ -240,7 +251,7 @@ impl Writer {
                     seq += 1;
                     tail.message(conv, known, (m.chat_type, m.from_id, m.to_id), seq);
                     out[at] = Some(Appended {
-                        message: m.stored(msg_id, seq),
+                        message: stored,
                         duplicate: false,
                     });
                     msg_id += 1;
