@@ -16,10 +16,10 @@
 //! - **Reads.** Every read of messages, conversations or cursors first applies what is pending
 //!   (`settle`): an acknowledged message is visible to any read that starts after the ack.
 //!   Writes that must not race a numbering (a group join's seq, the visitor purge) hold the
-//!   sequencer while they run (`exclusive`).
+//!   sequencer while they run (`exclusive_tx`).
 //! - **Crashes.** The log is applied at the next start (`enter_log_mode`): records past the
 //!   database's `MAX(msg_id)` are applied, the rest were already. The log is emptied only when
-//!   nothing in it is pending, and before anything deletes messages (`exclusive`).
+//!   nothing in it is pending, and before anything deletes messages (`exclusive_tx`).
 //! - **Upgrades.** Before the listeners go to a successor, everything is applied and the log let
 //!   go (`leave_log_mode`); the successor writes straight to SQLite (numbering inside SQLite's
 //!   write lock, as two writers must) until its predecessor has exited.
@@ -52,6 +52,10 @@ const APPLY_CHUNK: usize = 8192;
 /// (see `start_over`): at 10,000 msg/s of 64-byte texts, about every 10 s.
 const LOG_KEEP_BYTES: u64 = 8 << 20;
 
+fn log_failed(e: std::io::Error) -> StoreError {
+    StoreError::unavailable(format!("commit log: {e}"))
+}
+
 /// The messages in the log not yet in SQLite, oldest first, and their client ids for resends.
 #[derive(Default)]
 pub(super) struct Pending {
@@ -69,8 +73,18 @@ pub(super) struct Pending {
 #[derive(Default)]
 struct PendingQueue {
     messages: VecDeque<Logged>,
-    /// sender -> client id -> the message.
-    by_client: HashMap<u64, HashMap<String, StoredMessage>>,
+    /// sender -> client id -> msg id (the message is in `messages`, which is in msg id order).
+    by_client: HashMap<u64, HashMap<String, u64>>,
+}
+
+impl PendingQueue {
+    fn message(&self, msg_id: u64) -> Option<&StoredMessage> {
+        let at = self
+            .messages
+            .binary_search_by_key(&msg_id, |l| l.message.msg_id)
+            .ok()?;
+        Some(&self.messages[at].message)
+    }
 }
 
 impl Pending {
@@ -164,7 +178,8 @@ impl SqliteStore {
                 .iter()
                 .map(|m| {
                     let cmid = m.client_msg_id.as_deref()?;
-                    q.by_client.get(&m.from_id)?.get(cmid).cloned()
+                    let id = *q.by_client.get(&m.from_id)?.get(cmid)?;
+                    q.message(id).cloned()
                 })
                 .collect()
         };
@@ -243,7 +258,7 @@ impl SqliteStore {
                     }
                 }
             }
-            return Err(StoreError::unavailable(format!("commit log: {e}")));
+            return Err(log_failed(e));
         }
         *next_msg_id = Some(id);
         let was_empty = {
@@ -256,7 +271,7 @@ impl SqliteStore {
                     q.by_client
                         .entry(m.from_id)
                         .or_default()
-                        .insert(cmid.clone(), stored.clone());
+                        .insert(cmid.clone(), stored.msg_id);
                 }
                 q.messages.push_back(Logged {
                     message: stored,
@@ -281,17 +296,11 @@ impl SqliteStore {
     /// Applies every pending message and empties the log (the caller holds the sequencer, so
     /// nothing new arrives meanwhile).
     pub(super) fn apply_all(&self, w: &mut Writer, seq: &mut Sequencer) -> StoreResult<()> {
-        while self.apply_some(w)? > 0 {}
+        apply_everything(w, &self.pending, self.checkpointer.as_ref())?;
         if let Some(log) = seq.log.as_mut() {
-            log.truncate()
-                .map_err(|e| StoreError::unavailable(format!("commit log: {e}")))?;
+            log.truncate().map_err(log_failed)?;
         }
         Ok(())
-    }
-
-    /// Applies up to `APPLY_CHUNK` pending messages in one transaction; returns how many.
-    fn apply_some(&self, w: &mut Writer) -> StoreResult<usize> {
-        apply_pending(w, &self.pending, self.checkpointer.as_ref())
     }
 
     /// Makes every message acknowledged so far visible to SQLite reads. (Only those: under a
@@ -303,26 +312,27 @@ impl SqliteStore {
         let target = self.pending.queued.load(Ordering::Acquire);
         let mut w = self.lock_writer();
         while self.pending.done.load(Ordering::Acquire) < target {
-            if self.apply_some(&mut w)? == 0 {
+            if apply_pending(&mut w, &self.pending, self.checkpointer.as_ref())? == 0 {
                 break;
             }
         }
         Ok(())
     }
 
-    /// Runs `f` with the log applied and no message being numbered; `forget`: `f` deletes
-    /// messages or conversations, so the sequencer reads its numbers afresh afterwards.
-    pub(super) fn exclusive<T>(
+    /// Runs `f` in a write transaction (`with_tx`) with the log applied and no message being
+    /// numbered; `forget`: `f` deletes messages or conversations, so the sequencer reads its
+    /// numbers afresh afterwards.
+    pub(super) fn exclusive_tx<T>(
         &self,
         forget: bool,
-        f: impl FnOnce() -> StoreResult<T>,
+        f: impl FnOnce(&Transaction) -> StoreResult<T>,
     ) -> StoreResult<T> {
         let mut seq = self.lock_sequencer();
         {
             let mut w = self.lock_writer();
             self.apply_all(&mut w, &mut seq)?;
         }
-        let result = f();
+        let result = self.with_tx(f);
         if forget {
             seq.forget();
         }
@@ -336,82 +346,21 @@ impl SqliteStore {
         if seq.log.is_some() {
             return Ok(());
         }
-        let io = |e: std::io::Error| StoreError::unavailable(format!("commit log: {e}"));
-        let Some(mut log) = CommitLog::lock(&self.path, self.synchronous_full).map_err(io)? else {
+        let Some(mut log) =
+            CommitLog::lock(&self.path, self.synchronous_full).map_err(log_failed)?
+        else {
             log::warn!(
                 "store: {} is held by another store on this database; writing straight to SQLite",
                 CommitLog::path_for(&self.path).display()
             );
             return Ok(());
         };
-        let left = log.read_all().map_err(io)?;
+        let left = log.read_all().map_err(log_failed)?;
         let mut w = self.lock_writer();
         if !left.is_empty() {
-            let max: Option<i64> = w
-                .conn
-                .query_row("SELECT MAX(msg_id) FROM messages", [], |r| r.get(0))
-                .map_err(unavailable)?;
-            let max = max.unwrap_or(0) as u64;
-            // Records up to MAX(msg_id) were applied before the log could be emptied: each must
-            // be in the table as numbered. One that is not was numbered by someone else too.
-            let (applied, missing): (Vec<Logged>, Vec<Logged>) =
-                left.into_iter().partition(|l| l.message.msg_id <= max);
-            let mut foreign = 0;
-            {
-                // (Not the body: a recall blanks it.)
-                let mut stored = w
-                    .conn
-                    .prepare_cached(
-                        "SELECT 1 FROM messages WHERE msg_id = ?1 AND conv_id = ?2 AND seq = ?3
-                         AND from_id = ?4 AND created_at = ?5 AND client_msg_id IS ?6",
-                    )
-                    .map_err(unavailable)?;
-                for l in &applied {
-                    let m = &l.message;
-                    let same = stored
-                        .exists(params![
-                            m.msg_id as i64,
-                            m.conv_id,
-                            m.seq as i64,
-                            m.from_id as i64,
-                            m.created_at,
-                            l.client_msg_id
-                        ])
-                        .map_err(unavailable)?;
-                    if !same {
-                        foreign += 1;
-                    }
-                }
-            }
-            if foreign > 0 || !missing.is_empty() {
-                log::warn!(
-                    "store: applying {} acknowledged messages from the commit log (the last run did not stop cleanly)",
-                    missing.len()
-                );
-                let replayed = if foreign > 0 {
-                    Err(StoreError::Conflict(
-                        "messages in the log were numbered again by another writer",
-                    ))
-                } else {
-                    missing
-                        .chunks(APPLY_CHUNK)
-                        .try_for_each(|chunk| apply_records(&mut w, chunk))
-                };
-                if let Err(e) = replayed {
-                    // Only another writer numbering the same messages gets here (an older
-                    // version run on this data after a crash, say). The records are kept aside
-                    // for the operator rather than holding up the start.
-                    let aside = CommitLog::path_for(&self.path)
-                        .with_extension(format!("commitlog.unapplied-{}", now_ms() / 1000));
-                    std::fs::copy(CommitLog::path_for(&self.path), &aside).map_err(io)?;
-                    log::error!(
-                        "store: the commit log could not be applied ({e}); its records are kept in {}",
-                        aside.display()
-                    );
-                }
-            }
+            self.replay(&mut w, left)?;
         }
-        log.truncate().map_err(io)?;
+        log.truncate().map_err(log_failed)?;
         seq.forget();
         seq.probe = Some(Self::connect(&self.path, self.synchronous_full)?);
         seq.log = Some(log);
@@ -421,6 +370,74 @@ impl SqliteStore {
             *applier = Some(self.start_applier()?);
         }
         log::debug!("store: commit log on");
+        Ok(())
+    }
+
+    /// Applies what a previous process left in the log (see `enter_log_mode`).
+    fn replay(&self, w: &mut Writer, left: Vec<Logged>) -> StoreResult<()> {
+        let max: Option<i64> = w
+            .conn
+            .query_row("SELECT MAX(msg_id) FROM messages", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        let max = max.unwrap_or(0) as u64;
+        // Records up to MAX(msg_id) were applied before the log could be emptied: each must
+        // be in the table as numbered. One that is not was numbered by someone else too.
+        let (applied, missing): (Vec<Logged>, Vec<Logged>) =
+            left.into_iter().partition(|l| l.message.msg_id <= max);
+        let mut foreign = 0;
+        {
+            // (Not the body: a recall blanks it.)
+            let mut stored = w
+                .conn
+                .prepare_cached(
+                    "SELECT 1 FROM messages WHERE msg_id = ?1 AND conv_id = ?2 AND seq = ?3
+                     AND from_id = ?4 AND created_at = ?5 AND client_msg_id IS ?6",
+                )
+                .map_err(unavailable)?;
+            for l in &applied {
+                let m = &l.message;
+                let same = stored
+                    .exists(params![
+                        m.msg_id as i64,
+                        m.conv_id,
+                        m.seq as i64,
+                        m.from_id as i64,
+                        m.created_at,
+                        l.client_msg_id
+                    ])
+                    .map_err(unavailable)?;
+                if !same {
+                    foreign += 1;
+                }
+            }
+        }
+        if foreign > 0 || !missing.is_empty() {
+            log::warn!(
+                "store: applying {} acknowledged messages from the commit log (the last run did not stop cleanly)",
+                missing.len()
+            );
+            let replayed = if foreign > 0 {
+                Err(StoreError::Conflict(
+                    "messages in the log were numbered again by another writer",
+                ))
+            } else {
+                missing
+                    .chunks(APPLY_CHUNK)
+                    .try_for_each(|chunk| apply_records(w, chunk))
+            };
+            if let Err(e) = replayed {
+                // Only another writer numbering the same messages gets here (an older
+                // version run on this data after a crash, say). The records are kept aside
+                // for the operator rather than holding up the start.
+                let aside = CommitLog::path_for(&self.path)
+                    .with_extension(format!("commitlog.unapplied-{}", now_ms() / 1000));
+                std::fs::copy(CommitLog::path_for(&self.path), &aside).map_err(log_failed)?;
+                log::error!(
+                    "store: the commit log could not be applied ({e}); its records are kept in {}",
+                    aside.display()
+                );
+            }
+        }
         Ok(())
     }
 
@@ -566,15 +583,9 @@ fn start_over(
     };
     if pending.len() > 0 && log.len() > LOG_KEEP_BYTES {
         let mut w = lock_ignoring_poison(writer);
-        loop {
-            match apply_pending(&mut w, pending, checkpointer) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    log::error!("store: applying the commit log failed: {e}");
-                    return;
-                }
-            }
+        if let Err(e) = apply_everything(&mut w, pending, checkpointer) {
+            log::error!("store: applying the commit log failed: {e}");
+            return;
         }
     }
     if pending.len() == 0 {
@@ -582,6 +593,16 @@ fn start_over(
             log::warn!("store: emptying the commit log failed: {e}");
         }
     }
+}
+
+/// Applies everything pending, a transaction per `APPLY_CHUNK`.
+fn apply_everything(
+    w: &mut Writer,
+    pending: &Pending,
+    checkpointer: Option<&mpsc::SyncSender<()>>,
+) -> StoreResult<()> {
+    while apply_pending(w, pending, checkpointer)? > 0 {}
+    Ok(())
 }
 
 /// Applies up to `APPLY_CHUNK` of `pending`'s oldest messages; returns how many.

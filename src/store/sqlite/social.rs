@@ -185,7 +185,7 @@ impl SocialStore for SqliteStore {
     fn add_group_members(&self, gid: u64, uids: &[u64]) -> StoreResult<()> {
         let now = now_ms();
         // No message is numbered while the join seq is read (below).
-        self.exclusive(false, || self.with_tx(|tx| {
+        self.exclusive_tx(false, |tx| {
             let exists: bool = tx
                 .prepare_cached("SELECT 1 FROM groups WHERE id = ?1")
                 .and_then(|mut s| s.exists(params![gid as i64]))
@@ -210,7 +210,7 @@ impl SocialStore for SqliteStore {
             }
             join_group_conversation(tx, gid, uids).map_err(unavailable)?;
             Ok(())
-        }))
+        })
     }
 
     fn group_history_floor(&self, gid: u64, uid: u64) -> StoreResult<u64> {

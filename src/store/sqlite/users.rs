@@ -148,48 +148,46 @@ impl UserStore for SqliteStore {
 
     fn purge_idle_visitors(&self, idle_before: i64, limit: u32) -> StoreResult<Vec<u64>> {
         // Deletes conversations: the sequencer reads what is left afresh afterwards.
-        self.exclusive(true, || {
-            self.with_tx(|tx| {
-                let ids: Vec<i64> = {
-                    let mut stmt = tx
-                        .prepare_cached(
-                            "SELECT u.id FROM users u
+        self.exclusive_tx(true, |tx| {
+            let ids: Vec<i64> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT u.id FROM users u
                          LEFT JOIN conversations c ON c.conv_id = 's_' || u.id
                          WHERE u.user_type = ?1 AND u.last_login_at < ?2
                            AND COALESCE(c.updated_at, 0) < ?2
                            AND NOT EXISTS (SELECT 1 FROM service_sessions s
                                            WHERE s.customer_id = u.id AND s.closed_at IS NULL)
                          ORDER BY u.last_login_at, u.id LIMIT ?3",
-                        )
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![USER_TYPE_VISITOR, idle_before, limit], |r| r.get(0))
+                    .map_err(unavailable)?;
+                rows.collect::<Result<_, _>>().map_err(unavailable)?
+            };
+            for id in &ids {
+                let conv = format!("s_{id}");
+                for sql in [
+                    "DELETE FROM messages WHERE conv_id = ?1",
+                    "DELETE FROM conversations WHERE conv_id = ?1",
+                    "DELETE FROM read_cursors WHERE conv_id = ?1",
+                ] {
+                    tx.prepare_cached(sql)
+                        .and_then(|mut s| s.execute(params![conv]))
                         .map_err(unavailable)?;
-                    let rows = stmt
-                        .query_map(params![USER_TYPE_VISITOR, idle_before, limit], |r| r.get(0))
-                        .map_err(unavailable)?;
-                    rows.collect::<Result<_, _>>().map_err(unavailable)?
-                };
-                for id in &ids {
-                    let conv = format!("s_{id}");
-                    for sql in [
-                        "DELETE FROM messages WHERE conv_id = ?1",
-                        "DELETE FROM conversations WHERE conv_id = ?1",
-                        "DELETE FROM read_cursors WHERE conv_id = ?1",
-                    ] {
-                        tx.prepare_cached(sql)
-                            .and_then(|mut s| s.execute(params![conv]))
-                            .map_err(unavailable)?;
-                    }
-                    for sql in [
-                        "DELETE FROM tokens WHERE user_id = ?1",
-                        "DELETE FROM read_cursors WHERE user_id = ?1",
-                        "DELETE FROM users WHERE id = ?1",
-                    ] {
-                        tx.prepare_cached(sql)
-                            .and_then(|mut s| s.execute(params![id]))
-                            .map_err(unavailable)?;
-                    }
                 }
-                Ok(ids.into_iter().map(|v| v as u64).collect())
-            })
+                for sql in [
+                    "DELETE FROM tokens WHERE user_id = ?1",
+                    "DELETE FROM read_cursors WHERE user_id = ?1",
+                    "DELETE FROM users WHERE id = ?1",
+                ] {
+                    tx.prepare_cached(sql)
+                        .and_then(|mut s| s.execute(params![id]))
+                        .map_err(unavailable)?;
+                }
+            }
+            Ok(ids.into_iter().map(|v| v as u64).collect())
         })
     }
 
