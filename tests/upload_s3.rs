@@ -10,6 +10,7 @@ use common::fake_wechat::{FakeWechat, APPID, SECRET};
 use common::wx_push::{body, now, Pusher};
 use common::*;
 use serde_json::json;
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,7 +27,21 @@ struct Moto {
 impl Moto {
     /// Starts `moto_server`; `authorising` switches moto's IAM checks on, so it refuses every
     /// request whose credentials it did not issue (all of ours).
+    ///
+    /// The port is picked by binding port 0 and letting it go, so another test may take it
+    /// before Python gets there: moto then exits, and a plain connect would reach the other
+    /// test's listener. Ready therefore means moto itself answered an HTTP request; a moto that
+    /// exited is started again on a new port.
     fn start(authorising: bool) -> Moto {
+        for _ in 0..5 {
+            if let Some(moto) = Self::try_start(authorising) {
+                return moto;
+            }
+        }
+        panic!("moto_server exited at start five times (ports taken?)");
+    }
+
+    fn try_start(authorising: bool) -> Option<Moto> {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -52,22 +67,45 @@ impl Moto {
         };
         // Python takes a few seconds to start: a longer deadline than wait_for's.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(moto.addr).is_err() {
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited at start: {status}");
+        loop {
+            if let Ok(Some(_)) = moto.child.try_wait() {
+                return None;
             }
-            assert!(Instant::now() < deadline, "moto_server did not listen");
+            if let Ok(r) = moto.request("GET / HTTP/1.1\r\nHost: s3\r\nConnection: close\r\n\r\n") {
+                let server = r.header("server").unwrap_or_default().to_string();
+                assert!(
+                    server.contains("Werkzeug") || server.contains("amazon"),
+                    "port {port} answered, but not as moto: {r:?}"
+                );
+                return Some(moto);
+            }
+            assert!(Instant::now() < deadline, "moto_server did not answer");
             std::thread::sleep(Duration::from_millis(50));
         }
-        moto
+    }
+
+    /// One request to moto; an I/O error (not listening yet, reset) is returned, not a panic.
+    fn request(&self, raw: &str) -> std::io::Result<HttpResponse> {
+        let mut s = TcpStream::connect(self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(raw.as_bytes())?;
+        read_response(&mut s, &mut Vec::new())
     }
 
     fn create_bucket(&self) {
-        let r = http_raw(
-            self.addr,
-            format!("PUT /{BUCKET} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.addr)
-                .as_bytes(),
+        let raw = format!(
+            "PUT /{BUCKET} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
         );
+        let r = self
+            .request(&raw)
+            .or_else(|e| {
+                // A bucket PUT is idempotent for its owner: a reset answer is asked again.
+                eprintln!("create bucket: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+                self.request(&raw)
+            })
+            .expect("create bucket");
         assert_eq!(r.status, 200, "create bucket: {}", r.text());
     }
 
