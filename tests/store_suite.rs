@@ -390,6 +390,52 @@ fn idle_visitors_are_purged_in_batches(f: Fixture) {
     assert_eq!(s.open_service_sessions().unwrap().len(), 1);
 }
 
+/// The purge may delete the newest message; its id is not handed out again, neither by the
+/// running store nor after a restart (when numbering is read from the database afresh).
+fn a_purged_message_id_is_not_handed_out_again(f: Fixture) {
+    let s = &f.store;
+    let (member, _) = s.upsert_app_user("m", &Profile::default(), true).unwrap();
+    let earlier = s
+        .append_batch(&[msg("p_a_b", member.uid, 2, None)])
+        .unwrap();
+    let visitor = s.create_visitor().unwrap().uid;
+    let mut m = msg(&format!("s_{visitor}"), visitor, 0, None);
+    m.chat_type = 2;
+    let newest = s.append_batch(&[m]).unwrap()[0].message.msg_id;
+    assert!(newest > earlier[0].message.msg_id);
+    let cutoff = wxchat::store::now_ms() + 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while wxchat::store::now_ms() <= cutoff {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock stands still"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(s.purge_idle_visitors(cutoff, 10).unwrap(), vec![visitor]);
+    assert_eq!(s.message(newest).unwrap(), None, "purged");
+
+    let next = s
+        .append_batch(&[msg("p_a_b", member.uid, 2, None)])
+        .unwrap();
+    assert!(
+        next[0].message.msg_id > newest,
+        "{} reused",
+        next[0].message.msg_id
+    );
+    let s = (f.reopen)();
+    let after_restart = s
+        .append_batch(&[msg("p_a_b", member.uid, 2, None)])
+        .unwrap();
+    assert!(after_restart[0].message.msg_id > next[0].message.msg_id);
+    // A purge with nothing newer to delete does not move numbering back.
+    assert!(s.purge_idle_visitors(cutoff, 10).unwrap().is_empty());
+    let last = s
+        .append_batch(&[msg("p_a_b", member.uid, 2, None)])
+        .unwrap();
+    assert_eq!(last[0].message.msg_id, after_restart[0].message.msg_id + 1);
+}
+
 fn group_cursors_follow_membership(f: Fixture) {
     let s = &f.store;
     let g = s.create_group(1, "g", &[2, 3], false).unwrap();
@@ -911,6 +957,7 @@ suite!([sqlite, sqlite_logged, mysql] [
     read_cursors_stop_at_the_last_seq_and_say_when_they_move,
     new_group_members_read_from_their_join,
     idle_visitors_are_purged_in_batches,
+    a_purged_message_id_is_not_handed_out_again,
     group_cursors_follow_membership,
     users_friends_groups,
     friend_requests,

@@ -557,11 +557,11 @@ fn lookups<'b>(
     match next_msg_id {
         Some(id) => Ok(id),
         None => {
-            let max: Option<i64> = probe
-                .prepare_cached("SELECT MAX(msg_id) FROM messages")
+            let last: i64 = probe
+                .prepare_cached(super::messages::LAST_MSG_ID)
                 .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(unavailable)?;
-            Ok(max.unwrap_or(0) as u64 + 1)
+            Ok(last as u64 + 1)
         }
     }
 }

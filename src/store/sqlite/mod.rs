@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/sqlite/007_group_join_seq.sql"),
     include_str!("../../../sql/sqlite/008_visitor_purge.sql"),
     include_str!("../../../sql/sqlite/009_messages_by_id.sql"),
+    include_str!("../../../sql/sqlite/010_msg_id_floor.sql"),
 ];
 
 pub struct SqliteStore {

@@ -166,6 +166,12 @@ impl UserStore for SqliteStore {
                     .map_err(unavailable)?;
                 rows.collect::<Result<_, _>>().map_err(unavailable)?
             };
+            if !ids.is_empty() {
+                // Their messages may include the newest: its id must not be handed out again.
+                tx.prepare_cached(super::messages::RECORD_PURGED_MSG_ID)
+                    .and_then(|mut s| s.execute([]))
+                    .map_err(unavailable)?;
+            }
             for id in &ids {
                 let conv = format!("s_{id}");
                 for sql in [
