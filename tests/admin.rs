@@ -250,6 +250,9 @@ fn server_info_arrives_periodically() {
     let st = http_get(s.admin, "/status");
     assert_eq!(st.status, 200);
     assert_eq!(st.json()["users_online"].as_u64(), Some(1));
+    // Without a bus this node runs the desk.
+    let st = st.json();
+    assert_eq!(st["cluster"]["desk_node"], st["node"], "{st}");
 }
 
 /// A client socket with a tiny receive buffer, so the server's queue fills at once.

@@ -330,6 +330,12 @@ fn online_counts_and_server_info_are_cluster_totals_with_each_nodes_share() {
     by_node.sort();
     assert_eq!(by_node, vec![("n1".into(), 2), ("n2".into(), 2)]);
     assert!(st["cluster"]["connections"].as_u64().unwrap() >= 4, "{st}");
+    // Both nodes name the same node as the desk's (the lease holder, read every 2 s).
+    wait_for("both nodes name the desk's node", || {
+        let d1 = http_get(s1.admin, "/status").json()["cluster"]["desk_node"].clone();
+        let d2 = http_get(s2.admin, "/status").json()["cluster"]["desk_node"].clone();
+        d1 == d2 && (d1 == "n1" || d1 == "n2")
+    });
     // /metrics is per node, labelled with it.
     let m = http_get(s2.admin, "/metrics").text();
     assert!(

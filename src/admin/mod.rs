@@ -75,10 +75,21 @@ fn report_cluster(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
 }
 
 /// The cluster part of `serverInfo` and `/status`: totals and every node's share.
+/// The node running the customer-service desk and the consultations' clocks: the desk lease's
+/// holder as this node last read it (null until its first read); without a bus, this node.
+fn desk_node(app: &App) -> Value {
+    if app.chat.role.mine {
+        json!(app.node_id)
+    } else {
+        json!(app.chat.role.owner)
+    }
+}
+
 fn cluster_json(app: &App, g: &Gauges) -> Value {
     match &app.cluster {
         Some(c) => json!({
             "nodes": c.nodes.len(),
+            "desk_node": desk_node(app),
             "users_online": app.cluster_users_online(),
             "connections": c.connections(),
             "by_node": c.nodes.iter().map(|n| json!({
@@ -90,6 +101,7 @@ fn cluster_json(app: &App, g: &Gauges) -> Value {
         // Before the first tick: this node alone.
         None => json!({
             "nodes": 1,
+            "desk_node": desk_node(app),
             "users_online": g.users_online,
             "connections": g.connections,
             "by_node": [{ "node": app.node_id, "users_online": g.users_online, "connections": g.connections }],

@@ -397,10 +397,13 @@ fn live_figures(config: &Config, admin: &str) {
     let cluster = |k: &str| v["cluster"][k].as_f64().unwrap_or(0.0);
     if cluster("nodes") > 1.0 {
         println!(
-            "  cluster:      {} nodes, {} users online, {} connections",
+            "  cluster:      {} nodes, {} users online, {} connections, desk on {}",
             cluster("nodes"),
             cluster("users_online"),
-            cluster("connections")
+            cluster("connections"),
+            v["cluster"]["desk_node"]
+                .as_str()
+                .unwrap_or("(not known yet)")
         );
     }
     println!(
