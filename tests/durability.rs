@@ -175,8 +175,7 @@ fn survives_kill_9(backend_toml: &str) {
             );
         }
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    child.stop_cleanly();
 }
 
 /// After a clean stop the database file alone holds every acknowledged message: the WAL has
@@ -220,9 +219,7 @@ fn a_clean_stop_leaves_every_message_in_the_database_file() {
         }
     }
     drop(c);
-    // SAFETY: SIGTERM to the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    child.stop_cleanly();
 
     let wal = data.join("wxchat.db-wal");
     let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);

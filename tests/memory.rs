@@ -67,8 +67,7 @@ fn ten_thousand_idle_connections() {
     assert!(per_conn < 1024.0, "{per_conn} bytes per idle connection");
     drop(conns);
     drop(warm);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    child.stop_cleanly();
 }
 
 #[test]
@@ -135,8 +134,7 @@ fn memory_stays_flat_while_peers_stop_reading() {
         growth < (PEERS as u64) * 3 * 1024 + 16 * 1024,
         "memory grew by {growth} KiB"
     );
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    child.stop_cleanly();
 }
 
 /// A connection to 127.0.0.1 whose receive buffer is set small before connecting, so the
@@ -208,8 +206,7 @@ fn a_slow_consumer_stuck_in_a_half_sent_frame_is_freed() {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(s);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    child.stop_cleanly();
 }
 
 #[test]
@@ -281,6 +278,5 @@ fn flooding_peers_are_held_back_by_tcp_not_by_server_memory() {
         .as_u64()
         .unwrap();
     assert!(healthy as usize >= PEERS, "peers were closed: {healthy}");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    child.stop_cleanly();
 }

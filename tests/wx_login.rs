@@ -267,9 +267,7 @@ fn no_log_line_carries_the_session_key_or_the_secret() {
     for code in ["ok-logged-user", "err-40029", "junk"] {
         wx_login(addr, json!({ "code": code }));
     }
-    // SAFETY: SIGTERM to the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    child.stop_cleanly();
     let mut log = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(log.contains("wx login"), "the failures are logged: {log}");

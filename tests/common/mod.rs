@@ -501,9 +501,19 @@ pub fn run_cli(config: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Starts `server run` in the foreground as a child process; waits for its pid file.
 /// A child server process that is killed when dropped, so a failing test leaves none behind.
 pub struct ChildServer(pub Child);
+
+impl ChildServer {
+    /// Stops the server as an operator or a service manager does (SIGTERM) and checks that it
+    /// exited cleanly.
+    pub fn stop_cleanly(&mut self) {
+        // SAFETY: a signal to the child process this test started.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let status = self.0.wait().expect("wait for the server");
+        assert!(status.success(), "the server exited with {status}");
+    }
+}
 
 impl std::ops::Deref for ChildServer {
     type Target = Child;
@@ -527,6 +537,7 @@ impl Drop for ChildServer {
     }
 }
 
+/// Starts `server run` in the foreground as a child process; waits for its pid file.
 pub fn spawn_foreground(config: &Path, data_dir: &Path) -> (ChildServer, SocketAddr) {
     let child = Command::new(server_bin())
         .arg("run")
