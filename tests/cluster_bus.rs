@@ -6,12 +6,12 @@
 
 mod common;
 use common::chat_client::{next_push, ws_request as request};
+use common::private_redis::PrivateRedis;
 use common::services::TestDb;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,91 +19,34 @@ use std::time::{Duration, Instant};
 const API_KEY: &str = "k";
 const PREFIX: &str = "busT:";
 
-/// A redis-server of our own, without persistence, on a fixed port (restartable).
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = PrivateRedis { port, child: None };
-        r.restart();
-        r
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is needed for this test");
-        self.child = Some(child);
-        wait_for("the private redis-server", || self.conn().is_some());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn conn(&self) -> Option<redis::Connection> {
-        let client = redis::Client::open(self.url()).ok()?;
-        let mut c = client
-            .get_connection_with_timeout(Duration::from_millis(500))
-            .ok()?;
-        redis::cmd("PING").query::<String>(&mut c).ok()?;
-        Some(c)
-    }
-
-    /// The envelopes (field `e`, not pings) in a node's stream.
-    fn envelopes(&self, node: &str) -> Vec<String> {
-        let mut c = self.conn().expect("redis");
-        let v: redis::Value = redis::cmd("XRANGE")
-            .arg(format!("{PREFIX}bus:{node}"))
-            .arg("-")
-            .arg("+")
-            .query(&mut c)
-            .expect("XRANGE");
-        let mut out = Vec::new();
-        if let redis::Value::Array(entries) = v {
-            for e in entries {
-                let redis::Value::Array(pair) = e else {
-                    continue;
-                };
-                let Some(redis::Value::Array(kv)) = pair.get(1) else {
-                    continue;
-                };
-                for f in kv.chunks(2) {
-                    if let [redis::Value::BulkString(k), redis::Value::BulkString(v)] = f {
-                        if k == b"e" {
-                            out.push(String::from_utf8_lossy(v).into_owned());
-                        }
+/// The envelopes (field `e`, not pings) in a node's stream.
+fn envelopes(redis: &PrivateRedis, node: &str) -> Vec<String> {
+    let mut c = redis.conn().expect("redis");
+    let v: redis::Value = redis::cmd("XRANGE")
+        .arg(format!("{PREFIX}bus:{node}"))
+        .arg("-")
+        .arg("+")
+        .query(&mut c)
+        .expect("XRANGE");
+    let mut out = Vec::new();
+    if let redis::Value::Array(entries) = v {
+        for e in entries {
+            let redis::Value::Array(pair) = e else {
+                continue;
+            };
+            let Some(redis::Value::Array(kv)) = pair.get(1) else {
+                continue;
+            };
+            for f in kv.chunks(2) {
+                if let [redis::Value::BulkString(k), redis::Value::BulkString(v)] = f {
+                    if k == b"e" {
+                        out.push(String::from_utf8_lossy(v).into_owned());
                     }
                 }
             }
         }
-        out
     }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    out
 }
 
 fn config(db: &TestDb, redis: &PrivateRedis, node: &str) -> String {
@@ -275,12 +218,12 @@ fn streams_bus_routes_survives_a_redis_restart_and_reports_its_health() {
 
     // Routing: node 2 got the pushes for b and c, node 1 the group message for a; node 3, whose
     // only user is in neither conversation, got no envelope at all.
-    let to_n2 = redis.envelopes("n2");
+    let to_n2 = envelopes(&redis, "n2");
     assert!(to_n2.iter().any(|e| e.contains("\"hi\"")), "{to_n2:?}");
-    let to_n1 = redis.envelopes("n1");
+    let to_n1 = envelopes(&redis, "n1");
     assert!(to_n1.iter().any(|e| e.contains("\"all\"")), "{to_n1:?}");
     assert!(!to_n1.iter().any(|e| e.contains("\"hi\"")), "{to_n1:?}");
-    assert_eq!(redis.envelopes("n3"), Vec::<String>::new());
+    assert_eq!(envelopes(&redis, "n3"), Vec::<String>::new());
     // The group message (c, on node 2, to a on node 1 and b on node 2) went once to node 1 and
     // never to its sender's node, which delivered it to b itself.
     assert_eq!(to_n1.iter().filter(|e| e.contains("\"all\"")).count(), 1);
@@ -358,7 +301,7 @@ fn streams_bus_routes_survives_a_redis_restart_and_reports_its_health() {
         r.text()
     );
 
-    redis.restart();
+    redis.resume();
     let restarted = Instant::now();
     while [s1.addr, s2.addr, s3.addr]
         .iter()

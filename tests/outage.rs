@@ -7,13 +7,12 @@
 
 mod common;
 use common::chat_client::ws_request as request;
+use common::private_redis::PrivateRedis;
 use common::services::TestDb;
 use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,86 +55,6 @@ fn all_messages(c: &mut WsClient, conv: &str) -> Vec<String> {
     msgs.iter()
         .map(|m| m["msg"].as_str().unwrap().to_string())
         .collect()
-}
-
-// ---- a private Redis ----
-
-struct PrivateRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = PrivateRedis {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        r.resume();
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// (Re)starts redis-server on the same port and directory (append-only file on, so the
-    /// tokens written before a stop are there after it).
-    fn resume(&mut self) {
-        let child = spawn_redis(self.port, self.dir.path());
-        self.child = Some(child);
-        let port = self.port;
-        wait_for("the private redis to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-    }
-
-    /// Stops it the way a crash or an operator would: SIGTERM, then wait.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling the child process this test started.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn_redis(port: u16, dir: &Path) -> Child {
-    Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--dir",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("this test needs redis-server on PATH (Debian package redis-server): {e}")
-        })
 }
 
 // ---- a TCP proxy to MySQL that can be cut ----
@@ -210,7 +129,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 #[test]
 fn redis_lost_and_back() {
     let db = TestDb::create();
-    let mut redis = PrivateRedis::start();
+    let mut redis = PrivateRedis::start_persistent();
     let config = merge_toml(
         &db.store_toml(),
         &format!(

@@ -5,6 +5,7 @@
 
 pub mod chat_client;
 pub mod fake_wechat;
+pub mod private_redis;
 pub mod services;
 pub mod wx_push;
 
