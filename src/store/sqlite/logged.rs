@@ -465,6 +465,7 @@ impl SqliteStore {
         let sequencer = self.sequencer.clone();
         let pending = self.pending.clone();
         let checkpointer = self.checkpointer.clone();
+        let cached = self.cached_conversations;
         std::thread::Builder::new()
             .name("sqlite-apply".into())
             .spawn(move || {
@@ -504,7 +505,7 @@ impl SqliteStore {
                         }
                     }
                     if !pending.paused() {
-                        start_over(&writer, &sequencer, &pending, checkpointer.as_ref());
+                        start_over(&writer, &sequencer, &pending, checkpointer.as_ref(), cached);
                     }
                 }
             })
@@ -569,12 +570,14 @@ fn lookups<'b>(
 /// After an apply round: empties the log if nothing is pending. Under steady traffic something
 /// always is (what arrived while the round applied), so once the log is past `LOG_KEEP_BYTES`
 /// those few are applied with the sequencer held, and the log starts over: otherwise it would
-/// only grow (about 100 bytes per message, for as long as the traffic lasts).
+/// only grow (about 100 bytes per message, for as long as the traffic lasts). With nothing
+/// pending, the caches are bounded to `cached` conversations too.
 fn start_over(
     writer: &Mutex<Writer>,
     sequencer: &Mutex<Sequencer>,
     pending: &Pending,
     checkpointer: Option<&mpsc::SyncSender<()>>,
+    cached: usize,
 ) {
     // The sequencer first, then the writer: the order every path takes them in.
     let mut seq = lock_ignoring_poison(sequencer);
@@ -592,6 +595,8 @@ fn start_over(
         if let Err(e) = log.truncate() {
             log::warn!("store: emptying the commit log failed: {e}");
         }
+        seq.bound(cached);
+        lock_ignoring_poison(writer).bound(cached);
     }
 }
 
@@ -689,6 +694,17 @@ mod tests {
         fn crash(&self) {
             self.pause_applier();
             self.lock_sequencer().log = None;
+        }
+
+        /// What the apply thread does after an apply round.
+        fn end_round(&self) {
+            start_over(
+                &self.writer,
+                &self.sequencer,
+                &self.pending,
+                None,
+                self.cached_conversations,
+            );
         }
 
         fn log_bytes(&self) -> u64 {
@@ -904,7 +920,7 @@ mod tests {
         s.append_batch(&batch(2, 3, "late")).unwrap();
         s.append_batch(&batch(3, 3, "late")).unwrap();
         assert!(s.log_bytes() > LOG_KEEP_BYTES);
-        start_over(&s.writer, &s.sequencer, &s.pending, None);
+        s.end_round();
         assert_eq!((s.pending.len(), s.log_bytes()), (0, 0));
         assert_eq!(seqs(&s, "p_3_1002"), vec![(1, n * 200 + 6)]);
         // Below the bound, a round that leaves something pending keeps the log.
@@ -912,7 +928,7 @@ mod tests {
         s.append_batch(&batch(4, 2, "a")).unwrap();
         s.settle().unwrap();
         s.append_batch(&batch(4, 2, "b")).unwrap();
-        start_over(&s.writer, &s.sequencer, &s.pending, None);
+        s.end_round();
         assert_eq!(s.pending.len(), 2);
         assert!(s.log_bytes() > 0);
     }
@@ -924,6 +940,45 @@ mod tests {
         let other = logged(&dir);
         assert!(s.lock_sequencer().log.is_some());
         assert!(other.lock_sequencer().log.is_none());
+    }
+
+    /// The last-seq and cursor-row caches start over past their bound (in log mode once nothing
+    /// is pending, after an apply round; on the direct path before a batch), and numbering goes
+    /// on from the tables.
+    #[test]
+    fn the_caches_start_over_past_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
+        s.cached_conversations = 4;
+        s.set_sole_writer(true).unwrap();
+        let ten = |tag: &str| batch(1, 10, tag);
+        for i in 0..10 {
+            s.append_batch(&ten(&format!("a{i}"))[i..=i]).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (s.pending.len() > 0 || s.log_bytes() > 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!((s.pending.len(), s.log_bytes()), (0, 0));
+        assert!(s.lock_sequencer().last_seq.len() <= 4);
+        assert!(s.lock_writer().cursors.len() <= 4);
+        let next = s.append_batch(&ten("b")[..1]).unwrap();
+        assert_eq!((next[0].message.seq, next[0].message.msg_id), (2, 11));
+
+        // The direct path (a store that is not the sole writer).
+        s.close();
+        drop(s);
+        let mut s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
+        s.cached_conversations = 4;
+        for i in 0..10 {
+            s.append_batch(&ten(&format!("c{i}"))[i..=i]).unwrap();
+        }
+        // Bounded before each batch: never more than the bound and the batch.
+        assert!(s.lock_sequencer().last_seq.len() <= 5);
+        let next = s.append_batch(&ten("d")[1..2]).unwrap();
+        assert_eq!(next[0].message.seq, 3, "p_1_1001: a1, c1, then this");
+        assert_eq!(s.lock_sequencer().last_seq.len(), 1, "started over");
+        assert!(s.lock_writer().cursors.len() <= 1);
     }
 
     #[test]

@@ -301,6 +301,9 @@ impl MessageStore for SqliteStore {
         let mut w = self.lock_writer();
         // Whatever the log holds goes first: its messages were numbered before this batch.
         self.apply_all(&mut w, &mut seq)?;
+        // Nothing is pending now: the caches may start over.
+        seq.bound(self.cached_conversations);
+        w.bound(self.cached_conversations);
         let result = w.append(&mut seq, batch);
         self.wake_checkpointer();
         if result.is_err() {

@@ -50,6 +50,8 @@ pub struct SqliteStore {
     checkpointer: Option<mpsc::SyncSender<()>>,
     /// Wakes the apply thread (see `logged`); dropping it stops the thread.
     applier: Mutex<Option<mpsc::SyncSender<()>>>,
+    /// `CACHED_CONVERSATIONS` (smaller in tests).
+    cached_conversations: usize,
 }
 
 /// The writer connection's page cache (KiB). A batch across many conversations dirties about
@@ -92,6 +94,14 @@ const RELEASE_AFTER_IDLE: Duration = Duration::from_secs(2);
 /// and resting after it let the log reach the writer's threshold at 10,000 msg/s.)
 const CHECKPOINT_REST_FACTOR: u32 = 4;
 
+/// Conversations whose last seq (`Sequencer`) and read-cursor rows (`Writer`) are kept in memory
+/// at most. Past it a cache starts over, read back from the tables as conversations write again
+/// (one lookup each). Unbounded, they held every conversation written to since the start, about
+/// 160 bytes each: a server running for weeks over millions of conversations only grew. At this
+/// bound they hold about 40 MiB; a server with more conversations than this writing at once pays
+/// a lookup per message after each start-over.
+const CACHED_CONVERSATIONS: usize = 256 * 1024;
+
 /// The persister's connection and what it remembers between batches.
 struct Writer {
     conn: Connection,
@@ -120,6 +130,24 @@ impl Sequencer {
         self.last_seq.clear();
         self.next_msg_id = None;
     }
+
+    /// Starts the last-seq cache over once it holds more than `cached` conversations. Only
+    /// while nothing is pending (see `forget`).
+    fn bound(&mut self, cached: usize) {
+        if self.last_seq.len() > cached {
+            self.forget();
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the cursor-row cache over once it holds more than `cached` conversations (always
+    /// safe: a row not known is inserted with `OR IGNORE`).
+    fn bound(&mut self, cached: usize) {
+        if self.cursors.len() > cached {
+            self.cursors.clear();
+        }
+    }
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -147,6 +175,7 @@ impl SqliteStore {
             pending: Arc::new(logged::Pending::default()),
             checkpointer: None,
             applier: Mutex::new(None),
+            cached_conversations: CACHED_CONVERSATIONS,
         };
         store.migrate()?;
         store.checkpointer = Some(Self::start_checkpointer(
