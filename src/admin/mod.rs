@@ -74,7 +74,6 @@ fn report_cluster(app: &mut App, ctx: &mut dyn Ctx<Completion>) {
     );
 }
 
-/// The cluster part of `serverInfo` and `/status`: totals and every node's share.
 /// The node running the customer-service desk and the consultations' clocks: the desk lease's
 /// holder as this node last read it (null until its first read); without a bus, this node.
 fn desk_node(app: &App) -> Value {
@@ -85,6 +84,7 @@ fn desk_node(app: &App) -> Value {
     }
 }
 
+/// The cluster part of `serverInfo` and `/status`: totals and every node's share.
 fn cluster_json(app: &App, g: &Gauges) -> Value {
     match &app.cluster {
         Some(c) => json!({

@@ -707,6 +707,15 @@ mod tests {
             );
         }
 
+        /// Waits until the apply thread has applied everything and emptied the log.
+        fn wait_for_the_apply_thread(&self) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while (self.pending.len() > 0 || self.log_bytes() > 0) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!((self.pending.len(), self.log_bytes()), (0, 0));
+        }
+
         fn log_bytes(&self) -> u64 {
             std::fs::metadata(CommitLog::path_for(&self.path)).map_or(0, |m| m.len())
         }
@@ -955,11 +964,7 @@ mod tests {
         for i in 0..10 {
             s.append_batch(&ten(&format!("a{i}"))[i..=i]).unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while (s.pending.len() > 0 || s.log_bytes() > 0) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!((s.pending.len(), s.log_bytes()), (0, 0));
+        s.wait_for_the_apply_thread();
         assert!(s.lock_sequencer().last_seq.len() <= 4);
         assert!(s.lock_writer().cursors.len() <= 4);
         let next = s.append_batch(&ten("b")[..1]).unwrap();
@@ -986,11 +991,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = logged(&dir);
         s.append_batch(&batch(1, 3, "a")).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while (s.pending.len() > 0 || s.log_bytes() > 0) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!((s.pending.len(), s.log_bytes()), (0, 0));
+        s.wait_for_the_apply_thread();
         // Read on a connection of the pool, without `settle`.
         let n: i64 = s
             .with_conn(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)))
