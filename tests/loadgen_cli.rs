@@ -1,5 +1,7 @@
 //! `loadgen`'s command line: each scenario explains its own options.
 
+mod common;
+
 use std::process::Command;
 
 fn loadgen(args: &[&str]) -> (i32, String, String) {
@@ -64,4 +66,59 @@ fn p2p_friends_is_documented_and_bounded() {
         assert_eq!(code, 2, "--friends {bad}: {err}");
         assert!(err.contains("1 <= friends <= pairs"), "{err}");
     }
+}
+
+/// `--arrivals` spreads a `--rate` over time; a value other than even or poisson is refused
+/// before anything connects.
+#[test]
+fn arrivals_are_documented_and_checked() {
+    let (code, out, _) = loadgen(&["p2p", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--arrivals even|poisson"), "{out}");
+    let (code, _, err) = loadgen(&["echo", "--rate", "100", "--arrivals", "bursty"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--arrivals: even or poisson"), "{err}");
+}
+
+/// A paced run against a real server: each message leaves on its own due time, the offered
+/// rate is what arrives back, and the report says how late messages left against the schedule.
+#[test]
+fn a_paced_echo_run_keeps_its_rate_and_reports_its_schedule() {
+    let mut server = common::TestServer::start("[ws]\necho_path = \"/echo\"\n");
+    let target = server.addr.to_string();
+    for arrivals in ["even", "poisson"] {
+        let (code, out, err) = loadgen(&[
+            "echo",
+            "--target",
+            &target,
+            "--path",
+            "/echo",
+            "--connections",
+            "10",
+            "--rate",
+            "2000",
+            "--seconds",
+            "1",
+            "--arrivals",
+            arrivals,
+        ]);
+        assert_eq!(code, 0, "{arrivals}: {err}");
+        assert!(
+            out.contains(&format!("{arrivals} arrivals, left late by p50 ")),
+            "{out}"
+        );
+        // "...: N msg/s; latency ..." — what came back in the measured second.
+        let rate: f64 = out
+            .split(" msg/s; latency")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in {out}"));
+        // A loose band: this checks that the schedule is kept, not how fast the machine is.
+        assert!(
+            (1000.0..=3000.0).contains(&rate),
+            "{arrivals}: {rate} msg/s: {out}"
+        );
+    }
+    server.stop();
 }

@@ -2,9 +2,11 @@
 //! at loopback only. See `--help` and BENCHMARKS.md.
 
 mod net;
+mod pace;
 mod stats;
 
 use net::{nanos_since, Ev, Net};
+use pace::{next_free, Arrivals, Pacer};
 use serde_json::{json, Value};
 use stats::Latencies;
 use std::io::{Read, Write};
@@ -62,6 +64,9 @@ Common options:
   --nodes ADDR,ADDR,..      a cluster: chat connections spread over these nodes (user i on
                             node i mod n; a p2p pair's two users on different nodes); the
                             server API and the admin listener stay on --target (p2p, group, idle)
+  --arrivals even|poisson   with --rate: messages due 1/rate apart, or at exponentially
+                            drawn gaps; each leaves at its due time (a timer finer than
+                            epoll's millisecond), and how late it left is reported
   --pid PID[,PID..]         the server's pid (a cluster's: one per node): its CPU per message over
                             the measured window is reported, per node and in all (echo, p2p,
                             group; the first pid's memory for idle), with loadgen's own
@@ -116,6 +121,8 @@ struct Opts {
     nodes: Vec<SocketAddr>,
     /// Offer permessage-deflate (and compress what is sent, as browsers do).
     deflate: bool,
+    /// How a `--rate` is spread over time.
+    arrivals: Arrivals,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -159,6 +166,7 @@ fn parse() -> Result<Opts, String> {
         pids: Vec::new(),
         nodes: Vec::new(),
         deflate: false,
+        arrivals: Arrivals::Even,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -190,6 +198,7 @@ fn parse() -> Result<Opts, String> {
                 o.pids = list(&value, "--pid: a number or a list")?;
                 o.pid = o.pids.first().copied().unwrap_or(0);
             }
+            "--arrivals" => o.arrivals = Arrivals::parse(&value)?,
             "--nodes" => o.nodes = list(&value, "--nodes: host:port,..")?,
             "--deflate" => {
                 o.deflate = match value.as_str() {
@@ -311,58 +320,53 @@ fn echo(o: &Opts) -> Result<String, String> {
     let end = warm_until + Duration::from_secs(o.seconds);
     let mut lat = Latencies::new();
     let mut received = 0u64;
-    let (mut budget, mut last, mut next) = (0f64, Instant::now(), 0usize);
+    let mut pacer = Pacer::new(o.rate, o.arrivals, Instant::now());
+    let mut next = 0usize;
     while Instant::now() < end {
         let now = Instant::now();
         let now_ns = nanos_since(epoch);
         let measuring = now >= warm_until;
         meter.tick(measuring, &net);
+        let mut timeout = Duration::from_millis(10);
         if paced {
             // Round robin, skipping connections with `inflight` unanswered.
-            budget = (budget + o.rate as f64 * now.duration_since(last).as_secs_f64())
-                .min(o.rate as f64);
-            let mut skipped = 0;
-            while budget >= 1.0 && skipped < o.connections {
-                let c = next;
-                next = (next + 1) % o.connections;
-                if in_flight[c] >= inflight {
-                    skipped += 1;
-                    continue;
-                }
-                skipped = 0;
+            let mut blocked = false;
+            while pacer.due(now) {
+                let Some(c) = next_free(&mut next, o.connections, |c| in_flight[c] < inflight)
+                else {
+                    blocked = true;
+                    break;
+                };
                 payload[..8].copy_from_slice(&now_ns.to_be_bytes());
                 net.out.send(c, OpCode::Binary, &payload);
                 in_flight[c] += 1;
-                budget -= 1.0;
+                pacer.sent(now, measuring);
             }
-            last = now;
+            timeout = pace::timeout(&pacer, blocked);
         }
-        net.step(
-            Duration::from_millis(if paced { 1 } else { 10 }),
-            &mut |out, c, ev| {
-                if let Ev::Binary(b) = ev {
-                    if b.len() < 8 {
-                        return;
-                    }
-                    let now_ns = nanos_since(epoch);
-                    if measuring {
-                        let mut t = [0u8; 8];
-                        t.copy_from_slice(&b[..8]);
-                        lat.record(now_ns.saturating_sub(u64::from_be_bytes(t)));
-                        received += 1;
-                    }
-                    if paced {
-                        in_flight[c] = in_flight[c].saturating_sub(1);
-                    } else {
-                        payload[..8].copy_from_slice(&now_ns.to_be_bytes());
-                        out.send(c, OpCode::Binary, &payload);
-                    }
+        net.step(timeout, &mut |out, c, ev| {
+            if let Ev::Binary(b) = ev {
+                if b.len() < 8 {
+                    return;
                 }
-            },
-        )?;
+                let now_ns = nanos_since(epoch);
+                if measuring {
+                    let mut t = [0u8; 8];
+                    t.copy_from_slice(&b[..8]);
+                    lat.record(now_ns.saturating_sub(u64::from_be_bytes(t)));
+                    received += 1;
+                }
+                if paced {
+                    in_flight[c] = in_flight[c].saturating_sub(1);
+                } else {
+                    payload[..8].copy_from_slice(&now_ns.to_be_bytes());
+                    out.send(c, OpCode::Binary, &payload);
+                }
+            }
+        })?;
     }
     Ok(format!(
-        "echo {}: {} connections, {} B, {}{}: {:.0} msg/s; latency {}{}",
+        "echo {}: {} connections, {} B, {}{}: {:.0} msg/s; latency {}{}{}",
         if paced {
             "paced"
         } else if pingpong {
@@ -384,6 +388,11 @@ fn echo(o: &Opts) -> Result<String, String> {
         },
         received as f64 / o.seconds as f64,
         lat.summary(),
+        if paced {
+            pace::note(&mut pacer, o.arrivals)
+        } else {
+            String::new()
+        },
         meter.report(&net, received)
     ))
 }
@@ -603,8 +612,9 @@ fn p2p(o: &Opts) -> Result<String, String> {
     let mut next_friend = vec![0usize; users.len()];
     let mut lat = Latencies::new();
     let (mut acked, mut delivered, mut refused) = (0u64, 0u64, 0u64);
-    let mut budget = 0f64;
-    let mut last = Instant::now();
+    let paced = o.rate > 0;
+    let mut pacer = Pacer::new(o.rate, o.arrivals, Instant::now());
+    let mut next_sender = 0usize;
     // Client message ids unique to this run: users are reused across runs (same app_uid), and
     // a resent id is acknowledged as a duplicate without being stored or delivered again.
     let run = std::time::SystemTime::now()
@@ -635,24 +645,28 @@ fn p2p(o: &Opts) -> Result<String, String> {
                     in_flight[c] += 1;
                 }
             }
-        } else {
-            budget += o.rate as f64 * now.duration_since(last).as_secs_f64();
-            let mut i = 0;
-            while budget >= 1.0 && i < senders.len() * o.inflight {
-                let c = senders[i % senders.len()];
-                i += 1;
-                if in_flight[c] < o.inflight {
-                    let to = users[friend_of(c / 2, next_friend[c])].0;
-                    next_friend[c] = (next_friend[c] + 1) % o.friends;
-                    send(&mut net.out, c, &mut next_req[c], to, now_ns);
-                    in_flight[c] += 1;
-                    budget -= 1.0;
-                }
-            }
-            budget = budget.min(o.rate as f64);
         }
-        last = now;
-        net.step(Duration::from_millis(1), &mut |_, c, ev| match ev {
+        let mut blocked = false;
+        while paced && pacer.due(now) {
+            let Some(i) = next_free(&mut next_sender, senders.len(), |i| {
+                in_flight[senders[i]] < o.inflight
+            }) else {
+                blocked = true;
+                break;
+            };
+            let c = senders[i];
+            let to = users[friend_of(c / 2, next_friend[c])].0;
+            next_friend[c] = (next_friend[c] + 1) % o.friends;
+            send(&mut net.out, c, &mut next_req[c], to, now_ns);
+            in_flight[c] += 1;
+            pacer.sent(now, measuring);
+        }
+        let timeout = if paced {
+            pace::timeout(&pacer, blocked)
+        } else {
+            Duration::from_millis(1)
+        };
+        net.step(timeout, &mut |_, c, ev| match ev {
             Ev::Text(t) if t.starts_with("{\"cmd\":\"send\"") => {
                 in_flight[c] = in_flight[c].saturating_sub(1);
                 if t.contains("\"code\":200") {
@@ -676,7 +690,7 @@ fn p2p(o: &Opts) -> Result<String, String> {
     }
     let secs = o.seconds as f64;
     Ok(format!(
-        "p2p: {} pairs, {} conversations, {} B text, rate {}{}: {:.0} acked msg/s, {:.0} delivered msg/s, {} refused; send-to-deliver {}{}",
+        "p2p: {} pairs, {} conversations, {} B text, rate {}{}: {:.0} acked msg/s, {:.0} delivered msg/s, {} refused; send-to-deliver {}{}{}",
         o.pairs,
         o.pairs * o.friends,
         o.size,
@@ -686,6 +700,11 @@ fn p2p(o: &Opts) -> Result<String, String> {
         delivered as f64 / secs,
         refused,
         lat.summary(),
+        if paced {
+            pace::note(&mut pacer, o.arrivals)
+        } else {
+            String::new()
+        },
         meter.report(&net, acked)
     ))
 }
@@ -852,8 +871,7 @@ fn group(o: &Opts) -> Result<String, String> {
     let mut each = Latencies::new();
     let mut last_member = Latencies::new();
     let (mut acked, mut deliveries, mut refused, mut complete) = (0u64, 0u64, 0u64, 0u64);
-    let mut budget = 0f64;
-    let mut last = Instant::now();
+    let mut pacer = Pacer::new(rate, o.arrivals, Instant::now());
     let drain_until = end + Duration::from_secs(5);
     loop {
         let now = Instant::now();
@@ -863,12 +881,11 @@ fn group(o: &Opts) -> Result<String, String> {
         let now_ns = nanos_since(epoch);
         let measuring = now >= warm_until && now < end;
         meter.tick(measuring, &net);
+        let mut blocked = false;
         if now < end {
-            budget += rate as f64 * now.duration_since(last).as_secs_f64();
-            budget = budget.min(rate.max(1) as f64);
             let mut idle_rounds = 0;
             let mut s = got.len() % o.senders;
-            while (rate == 0 || budget >= 1.0)
+            while (rate == 0 || pacer.due(now))
                 && idle_rounds < o.senders
                 && got.len() < GROUP_MAX_MESSAGES
             {
@@ -885,16 +902,23 @@ fn group(o: &Opts) -> Result<String, String> {
                         ),
                     );
                     in_flight[s] += 1;
-                    budget -= 1.0;
+                    if rate > 0 {
+                        pacer.sent(now, measuring);
+                    }
                     idle_rounds = 0;
                 } else {
                     idle_rounds += 1;
                 }
                 s = (s + 1) % o.senders;
             }
+            blocked = idle_rounds >= o.senders;
         }
-        last = now;
-        net.step(Duration::from_millis(1), &mut |_, c, ev| match ev {
+        let timeout = if rate > 0 {
+            pace::timeout(&pacer, blocked)
+        } else {
+            Duration::from_millis(1)
+        };
+        net.step(timeout, &mut |_, c, ev| match ev {
             Ev::Text(t) if t.starts_with("{\"cmd\":\"send\"") => {
                 if c < in_flight.len() {
                     in_flight[c] = in_flight[c].saturating_sub(1);
@@ -930,7 +954,7 @@ fn group(o: &Opts) -> Result<String, String> {
     }
     let secs = o.seconds as f64;
     Ok(format!(
-        "group: {g} members online, {} senders, {} B text, rate {}{}: {:.0} acked msg/s, {:.0} deliveries/s, {} refused, {} of {} messages reached every member; to the last member {}; each delivery {}{}",
+        "group: {g} members online, {} senders, {} B text, rate {}{}: {:.0} acked msg/s, {:.0} deliveries/s, {} refused, {} of {} messages reached every member; to the last member {}; each delivery {}{}{}",
         o.senders,
         o.size,
         if rate == 0 { "flat out".to_string() } else { format!("{rate}/s") },
@@ -942,6 +966,11 @@ fn group(o: &Opts) -> Result<String, String> {
         got.len(),
         last_member.summary(),
         each.summary(),
+        if rate > 0 {
+            pace::note(&mut pacer, o.arrivals)
+        } else {
+            String::new()
+        },
         meter.report(&net, deliveries)
     ))
 }
