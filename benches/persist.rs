@@ -52,7 +52,7 @@ fn run(store: Arc<dyn Store>, n: u64, convs: u64, max_batch: usize) -> f64 {
     let failed = Arc::new(AtomicU64::new(0));
     let (d, f) = (done.clone(), failed.clone());
     let queue = wxchat::config::PERSIST_QUEUE_MESSAGES;
-    let persister = Persister::start(store, max_batch, queue, move |outcomes: Vec<bool>| {
+    let persister = Persister::start(store, max_batch, queue, 0, move |outcomes: Vec<bool>| {
         let ok = outcomes.iter().filter(|o| **o).count() as u64;
         d.fetch_add(ok, Ordering::Relaxed);
         f.fetch_add(outcomes.len() as u64 - ok, Ordering::Relaxed);

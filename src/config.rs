@@ -576,6 +576,9 @@ impl Default for ChatConfig {
     }
 }
 
+/// Highest `SCHED_FIFO` priority Linux accepts (`[server] realtime_priority`).
+pub const MAX_REALTIME_PRIORITY: u8 = 99;
+
 /// `[server]`: process-wide settings and per-connection output limits.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -603,6 +606,9 @@ pub struct ServerConfig {
     /// `server upgrade`: the old process closes its WebSockets (1012) spread over this many
     /// seconds, so their reconnects reach the new one as a stream, not a storm.
     pub drain_s: u64,
+    /// `SCHED_FIFO` priority (1-99) for the reactor and the persister; 0 = normal scheduling.
+    /// See `rt::priority` for why.
+    pub realtime_priority: u8,
 }
 
 impl Default for ServerConfig {
@@ -618,6 +624,7 @@ impl Default for ServerConfig {
             log_level: "info".into(),
             node_id: String::new(),
             drain_s: 10,
+            realtime_priority: 0,
         }
     }
 }
@@ -766,6 +773,9 @@ impl Config {
         }
         if self.server.soft_out_bytes > self.server.max_out_bytes {
             return err("[server] soft_out_bytes must not exceed max_out_bytes");
+        }
+        if self.server.realtime_priority > MAX_REALTIME_PRIORITY {
+            return err("[server] realtime_priority must be 0 (off) or 1-99");
         }
         if log_level(&self.server.log_level).is_none() {
             return err("[server] log_level must be one of error, warn, info, debug, trace");
@@ -1085,6 +1095,20 @@ mod tests {
                 .to_string();
             assert!(e.contains(why), "{e}");
         }
+    }
+
+    #[test]
+    fn realtime_priority_is_off_by_default_and_bounded() {
+        assert_eq!(parse("", &[]).unwrap().server.realtime_priority, 0);
+        let c = parse("[server]\nrealtime_priority = 99\n", &[]).unwrap();
+        assert_eq!(c.server.realtime_priority, 99);
+        let e = parse("[server]\nrealtime_priority = 100\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("realtime_priority must be 0 (off) or 1-99"),
+            "{e}"
+        );
     }
 
     #[test]

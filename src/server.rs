@@ -267,6 +267,11 @@ impl Server {
                 }
             );
         }
+        // Every message passes through this thread (and the persister's).
+        crate::rt::priority::make_realtime_logged(
+            app.app.config.server.realtime_priority,
+            "reactor",
+        );
         let result = reactor
             .run(&mut app)
             .map_err(|e| format!("event loop failed: {e}"));

@@ -10,6 +10,7 @@
 //! on the reactor after a delay ([`App::after`]): the one timer scheme of the crate.
 
 pub mod persister;
+pub mod priority;
 pub mod reply;
 pub mod timer;
 pub mod token;
@@ -103,6 +104,7 @@ impl App {
             store.clone(),
             config.store.max_batch,
             crate::config::PERSIST_QUEUE_MESSAGES,
+            config.server.realtime_priority,
             move |batch: Vec<Completion>| {
                 deliver.send(Completion::new(move |app, ctx| {
                     for c in batch {

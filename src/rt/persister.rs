@@ -47,6 +47,7 @@ impl<C: Send + 'static> Persister<C> {
         store: Arc<dyn Store>,
         max_batch: usize,
         queue: usize,
+        realtime_priority: u8,
         deliver: impl Fn(Vec<C>) + Send + 'static,
     ) -> std::io::Result<Persister<C>> {
         let (tx, rx) = bounded::<Item<C>>(queue);
@@ -54,7 +55,10 @@ impl<C: Send + 'static> Persister<C> {
         let shared = load.clone();
         let thread = std::thread::Builder::new()
             .name("persister".into())
-            .spawn(move || run(&*store, &rx, max_batch.max(1), &deliver, &shared))?;
+            .spawn(move || {
+                super::priority::make_realtime_logged(realtime_priority, "persister");
+                run(&*store, &rx, max_batch.max(1), &deliver, &shared)
+            })?;
         Ok(Persister {
             tx: Some(tx),
             thread: Some(thread),

@@ -1,0 +1,109 @@
+//! `[server] realtime_priority`: the server binary's reactor and persister run under
+//! `SCHED_FIFO` at that priority and every other thread at normal priority; where the process
+//! may not take it, a warning says so and every thread runs normally.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+
+/// (policy, real-time priority) of each of the process's threads, by thread name.
+fn thread_policies(pid: u32) -> Vec<(u32, String, u32, u32)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let tid: u32 = task.file_name().to_string_lossy().parse().unwrap();
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        // Fields after the name's closing parenthesis start at field 3 (state); rt_priority is
+        // field 40 and policy field 41 (proc(5)).
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        out.push((
+            tid,
+            comm.trim().to_string(),
+            f[41 - 3].parse().unwrap(),
+            f[40 - 3].parse().unwrap(),
+        ));
+    }
+    out
+}
+
+/// Whether this test process may take real-time priority itself (root, CAP_SYS_NICE or
+/// RLIMIT_RTPRIO): the server started from it may then too.
+fn realtime_allowed() -> bool {
+    std::thread::spawn(|| wxchat::rt::priority::make_realtime(1).is_ok())
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn the_reactor_and_the_persister_run_realtime_and_nothing_else_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[server]\nrealtime_priority = 7\n");
+    let log_path = dir.path().join("stderr.log");
+    let mut child = ChildServer(
+        Command::new(server_bin())
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("spawn server"),
+    );
+    let pid = child.id();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let allowed = realtime_allowed();
+    // The reactor takes its priority when its loop starts, after the listeners are open.
+    wait_for(
+        "the reactor and the persister to report their priority",
+        || {
+            let l = log();
+            l.matches("real-time priority 7").count() >= 2
+                || l.matches("could not take").count() >= 2
+        },
+    );
+    let threads = thread_policies(pid);
+    assert!(threads.iter().any(|t| t.1 == "persister"), "{threads:?}");
+    assert!(threads.iter().any(|t| t.1 == "sqlite-apply"), "{threads:?}");
+    for (tid, name, policy, priority) in &threads {
+        let on_the_path = *tid == pid || name == "persister";
+        if allowed && on_the_path {
+            assert_eq!(
+                (*policy, *priority),
+                (libc::SCHED_FIFO as u32, 7),
+                "{name}: {threads:?}"
+            );
+        } else {
+            assert_eq!(
+                (*policy, *priority),
+                (libc::SCHED_OTHER as u32, 0),
+                "{name}: {threads:?}"
+            );
+        }
+    }
+    let l = log();
+    if allowed {
+        assert!(
+            l.contains("reactor: real-time priority 7 (SCHED_FIFO)"),
+            "{l}"
+        );
+        assert!(
+            l.contains("persister: real-time priority 7 (SCHED_FIFO)"),
+            "{l}"
+        );
+    } else {
+        assert!(
+            l.contains("reactor: could not take real-time priority 7"),
+            "{l}"
+        );
+        assert!(l.contains("LimitRTPRIO=7"), "{l}");
+    }
+    child.stop_cleanly();
+}
