@@ -342,7 +342,7 @@ fn echo(o: &Opts) -> Result<String, String> {
                 in_flight[c] += 1;
                 pacer.sent(now, measuring);
             }
-            timeout = pace::timeout(&pacer, blocked);
+            timeout = pacer.timeout(blocked);
         }
         net.step(timeout, &mut |out, c, ev| {
             if let Ev::Binary(b) = ev {
@@ -388,11 +388,7 @@ fn echo(o: &Opts) -> Result<String, String> {
         },
         received as f64 / o.seconds as f64,
         lat.summary(),
-        if paced {
-            pace::note(&mut pacer, o.arrivals)
-        } else {
-            String::new()
-        },
+        if paced { pacer.note() } else { String::new() },
         meter.report(&net, received)
     ))
 }
@@ -662,7 +658,7 @@ fn p2p(o: &Opts) -> Result<String, String> {
             pacer.sent(now, measuring);
         }
         let timeout = if paced {
-            pace::timeout(&pacer, blocked)
+            pacer.timeout(blocked)
         } else {
             Duration::from_millis(1)
         };
@@ -701,7 +697,7 @@ fn p2p(o: &Opts) -> Result<String, String> {
         refused,
         lat.summary(),
         if paced {
-            pace::note(&mut pacer, o.arrivals)
+            pacer.note()
         } else {
             String::new()
         },
@@ -914,7 +910,7 @@ fn group(o: &Opts) -> Result<String, String> {
             blocked = idle_rounds >= o.senders;
         }
         let timeout = if rate > 0 {
-            pace::timeout(&pacer, blocked)
+            pacer.timeout(blocked)
         } else {
             Duration::from_millis(1)
         };
@@ -967,7 +963,7 @@ fn group(o: &Opts) -> Result<String, String> {
         last_member.summary(),
         each.summary(),
         if rate > 0 {
-            pace::note(&mut pacer, o.arrivals)
+            pacer.note()
         } else {
             String::new()
         },

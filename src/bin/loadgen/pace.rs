@@ -24,6 +24,13 @@ impl Arrivals {
             _ => Err("--arrivals: even or poisson".into()),
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Arrivals::Even => "even",
+            Arrivals::Poisson => "poisson",
+        }
+    }
 }
 
 /// At most this much of the schedule is kept waiting when every sender is at its in-flight
@@ -39,7 +46,7 @@ pub struct Pacer {
     arrivals: Arrivals,
     rng: u64,
     /// How late messages left against their due times.
-    pub lag: Latencies,
+    lag: Latencies,
 }
 
 impl Pacer {
@@ -84,6 +91,26 @@ impl Pacer {
         Duration::from_nanos(self.next_due.saturating_sub(self.at(now)))
     }
 
+    /// How long a paced loop may wait for the network: until the next message is due, or (when
+    /// one is due but every connection is at its in-flight limit) until an answer frees one.
+    pub fn timeout(&self, blocked: bool) -> Duration {
+        let turn = Duration::from_millis(1);
+        if blocked {
+            turn
+        } else {
+            self.wait(Instant::now()).min(turn)
+        }
+    }
+
+    /// The report's line on the schedule: how late messages left against their due times.
+    pub fn note(&mut self) -> String {
+        format!(
+            "; {} arrivals, left late by {}",
+            self.arrivals.name(),
+            self.lag.summary()
+        )
+    }
+
     fn next_gap(&mut self) -> u64 {
         match self.arrivals {
             Arrivals::Even => self.gap.round() as u64,
@@ -111,29 +138,6 @@ pub fn next_free(cursor: &mut usize, n: usize, free: impl Fn(usize) -> bool) -> 
         }
     }
     None
-}
-
-/// How long a paced loop may wait for the network: until the next message is due, or (when one
-/// is due but every connection is at its in-flight limit) until an answer frees one.
-pub fn timeout(pacer: &Pacer, blocked: bool) -> Duration {
-    let turn = Duration::from_millis(1);
-    if blocked {
-        turn
-    } else {
-        pacer.wait(Instant::now()).min(turn)
-    }
-}
-
-/// The report's line on the schedule: how late messages left against their due times.
-pub fn note(pacer: &mut Pacer, arrivals: Arrivals) -> String {
-    format!(
-        "; {} arrivals, left late by {}",
-        match arrivals {
-            Arrivals::Even => "even",
-            Arrivals::Poisson => "poisson",
-        },
-        pacer.lag.summary()
-    )
 }
 
 #[cfg(test)]
