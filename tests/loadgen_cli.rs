@@ -122,3 +122,99 @@ fn a_paced_echo_run_keeps_its_rate_and_reports_its_schedule() {
     }
     server.stop();
 }
+
+/// `p2p --client-ids` decides what each message's `client_msg_id` looks like, since where a new
+/// id lands in the server's dedup index is part of the load: what reaches the database is
+/// checked for each kind, and an unknown kind is refused before anything connects.
+#[test]
+fn p2p_client_ids_are_of_the_kind_asked_for() {
+    let (code, out, _) = loadgen(&["p2p", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--client-ids counter|time|random"), "{out}");
+    let (code, _, err) = loadgen(&["p2p", "--client-ids", "uuid"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--client-ids: counter, time or random"),
+        "{err}"
+    );
+
+    let mut server =
+        common::TestServer::start("[api]\nkey = \"lg\"\n[chat]\nmax_msgs_per_sec = 0\n");
+    let target = server.addr.to_string();
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let mut window = Vec::new();
+    for kind in ["counter", "time", "random"] {
+        let started = wall_ms();
+        let (code, out, err) = loadgen(&[
+            "p2p",
+            "--target",
+            &target,
+            "--api-key",
+            "lg",
+            "--pairs",
+            "2",
+            "--inflight",
+            "4",
+            "--seconds",
+            "1",
+            "--client-ids",
+            kind,
+        ]);
+        assert_eq!(code, 0, "{kind}: {err}");
+        assert!(out.contains("acked msg/s"), "{out}");
+        window.push((kind, started, wall_ms()));
+    }
+    server.stop();
+
+    let db = rusqlite::Connection::open_with_flags(
+        server.dir.path().join("wxchat.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let ids: Vec<(String, i64)> = db
+        .prepare("SELECT client_msg_id, created_at FROM messages ORDER BY msg_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let hex32 = |id: &str| {
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    for (kind, from, to) in window {
+        // The run's messages: those stored while it ran (created_at is in milliseconds).
+        let run: Vec<&str> = ids
+            .iter()
+            .filter(|(_, at)| (from as i64..=to as i64).contains(at))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert!(run.len() > 10, "{kind}: {} messages", run.len());
+        for id in &run {
+            match kind {
+                "counter" => assert_eq!(id.split('-').count(), 3, "{id}"),
+                "time" => {
+                    assert!(hex32(id), "{id}");
+                    let ms = u64::from_str_radix(&id[..12], 16).unwrap();
+                    assert!((from..=to).contains(&ms), "{id}: {ms} not in {from}..{to}");
+                }
+                _ => assert!(hex32(id), "{id}"),
+            }
+        }
+        if kind == "random" {
+            // Not time-stamped: the leading digits are not the clock's.
+            let timed = run
+                .iter()
+                .filter(|id| (from..=to).contains(&u64::from_str_radix(&id[..12], 16).unwrap()))
+                .count();
+            assert_eq!(timed, 0, "{run:?}");
+        }
+    }
+}

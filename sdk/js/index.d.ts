@@ -311,6 +311,13 @@ export class WxChat extends Emitter<WxChatEvents> {
   upload(file: string | Blob, opts?: { name?: string }): Promise<UploadResult>;
 }
 
+/**
+ * A client_msg_id as `send()` makes one: 32 hex characters, the time in milliseconds (12) then
+ * 80 random bits (20). Ids that grow with time are cheap for the server to index; pass one to
+ * `send({ client_msg_id })` to know it before the ack.
+ */
+export function newClientMsgId(nowMs: number, random?: () => number): string;
+
 export function fullJitter(attempt: number, base: number, cap: number, random?: () => number): number;
 export function httpBaseOf(wsUrl: string): string;
 

@@ -2,6 +2,8 @@
 // rendering of every message type (protocol-spec 2.4), uploads turned into media messages, and
 // a message list that keeps one row per seq whatever order pushes, syncs and history arrive in.
 
+import { newClientMsgId } from '/sdk/index.js';
+
 /** Creates an element: h('a', {href, class: 'x', onclick: fn}, 'text', child). */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -20,14 +22,9 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-/**
- * A random client_msg_id. crypto.randomUUID exists only in secure contexts; a page served over
- * plain http on a LAN address still has getRandomValues.
- */
+/** A client_msg_id for a send the page shows before its ack: the SDK's format (time, then random). */
 export function randomId() {
-  const b = new Uint8Array(16);
-  crypto.getRandomValues(b);
-  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  return newClientMsgId(Date.now());
 }
 
 /** The WebSocket URL of the chat on this page's own server. */

@@ -61,6 +61,7 @@ __export(index_exports, {
   logout: () => logout,
   memoryStorage: () => memoryStorage,
   miniProgramStorage: () => miniProgramStorage,
+  newClientMsgId: () => newClientMsgId,
   socketTaskTransport: () => socketTaskTransport,
   updateMe: () => updateMe,
   uploadFile: () => uploadFile,
@@ -500,15 +501,16 @@ var defaultClock = {
   setTimeout: (fn, ms) => setTimeout(fn, ms),
   clearTimeout: (id) => clearTimeout(id)
 };
-function randomId(random) {
+function newClientMsgId(nowMs, random) {
+  const time = Math.max(0, Math.floor(nowMs)).toString(16).padStart(12, "0").slice(-12);
   const c = globalThis.crypto;
   if (c && typeof c.getRandomValues === "function") {
-    const b = new Uint8Array(16);
+    const b = new Uint8Array(10);
     c.getRandomValues(b);
-    return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    return time + Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
   }
-  let s = "";
-  for (let i = 0; i < 32; i++) s += Math.floor(random() * 16).toString(16);
+  let s = time;
+  for (let i = 0; i < 20; i++) s += Math.floor(random() * 16).toString(16);
   return s;
 }
 function pickTransport(o) {
@@ -669,7 +671,7 @@ var WxChat = class extends Emitter {
       return Promise.reject(new TypeError("send({chat_type, to_id, msg_type, msg})"));
     }
     const _a = args, { client_msg_id } = _a, fields = __objRest(_a, ["client_msg_id"]);
-    const id = client_msg_id || randomId(this._random);
+    const id = client_msg_id || newClientMsgId(this._clock.now(), this._random);
     const item = { client_msg_id: id, args: fields, created: this._clock.now(), sending: 0 };
     const promise = new Promise((resolve, reject) => this._waiters.set(id, { resolve, reject }));
     this._outbox.items.push(item);

@@ -58,17 +58,26 @@ const defaultClock = {
   clearTimeout: (id) => clearTimeout(id),
 };
 
-/** 16 random bytes as 32 hex characters: within the server's 1-64 byte client_msg_id. */
-function randomId(random) {
+/**
+ * A client_msg_id: 32 hex characters (within the server's 1-64 bytes), the send time in
+ * milliseconds (12 digits) followed by 80 random bits. The time first makes a sender's ids grow:
+ * the server keeps a unique index on (sender, client_msg_id) to refuse resends, and ids that
+ * grow land at the end of the sender's part of it, where fully random ones land anywhere in it
+ * (at 10,000 active conversations that cost the server about a quarter of its throughput,
+ * BENCHMARKS.md). 80 random bits keep two devices of one user from colliding within a
+ * millisecond.
+ */
+export function newClientMsgId(nowMs, random) {
+  const time = Math.max(0, Math.floor(nowMs)).toString(16).padStart(12, '0').slice(-12);
   const c = globalThis.crypto;
   if (c && typeof c.getRandomValues === 'function') {
-    const b = new Uint8Array(16);
+    const b = new Uint8Array(10);
     c.getRandomValues(b);
-    return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+    return time + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
   }
   // Mini-programs have no Web Crypto; ids need to be unique per sender, not secret.
-  let s = '';
-  for (let i = 0; i < 32; i++) s += Math.floor(random() * 16).toString(16);
+  let s = time;
+  for (let i = 0; i < 20; i++) s += Math.floor(random() * 16).toString(16);
   return s;
 }
 
@@ -252,7 +261,7 @@ export class WxChat extends Emitter {
       return Promise.reject(new TypeError('send({chat_type, to_id, msg_type, msg})'));
     }
     const { client_msg_id, ...fields } = args;
-    const id = client_msg_id || randomId(this._random);
+    const id = client_msg_id || newClientMsgId(this._clock.now(), this._random);
     const item = { client_msg_id: id, args: fields, created: this._clock.now(), sending: 0 };
     const promise = new Promise((resolve, reject) => this._waiters.set(id, { resolve, reject }));
     this._outbox.items.push(item);

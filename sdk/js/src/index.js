@@ -1,5 +1,5 @@
 // wxchat-sdk: the public API. See README.md and index.d.ts.
-export { WxChat, httpBaseOf } from './client.js';
+export { WxChat, httpBaseOf, newClientMsgId } from './client.js';
 export { WxChatError } from './errors.js';
 export { PERMANENT_SEND_CODES } from './rules.js';
 export { fullJitter } from './backoff.js';

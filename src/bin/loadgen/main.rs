@@ -1,10 +1,12 @@
 //! `loadgen SCENARIO [OPTIONS]`: load that speaks our protocol, bounded in count and time, aimed
 //! at loopback only. See `--help` and BENCHMARKS.md.
 
+mod ids;
 mod net;
 mod pace;
 mod stats;
 
+use ids::ClientIds;
 use net::{nanos_since, Ev, Net};
 use pace::{next_free, Arrivals, Pacer};
 use serde_json::{json, Value};
@@ -32,6 +34,8 @@ const SCENARIOS: &[(&str, &str)] = &[
     --friends 1: each pair's sender writes round-robin to this many receivers (its own
       and the next pairs'), so pairs x friends conversations are active over 2 x pairs
       connections (e.g. --pairs 1000 --friends 10: 10,000 conversations)
+    --client-ids counter|time|random: each message's client_msg_id: RUN-CONN-REQ (the
+      default), the SDK's (milliseconds, then random bits) or 128 random bits (UUID-like)
     --size 64 (message text bytes)  --api-key KEY (users are created through it)",
     ),
     (
@@ -123,6 +127,8 @@ struct Opts {
     deflate: bool,
     /// How a `--rate` is spread over time.
     arrivals: Arrivals,
+    /// p2p: the kind of `client_msg_id` sent.
+    client_ids: ClientIds,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -167,6 +173,7 @@ fn parse() -> Result<Opts, String> {
         nodes: Vec::new(),
         deflate: false,
         arrivals: Arrivals::Even,
+        client_ids: ClientIds::Counter,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -199,6 +206,7 @@ fn parse() -> Result<Opts, String> {
                 o.pid = o.pids.first().copied().unwrap_or(0);
             }
             "--arrivals" => o.arrivals = Arrivals::parse(&value)?,
+            "--client-ids" => o.client_ids = ClientIds::parse(&value)?,
             "--nodes" => o.nodes = list(&value, "--nodes: host:port,..")?,
             "--deflate" => {
                 o.deflate = match value.as_str() {
@@ -226,6 +234,13 @@ fn parse() -> Result<Opts, String> {
         return Err("bounds: 2..=100000 members, senders <= members, missed <= 10000".into());
     }
     Ok(o)
+}
+
+/// Milliseconds since the Unix epoch (wall clock).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A comma-separated option value, every item parsed (`why` when one is not).
@@ -613,18 +628,18 @@ fn p2p(o: &Opts) -> Result<String, String> {
     let mut next_sender = 0usize;
     // Client message ids unique to this run: users are reused across runs (same app_uid), and
     // a resent id is acknowledged as a duplicate without being stored or delivered again.
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let run = wall_ms();
+    let ids = o.client_ids;
     let send = |out: &mut net::Out, c: usize, req: &mut u64, to: u64, now_ns: u64| {
         *req += 1;
         let pad = &texts[(*req as usize + c) % texts.len()];
-        out.text(
-            c,
-            &format!(
-                "{{\"cmd\":\"send\",\"req_id\":{req},\"chat_type\":0,\"to_id\":{to},\"msg_type\":0,\"msg\":\"t{now_ns} {pad}\",\"client_msg_id\":\"{run}-{c}-{req}\"}}"
-            ),
+        let mut frame = format!(
+            "{{\"cmd\":\"send\",\"req_id\":{req},\"chat_type\":0,\"to_id\":{to},\"msg_type\":0,\"msg\":\"t{now_ns} {pad}\",\"client_msg_id\":\""
         );
+        let now_ms = if ids == ClientIds::Time { wall_ms() } else { 0 };
+        ids.write(&mut frame, run, c, *req, now_ms);
+        frame.push_str("\"}");
+        out.text(c, &frame);
     };
     while Instant::now() < end {
         let now = Instant::now();
