@@ -28,6 +28,9 @@ mod wechat;
 
 pub use messages::{CONVERSATIONS_SQL, HISTORY_SQL, READ_COUNT_SQL, SYNC_SQL};
 
+/// The migration that re-keys `messages` by msg_id (a table rebuild).
+const REKEY_MIGRATION: usize = 8;
+
 /// Migrations in order; `schema_version` records which are applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/mysql/001_init.sql"),
@@ -37,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/mysql/005_consultations.sql"),
     include_str!("../../../sql/mysql/006_group_join_seq.sql"),
     include_str!("../../../sql/mysql/007_visitor_purge.sql"),
+    include_str!("../../../sql/mysql/008_messages_by_id.sql"),
 ];
 
 /// Row counts used for multi-row statements: a batch of n rows is sent as a few chunks of these
@@ -282,6 +286,21 @@ impl MysqlStore {
                     0
                 };
                 for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+                    if i + 1 == REKEY_MIGRATION {
+                        // The one migration that rebuilds a table: say how long writes will
+                        // wait (InnoDB's estimate of the rows; counting them would scan).
+                        let rows: Option<Option<u64>> = conn.exec_first(
+                            "SELECT table_rows FROM information_schema.tables
+                             WHERE table_schema = DATABASE() AND table_name = 'messages'",
+                            (),
+                        )?;
+                        let rows = rows.flatten().unwrap_or(0);
+                        if rows > 0 {
+                            log::warn!(
+                                "store: mysql migration {REKEY_MIGRATION} rebuilds the messages table (about {rows} rows); the server starts when it is done"
+                            );
+                        }
+                    }
                     for stmt in statements(sql) {
                         conn.query_drop(&stmt)?;
                     }
