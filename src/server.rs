@@ -270,7 +270,7 @@ impl Server {
         // Every message passes through this thread (and the persister's).
         crate::rt::priority::make_realtime_logged(
             app.app.config.server.realtime_priority,
-            "reactor",
+            crate::rt::priority::PathThread::Reactor,
         );
         let result = reactor
             .run(&mut app)

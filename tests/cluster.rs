@@ -410,3 +410,55 @@ fn removals_made_elsewhere_reach_the_other_nodes_caches_at_once() {
         "a removed member got a later group message: {got:?}"
     );
 }
+
+/// `server status` on a node of a cluster adds a line for the whole cluster: how many nodes, the
+/// users online across them, the connections and the node that holds the service desk. Node 1
+/// runs as an operator runs it (`server daemon`), node 2 in-process.
+#[test]
+fn server_status_reports_the_cluster() {
+    let db = TestDb::create();
+    let redis = TestRedis::create();
+    let fast = "[admin]\nserver_info_every_s = 1\n";
+    let mut s2 = TestServer::start(&merge_toml(&config(&db, &redis, "n2"), fast));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_config(dir.path(), &merge_toml(&config(&db, &redis, "n1"), fast));
+    let (code, out, err) = run_cli(&conf, &["daemon"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, addr) = read_pid_file(&dir.path().join("data").join("server.pid")).expect("pid file");
+    let (_, ta) = user(addr, "status-a");
+    let (_, tb) = user(addr, "status-b");
+    let _a1 = login(addr, &ta);
+    let _b2 = login(s2.addr, &tb);
+    let mut shown = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let (code, out, _) = run_cli(&conf, &["status"]);
+        shown = out;
+        if code == 0
+            && shown.contains("cluster:      2 nodes, 2 users online")
+            && shown.contains("desk on n")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, out, err) = run_cli(&conf, &["stop"]);
+    s2.stop();
+    assert_eq!(code, 0, "{out}{err}");
+    let line = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("cluster:"))
+        .unwrap_or_else(|| panic!("no cluster line in:\n{shown}"));
+    assert!(line.contains("2 nodes, 2 users online"), "{line}");
+    assert!(
+        line.ends_with("desk on n1") || line.ends_with("desk on n2"),
+        "{line}"
+    );
+    // Connections: at least the two chat connections, one on each node.
+    let connections: u64 = line
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" connections"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(connections >= 2, "{line}");
+}

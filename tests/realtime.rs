@@ -105,5 +105,40 @@ fn the_reactor_and_the_persister_run_realtime_and_nothing_else_does() {
         );
         assert!(l.contains("LimitRTPRIO=7"), "{l}");
     }
+    // What the threads took is in /status, and `server status` says it.
+    let (code, out, err) = run_cli(&config, &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let expected = if allowed {
+        "  scheduling:   reactor SCHED_FIFO 7, persister SCHED_FIFO 7 ([server] realtime_priority = 7)"
+    } else {
+        "  scheduling:   reactor normal, persister normal ([server] realtime_priority = 7)"
+    };
+    assert!(out.lines().any(|l| l == expected), "{out}");
     child.stop_cleanly();
+}
+
+/// Without the setting, `/status` reports normal scheduling for both and `server status` has
+/// no scheduling line.
+#[test]
+fn without_the_setting_status_reports_normal_scheduling() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (code, out, err) = run_cli(&config, &["daemon"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (status_code, status, _) = run_cli(&config, &["status"]);
+    // The pid file's third line is the admin listener.
+    let pid_file = std::fs::read_to_string(dir.path().join("data").join("server.pid")).unwrap();
+    let admin: Option<std::net::SocketAddr> =
+        pid_file.lines().nth(2).and_then(|a| a.trim().parse().ok());
+    let reported = admin.map(|a| http_get(a, "/status").json()["realtime_priority"].clone());
+    let (code, out, err) = run_cli(&config, &["stop"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(status_code, 0, "{status}");
+    assert!(status.contains("  memory:"), "live figures: {status}");
+    assert!(!status.contains("scheduling:"), "{status}");
+    assert_eq!(
+        reported,
+        Some(serde_json::json!({ "reactor": 0, "persister": 0 })),
+        "{pid_file}"
+    );
 }

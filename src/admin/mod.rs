@@ -132,8 +132,16 @@ pub fn server_info(app: &App, ctx: &dyn Ctx<Completion>) -> Value {
         "service_queue": g.service_queue,
         "consultations": g.consultations_running,
         "rss_bytes": g.resident_memory_bytes,
+        "realtime_priority": realtime_json(),
         "cluster": cluster_json(app, &g),
     })
+}
+
+/// What `[server] realtime_priority` gave the two threads on every message's path (0: normal
+/// scheduling, also when the process lacked the right and logged a warning).
+fn realtime_json() -> Value {
+    let (reactor, persister) = crate::rt::priority::taken();
+    json!({ "reactor": reactor, "persister": persister })
 }
 
 fn round1(v: f64) -> f64 {

@@ -428,4 +428,20 @@ fn live_figures(config: &Config, admin: &str) {
         "  memory:       {:.1} MiB resident",
         n("rss_bytes") / 1048576.0
     );
+    let rt = |k: &str| v["realtime_priority"][k].as_u64().unwrap_or(0);
+    let configured = config.server.realtime_priority;
+    if configured > 0 || rt("reactor") > 0 || rt("persister") > 0 {
+        let shown = |p: u64| {
+            if p > 0 {
+                format!("SCHED_FIFO {p}")
+            } else {
+                "normal".to_string()
+            }
+        };
+        println!(
+            "  scheduling:   reactor {}, persister {} ([server] realtime_priority = {configured})",
+            shown(rt("reactor")),
+            shown(rt("persister"))
+        );
+    }
 }

@@ -56,7 +56,10 @@ impl<C: Send + 'static> Persister<C> {
         let thread = std::thread::Builder::new()
             .name("persister".into())
             .spawn(move || {
-                super::priority::make_realtime_logged(realtime_priority, "persister");
+                super::priority::make_realtime_logged(
+                    realtime_priority,
+                    super::priority::PathThread::Persister,
+                );
                 run(&*store, &rx, max_batch.max(1), &deliver, &shared)
             })?;
         Ok(Persister {

@@ -14,6 +14,42 @@
 
 use crate::config::MAX_REALTIME_PRIORITY;
 use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The two threads that may take real-time priority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathThread {
+    Reactor,
+    Persister,
+}
+
+impl PathThread {
+    fn name(self) -> &'static str {
+        match self {
+            PathThread::Reactor => "reactor",
+            PathThread::Persister => "persister",
+        }
+    }
+
+    fn taken(self) -> &'static AtomicU8 {
+        static REACTOR: AtomicU8 = AtomicU8::new(0);
+        static PERSISTER: AtomicU8 = AtomicU8::new(0);
+        match self {
+            PathThread::Reactor => &REACTOR,
+            PathThread::Persister => &PERSISTER,
+        }
+    }
+}
+
+/// The real-time priority the process's reactor and persister run at (0: normal scheduling),
+/// as they last took it: what `/status` reports, so an operator sees whether the setting took
+/// effect without reading the log.
+pub fn taken() -> (u8, u8) {
+    (
+        PathThread::Reactor.taken().load(Ordering::Relaxed),
+        PathThread::Persister.taken().load(Ordering::Relaxed),
+    )
+}
 
 /// What [`make_realtime`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,18 +79,26 @@ pub fn make_realtime(priority: u8) -> io::Result<Outcome> {
     Ok(Outcome::Realtime(priority.min(MAX_REALTIME_PRIORITY)))
 }
 
-/// [`make_realtime`] for the thread named `who`, the outcome logged: a failure is a warning
-/// saying what the thread runs at instead and what would allow it.
-pub fn make_realtime_logged(priority: u8, who: &str) {
-    match make_realtime(priority) {
-        Ok(Outcome::Off) => {}
-        Ok(Outcome::Realtime(p)) => log::info!("{who}: real-time priority {p} (SCHED_FIFO)"),
-        Err(e) => log::warn!(
-            "{who}: could not take real-time priority {priority} ({e}); it runs at normal \
-             priority. [server] realtime_priority needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at \
-             least {priority} (systemd: LimitRTPRIO={priority}, without RestrictRealtime=yes)"
-        ),
-    }
+/// [`make_realtime`] for one of the two threads, the outcome logged and kept for [`taken`]: a
+/// failure is a warning saying what the thread runs at instead and what would allow it.
+pub fn make_realtime_logged(priority: u8, thread: PathThread) {
+    let who = thread.name();
+    let took = match make_realtime(priority) {
+        Ok(Outcome::Off) => 0,
+        Ok(Outcome::Realtime(p)) => {
+            log::info!("{who}: real-time priority {p} (SCHED_FIFO)");
+            p
+        }
+        Err(e) => {
+            log::warn!(
+                "{who}: could not take real-time priority {priority} ({e}); it runs at normal \
+                 priority. [server] realtime_priority needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at \
+                 least {priority} (systemd: LimitRTPRIO={priority}, without RestrictRealtime=yes)"
+            );
+            0
+        }
+    };
+    thread.taken().store(took, Ordering::Relaxed);
 }
 
 #[cfg(test)]
