@@ -68,7 +68,8 @@ const defaultClock = {
  * millisecond.
  */
 export function newClientMsgId(nowMs, random) {
-  const time = Math.max(0, Math.floor(nowMs)).toString(16).padStart(12, '0').slice(-12);
+  const ms = Number.isFinite(nowMs) ? Math.max(0, Math.floor(nowMs)) : 0;
+  const time = ms.toString(16).padStart(12, '0').slice(-12);
   const c = globalThis.crypto;
   if (c && typeof c.getRandomValues === 'function') {
     const b = new Uint8Array(10);

@@ -28,7 +28,10 @@ impl ClientIds {
     /// Appends the id of connection `conn`'s request `req` in run `run` (unique per run: users
     /// are reused across runs, and a repeated id would be acknowledged as a duplicate).
     pub fn write(self, out: &mut String, run: u64, conn: usize, req: u64, now_ms: u64) {
-        let bits = |salt: u64| mix(run ^ ((conn as u64) << 24) ^ (req << 1) ^ salt);
+        // Distinct (conn, req) pairs of a run give distinct inputs: each connection gets its own
+        // pseudo-random base, and requests stay far below the 2^64 that could bridge two bases.
+        let base = mix(mix(run) ^ conn as u64) ^ req;
+        let bits = |salt: u64| mix(base ^ salt);
         let _ = match self {
             ClientIds::Counter => write!(out, "{run}-{conn}-{req}"),
             ClientIds::Time => write!(

@@ -13,6 +13,10 @@ test('32 hex characters: the time in milliseconds, then 20 random digits', () =>
   assert.notEqual(newClientMsgId(t).slice(12), id.slice(12), 'random part differs within one millisecond');
 });
 
+test('a clock that gives no number still yields a well-formed id', () => {
+  for (const bad of [NaN, undefined, Infinity, -5]) assert.match(newClientMsgId(bad), /^0{12}[0-9a-f]{20}$/);
+});
+
 test('ids made later sort after earlier ones, as strings', () => {
   const ids = [];
   for (let t = 1_700_000_000_000; t < 1_700_000_000_000 + 5000; t += 7) ids.push(newClientMsgId(t));
