@@ -126,11 +126,15 @@ fn without_the_setting_status_reports_normal_scheduling() {
     let (code, out, err) = run_cli(&config, &["daemon"]);
     assert_eq!(code, 0, "{out}{err}");
     let (status_code, status, _) = run_cli(&config, &["status"]);
-    // The pid file's third line is the admin listener.
-    let pid_file = std::fs::read_to_string(dir.path().join("data").join("server.pid")).unwrap();
-    let admin: Option<std::net::SocketAddr> =
-        pid_file.lines().nth(2).and_then(|a| a.trim().parse().ok());
-    let reported = admin.map(|a| http_get(a, "/status").json()["realtime_priority"].clone());
+    // The admin listener, as `server status` finds it.
+    let running = wxchat::pidfile::probe(&dir.path().join("data").join("server.pid"));
+    let admin = match &running {
+        Ok(wxchat::pidfile::Status::Running { admin, .. }) => admin.clone(),
+        _ => None,
+    };
+    let reported = admin
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| http_get(a, "/status").json()["realtime_priority"].clone());
     let (code, out, err) = run_cli(&config, &["stop"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(status_code, 0, "{status}");
@@ -139,6 +143,6 @@ fn without_the_setting_status_reports_normal_scheduling() {
     assert_eq!(
         reported,
         Some(serde_json::json!({ "reactor": 0, "persister": 0 })),
-        "{pid_file}"
+        "{running:?}"
     );
 }
