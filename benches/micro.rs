@@ -342,6 +342,18 @@ fn fan_out(r: &Runner) {
         let payload = wxchat::proto::message_push(black_box(&m));
         black_box(Frame::text(payload.as_bytes()));
     });
+    r.bench("send ack: serialise", 1, 0, || {
+        black_box(wxchat::proto::ack_json(black_box(&m), false));
+    });
+    // A text message's body as it is stored: checked, then written as a JSON string.
+    let text = serde_json::Value::from("明天下午三点开会，记得带上报告 (and a \"quote\")");
+    let limits = wxchat::proto::BodyLimits {
+        max_text_bytes: 4096,
+    };
+    r.bench("text body: validate + store form", 1, 0, || {
+        let body = wxchat::proto::validate_body(0, black_box(&text), &limits).expect("valid");
+        black_box(body);
+    });
     // What each recipient costs once the frame exists: queue it on a connection's empty output
     // queue and hand the bytes to a writer (a Vec here, the socket in the server).
     let frame = Frame::text(wxchat::proto::message_push(&m).as_bytes());

@@ -656,7 +656,12 @@ fn apply_records(w: &mut Writer, records: &[Logged]) -> StoreResult<()> {
             for &at in run {
                 let (m, cmid) = (&records[at].message, &records[at].client_msg_id);
                 super::messages::insert_row(&mut insert, m, cmid.as_deref())?;
-                tail.message(conv, known, (m.chat_type, m.from_id, m.to_id), m.seq);
+                tail.message(
+                    conv,
+                    known,
+                    (m.chat_type, m.from_id, m.to_id),
+                    (m.seq, m.msg_id),
+                );
             }
             tail.last(conv, &records[run[run.len() - 1]].message);
         }
@@ -682,6 +687,7 @@ fn lower_thread_priority() {
 
 #[cfg(test)]
 mod tests {
+    use super::super::messages::tests::{msg, runs};
     use super::super::tests::batch;
     use super::*;
 
@@ -997,5 +1003,42 @@ mod tests {
             .with_conn(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(n, 3);
+    }
+
+    /// The commit log numbers small batches as they come: their runs are split where another
+    /// conversation's message took the next id, and joined where none did.
+    #[test]
+    fn logged_batches_write_runs_where_ids_follow_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = logged(&dir);
+        // Applied together at the end, whatever the apply thread's timing.
+        s.pause_applier();
+        for (conv, from, cmid) in [
+            ("p_1_9", 1, "a0"),
+            ("p_1_9", 1, "a1"),
+            ("p_2_9", 2, "b0"),
+            ("p_1_9", 1, "a2"),
+            ("p_1_9", 1, "a3"),
+        ] {
+            s.append_batch(&[msg(conv, from, cmid)]).unwrap();
+        }
+        s.set_sole_writer(false).unwrap();
+        assert_eq!(runs(&s, "p_1_9"), vec![(1, 1, 2), (3, 4, 2)]);
+        assert_eq!(runs(&s, "p_2_9"), vec![(1, 3, 1)]);
+        assert_eq!(seqs(&s, "p_1_9"), vec![(1, 1), (2, 2), (3, 4), (4, 5)]);
+        let after_1: Vec<u64> = s
+            .sync("p_1_9", 1, 2)
+            .unwrap()
+            .iter()
+            .map(|m| m.msg_id)
+            .collect();
+        assert_eq!(after_1, vec![2, 4]);
+        let before_4: Vec<u64> = s
+            .history("p_1_9", 4, 2)
+            .unwrap()
+            .iter()
+            .map(|m| m.msg_id)
+            .collect();
+        assert_eq!(before_4, vec![4, 2]);
     }
 }

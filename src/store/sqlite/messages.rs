@@ -6,6 +6,57 @@ use super::*;
 pub(super) const MSG_COLS: &str =
     "msg_id, conv_id, seq, chat_type, from_id, to_id, msg_type, body, created_at";
 
+/// `MSG_COLS` of `messages m` in a join with `message_runs r`.
+const M_COLS: &str =
+    "m.msg_id, m.conv_id, m.seq, m.chat_type, m.from_id, m.to_id, m.msg_type, m.body, m.created_at";
+
+/// A conversation's messages through its runs (see `sql/sqlite/011_message_runs.sql`): each run
+/// `r` of the conversation joined with the messages of its id range, in seq order when read in
+/// `(r.first_seq, m.msg_id)` order. The row's own conv_id is checked, since a message of a run
+/// may be gone and its id is never reused by another conversation's run, but checked all the same.
+const RUN_JOIN: &str = "message_runs r JOIN messages m
+     ON m.msg_id BETWEEN r.first_msg_id AND r.first_msg_id + r.count - 1 AND m.conv_id = r.conv_id";
+
+/// `sync`: conversation ?1's messages after seq ?2, at most ?3, from the run that holds seq
+/// ?2 + 1 (or the last one before it) on.
+fn sync_sql() -> String {
+    format!(
+        "SELECT {M_COLS} FROM {RUN_JOIN}
+         WHERE r.conv_id = ?1 AND r.first_seq >= COALESCE((SELECT first_seq
+             FROM message_runs WHERE conv_id = ?1 AND first_seq <= ?2 + 1
+             ORDER BY first_seq DESC LIMIT 1), 0)
+           AND m.seq > ?2
+         ORDER BY r.first_seq, m.msg_id LIMIT ?3"
+    )
+}
+
+/// `history`: conversation ?1's messages before seq ?2, at most ?3, newest first.
+fn history_sql() -> String {
+    format!(
+        "SELECT {M_COLS} FROM {RUN_JOIN}
+         WHERE r.conv_id = ?1 AND r.first_seq < ?2 AND m.seq < ?2
+         ORDER BY r.first_seq DESC, m.msg_id DESC LIMIT ?3"
+    )
+}
+
+/// The message at (conversation ?1, seq ?2): the run that starts at or before the seq gives its
+/// id. A seq past that run's end names another message, which the seq check rejects.
+pub(super) fn message_at_seq_sql() -> String {
+    format!(
+        "SELECT {MSG_COLS} FROM messages WHERE msg_id = (SELECT first_msg_id + (?2 - first_seq)
+           FROM message_runs WHERE conv_id = ?1 AND first_seq <= ?2
+           ORDER BY first_seq DESC LIMIT 1) AND conv_id = ?1 AND seq = ?2"
+    )
+}
+
+/// Deletes a conversation's messages (?1), then its runs.
+pub(super) const DELETE_CONVERSATION_MESSAGES: [&str; 2] = [
+    "DELETE FROM messages WHERE msg_id IN (SELECT m.msg_id FROM message_runs r JOIN messages m
+       ON m.msg_id BETWEEN r.first_msg_id AND r.first_msg_id + r.count - 1
+       WHERE r.conv_id = ?1 AND m.conv_id = ?1)",
+    "DELETE FROM message_runs WHERE conv_id = ?1",
+];
+
 /// The largest msg id ever handed out: the largest in the table, or a larger one the visitor
 /// purge deleted (it records it first), so no id is handed out twice. Numbering starts past it.
 pub(super) const LAST_MSG_ID: &str = "SELECT MAX(COALESCE((SELECT MAX(msg_id) FROM messages), 0),
@@ -62,6 +113,8 @@ pub(super) fn insert_row(
 pub(super) struct BatchTail<'a> {
     /// (conversation, chat_type, last seq, its msg id, its time), in key order.
     lasts: Vec<(&'a str, u8, u64, u64, i64)>,
+    /// (conversation, first seq, first msg id, count): the `message_runs` rows, in key order.
+    runs: Vec<(&'a str, u64, u64, u64)>,
     new_cursors: Vec<(u64, &'a str)>,
     sender_reads: Vec<(u64, &'a str, u64)>,
     /// Where the current run's cursors and sender reads start.
@@ -73,10 +126,24 @@ impl<'a> BatchTail<'a> {
         self.run = (self.new_cursors.len(), self.sender_reads.len());
     }
 
-    /// A message of the current run, appended as `seq`; `known`: the conversation's users
-    /// known to have a cursor row.
-    pub(super) fn message(&mut self, conv: &'a str, known: &[u64], m: (u8, u64, u64), seq: u64) {
+    /// A message of the current run, appended as `seq` with id `msg_id`; `known`: the
+    /// conversation's users known to have a cursor row.
+    pub(super) fn message(
+        &mut self,
+        conv: &'a str,
+        known: &[u64],
+        m: (u8, u64, u64),
+        (seq, msg_id): (u64, u64),
+    ) {
         let (chat_type, from, to) = m;
+        // The direct path numbers a conversation's messages of a batch together, so they make
+        // one run; the log's apply may see them split by other conversations' ids.
+        match self.runs.last_mut() {
+            Some(run) if run.0 == conv && run.1 + run.3 == seq && run.2 + run.3 == msg_id => {
+                run.3 += 1
+            }
+            _ => self.runs.push((conv, seq, msg_id, 1)),
+        }
         // Both sides of a one-to-one conversation list it from its first message on (a
         // group's members get their rows when they join).
         if chat_type != 1 {
@@ -104,6 +171,17 @@ impl<'a> BatchTail<'a> {
 
     /// Writes the rows gathered, in key order.
     pub(super) fn write(&mut self, tx: &Transaction) -> StoreResult<()> {
+        let mut add_run = tx
+            .prepare_cached(
+                "INSERT INTO message_runs (conv_id, first_seq, first_msg_id, count)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(unavailable)?;
+        for &(conv, seq, msg_id, count) in &self.runs {
+            add_run
+                .execute(params![conv, seq as i64, msg_id as i64, count as i64])
+                .map_err(unavailable)?;
+        }
         let mut add_cursor = tx
             .prepare_cached(
                 "INSERT OR IGNORE INTO read_cursors (user_id, conv_id, read_seq) VALUES (?1, ?2, 0)",
@@ -259,7 +337,12 @@ impl Writer {
                         continue;
                     }
                     seq += 1;
-                    tail.message(conv, known, (m.chat_type, m.from_id, m.to_id), seq);
+                    tail.message(
+                        conv,
+                        known,
+                        (m.chat_type, m.from_id, m.to_id),
+                        (seq, msg_id),
+                    );
                     out[at] = Some(Appended {
                         message: stored,
                         duplicate: false,
@@ -351,11 +434,11 @@ impl MessageStore for SqliteStore {
 
     fn sync(&self, conv_id: &str, after_seq: u64, limit: u32) -> StoreResult<Vec<StoredMessage>> {
         self.settle()?;
+        // Past the largest seq SQLite holds, nothing follows.
+        let after = after_seq.min(i64::MAX as u64 - 1) as i64;
         self.with_conn(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {MSG_COLS} FROM messages WHERE conv_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(params![conv_id, after_seq as i64, limit], msg_row)?;
+            let mut stmt = c.prepare_cached(&sync_sql())?;
+            let rows = stmt.query_map(params![conv_id, after, limit], msg_row)?;
             rows.collect()
         })
     }
@@ -373,9 +456,7 @@ impl MessageStore for SqliteStore {
             before_seq as i64
         };
         self.with_conn(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {MSG_COLS} FROM messages WHERE conv_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-            ))?;
+            let mut stmt = c.prepare_cached(&history_sql())?;
             let rows = stmt.query_map(params![conv_id, before, limit], msg_row)?;
             rows.collect()
         })
@@ -419,9 +500,7 @@ impl MessageStore for SqliteStore {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?
                 .collect::<Result<_, _>>()?;
-            let mut last = c.prepare_cached(&format!(
-                "SELECT {MSG_COLS} FROM messages WHERE conv_id = ?1 AND seq = ?2"
-            ))?;
+            let mut last = c.prepare_cached(&message_at_seq_sql())?;
             let mut out = Vec::with_capacity(rows.len());
             for (conv_id, chat_type, last_seq, read_seq) in rows {
                 let last_msg = if last_seq > 0 {
@@ -504,7 +583,7 @@ impl MessageStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::tests::batch;
     use super::*;
 
@@ -515,6 +594,11 @@ mod tests {
         let s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
         let plan = |sql: &str| -> String {
             s.with_conn(|c| {
+                // The statements' parameters as literals: a conversation, a seq, a limit.
+                let sql = sql
+                    .replace("?1", "'p_1_2'")
+                    .replace("?2", "5")
+                    .replace("?3", "10");
                 let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
                 let rows = stmt.query_map([], |r| r.get::<_, String>(3))?;
                 rows.collect::<Result<Vec<_>, _>>().map(|v| v.join("; "))
@@ -523,20 +607,27 @@ mod tests {
         };
         let p = plan("SELECT COUNT(*) FROM read_cursors WHERE conv_id = 'g_1' AND read_seq >= 3");
         assert!(p.contains("read_cursors_conv"), "{p}");
-        let p = plan(&format!(
-            "SELECT {MSG_COLS} FROM messages WHERE conv_id = 'p_1_2' AND seq > 5 ORDER BY seq LIMIT 10"
-        ));
+        // A conversation's runs by their key, then each run's messages by a rowid range, in
+        // the order asked for: no scan, no sort.
+        for sql in [sync_sql(), history_sql()] {
+            let p = plan(&sql);
+            assert!(
+                p.contains("SEARCH r USING PRIMARY KEY (conv_id=? AND first_seq")
+                    && p.contains("SEARCH m USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)")
+                    && !p.contains("SCAN")
+                    && !p.contains("TEMP B-TREE"),
+                "{p}"
+            );
+        }
+        let p = plan(&message_at_seq_sql());
         assert!(
-            p.contains("messages_conv_seq") && !p.contains("TEMP B-TREE"),
+            p.contains("SEARCH messages USING INTEGER PRIMARY KEY (rowid=?)")
+                && p.contains("SEARCH message_runs USING PRIMARY KEY (conv_id=? AND first_seq<?)")
+                && !p.contains("SCAN"),
             "{p}"
         );
-        let p = plan(&format!(
-            "SELECT {MSG_COLS} FROM messages WHERE conv_id = 'p_1_2' AND seq < 5 ORDER BY seq DESC LIMIT 10"
-        ));
-        assert!(
-            p.contains("messages_conv_seq") && !p.contains("TEMP B-TREE"),
-            "{p}"
-        );
+        let p = plan(DELETE_CONVERSATION_MESSAGES[0]);
+        assert!(!p.contains("SCAN"), "{p}");
         let p = plan(&format!("SELECT {MSG_COLS} FROM messages WHERE msg_id = 7"));
         assert!(p.contains("INTEGER PRIMARY KEY"), "{p}");
         let p = plan(LAST_MSG_ID);
@@ -635,5 +726,91 @@ mod tests {
             ids.extend(ms.iter().map(|m| m.msg_id));
         }
         assert_eq!(ids.len(), 100);
+    }
+
+    pub(in super::super) fn msg(conv: &str, from: u64, cmid: &str) -> NewMessage {
+        NewMessage {
+            conv_id: conv.into(),
+            chat_type: 0,
+            from_id: from,
+            to_id: 9,
+            msg_type: 0,
+            body: format!("\"{cmid}\""),
+            client_msg_id: Some(cmid.into()),
+            created_at: 1,
+        }
+    }
+
+    pub(in super::super) fn runs(s: &SqliteStore, conv: &str) -> Vec<(u64, u64, u64)> {
+        s.with_conn(|c| {
+            let mut stmt = c.prepare(
+                "SELECT first_seq, first_msg_id, count FROM message_runs
+                 WHERE conv_id = ?1 ORDER BY first_seq",
+            )?;
+            let rows = stmt.query_map(params![conv], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?;
+            rows.collect()
+        })
+        .unwrap()
+    }
+
+    fn seqs(ms: Vec<StoredMessage>) -> Vec<u64> {
+        ms.into_iter().map(|m| m.seq).collect()
+    }
+
+    /// A batch writes one run per conversation however its messages were interleaved, and a
+    /// resend inside it does not break the run; reads page across runs in both directions.
+    #[test]
+    fn a_batch_writes_one_run_per_conversation_and_reads_cross_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
+        let mut first = Vec::new();
+        for i in 0..5 {
+            first.push(msg("p_1_9", 1, &format!("a{i}")));
+            if i < 3 {
+                first.push(msg("p_2_9", 2, &format!("b{i}")));
+            }
+        }
+        first.push(msg("p_1_9", 1, "a1"));
+        let out = s.append_batch(&first).unwrap();
+        assert!(out[8].duplicate && out[8].message.seq == 2);
+        s.append_batch(&[
+            msg("p_2_9", 2, "b3"),
+            msg("p_1_9", 1, "a5"),
+            msg("p_1_9", 1, "a6"),
+        ])
+        .unwrap();
+        // Ids go in conversation order inside a batch: p_1_9 (1-5), p_2_9 (6-8), then the
+        // second batch's p_1_9 (9-10), p_2_9 (11).
+        assert_eq!(runs(&s, "p_1_9"), vec![(1, 1, 5), (6, 9, 2)]);
+        assert_eq!(runs(&s, "p_2_9"), vec![(1, 6, 3), (4, 11, 1)]);
+        let ids: Vec<u64> = s
+            .sync("p_1_9", 0, 100)
+            .unwrap()
+            .iter()
+            .map(|m| m.msg_id)
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3, 4, 5, 9, 10]);
+        assert_eq!(seqs(s.sync("p_1_9", 3, 3).unwrap()), vec![4, 5, 6]);
+        assert_eq!(seqs(s.sync("p_1_9", 5, 100).unwrap()), vec![6, 7]);
+        assert_eq!(seqs(s.sync("p_1_9", 6, 100).unwrap()), vec![7]);
+        assert!(s.sync("p_1_9", 7, 100).unwrap().is_empty());
+        assert!(s.sync("p_1_9", u64::MAX, 100).unwrap().is_empty());
+        assert!(s.sync("p_3_9", 0, 100).unwrap().is_empty());
+        assert_eq!(seqs(s.history("p_1_9", 7, 4).unwrap()), vec![6, 5, 4, 3]);
+        assert_eq!(seqs(s.history("p_1_9", 0, 3).unwrap()), vec![7, 6, 5]);
+        assert_eq!(seqs(s.history("p_1_9", 2, 100).unwrap()), vec![1]);
+        assert_eq!(seqs(s.history("p_2_9", 0, 100).unwrap()), vec![4, 3, 2, 1]);
+        let listed = s.conversations(1, 10).unwrap();
+        let last = listed[0].last.as_ref().unwrap();
+        assert_eq!(
+            (last.conv_id.as_str(), last.seq, last.msg_id),
+            ("p_1_9", 7, 10)
+        );
     }
 }

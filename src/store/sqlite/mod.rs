@@ -22,6 +22,22 @@ mod wechat;
 /// The migration that re-keys `messages` by msg_id (a copy of the table, announced in the log).
 const REKEY_MIGRATION: usize = 9;
 
+/// The migrations that write something per stored message, and what the log says they do:
+/// writes wait until they are done.
+const PER_MESSAGE_MIGRATIONS: &[(usize, &str)] = &[
+    (
+        REKEY_MIGRATION,
+        "copies the messages table (roughly 2.5 s per million messages)",
+    ),
+    (
+        RUNS_MIGRATION,
+        "gives each stored message a run row (roughly 0.5 s per million messages)",
+    ),
+];
+
+/// The migration that replaces the `(conv_id, seq)` index with `message_runs`.
+const RUNS_MIGRATION: usize = 11;
+
 /// Migrations in order; PRAGMA user_version records how many are applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/sqlite/001_init.sql"),
@@ -34,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/sqlite/008_visitor_purge.sql"),
     include_str!("../../../sql/sqlite/009_messages_by_id.sql"),
     include_str!("../../../sql/sqlite/010_msg_id_floor.sql"),
+    include_str!("../../../sql/sqlite/011_message_runs.sql"),
 ];
 
 pub struct SqliteStore {
@@ -280,8 +297,8 @@ impl SqliteStore {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(unavailable)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-            if i + 1 == REKEY_MIGRATION {
-                // The one migration that copies a table: say how long writes will wait.
+            if let Some((n, what)) = PER_MESSAGE_MIGRATIONS.iter().find(|m| m.0 == i + 1) {
+                // Say how long writes will wait.
                 let messages: Option<i64> = w
                     .conn
                     .query_row("SELECT MAX(msg_id) FROM messages", [], |r| r.get(0))
@@ -289,7 +306,7 @@ impl SqliteStore {
                 let messages = messages.unwrap_or(0);
                 if messages > 0 {
                     log::warn!(
-                        "store: sqlite migration {REKEY_MIGRATION} copies the messages table (about {messages} messages, roughly 2.5 s per million); writes wait until it is done"
+                        "store: sqlite migration {n} {what}, about {messages} messages; writes wait until it is done"
                     );
                 }
             }
@@ -476,6 +493,7 @@ fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
 
 #[cfg(test)]
 mod tests {
+    use super::messages::tests::runs;
     use super::*;
 
     pub(super) fn batch(from: u64, n: u64, tag: &str) -> Vec<NewMessage> {
@@ -550,13 +568,14 @@ mod tests {
         s.append_batch(&batch(7, 10, "later")).unwrap();
     }
 
-    /// Version 9 re-keys `messages` by msg_id: a database written by version 8 keeps every
-    /// message, its order in each conversation and its resend protection, and goes on from
-    /// the ids it had.
+    /// Version 9 re-keys `messages` by msg_id and version 11 finds them through runs: a database
+    /// written by version 8 keeps every message, its order in each conversation and its resend
+    /// protection, and goes on from the ids it had.
     #[test]
     fn messages_written_before_version_9_survive_the_rekeying() {
         // The log line that announces the copy names the right migration.
         assert!(MIGRATIONS[REKEY_MIGRATION - 1].contains("CREATE TABLE messages_by_id"));
+        assert!(MIGRATIONS[RUNS_MIGRATION - 1].contains("CREATE TABLE message_runs"));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         {
@@ -585,7 +604,8 @@ mod tests {
             }
             tx.execute_batch(
                 "INSERT INTO conversations (conv_id, chat_type, last_seq, last_msg_id, updated_at)
-                 VALUES ('p_2_9', 0, 2, 3, 5), ('p_1_9', 0, 1, 2, 5)",
+                 VALUES ('p_2_9', 0, 2, 3, 5), ('p_1_9', 0, 1, 2, 5);
+                 INSERT INTO read_cursors (user_id, conv_id, read_seq) VALUES (2, 'p_2_9', 0)",
             )
             .unwrap();
             tx.commit().unwrap();
@@ -602,6 +622,18 @@ mod tests {
             .map(|m| (m.msg_id, m.seq, m.body))
             .collect();
         assert_eq!(got, vec![(1, 1, "\"m1\"".into()), (3, 2, "\"m3\"".into())]);
+        // Version 11 gave each message written before it a run of its own.
+        assert_eq!(runs(&s, "p_2_9"), vec![(1, 1, 1), (2, 3, 1)]);
+        assert_eq!(runs(&s, "p_1_9"), vec![(1, 2, 1)]);
+        let newest_first: Vec<u64> = s
+            .history("p_2_9", 0, 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(newest_first, vec![2, 1]);
+        let listed = s.conversations(2, 10).unwrap();
+        assert_eq!(listed[0].last.as_ref().map(|m| m.msg_id), Some(3));
         assert_eq!(s.message(2).unwrap().unwrap().conv_id, "p_1_9");
         let next = |cmid: &str| NewMessage {
             conv_id: "p_2_9".into(),
@@ -621,6 +653,14 @@ mod tests {
         let out = s.append_batch(&[next("c4")]).unwrap();
         assert!(!out[0].duplicate);
         assert_eq!((out[0].message.msg_id, out[0].message.seq), (4, 3));
+        assert_eq!(runs(&s, "p_2_9"), vec![(1, 1, 1), (2, 3, 1), (3, 4, 1)]);
+        let seqs: Vec<u64> = s
+            .sync("p_2_9", 1, 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(seqs, vec![2, 3]);
     }
 
     #[test]

@@ -174,8 +174,10 @@ impl UserStore for SqliteStore {
             }
             for id in &ids {
                 let conv = format!("s_{id}");
+                let [messages, runs] = super::messages::DELETE_CONVERSATION_MESSAGES;
                 for sql in [
-                    "DELETE FROM messages WHERE conv_id = ?1",
+                    messages,
+                    runs,
                     "DELETE FROM conversations WHERE conv_id = ?1",
                     "DELETE FROM read_cursors WHERE conv_id = ?1",
                 ] {
