@@ -345,6 +345,16 @@ fn fan_out(r: &Runner) {
     r.bench("send ack: serialise", 1, 0, || {
         black_box(wxchat::proto::ack_json(black_box(&m), false));
     });
+    // A send names its conversation: checked to be spelled the one canonical way, and named
+    // again for the stored message (what the reactor does per one-to-one send).
+    r.bench("send conversation: parse + name", 1, 0, || {
+        let Some(wxchat::proto::ConvRef::Friend(a, b)) =
+            wxchat::proto::parse_conv(black_box("p_100023_100987"))
+        else {
+            panic!("a friend conversation")
+        };
+        black_box(wxchat::proto::friend_conv(a, b));
+    });
     // A text message's body as it is stored: checked, then written as a JSON string.
     let text = serde_json::Value::from("明天下午三点开会，记得带上报告 (and a \"quote\")");
     let limits = wxchat::proto::BodyLimits {

@@ -22,6 +22,10 @@ use wxchat::store::mysql::MysqlStore;
 use wxchat::store::sqlite::SqliteStore;
 use wxchat::store::{NewMessage, Store};
 
+/// The server's allocators: Rust's and SQLite's allocations on jemalloc, as `server` runs them.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Message `i` of a run across `convs` conversations: conversation `i % convs`, whose sender
 /// is one of 1,000 users and whose receiver is that sender's `(i % convs) / 1000`-th friend.
 fn message(i: u64, convs: u64) -> NewMessage {
@@ -104,6 +108,7 @@ fn with_mysql(f: impl FnOnce(&str)) {
 }
 
 fn main() {
+    wxchat::store::sqlite::use_jemalloc().expect("SQLite not started yet");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let bench = args.iter().any(|a| a == "--bench");
     let rest: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();

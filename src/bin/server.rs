@@ -51,6 +51,15 @@ fn return_freed_memory() {
     }
 }
 
+/// SQLite's allocations on jemalloc too (see `wxchat::store::sqlite::use_jemalloc`): before any
+/// store opens, so SQLite has not started yet. Refused, SQLite stays on its default allocator
+/// and the server runs as before.
+fn sqlite_on_jemalloc() {
+    if let Err(rc) = wxchat::store::sqlite::use_jemalloc() {
+        log::warn!("SQLite keeps its own allocator (sqlite3_config refused: {rc})");
+    }
+}
+
 const USAGE: &str = "\
 usage: server [run|daemon|stop|status|upgrade] [--config FILE]
 
@@ -170,6 +179,7 @@ fn init_logging(config: &Config, file: Option<PathBuf>) -> Result<(), String> {
 fn run_foreground(config: Config) -> Result<(), String> {
     init_logging(&config, None)?;
     return_freed_memory();
+    sqlite_on_jemalloc();
     let server = Server::bind_exclusive(config)?;
     server.run()
 }
@@ -259,6 +269,7 @@ fn daemon_child(config: &Config, report: &mut std::fs::File, takeover: bool) -> 
     redirect_stdio()?;
     init_logging(config, Some(config.log_file()))?;
     return_freed_memory();
+    sqlite_on_jemalloc();
     let server = if takeover {
         Server::takeover(config.clone())?
     } else {

@@ -152,7 +152,7 @@ fn run<C>(
         }
         load.queued.fetch_sub(messages.len(), Relaxed);
         let started = Instant::now();
-        let result = store.append_batch(&messages);
+        let result = store.append_batch_spending(&mut messages);
         let took = started.elapsed();
         METRICS.persist_batch_seconds.observe_duration(took);
         METRICS.persist_batch_size.observe(messages.len() as u64);

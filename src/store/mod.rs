@@ -151,6 +151,11 @@ pub struct NewMessage {
 impl NewMessage {
     /// This message as stored under the id and seq its writer handed out.
     pub fn stored(&self, msg_id: u64, seq: u64) -> StoredMessage {
+        self.stored_with_body(msg_id, seq, self.body.clone())
+    }
+
+    /// As `stored`, with the body given (moved out of a batch that is spent).
+    pub fn stored_with_body(&self, msg_id: u64, seq: u64, body: String) -> StoredMessage {
         StoredMessage {
             msg_id,
             conv_id: self.conv_id.clone(),
@@ -159,7 +164,7 @@ impl NewMessage {
             from_id: self.from_id,
             to_id: self.to_id,
             msg_type: self.msg_type,
-            body: self.body.clone(),
+            body,
             created_at: self.created_at,
         }
     }
@@ -356,6 +361,13 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Appends messages in one transaction: assigns each conversation's next seqs and message
     /// ids, returns the stored original for a repeated (from_id, client_msg_id). All or nothing.
     fn append_batch(&self, batch: &[NewMessage]) -> StoreResult<Vec<Appended>>;
+
+    /// `append_batch` for a caller done with the batch (the persister): a store may move the
+    /// messages' bodies into the outcomes instead of copying them, so the batch's messages
+    /// are left in an unspecified state.
+    fn append_batch_spending(&self, batch: &mut [NewMessage]) -> StoreResult<Vec<Appended>> {
+        self.append_batch(batch)
+    }
 
     /// Whether this process is the only one writing messages to the database. The server says
     /// so once it holds the data directory (`true`), and takes it back just before it hands its

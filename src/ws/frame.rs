@@ -633,10 +633,14 @@ pub fn payload_of(frame: &[u8]) -> Option<(OpCode, &[u8])> {
     Some((opcode, frame.get(start..)?))
 }
 
-/// A complete FIN frame.
+/// A complete FIN frame, in a vector of exactly its length: pushes become boxed slices
+/// (`Frame::from_vec`), which would otherwise reallocate to drop the spare capacity.
 pub fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(payload.len() + 10);
-    write_frame(opcode, payload, &mut v);
+    let mut h = [0u8; 10];
+    let n = encode_header(opcode, payload.len(), &mut h);
+    let mut v = Vec::with_capacity(n + payload.len());
+    v.extend_from_slice(&h[..n]);
+    v.extend_from_slice(payload);
     v
 }
 
@@ -672,6 +676,18 @@ mod tests {
         max_frame_bytes: 1 << 20,
         max_message_bytes: 1 << 20,
     };
+
+    #[test]
+    fn frames_are_allocated_at_their_length() {
+        for len in [0, 1, 125, 126, 65_535, 65_536, 70_000] {
+            let payload = vec![7u8; len];
+            let f = frame(OpCode::Binary, &payload);
+            assert_eq!(f.capacity(), f.len(), "{len}");
+            let mut written = Vec::new();
+            write_frame(OpCode::Binary, &payload, &mut written);
+            assert_eq!(f, written, "{len}");
+        }
+    }
 
     #[test]
     fn client_side_reads_unmasked_frames_and_refuses_masked_ones() {

@@ -891,6 +891,40 @@ mod tests {
         );
     }
 
+    /// The persister's call gives the same bodies on both paths: the log's (which reads the
+    /// batch's bodies) and the direct one (which moves them into the outcomes).
+    #[test]
+    fn a_spent_batch_answers_with_its_bodies_on_either_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = logged(&dir);
+        s.pause_applier();
+        for n in [2, LOG_MAX_BATCH as u64 + 10] {
+            let expected = batch(1, n, &format!("n{n}"));
+            let mut spent = expected.clone();
+            let out = s.append_batch_spending(&mut spent).unwrap();
+            let bodies: Vec<&str> = out.iter().map(|a| a.message.body.as_str()).collect();
+            let sent: Vec<&str> = expected.iter().map(|m| m.body.as_str()).collect();
+            assert_eq!(bodies, sent, "{n}");
+            assert!(out.iter().all(|a| !a.duplicate));
+        }
+        assert_eq!(
+            s.pending.len(),
+            0,
+            "the large batch applied the small one first"
+        );
+        let stored: Vec<String> = s
+            .sync("p_1_1000", 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        let big = LOG_MAX_BATCH + 10;
+        assert_eq!(
+            stored,
+            vec!["\"n2 0\"".to_string(), format!("\"n{big} 0\"")]
+        );
+    }
+
     #[test]
     fn leaving_log_mode_applies_everything_and_lets_the_log_go() {
         let dir = tempfile::tempdir().unwrap();

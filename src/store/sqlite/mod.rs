@@ -11,6 +11,8 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+mod alloc;
+pub use alloc::use_jemalloc;
 mod commit_log;
 mod logged;
 mod messages;
