@@ -12,7 +12,9 @@
 //! in as many different conversations as it can be), each with a client_msg_id, so the
 //! dedupe lookup, seq allocation, cursor upserts and the commit are all in the figure. Under
 //! `cargo test` (no `--bench` flag) it runs a small smoke round instead. Batches are bounded by
-//! `[store] max_batch`'s default, or by WXCHAT_BENCH_MAX_BATCH.
+//! `[store] max_batch`'s default, or by WXCHAT_BENCH_MAX_BATCH. With NOCMID set in the
+//! environment the messages carry no client_msg_id: the figure without the dedupe index's cost
+//! (a bound, not a mode the server has).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -244,8 +244,9 @@ impl Writer {
     /// A batch straight into SQLite, in one transaction (numbered with `seq`'s caches): the path
     /// of large batches, and of every batch while the process is not the sole writer.
     ///
-    /// `take_body(at)` gives the body of the batch's message `at` for its outcome, once per
-    /// appended message: a copy, or the body itself when the caller's batch is spent.
+    /// `take_body(at)` gives the body of the batch's message `at` for its outcome, called once
+    /// for each message of the batch (a resend's is then dropped: its outcome is the earlier
+    /// message): a copy, or the body itself when the caller's batch is spent.
     fn append(
         &mut self,
         seq: &mut Sequencer,
