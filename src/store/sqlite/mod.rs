@@ -400,9 +400,11 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Empties every connection's page cache and returns the freed memory to the kernel. SQLite
-    /// allocates its pages with the C library's malloc, which keeps freed memory in its arenas
-    /// (one per thread that wrote) unless trimmed.
+    /// Empties every connection's page cache and returns the freed memory to the kernel. In the
+    /// server SQLite allocates on jemalloc (`use_jemalloc`), whose background thread returns
+    /// freed pages on its own; where SQLite was left on the C library's malloc (a process that
+    /// opened a database before configuring it, the tests), that malloc keeps freed memory in
+    /// its arenas (one per thread that wrote) until trimmed, hence the trim.
     fn release_memory(&self) {
         let release = |c: &Connection| {
             // SAFETY: a valid handle of a live connection this thread holds (the writer's under
