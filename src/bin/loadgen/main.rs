@@ -1,6 +1,7 @@
 //! `loadgen SCENARIO [OPTIONS]`: load that speaks our protocol, bounded in count and time, aimed
 //! at loopback only. See `--help` and BENCHMARKS.md.
 
+mod cpu;
 mod ids;
 mod net;
 mod pace;
@@ -721,8 +722,9 @@ fn p2p(o: &Opts) -> Result<String, String> {
 }
 
 /// What the measured window cost: bytes on the wire and CPU, of the server (`--pid`) and of
-/// loadgen itself, from /proc. A figure taken while loadgen's own core is full measures
-/// loadgen, so its CPU is always reported beside the server's.
+/// loadgen itself, and what the host stole, from /proc. A figure taken while loadgen's own core
+/// is full measures loadgen, so its CPU is always reported beside the server's; a tail taken
+/// while the host stole cores is the host's.
 struct Meter {
     pids: Vec<u32>,
     start: Option<Snap>,
@@ -733,22 +735,10 @@ struct Snap {
     /// Each server's CPU seconds, in the order of `--pid`.
     server: Vec<f64>,
     me: f64,
+    /// The hypervisor's steal over all cores, seconds since boot.
+    steal: f64,
     rx: u64,
     tx: u64,
-}
-
-/// CPU seconds (user + system) of a process, from /proc/<pid>/stat.
-fn cpu_secs(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) start at field 3 (state).
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) / hz
 }
 
 impl Meter {
@@ -762,8 +752,13 @@ impl Meter {
     fn snap(&self, net: &Net) -> Snap {
         Snap {
             at: Instant::now(),
-            server: self.pids.iter().map(|p| cpu_secs(&p.to_string())).collect(),
-            me: cpu_secs("self"),
+            server: self
+                .pids
+                .iter()
+                .map(|p| cpu::process_secs(&p.to_string()))
+                .collect(),
+            me: cpu::process_secs("self"),
+            steal: cpu::steal_secs(),
             rx: net.rx_bytes,
             tx: net.tx_bytes,
         }
@@ -776,7 +771,8 @@ impl Meter {
         }
     }
 
-    /// `; wire .. B/msg ..; server CPU .. us/msg (..% of a core); loadgen CPU ..%` over `msgs`.
+    /// `; wire .. B/msg ..; loadgen CPU ..%; host steal .. ms; server CPU .. us/msg (..% of a
+    /// core)` over `msgs` (steal over every core: see `cpu`).
     fn report(&self, net: &Net, msgs: u64) -> String {
         let Some(a) = &self.start else {
             return String::new();
@@ -785,11 +781,12 @@ impl Meter {
         let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
         let n = msgs.max(1) as f64;
         let mut out = format!(
-            "; wire {:.0} B/msg (server->loadgen {:.0}, loadgen->server {:.0}); loadgen CPU {:.0}%",
+            "; wire {:.0} B/msg (server->loadgen {:.0}, loadgen->server {:.0}); loadgen CPU {:.0}%; host steal {:.0} ms",
             (b.rx - a.rx + b.tx - a.tx) as f64 / n,
             (b.rx - a.rx) as f64 / n,
             (b.tx - a.tx) as f64 / n,
-            100.0 * (b.me - a.me) / secs
+            100.0 * (b.me - a.me) / secs,
+            1e3 * (b.steal - a.steal).max(0.0)
         );
         let used: Vec<f64> = b.server.iter().zip(&a.server).map(|(b, a)| b - a).collect();
         let total: f64 = used.iter().sum();
