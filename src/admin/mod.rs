@@ -132,16 +132,18 @@ pub fn server_info(app: &App, ctx: &dyn Ctx<Completion>) -> Value {
         "service_queue": g.service_queue,
         "consultations": g.consultations_running,
         "rss_bytes": g.resident_memory_bytes,
-        "realtime_priority": realtime_json(),
+        "realtime_priority": realtime_json(app.config.server.realtime_priority),
         "cluster": cluster_json(app, &g),
     })
 }
 
 /// What `[server] realtime_priority` gave the two threads on every message's path (0: normal
-/// scheduling, also when the process lacked the right and logged a warning).
-fn realtime_json() -> Value {
+/// scheduling, also when the process lacked the right and logged a warning), and the setting
+/// this process runs with (`configured`: its file and environment at its start, which the
+/// `server status` that asks need not share).
+fn realtime_json(configured: u8) -> Value {
     let (reactor, persister) = crate::rt::priority::taken();
-    json!({ "reactor": reactor, "persister": persister })
+    json!({ "reactor": reactor, "persister": persister, "configured": configured })
 }
 
 fn round1(v: f64) -> f64 {

@@ -440,7 +440,11 @@ fn live_figures(config: &Config, admin: &str) {
         n("rss_bytes") / 1048576.0
     );
     let rt = |k: &str| v["realtime_priority"][k].as_u64().unwrap_or(0);
-    let configured = config.server.realtime_priority;
+    // The running server's own setting; a server from before it reported one (met during a
+    // live upgrade) is taken to run with this command's configuration.
+    let configured = v["realtime_priority"]["configured"]
+        .as_u64()
+        .unwrap_or(u64::from(config.server.realtime_priority));
     if configured > 0 || rt("reactor") > 0 || rt("persister") > 0 {
         let shown = |p: u64| {
             if p > 0 {
