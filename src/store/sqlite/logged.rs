@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Batches up to this many messages go through the log; larger ones straight to SQLite.
-const LOG_MAX_BATCH: usize = 256;
+pub(super) const LOG_MAX_BATCH: usize = 256;
 
 /// At most this many messages wait in the log: past it a batch goes straight to SQLite (after
 /// applying the rest), which bounds the memory of the pending set if the apply thread lags.
@@ -457,8 +457,9 @@ impl SqliteStore {
 
     /// The apply thread: after the first pending message it waits `APPLY_EVERY` (less if
     /// `APPLY_AT` are pending), applies everything, and empties the log when nothing new came
-    /// meanwhile. It runs at a lower priority than the reactor and the persister: it is off
-    /// every message's path, and on a shared core its large transactions would delay them.
+    /// meanwhile. It runs at a lower priority than the reactor and the persister, and yields
+    /// the core in the middle of a round of a light load: it is off every message's path, and
+    /// on a shared core its transactions would delay them.
     fn start_applier(&self) -> StoreResult<mpsc::SyncSender<()>> {
         let (wake, woken) = mpsc::sync_channel::<()>(1);
         let writer = self.writer.clone();
@@ -488,6 +489,10 @@ impl SqliteStore {
                         }
                     }
                     while !pending.paused() {
+                        // A round of a light load yields the core now and then (`yielding`):
+                        // the reactor is waiting for the core, not for this round. Under a
+                        // heavy load the rounds run straight through, and keep up.
+                        super::yielding::set_background(pending.len() < APPLY_AT);
                         let applied = {
                             let mut w = lock_ignoring_poison(&writer);
                             apply_pending(&mut w, &pending, checkpointer.as_ref())
@@ -504,6 +509,8 @@ impl SqliteStore {
                             }
                         }
                     }
+                    // Straight through: `start_over` may apply with the sequencer held.
+                    super::yielding::set_background(false);
                     if !pending.paused() {
                         start_over(&writer, &sequencer, &pending, checkpointer.as_ref(), cached);
                     }
@@ -889,6 +896,23 @@ mod tests {
             seqs(&s, "p_1_1000"),
             vec![(1, 1), (2, 3), (3, 3 + big.len() as u64)]
         );
+    }
+
+    /// The checkpointer's rounds yield the core only under a light load: a batch too large
+    /// for the log tells it the load is heavy (it clears the mark at its next round).
+    #[test]
+    fn a_batch_too_large_for_the_log_marks_a_heavy_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
+        s.checkpointer = None; // nothing clears the mark
+        s.set_sole_writer(true).unwrap();
+        let heavy = || s.large_batches.load(Ordering::Relaxed);
+        s.append_batch(&batch(1, LOG_MAX_BATCH as u64, "fits"))
+            .unwrap();
+        assert!(!heavy(), "a batch the log takes is not a heavy load");
+        s.append_batch(&batch(2, LOG_MAX_BATCH as u64 + 1, "big"))
+            .unwrap();
+        assert!(heavy());
     }
 
     /// The persister's call gives the same bodies on both paths: the log's (which reads the

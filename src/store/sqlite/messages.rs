@@ -406,6 +406,9 @@ impl SqliteStore {
         seq.bound(self.cached_conversations);
         w.bound(self.cached_conversations);
         let result = w.append(seq, batch, take_body);
+        if batch.len() > super::logged::LOG_MAX_BATCH {
+            self.large_batches.store(true, Ordering::Relaxed);
+        }
         self.wake_checkpointer();
         if result.is_err() {
             // What was handed out in the failed transaction is void: reload from disk next time

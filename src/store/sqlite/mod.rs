@@ -7,6 +7,7 @@ use super::*;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +21,7 @@ mod service;
 mod social;
 mod users;
 mod wechat;
+mod yielding;
 
 /// The migration that re-keys `messages` by msg_id (a copy of the table, announced in the log).
 const REKEY_MIGRATION: usize = 9;
@@ -67,6 +69,9 @@ pub struct SqliteStore {
     pending: Arc<logged::Pending>,
     /// Wakes the checkpointer thread after a commit; dropping it stops the thread.
     checkpointer: Option<mpsc::SyncSender<()>>,
+    /// Set when a batch too large for the commit log was written (a heavy load), cleared by
+    /// the checkpointer's next round, which then runs straight through (see `Checkpointer`).
+    large_batches: Arc<AtomicBool>,
     /// Wakes the apply thread (see `logged`); dropping it stops the thread.
     applier: Mutex<Option<mpsc::SyncSender<()>>>,
     /// `CACHED_CONVERSATIONS` (smaller in tests).
@@ -193,6 +198,7 @@ impl SqliteStore {
             })),
             pending: Arc::new(logged::Pending::default()),
             checkpointer: None,
+            large_batches: Arc::new(AtomicBool::new(false)),
             applier: Mutex::new(None),
             cached_conversations: CACHED_CONVERSATIONS,
         };
@@ -202,6 +208,7 @@ impl SqliteStore {
             synchronous_full,
             store.writer.clone(),
             store.readers.clone(),
+            store.large_batches.clone(),
         )?);
         Ok(store)
     }
@@ -239,6 +246,7 @@ impl SqliteStore {
         synchronous_full: bool,
         writer: Arc<Mutex<Writer>>,
         readers: Arc<Mutex<Vec<Connection>>>,
+        large_batches: Arc<AtomicBool>,
     ) -> StoreResult<mpsc::SyncSender<()>> {
         let checkpointer = Checkpointer {
             conn: Self::connect(path, synchronous_full)?,
@@ -265,7 +273,13 @@ impl SqliteStore {
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                     let started = thread_cpu_time();
-                    checkpointer.round();
+                    // A light load's rounds yield the core now and then: the reactor and the
+                    // persister share it, and this is off their path. Under a heavy load
+                    // (large batches) they run straight through: a checkpoint that fell
+                    // behind would leave the log to the writer's own, whose flushes stall the
+                    // persister.
+                    let light = !large_batches.swap(false, Ordering::Relaxed);
+                    checkpointer.round(light);
                     let rest = thread_cpu_time().saturating_sub(started) * CHECKPOINT_REST_FACTOR;
                     std::thread::sleep(rest.max(CHECKPOINT_MIN_GAP));
                 }
@@ -278,7 +292,17 @@ impl SqliteStore {
     }
 
     fn connect(path: &Path, synchronous_full: bool) -> StoreResult<Connection> {
-        let conn = Connection::open(path).map_err(unavailable)?;
+        yielding::register().map_err(|rc| {
+            StoreError::unavailable(format!("sqlite: registering the yielding VFS: code {rc}"))
+        })?;
+        let conn = Connection::open_with_flags_and_vfs(
+            path,
+            rusqlite::OpenFlags::default(),
+            yielding::VFS_NAME,
+        )
+        .map_err(unavailable)?;
+        // A no-op on the reactor's and the persister's threads (see `yielding`).
+        conn.progress_handler(yielding::STEPS_PER_YIELD, Some(yielding::on_steps));
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(unavailable)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -432,9 +456,15 @@ impl Checkpointer {
     ///
     /// (A pass reports the log as it was when it began, and commits go on while it syncs: a
     /// pass that copied every frame it saw has not necessarily finished the log.)
-    fn round(&self) -> bool {
+    ///
+    /// `paced`: the first pass yields the core now and then (`yielding`). The other two always
+    /// run straight through, since the last holds the writer off and the persister may be
+    /// waiting for it.
+    fn round(&self, paced: bool) -> bool {
+        yielding::set_background(paced);
         match self.pass(true) {
             Some(log) if log >= FINISH_FRAMES => {
+                yielding::set_background(false);
                 self.pass(true);
                 let _held_off = lock_ignoring_poison(&self.writer);
                 // No flush of our own here: SQLite flushes the file after a pass that copies
@@ -697,7 +727,7 @@ mod tests {
         let (mut finished, mut largest) = (0, 0);
         let started = std::time::Instant::now();
         while finished < 3 && started.elapsed() < Duration::from_secs(20) {
-            if cp.round() {
+            if cp.round(false) {
                 finished += 1;
             }
             largest = largest.max(cp.pass(true).unwrap_or(0));
