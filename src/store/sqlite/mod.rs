@@ -462,9 +462,10 @@ impl Checkpointer {
     /// waiting for it.
     fn round(&self, paced: bool) -> bool {
         yielding::set_background(paced);
-        match self.pass(true) {
+        let first = self.pass(true);
+        yielding::set_background(false);
+        match first {
             Some(log) if log >= FINISH_FRAMES => {
-                yielding::set_background(false);
                 self.pass(true);
                 let _held_off = lock_ignoring_poison(&self.writer);
                 // No flush of our own here: SQLite flushes the file after a pass that copies
