@@ -5,8 +5,8 @@
 //! server and to loadgen that looks like a thread that did not run, so a latency tail measured
 //! across such a stop is the host's, not either process's (BENCHMARKS.md, sixteenth session:
 //! p2p runs with messages evenly spaced had 120-180 ms of steal in about 6 s, and polls that
-//! came back milliseconds late; runs with Poisson arrivals in the same minutes had none). Every report says how much there
-//! was, so a run that had any can be told apart.
+//! came back milliseconds late; runs with Poisson arrivals in the same minutes had none).
+//! Every report says how much there was, so a run that had any can be told apart.
 
 /// Clock ticks per second of the times in /proc.
 fn ticks_per_second() -> f64 {
