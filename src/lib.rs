@@ -25,6 +25,7 @@ pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod feed;
+pub mod foreground;
 pub mod handover;
 pub mod http;
 pub mod jobs;

@@ -19,6 +19,7 @@ use super::outqueue::{Flush, OutQueue};
 use super::timer::Wheel;
 use super::{CloseInfo, ConnId, Ctx, Frame, Handler, Message, Notifier, Reply, TimerId, Upgrade};
 use crate::config::Config;
+use crate::foreground::GATE;
 use crate::http;
 use crate::ws::{self, close_code, OpCode};
 use mio::net::{TcpListener, TcpStream};
@@ -26,6 +27,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
 use std::sync::Arc;
@@ -600,6 +602,12 @@ impl<C: Send + 'static> Reactor<C> {
         let mut expired = Vec::new();
         let mut shutdown_deadline: Option<Instant> = None;
         self.core.set_now(Instant::now());
+        // The store's background threads step off a shared core while this thread has work,
+        // including work it has not been scheduled to start on yet: events waiting in the
+        // poll (`foreground`). Both are let go before `self` (and the poll) is dropped.
+        let _watch = GATE.watch(self.poll.as_raw_fd());
+        let mut foreground = GATE.worker();
+        foreground.working();
         handler.on_start(&mut self.core);
         loop {
             let now = Instant::now();
@@ -617,7 +625,12 @@ impl<C: Send + 'static> Reactor<C> {
                     t.min(Duration::from_millis(100))
                 }));
             }
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if timeout != Some(Duration::ZERO) {
+                foreground.idle();
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            foreground.working();
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
                 }

@@ -5,6 +5,7 @@
 //! nothing.
 
 use crate::feed::metrics::METRICS;
+use crate::foreground::GATE;
 use crate::jobs::{bounded, BoundedRx, BoundedTx};
 use crate::store::{Appended, NewMessage, Store, StoreResult};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -82,6 +83,9 @@ impl<C: Send + 'static> Persister<C> {
             return Err(Busy);
         };
         self.load.queued.fetch_add(1, Relaxed);
+        // Counted as the foreground's work until the thread takes it (`foreground`): the
+        // store's background threads make way for it before this thread has even woken.
+        GATE.hand_over(1);
         let item = Item {
             message,
             then,
@@ -89,6 +93,7 @@ impl<C: Send + 'static> Persister<C> {
         };
         tx.try_send(item).map_err(|_| {
             self.load.queued.fetch_sub(1, Relaxed);
+            GATE.taken(1);
             Busy
         })
     }
@@ -139,11 +144,22 @@ fn run<C>(
     let mut messages: Vec<NewMessage> = Vec::with_capacity(KEPT_BATCH_CAPACITY.min(max_batch));
     let mut waiting: Vec<(Then<C>, Instant)> =
         Vec::with_capacity(KEPT_BATCH_CAPACITY.min(max_batch));
+    // Working from a batch's first message to its delivery; idle only when about to block.
+    let mut foreground = GATE.worker();
     loop {
-        match rx.recv() {
-            Ok(first) => take(first, &mut messages, &mut waiting),
-            Err(_) => return,
-        }
+        let first = match rx.try_recv() {
+            Ok(item) => item,
+            Err(TryRecvError::Empty) => {
+                foreground.idle();
+                match rx.recv() {
+                    Ok(item) => item,
+                    Err(_) => return,
+                }
+            }
+            Err(TryRecvError::Disconnected) => return,
+        };
+        foreground.working();
+        take(first, &mut messages, &mut waiting);
         while messages.len() < max_batch {
             match rx.try_recv() {
                 Ok(item) => take(item, &mut messages, &mut waiting),
@@ -151,6 +167,7 @@ fn run<C>(
             }
         }
         load.queued.fetch_sub(messages.len(), Relaxed);
+        GATE.taken(messages.len());
         let started = Instant::now();
         let result = store.append_batch_spending(&mut messages);
         let took = started.elapsed();

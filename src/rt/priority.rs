@@ -99,6 +99,11 @@ pub fn make_realtime_logged(priority: u8, thread: PathThread) {
         }
     };
     thread.taken().store(took, Ordering::Relaxed);
+    if matches!(thread, PathThread::Reactor) {
+        // Under SCHED_FIFO the kernel runs the reactor before the store's background threads
+        // anyway; their waiting for it (`foreground`) would only cost switches.
+        crate::foreground::GATE.stand_down(took > 0);
+    }
 }
 
 #[cfg(test)]

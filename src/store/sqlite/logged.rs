@@ -457,9 +457,9 @@ impl SqliteStore {
 
     /// The apply thread: after the first pending message it waits `APPLY_EVERY` (less if
     /// `APPLY_AT` are pending), applies everything, and empties the log when nothing new came
-    /// meanwhile. It runs at a lower priority than the reactor and the persister, and yields
-    /// the core in the middle of a round of a light load: it is off every message's path, and
-    /// on a shared core its transactions would delay them.
+    /// meanwhile. It runs at a lower priority than the reactor and the persister, and in a
+    /// round of a light load it steps off the core while they have work: it is off every
+    /// message's path, and on a shared core its transactions would delay them.
     fn start_applier(&self) -> StoreResult<mpsc::SyncSender<()>> {
         let (wake, woken) = mpsc::sync_channel::<()>(1);
         let writer = self.writer.clone();
@@ -489,10 +489,10 @@ impl SqliteStore {
                         }
                     }
                     while !pending.paused() {
-                        // A round of a light load yields the core now and then (`yielding`):
-                        // the reactor is waiting for the core, not for this round. Under a
+                        // A round of a light load makes way for the reactor and the persister
+                        // (`pacing`): they are waiting for the core, not for this round. Under a
                         // heavy load the rounds run straight through, and keep up.
-                        super::yielding::set_background(pending.len() < APPLY_AT);
+                        super::pacing::set_background(pending.len() < APPLY_AT);
                         let applied = {
                             let mut w = lock_ignoring_poison(&writer);
                             apply_pending(&mut w, &pending, checkpointer.as_ref())
@@ -510,7 +510,7 @@ impl SqliteStore {
                         }
                     }
                     // Straight through: `start_over` may apply with the sequencer held.
-                    super::yielding::set_background(false);
+                    super::pacing::set_background(false);
                     if !pending.paused() {
                         start_over(&writer, &sequencer, &pending, checkpointer.as_ref(), cached);
                     }
@@ -663,6 +663,8 @@ fn apply_records(w: &mut Writer, records: &[Logged]) -> StoreResult<()> {
             for &at in run {
                 let (m, cmid) = (&records[at].message, &records[at].client_msg_id);
                 super::messages::insert_row(&mut insert, m, cmid.as_deref())?;
+                // Between rows too: binding and the row's bookkeeping are ours, not SQLite's.
+                super::pacing::pace();
                 tail.message(
                     conv,
                     known,
@@ -898,7 +900,7 @@ mod tests {
         );
     }
 
-    /// The checkpointer's rounds yield the core only under a light load: a batch too large
+    /// The checkpointer's rounds make way only under a light load: a batch too large
     /// for the log tells it the load is heavy (it clears the mark at its next round).
     #[test]
     fn a_batch_too_large_for_the_log_marks_a_heavy_load() {

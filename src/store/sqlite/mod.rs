@@ -17,11 +17,11 @@ pub use alloc::use_jemalloc;
 mod commit_log;
 mod logged;
 mod messages;
+mod pacing;
 mod service;
 mod social;
 mod users;
 mod wechat;
-mod yielding;
 
 /// The migration that re-keys `messages` by msg_id (a copy of the table, announced in the log).
 const REKEY_MIGRATION: usize = 9;
@@ -273,8 +273,8 @@ impl SqliteStore {
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                     let started = thread_cpu_time();
-                    // A light load's rounds yield the core now and then: the reactor and the
-                    // persister share it, and this is off their path. Under a heavy load
+                    // A light load's rounds make way for the reactor and the persister while
+                    // they have work: they may share the core, and this is off their path. Under a heavy load
                     // (large batches) they run straight through: a checkpoint that fell
                     // behind would leave the log to the writer's own, whose flushes stall the
                     // persister.
@@ -292,17 +292,17 @@ impl SqliteStore {
     }
 
     fn connect(path: &Path, synchronous_full: bool) -> StoreResult<Connection> {
-        yielding::register().map_err(|rc| {
-            StoreError::unavailable(format!("sqlite: registering the yielding VFS: code {rc}"))
+        pacing::register().map_err(|rc| {
+            StoreError::unavailable(format!("sqlite: registering the pacing VFS: code {rc}"))
         })?;
         let conn = Connection::open_with_flags_and_vfs(
             path,
             rusqlite::OpenFlags::default(),
-            yielding::VFS_NAME,
+            pacing::VFS_NAME,
         )
         .map_err(unavailable)?;
-        // A no-op on the reactor's and the persister's threads (see `yielding`).
-        conn.progress_handler(yielding::STEPS_PER_YIELD, Some(yielding::on_steps));
+        // A no-op on the reactor's and the persister's threads (see `pacing`).
+        conn.progress_handler(pacing::STEPS_PER_CHECK, Some(pacing::on_steps));
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(unavailable)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -457,13 +457,13 @@ impl Checkpointer {
     /// (A pass reports the log as it was when it began, and commits go on while it syncs: a
     /// pass that copied every frame it saw has not necessarily finished the log.)
     ///
-    /// `paced`: the first pass yields the core now and then (`yielding`). The other two always
-    /// run straight through, since the last holds the writer off and the persister may be
-    /// waiting for it.
+    /// `paced`: the first pass makes way for the reactor and the persister (`pacing`). The other
+    /// two always run straight through, since the last holds the writer off and the persister
+    /// may be waiting for it.
     fn round(&self, paced: bool) -> bool {
-        yielding::set_background(paced);
+        pacing::set_background(paced);
         let first = self.pass(true);
-        yielding::set_background(false);
+        pacing::set_background(false);
         match first {
             Some(log) if log >= FINISH_FRAMES => {
                 self.pass(true);
