@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 const WATCH_SLOTS: usize = 8;
 
 /// What the foreground has in hand, and the background threads waiting for it to finish.
+#[derive(Debug)]
 pub struct Gate {
     /// Foreground threads between waking and going idle.
     working: AtomicU32,

@@ -19,7 +19,7 @@ use super::outqueue::{Flush, OutQueue};
 use super::timer::Wheel;
 use super::{CloseInfo, ConnId, Ctx, Frame, Handler, Message, Notifier, Reply, TimerId, Upgrade};
 use crate::config::Config;
-use crate::foreground::GATE;
+use crate::foreground::{Gate, GATE};
 use crate::http;
 use crate::ws::{self, close_code, OpCode};
 use mio::net::{TcpListener, TcpStream};
@@ -72,6 +72,9 @@ pub struct ReactorConfig {
     pub subprotocols: Vec<String>,
     pub deflate: ws::deflate::Mode,
     pub deflate_min_bytes: usize,
+    /// Where the reactor reports when it has work, for the store's background threads
+    /// (`foreground`): the process's gate, or a test's own.
+    pub gate: &'static Gate,
 }
 
 impl ReactorConfig {
@@ -102,6 +105,7 @@ impl ReactorConfig {
             deflate: ws::deflate::Mode::parse(&c.ws.permessage_deflate)
                 .unwrap_or(ws::deflate::Mode::Off),
             deflate_min_bytes: c.ws.permessage_deflate_min_bytes,
+            gate: &GATE,
         }
     }
 }
@@ -605,8 +609,9 @@ impl<C: Send + 'static> Reactor<C> {
         // The store's background threads step off a shared core while this thread has work,
         // including work it has not been scheduled to start on yet: events waiting in the
         // poll (`foreground`). Both are let go before `self` (and the poll) is dropped.
-        let _watch = GATE.watch(self.poll.as_raw_fd());
-        let mut foreground = GATE.worker();
+        let gate = self.core.cfg.gate;
+        let _watch = gate.watch(self.poll.as_raw_fd());
+        let mut foreground = gate.worker();
         foreground.working();
         handler.on_start(&mut self.core);
         loop {
@@ -1836,6 +1841,73 @@ impl<C> Ctx<C> for Core<C> {
 mod tests {
     use super::*;
     use std::mem::size_of;
+
+    /// A handler for the gate test: no HTTP, no WebSocket; a completion is worked on until the
+    /// test lets it go.
+    struct Holding {
+        inside: std::sync::mpsc::Sender<()>,
+        release: Receiver<()>,
+    }
+
+    impl Handler for Holding {
+        type Completion = ();
+        fn is_websocket_path(&self, _: &str) -> bool {
+            false
+        }
+        fn on_request(&mut self, _: &mut dyn Ctx<()>, _: ConnId, _: http::Request) -> Reply {
+            Reply::Now(http::Response::new(404))
+        }
+        fn on_upgrade(&mut self, _: &mut dyn Ctx<()>, _: ConnId, _: &http::Request) -> Upgrade {
+            Upgrade::Reject(http::Response::new(404))
+        }
+        fn on_open(&mut self, _: &mut dyn Ctx<()>, _: ConnId, _: &http::Request) {}
+        fn on_message(&mut self, _: &mut dyn Ctx<()>, _: ConnId, _: Message<'_>) {}
+        fn on_close(&mut self, _: &mut dyn Ctx<()>, _: ConnId, _: CloseInfo) {}
+        fn on_completion(&mut self, _: &mut dyn Ctx<()>, _: ()) {
+            self.inside.send(()).unwrap();
+            let _ = self.release.recv();
+        }
+        fn on_timer(&mut self, _: &mut dyn Ctx<()>, _: u64) {}
+    }
+
+    /// Waits up to 5 s for `gate.has_work()` to be `want`.
+    fn settles(gate: &Gate, want: bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(5);
+        while gate.has_work() != want {
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// The reactor tells the store's background threads when it has work: from when a wake-up
+    /// is waiting for it to when it blocks again, and not while it waits for events.
+    #[test]
+    fn the_reactor_reports_its_work_to_the_gate() {
+        static GATE: Gate = Gate::new();
+        let mut cfg = ReactorConfig::from_config(&Config::default());
+        cfg.gate = &GATE;
+        let reactor: Reactor<()> = Reactor::new(cfg).unwrap();
+        let (notifier, stop) = (reactor.notifier(), reactor.stop_handle());
+        let (inside, entered) = channel();
+        let (release, released) = channel();
+        let mut handler = Holding {
+            inside,
+            release: released,
+        };
+        let running = std::thread::spawn(move || reactor.run(&mut handler));
+        assert!(settles(&GATE, false), "idle once it waits for events");
+        notifier.send(());
+        entered.recv().unwrap();
+        assert!(GATE.has_work(), "working on a completion");
+        release.send(()).unwrap();
+        assert!(settles(&GATE, false), "idle again once it is done");
+        stop.stop();
+        running.join().unwrap().unwrap();
+        assert!(!GATE.has_work(), "and after it stopped");
+    }
 
     /// What an idle connection holds in the reactor is its record: these bounds keep it small
     /// (BENCHMARKS.md, "Memory per connection", has the byte-by-byte table).
