@@ -65,11 +65,19 @@ fn run(store: Arc<dyn Store>, n: u64, convs: u64, max_batch: usize) -> f64 {
     let failed = Arc::new(AtomicU64::new(0));
     let (d, f) = (done.clone(), failed.clone());
     let queue = wxchat::config::PERSIST_QUEUE_MESSAGES;
-    let persister = Persister::start(store, max_batch, queue, 0, move |outcomes: Vec<bool>| {
-        let ok = outcomes.iter().filter(|o| **o).count() as u64;
-        d.fetch_add(ok, Ordering::Relaxed);
-        f.fetch_add(outcomes.len() as u64 - ok, Ordering::Relaxed);
-    })
+    let gate = &wxchat::foreground::GATE;
+    let persister = Persister::start(
+        store,
+        max_batch,
+        queue,
+        0,
+        gate,
+        move |outcomes: Vec<bool>| {
+            let ok = outcomes.iter().filter(|o| **o).count() as u64;
+            d.fetch_add(ok, Ordering::Relaxed);
+            f.fetch_add(outcomes.len() as u64 - ok, Ordering::Relaxed);
+        },
+    )
     .expect("persister");
     let started = Instant::now();
     for i in 0..n {

@@ -105,6 +105,7 @@ impl App {
             config.store.max_batch,
             crate::config::PERSIST_QUEUE_MESSAGES,
             config.server.realtime_priority,
+            &crate::foreground::GATE,
             move |batch: Vec<Completion>| {
                 deliver.send(Completion::new(move |app, ctx| {
                     for c in batch {

@@ -5,7 +5,7 @@
 //! nothing.
 
 use crate::feed::metrics::METRICS;
-use crate::foreground::GATE;
+use crate::foreground::Gate;
 use crate::jobs::{bounded, BoundedRx, BoundedTx};
 use crate::store::{Appended, NewMessage, Store, StoreResult};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -36,6 +36,8 @@ pub struct Persister<C> {
     tx: Option<BoundedTx<Item<C>>>,
     thread: Option<JoinHandle<()>>,
     load: Arc<Load>,
+    /// Where work handed to the thread is counted (`foreground`).
+    gate: &'static Gate,
 }
 
 /// The queue is full (the store is slower than the traffic): refuse with 503.
@@ -44,11 +46,13 @@ pub struct Busy;
 
 impl<C: Send + 'static> Persister<C> {
     /// Starts the thread. `deliver` sends a batch's continuations to the reactor in one wake-up.
+    /// `gate` is told when the thread has work (the process's `foreground::GATE`, or a test's).
     pub fn start(
         store: Arc<dyn Store>,
         max_batch: usize,
         queue: usize,
         realtime_priority: u8,
+        gate: &'static Gate,
         deliver: impl Fn(Vec<C>) + Send + 'static,
     ) -> std::io::Result<Persister<C>> {
         let (tx, rx) = bounded::<Item<C>>(queue);
@@ -61,12 +65,13 @@ impl<C: Send + 'static> Persister<C> {
                     realtime_priority,
                     super::priority::PathThread::Persister,
                 );
-                run(&*store, &rx, max_batch.max(1), &deliver, &shared)
+                run(&*store, &rx, max_batch.max(1), &deliver, &shared, gate)
             })?;
         Ok(Persister {
             tx: Some(tx),
             thread: Some(thread),
             load,
+            gate,
         })
     }
 
@@ -85,7 +90,7 @@ impl<C: Send + 'static> Persister<C> {
         self.load.queued.fetch_add(1, Relaxed);
         // Counted as the foreground's work until the thread takes it (`foreground`): the
         // store's background threads make way for it before this thread has even woken.
-        GATE.hand_over(1);
+        self.gate.hand_over(1);
         let item = Item {
             message,
             then,
@@ -93,7 +98,7 @@ impl<C: Send + 'static> Persister<C> {
         };
         tx.try_send(item).map_err(|_| {
             self.load.queued.fetch_sub(1, Relaxed);
-            GATE.taken(1);
+            self.gate.taken(1);
             Busy
         })
     }
@@ -138,6 +143,7 @@ fn run<C>(
     max_batch: usize,
     deliver: &dyn Fn(Vec<C>),
     load: &Load,
+    gate: &Gate,
 ) {
     // A batch's messages (moved into the store call, never cloned) and, in the same order,
     // what waits on each.
@@ -145,7 +151,7 @@ fn run<C>(
     let mut waiting: Vec<(Then<C>, Instant)> =
         Vec::with_capacity(KEPT_BATCH_CAPACITY.min(max_batch));
     // Working from a batch's first message to its delivery; idle only when about to block.
-    let mut foreground = GATE.worker();
+    let mut foreground = gate.worker();
     loop {
         let first = match rx.try_recv() {
             Ok(item) => item,
@@ -167,7 +173,7 @@ fn run<C>(
             }
         }
         load.queued.fetch_sub(messages.len(), Relaxed);
-        GATE.taken(messages.len());
+        gate.taken(messages.len());
         let started = Instant::now();
         let result = store.append_batch_spending(&mut messages);
         let took = started.elapsed();
@@ -201,6 +207,55 @@ fn run<C>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The persister counts as the foreground's work from a message's hand-over to its
+    /// batch's delivery, and is idle once it waits for more.
+    #[test]
+    fn the_persister_reports_its_work_to_the_gate() {
+        use crate::store::sqlite::SqliteStore;
+        use std::sync::Mutex;
+        static GATE: Gate = Gate::new();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("t.db"), false).unwrap());
+        let (delivered, got) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let mut persister = Persister::start(store, 16, 64, 0, &GATE, move |out: Vec<bool>| {
+            delivered.send(out).unwrap();
+            let _ = released.lock().unwrap().recv(); // the delivery takes until released
+        })
+        .unwrap();
+        // Declared after the persister, so a failed assertion lets the delivery go before
+        // the persister's drop waits for its thread.
+        let release = release;
+        assert!(!GATE.has_work(), "nothing handed yet");
+        let message = NewMessage {
+            conv_id: "p_1_2".into(),
+            chat_type: 0,
+            from_id: 1,
+            to_id: 2,
+            msg_type: 0,
+            body: "\"hello\"".into(),
+            client_msg_id: None,
+            created_at: 1,
+        };
+        persister
+            .submit(message, Box::new(|r| r.is_ok()))
+            .map_err(|_| "busy")
+            .unwrap();
+        assert!(GATE.has_work(), "handed over, or being written");
+        assert_eq!(got.recv().unwrap(), vec![true]);
+        assert!(GATE.has_work(), "working until its delivery is done");
+        release.send(()).unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while GATE.has_work() {
+            assert!(Instant::now() < until, "idle once it waits for more");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        persister.finish();
+        assert!(!GATE.has_work());
+    }
 
     /// A burst's buffer goes back to the kept capacity; a small one keeps what it has.
     #[test]
