@@ -46,6 +46,9 @@ pub struct Gate {
     /// Nobody waits: the reactor runs under a real-time policy, so the kernel already runs
     /// the foreground before any background thread.
     stood_down: AtomicBool,
+    /// Threads waiting for something a background thread may hold (the store's writer lock):
+    /// while any do, background threads do not wait, or they would hold it up.
+    needed: AtomicU32,
 }
 
 /// The process's gate: the server's reactor and persister report to it, the store's background
@@ -84,6 +87,17 @@ impl Drop for Worker<'_> {
     }
 }
 
+/// A thread waiting for something a background thread may hold, while this lives.
+pub struct Need<'g> {
+    gate: &'g Gate,
+}
+
+impl Drop for Need<'_> {
+    fn drop(&mut self) {
+        self.gate.needed.fetch_sub(1, SeqCst);
+    }
+}
+
 /// A descriptor watched for readiness while this lives.
 pub struct Watch<'g> {
     gate: &'g Gate,
@@ -107,6 +121,7 @@ impl Gate {
             epoch: AtomicU32::new(0),
             watched: [const { AtomicI32::new(-1) }; WATCH_SLOTS],
             stood_down: AtomicBool::new(false),
+            needed: AtomicU32::new(0),
         }
     }
 
@@ -147,6 +162,20 @@ impl Gate {
         self.stood_down.store(yes, SeqCst);
     }
 
+    /// Taken before waiting for something a background thread may hold while it waits here
+    /// (a lock): from then until the returned value is dropped no background thread waits, and
+    /// those waiting go on, so the holder gets on and lets go. Without it, a foreground thread
+    /// blocked on such a lock would count as work and the holder would wait for it, both
+    /// until the holder's budget ran out.
+    pub fn need_background(&self) -> Need<'_> {
+        self.needed.fetch_add(1, SeqCst);
+        if self.waiters.load(SeqCst) > 0 {
+            self.epoch.fetch_add(1, SeqCst);
+            futex_wake_all(&self.epoch);
+        }
+        Need { gate: self }
+    }
+
     /// Whether any foreground work is waiting or under way.
     pub fn has_work(&self) -> bool {
         self.working.load(SeqCst) > 0 || self.handed.load(SeqCst) > 0 || self.watched_ready()
@@ -184,7 +213,7 @@ impl Gate {
     /// waiting, sleeps until it is done, taking the time from `budget`, and does not sleep
     /// once that is spent. Returns whether it slept.
     pub fn make_way(&self, budget: &mut Duration) -> bool {
-        if budget.is_zero() || self.stood_down.load(SeqCst) || !self.has_work() {
+        if budget.is_zero() || !self.should_wait() {
             return false;
         }
         let started = Instant::now();
@@ -194,7 +223,7 @@ impl Gate {
             // Read before checking: a foreground thread that goes idle after the check moves
             // it on (it sees this waiter), and the futex then does not sleep.
             let epoch = self.epoch.load(SeqCst);
-            if !self.has_work() {
+            if !self.should_wait() {
                 break;
             }
             let left = until.saturating_duration_since(Instant::now());
@@ -206,6 +235,12 @@ impl Gate {
         self.waiters.fetch_sub(1, SeqCst);
         *budget = budget.saturating_sub(started.elapsed());
         true
+    }
+
+    /// Whether a background thread should wait now: the foreground has work, nobody waits for
+    /// what a background thread holds, and the gate has not stood down.
+    fn should_wait(&self) -> bool {
+        !self.stood_down.load(SeqCst) && self.needed.load(SeqCst) == 0 && self.has_work()
     }
 
     /// Wakes the background threads in `make_way` once nothing counted is left (the watched
@@ -311,6 +346,37 @@ mod tests {
         gate.stand_down(false);
         let mut budget = Duration::from_millis(5);
         assert!(gate.make_way(&mut budget), "waits again once back");
+    }
+
+    /// A thread waiting for a lock a waiting background thread holds lets it go on at once,
+    /// instead of both waiting out the budget.
+    #[test]
+    fn a_thread_needing_the_background_wakes_it_and_keeps_it_from_waiting() {
+        static GATE: Gate = Gate::new();
+        let mut w = GATE.worker();
+        w.working();
+        let (started, go) = std::sync::mpsc::channel();
+        let background = std::thread::spawn(move || {
+            started.send(()).unwrap();
+            let mut budget = Duration::from_secs(5);
+            let t = Instant::now();
+            GATE.make_way(&mut budget);
+            t.elapsed()
+        });
+        go.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let need = GATE.need_background();
+        let waited = background.join().unwrap();
+        assert!(
+            waited < Duration::from_secs(2),
+            "woken, not timed out: {waited:?}"
+        );
+        let mut budget = Duration::from_secs(5);
+        assert!(!GATE.make_way(&mut budget), "no waiting while needed");
+        drop(need);
+        let mut budget = Duration::from_millis(5);
+        assert!(GATE.make_way(&mut budget), "waits again after");
+        w.idle();
     }
 
     #[test]

@@ -346,7 +346,11 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The writer. The apply thread may hold it while it waits for the foreground
+    /// (`pacing`); a thread waiting for it here tells the gate, so the apply goes on and lets
+    /// go instead of waiting for this thread (the persister, say) to finish.
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        let _need = crate::foreground::GATE.need_background();
         lock_ignoring_poison(&self.writer)
     }
 
