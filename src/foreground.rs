@@ -170,8 +170,7 @@ impl Gate {
     pub fn need_background(&self) -> Need<'_> {
         self.needed.fetch_add(1, SeqCst);
         if self.waiters.load(SeqCst) > 0 {
-            self.epoch.fetch_add(1, SeqCst);
-            futex_wake_all(&self.epoch);
+            self.wake_waiters();
         }
         Need { gate: self }
     }
@@ -250,9 +249,14 @@ impl Gate {
             && self.working.load(SeqCst) == 0
             && self.handed.load(SeqCst) == 0
         {
-            self.epoch.fetch_add(1, SeqCst);
-            futex_wake_all(&self.epoch);
+            self.wake_waiters();
         }
+    }
+
+    /// Moves the epoch on and wakes every thread sleeping on it: each checks again.
+    fn wake_waiters(&self) {
+        self.epoch.fetch_add(1, SeqCst);
+        futex_wake_all(&self.epoch);
     }
 }
 
@@ -266,7 +270,8 @@ impl Default for Gate {
 fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let ts = libc::timespec {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        // Under 10^9, so it fits a c_long on every target.
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: `word` is a live, aligned u32; the kernel only reads it and `ts`. Early returns
     // (EAGAIN, EINTR, a timeout) are all handled by the caller checking again.

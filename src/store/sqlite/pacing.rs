@@ -99,9 +99,8 @@ pub(super) fn pace() {
     CHECKS.with(|n| n.set(n.get() + 1));
     WAIT_LEFT.with(|w| {
         let mut left = w.get();
-        if GATE.make_way(&mut left) {
-            w.set(left);
-        }
+        GATE.make_way(&mut left);
+        w.set(left);
     });
     NEXT_CHECK.with(|next| next.set(Some(Instant::now() + CHECK_EVERY)));
 }
