@@ -901,9 +901,10 @@ mod tests {
     }
 
     /// The checkpointer's rounds make way only under a light load: a batch too large
-    /// for the log tells it the load is heavy (it clears the mark at its next round).
+    /// for the log tells it the load is heavy (it clears the mark at its next round), and so
+    /// does a small one that finds the log full.
     #[test]
-    fn a_batch_too_large_for_the_log_marks_a_heavy_load() {
+    fn a_batch_the_log_cannot_take_marks_a_heavy_load() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
         s.checkpointer = None; // nothing clears the mark
@@ -915,6 +916,24 @@ mod tests {
         s.append_batch(&batch(2, LOG_MAX_BATCH as u64 + 1, "big"))
             .unwrap();
         assert!(heavy());
+        s.large_batches.store(false, Ordering::Relaxed);
+        // The apply thread held off until the log is full.
+        s.pause_applier();
+        let mut conv = 3;
+        while s.pending.len() < MAX_PENDING {
+            let n = (MAX_PENDING - s.pending.len()).min(LOG_MAX_BATCH);
+            s.append_batch(&batch(conv, n as u64, "fill")).unwrap();
+            conv += 1;
+        }
+        assert_eq!(s.pending.len(), MAX_PENDING, "the log is full");
+        assert!(!heavy(), "batches the log took");
+        s.append_batch(&batch(conv, 1, "small")).unwrap();
+        assert_eq!(
+            s.pending.len(),
+            0,
+            "the small batch went straight to SQLite"
+        );
+        assert!(heavy(), "a full log is a heavy load");
     }
 
     /// The persister's call gives the same bodies on both paths: the log's (which reads the

@@ -400,13 +400,17 @@ impl SqliteStore {
         batch: &[NewMessage],
         take_body: impl FnMut(usize) -> String,
     ) -> StoreResult<Vec<Appended>> {
+        // In log mode a batch comes here only when it is too large for the log or the log is
+        // full (the apply thread behind): either way a heavy load, which the checkpoint thread
+        // must not make way through.
+        let heavy = batch.len() > super::logged::LOG_MAX_BATCH || seq.log.is_some();
         let mut w = self.lock_writer();
         self.apply_all(&mut w, seq)?;
         // Nothing is pending now: the caches may start over.
         seq.bound(self.cached_conversations);
         w.bound(self.cached_conversations);
         let result = w.append(seq, batch, take_body);
-        if batch.len() > super::logged::LOG_MAX_BATCH {
+        if heavy {
             self.large_batches.store(true, Ordering::Relaxed);
         }
         self.wake_checkpointer();

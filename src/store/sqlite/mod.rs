@@ -69,8 +69,9 @@ pub struct SqliteStore {
     pending: Arc<logged::Pending>,
     /// Wakes the checkpointer thread after a commit; dropping it stops the thread.
     checkpointer: Option<mpsc::SyncSender<()>>,
-    /// Set when a batch too large for the commit log was written (a heavy load), cleared by
-    /// the checkpointer's next round, which then runs straight through (see `Checkpointer`).
+    /// Set when the commit log could not take a batch, too large or with the log full (a heavy
+    /// load), cleared by the checkpointer's next round, which then runs straight through (see
+    /// `Checkpointer`).
     large_batches: Arc<AtomicBool>,
     /// Wakes the apply thread (see `logged`); dropping it stops the thread.
     applier: Mutex<Option<mpsc::SyncSender<()>>>,
@@ -275,7 +276,7 @@ impl SqliteStore {
                     let started = thread_cpu_time();
                     // A light load's rounds make way for the reactor and the persister while
                     // they have work: they may share the core, and this is off their path. Under a heavy load
-                    // (large batches) they run straight through: a checkpoint that fell
+                    // (batches the log could not take) they run straight through: a checkpoint that fell
                     // behind would leave the log to the writer's own, whose flushes stall the
                     // persister.
                     let light = !large_batches.swap(false, Ordering::Relaxed);
