@@ -909,14 +909,14 @@ mod tests {
         let mut s = SqliteStore::open(&dir.path().join("t.db"), false).unwrap();
         s.checkpointer = None; // nothing clears the mark
         s.set_sole_writer(true).unwrap();
-        let heavy = || s.large_batches.load(Ordering::Relaxed);
+        let heavy = || s.heavy_load.load(Ordering::Relaxed);
         s.append_batch(&batch(1, LOG_MAX_BATCH as u64, "fits"))
             .unwrap();
         assert!(!heavy(), "a batch the log takes is not a heavy load");
         s.append_batch(&batch(2, LOG_MAX_BATCH as u64 + 1, "big"))
             .unwrap();
         assert!(heavy());
-        s.large_batches.store(false, Ordering::Relaxed);
+        s.heavy_load.store(false, Ordering::Relaxed);
         // The apply thread held off until the log is full.
         s.pause_applier();
         let mut conv = 3;

@@ -391,9 +391,9 @@ impl Writer {
 }
 
 impl SqliteStore {
-    /// A batch too large for the commit log: whatever the log holds goes first (its messages
-    /// were numbered before this batch), then the batch in one transaction of its own
-    /// (`Writer::append`, with `take_body` as there).
+    /// A batch the commit log cannot take (too large, the log full, or no log): whatever the
+    /// log holds goes first (its messages were numbered before this batch), then the batch in
+    /// one transaction of its own (`Writer::append`, with `take_body` as there).
     fn append_direct(
         &self,
         seq: &mut Sequencer,
@@ -411,7 +411,7 @@ impl SqliteStore {
         w.bound(self.cached_conversations);
         let result = w.append(seq, batch, take_body);
         if heavy {
-            self.large_batches.store(true, Ordering::Relaxed);
+            self.heavy_load.store(true, Ordering::Relaxed);
         }
         self.wake_checkpointer();
         if result.is_err() {

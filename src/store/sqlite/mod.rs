@@ -72,7 +72,7 @@ pub struct SqliteStore {
     /// Set when the commit log could not take a batch, too large or with the log full (a heavy
     /// load), cleared by the checkpointer's next round, which then runs straight through (see
     /// `Checkpointer`).
-    large_batches: Arc<AtomicBool>,
+    heavy_load: Arc<AtomicBool>,
     /// Wakes the apply thread (see `logged`); dropping it stops the thread.
     applier: Mutex<Option<mpsc::SyncSender<()>>>,
     /// `CACHED_CONVERSATIONS` (smaller in tests).
@@ -199,7 +199,7 @@ impl SqliteStore {
             })),
             pending: Arc::new(logged::Pending::default()),
             checkpointer: None,
-            large_batches: Arc::new(AtomicBool::new(false)),
+            heavy_load: Arc::new(AtomicBool::new(false)),
             applier: Mutex::new(None),
             cached_conversations: CACHED_CONVERSATIONS,
         };
@@ -209,7 +209,7 @@ impl SqliteStore {
             synchronous_full,
             store.writer.clone(),
             store.readers.clone(),
-            store.large_batches.clone(),
+            store.heavy_load.clone(),
         )?);
         Ok(store)
     }
@@ -247,7 +247,7 @@ impl SqliteStore {
         synchronous_full: bool,
         writer: Arc<Mutex<Writer>>,
         readers: Arc<Mutex<Vec<Connection>>>,
-        large_batches: Arc<AtomicBool>,
+        heavy_load: Arc<AtomicBool>,
     ) -> StoreResult<mpsc::SyncSender<()>> {
         let checkpointer = Checkpointer {
             conn: Self::connect(path, synchronous_full)?,
@@ -275,11 +275,11 @@ impl SqliteStore {
                     }
                     let started = thread_cpu_time();
                     // A light load's rounds make way for the reactor and the persister while
-                    // they have work: they may share the core, and this is off their path. Under a heavy load
-                    // (batches the log could not take) they run straight through: a checkpoint that fell
-                    // behind would leave the log to the writer's own, whose flushes stall the
-                    // persister.
-                    let light = !large_batches.swap(false, Ordering::Relaxed);
+                    // they have work: they may share the core, and this is off their path.
+                    // Under a heavy load (batches the log could not take) they run straight
+                    // through: a checkpoint that fell behind would leave the log to the
+                    // writer's own, whose flushes stall the persister.
+                    let light = !heavy_load.swap(false, Ordering::Relaxed);
                     checkpointer.round(light);
                     let rest = thread_cpu_time().saturating_sub(started) * CHECKPOINT_REST_FACTOR;
                     std::thread::sleep(rest.max(CHECKPOINT_MIN_GAP));
